@@ -1,0 +1,188 @@
+"""MNIST from a local directory of IDX files or from tensorflow-datasets, and the paper's splits.
+
+Images are float32 in [0, 1] shaped (N, 28, 28, 1); labels are int32 (N,). Splits:
+  full: all 60000 training images;  p1, p2: the two disjoint halves of 30000 (a random
+  partition fixed by `split_seed`, not stratified, as in the paper);  test: the 10000 test images.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import socket
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte.gz",
+    "train_y": "train-labels-idx1-ubyte.gz",
+    "test_x": "t10k-images-idx3-ubyte.gz",
+    "test_y": "t10k-labels-idx1-ubyte.gz",
+}
+_IDX_DTYPES = {0x08: np.uint8}
+_EXPECTED_SHAPES = {"train_x": (60000, 28, 28), "train_y": (60000,),
+                    "test_x": (10000, 28, 28), "test_y": (10000,)}
+SPLITS = ("full", "p1", "p2", "test")
+_HOW_TO_POINT = ("Point adv_jax at a local copy of the four IDX .gz files with "
+                 "data.mnist_dir=/path/to/mnist or the environment variable ADV_JAX_MNIST_DIR.")
+
+
+class DataError(RuntimeError):
+    """MNIST could not be loaded; the message names the file and what is wrong."""
+
+
+class Dataset(NamedTuple):
+    x: np.ndarray  # (N, 28, 28, 1) float32 in [0, 1]
+    y: np.ndarray  # (N,) int32
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decodes one decompressed IDX file (magic 0x0000TTDD: type TT, DD dimensions)."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{name}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    dtype, ndim = raw[2], raw[3]
+    if dtype not in _IDX_DTYPES:
+        raise DataError(f"{name}: IDX element type 0x{dtype:02x} is not supported (want 0x08, uint8)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{name}: truncated inside its header ({len(raw)} bytes)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "longer than its header says"
+        raise DataError(f"{name}: {what}: header says shape {shape} ({expected} bytes), "
+                        f"file has {len(raw)} bytes")
+    return np.frombuffer(raw, _IDX_DTYPES[dtype], offset=header).reshape(shape)
+
+
+def _read_checksums(directory: Path) -> dict[str, str]:
+    sums = directory / "SHA256SUMS"
+    if not sums.exists():
+        return {}
+    out = {}
+    for line in sums.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            out[parts[1].lstrip("*")] = parts[0].lower()
+    return out
+
+
+def _read_idx_file(path: Path, checksums: dict[str, str]) -> np.ndarray:
+    if not path.exists():
+        raise DataError(f"{path}: missing. {_HOW_TO_POINT}")
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot be decompressed ({e}); the file is corrupt or truncated, "
+                        "download it again") from e
+    want = checksums.get(path.name) or checksums.get(path.name.removesuffix(".gz"))
+    if want and hashlib.sha256(raw).hexdigest() != want:
+        raise DataError(f"{path}: sha256 of its decompressed bytes does not match SHA256SUMS; "
+                        "the file is corrupt or was replaced")
+    return parse_idx(raw, str(path))
+
+
+def load_idx_dir(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The four IDX arrays (uint8 images, uint8 labels), checked against SHA256SUMS if present."""
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise DataError(f"data.mnist_dir={str(directory)!r} is not a directory. {_HOW_TO_POINT}")
+    checksums = _read_checksums(directory)
+    arrays = {key: _read_idx_file(directory / name, checksums) for key, name in IDX_FILES.items()}
+    for key, shape in _EXPECTED_SHAPES.items():
+        if arrays[key].shape != shape:
+            raise DataError(f"{directory / IDX_FILES[key]}: shape {arrays[key].shape}, "
+                            f"MNIST has {shape}")
+    return arrays
+
+
+def _network_reachable(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_tfds(data_dir: str | None = None) -> dict[str, np.ndarray]:
+    """MNIST through tensorflow-datasets (needs TensorFlow; downloads once into data_dir)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError(f"tensorflow-datasets cannot be imported ({e}). Install it with "
+                        f"pip install -e '.[tfds]', or: {_HOW_TO_POINT}") from e
+    builder = tfds.builder("mnist", data_dir=data_dir)
+    if not builder.is_prepared() and not _network_reachable():
+        raise DataError("MNIST is not in the tfds data directory and the network is unreachable "
+                        f"(tfds would retry for minutes). {_HOW_TO_POINT}")
+    try:
+        ds = tfds.load("mnist", data_dir=data_dir, batch_size=-1, as_supervised=True)
+        ds = tfds.as_numpy(ds)
+    except Exception as e:  # tfds raises many types; all mean "no data"
+        raise DataError(f"tfds could not load MNIST ({type(e).__name__}: {e}). tfds needs "
+                        f"TensorFlow: pip install -e '.[tfds]'. Or: {_HOW_TO_POINT}") from e
+    (train_x, train_y), (test_x, test_y) = ds["train"], ds["test"]
+    return {"train_x": train_x[..., 0], "train_y": train_y, "test_x": test_x[..., 0], "test_y": test_y}
+
+
+@functools.lru_cache(maxsize=4)
+def load_mnist(mnist_dir: str | None = None, tfds_dir: str | None = None) -> dict[str, Dataset]:
+    """{"train": 60000 images, "test": 10000} from `mnist_dir` if given, else from tfds."""
+    raw = load_idx_dir(mnist_dir) if mnist_dir else load_tfds(tfds_dir)
+    return {
+        split: Dataset((raw[f"{split}_x"][..., None] / np.float32(255)).astype(np.float32),
+                       raw[f"{split}_y"].astype(np.int32))
+        for split in ("train", "test")
+    }
+
+
+def split_indices(split: str, split_seed: int = 0, n_train: int = 60000) -> np.ndarray:
+    """Indices into the training set: full, or p1/p2 (disjoint halves of a seeded permutation)."""
+    if split == "full":
+        return np.arange(n_train)
+    if split not in ("p1", "p2"):
+        raise ValueError(f"unknown training split {split!r}; choose one of ['full', 'p1', 'p2']")
+    order = np.random.default_rng(split_seed).permutation(n_train)
+    half = n_train // 2
+    return np.sort(order[:half] if split == "p1" else order[half:])
+
+
+def _select(data: Dataset, index: np.ndarray, classes) -> Dataset:
+    x, y = data.x[index], data.y[index]
+    if classes:
+        keep = np.isin(y, classes)
+        remap = np.full(10, -1, np.int32)
+        remap[list(classes)] = np.arange(len(classes))
+        x, y = x[keep], remap[y[keep]]
+    return Dataset(x, y)
+
+
+def load_splits(data_cfg, classes=None) -> dict[str, Dataset]:
+    """Every evaluation split plus "train", the (possibly limited) split the model trains on.
+
+    `classes` (e.g. [0, 1, 2, 3]) keeps only those digits and relabels them 0..len-1.
+    """
+    mnist = load_mnist(_absolute(data_cfg.mnist_dir), data_cfg.tfds_dir)
+    n_train = len(mnist["train"])
+    out = {s: _select(mnist["train"], split_indices(s, data_cfg.split_seed, n_train), classes)
+           for s in ("full", "p1", "p2")}
+    out["test"] = _select(mnist["test"], np.arange(len(mnist["test"])), classes)
+    train = out[data_cfg.split] if data_cfg.split in out else None
+    if train is None:
+        raise ValueError(f"unknown data.split {data_cfg.split!r}; choose one of ['full', 'p1', 'p2']")
+    if data_cfg.train_limit is not None:
+        train = Dataset(train.x[: data_cfg.train_limit], train.y[: data_cfg.train_limit])
+    out["train"] = train
+    return out
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None

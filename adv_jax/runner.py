@@ -1,0 +1,137 @@
+"""`run(cfg, run_dir)`: train (or load from the cache), evaluate, attack, and record a run.
+
+A run directory describes itself:
+  config.yaml     the resolved config           metrics.json   flat final metrics (README lists them)
+  params.msgpack  the trained parameters        metrics.jsonl  every logged value, in order
+  run.log         the log                       wandb/         the W&B run (offline by default)
+`load_run(run_dir)` reads it back. Usable with or without Hydra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+from omegaconf import DictConfig, OmegaConf
+
+from adv_jax import checkpoint
+from adv_jax.config import Config
+from adv_jax.data import load_splits
+from adv_jax.logger import Logger, open_logger
+from adv_jax.models import Model, Params, build_model, logits_fn, num_params
+from adv_jax.train import evaluate, train_model
+
+log = logging.getLogger(__name__)
+ATTACKS = ("none",)
+RUN_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "params.msgpack", "run.log")
+EVAL_SPLITS = ("p1", "p2", "full", "test")
+
+
+def as_config(cfg: Any) -> DictConfig:
+    """A typed, validated DictConfig from a Config dataclass, a dict or a DictConfig.
+
+    Merging into a fresh schema also rejects keys appended with Hydra's `+key=value`.
+    """
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg)  # drops Hydra's flags, which would let `+key` through
+    return OmegaConf.merge(OmegaConf.structured(Config), cfg)
+
+
+def train_or_load(cfg: DictConfig, splits, logger: Logger | None = None) -> tuple[Model, Params, dict]:
+    """The model `cfg` describes, from the cache if it was trained before (and train.cache)."""
+    model = build_model(cfg.model)
+    if cfg.train.cache and (hit := checkpoint.read_cache(cfg, model)) is not None:
+        log.info("loaded %s from the cache: %s", cfg.model.name, checkpoint.cache_entry(cfg))
+        return model, hit[0], {**hit[1], "train/cached": True}
+    log.info("training %s on %s (%d images)", cfg.model.name, cfg.data.split, len(splits["train"]))
+    on_epoch = (lambda i, loss: logger.log({"train/loss": loss, "train/epoch": i})) if logger else None
+    params, metrics = train_model(model, cfg.model, cfg.train, splits["train"],
+                                  jax.random.key(cfg.seed), on_epoch=on_epoch)
+    if cfg.train.cache:
+        checkpoint.write_cache(cfg, params, metrics)
+    return model, params, {**metrics, "train/cached": False}
+
+
+def _check_attack(cfg: DictConfig) -> None:
+    if cfg.attack.name not in ATTACKS:
+        raise ValueError(f"unknown attack {cfg.attack.name!r}; choose one of {list(ATTACKS)}")
+
+
+def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Runs one job into `run_dir` (default: runs/<time>_<model>) and returns its metrics."""
+    cfg = as_config(cfg)
+    _check_attack(cfg)
+    run_dir = Path(run_dir or Path("runs") / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{cfg.model.name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _attach_log_file(run_dir)
+    try:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        splits = load_splits(cfg.data, cfg.model.classes)
+        with open_logger(cfg, run_dir, name=run_dir.name) as logger:
+            model, params, train_metrics = train_or_load(cfg, splits, logger)
+            checkpoint.save_params(run_dir / checkpoint.PARAMS_FILE, params)
+            errors = evaluate(model, params, {s: splits[s] for s in EVAL_SPLITS})
+            metrics = {
+                **{f"error/{s}": e for s, e in errors.items()},
+                "error/train": evaluate(model, params, {"t": splits["train"]})["t"],
+                **train_metrics,
+                "model/num_params": num_params(params),
+                "data/train_size": len(splits["train"]),
+            }
+            logger.summary(metrics)
+            logger.table("layers", ["index", "layer"], list(enumerate(model.summary(params))))
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        log.info("%s: %s", cfg.model.name, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                                    if k.startswith("error/")))
+        return metrics
+    finally:
+        if handler:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _attach_log_file(run_dir: Path) -> logging.Handler | None:
+    """Logs to <run_dir>/run.log unless Hydra already does."""
+    root = logging.getLogger()
+    target = (run_dir / "run.log").resolve()
+    if any(getattr(h, "baseFilename", None) == str(target) for h in root.handlers):
+        return None
+    handler = logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A finished run read back from its directory."""
+
+    path: Path
+    config: DictConfig
+    metrics: dict[str, Any]
+    model: Model
+    params: Params
+
+    @property
+    def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
+        """Jittable: float32 images (B, 28, 28, 1) in [0, 1] -> logits (B, num_classes)."""
+        return logits_fn(self.model, self.params)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg = as_config(OmegaConf.load(run_dir / "config.yaml"))
+    model = build_model(cfg.model)
+    params = checkpoint.load_params(run_dir / checkpoint.PARAMS_FILE, model)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return Run(run_dir, cfg, metrics, model, params)

@@ -1,0 +1,67 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adv_jax.config import compose
+from adv_jax.models import Layer, Model, build_model, num_params
+from adv_jax.models.layers import weight_decay
+
+# Exact parameter counts: weights + biases of each dense/conv layer.
+EXPECTED_PARAMS = {
+    "fc10": 784 * 10 + 10,
+    "fc100": 784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10,
+    "fc200": 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10,
+    "fc123": 784 * 123 + 123 + 123 * 456 + 456 + 456 * 10 + 10,
+    "ae400": 784 * 400 + 400 + 400 * 10 + 10,
+    # 5x5x1x16 conv, pool 2 -> 14x14x16, 3x3x16x32 stride 2 -> 7x7x32, dense 64, dense 10
+    "conv": 5 * 5 * 16 + 16 + 3 * 3 * 16 * 32 + 32 + 7 * 7 * 32 * 64 + 64 + 64 * 10 + 10,
+    "bottleneck2d": 784 * 50 + 50 + 50 * 20 + 20 + 20 * 2 + 2 + 2 * 4 + 4,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_parameter_counts_and_logit_shapes(name):
+    model = build_model(compose([f"model={name}"]).model)
+    params = model.init(jax.random.key(0))
+    assert num_params(params) == EXPECTED_PARAMS[name]
+    logits = model.apply(params, jnp.zeros((3, 28, 28, 1)))
+    assert logits.shape == (3, 4 if name == "bottleneck2d" else 10)
+
+
+def test_layer_enumeration_drives_forward_pass():
+    model = build_model(compose(["model=conv"]).model)
+    assert [l.kind for l in model.layers] == ["conv", "maxpool", "conv", "dense", "dense"]
+    assert model.layers[2].stride == 2 and model.layers[0].activation == "relu"
+    params = model.init(jax.random.key(1))
+    x = jax.random.uniform(jax.random.key(2), (2, 28, 28, 1))
+    hidden = model.apply(params, x, stop=3)
+    assert hidden.shape == (2, 7, 7, 32)
+    np.testing.assert_allclose(model.apply(params, hidden, start=3), model.apply(params, x), rtol=1e-6)
+
+
+def test_weight_decay_on_hand_built_model():
+    layers = (Layer("dense", features=2, weight_decay=0.5), Layer("dense", features=4, weight_decay=2.0))
+    params = ({"w": jnp.full((3, 2), 2.0), "b": jnp.ones(2)}, {"w": jnp.ones((2, 4)), "b": jnp.ones(4)})
+    # 0.5 * (6 * 4) / 2 + 2.0 * 8 / 4 = 6 + 4; biases are not decayed.
+    assert float(weight_decay(layers, params)) == pytest.approx(10.0)
+
+
+def test_per_layer_lambdas_follow_the_config():
+    model = build_model(compose(["model=fc100"]).model)
+    assert [l.weight_decay for l in model.layers] == [1e-5, 1e-5, 1e-6]
+    with pytest.raises(ValueError, match="3 weighted layers"):
+        build_model(compose(["model=fc100", "model.weight_decay=[1e-5,1e-5]"]).model)
+
+
+def test_bad_layer_settings_list_the_choices():
+    with pytest.raises(ValueError, match=r"unknown activation 'swish'.*sigmoid"):
+        Layer("dense", features=3, activation="swish")
+    with pytest.raises(ValueError, match="unknown layer kind"):
+        Layer("attention")
+
+
+def test_model_is_hashable_for_jit():
+    model = build_model(compose(["model=fc10"]).model)
+    assert hash(model) == hash(build_model(compose(["model=fc10"]).model))
+    assert isinstance(model, Model)

@@ -1,0 +1,95 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adv_jax
+from adv_jax import checkpoint
+from adv_jax.config import compose
+from adv_jax.data import load_splits
+from adv_jax.runner import RUN_FILES
+from adv_jax.train import TrainingDiverged
+
+
+def test_run_writes_a_self_describing_directory_and_loads_back(tmp_path, tiny_overrides):
+    cfg = compose(["model=fc100"] + tiny_overrides)
+    metrics = adv_jax.run(cfg, tmp_path / "run")
+    for name in RUN_FILES:
+        assert (tmp_path / "run" / name).exists(), name
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    assert {"error/p1", "error/p2", "error/full", "error/test", "error/train",
+            "train/seconds", "model/num_params"} <= set(saved)
+    assert metrics["train/cached"] is False and metrics["data/train_size"] == 2000
+
+    run = adv_jax.load_run(tmp_path / "run")
+    test = load_splits(run.config.data)["test"]
+    predictions = jnp.argmax(run.logits_fn(test.x), -1)
+    assert float(jnp.mean(predictions != test.y)) == pytest.approx(metrics["error/test"], abs=1e-6)
+
+
+def test_second_run_hits_the_cache_with_identical_params(tmp_path, tiny_overrides):
+    cfg = compose(["model=fc10"] + tiny_overrides)
+    first = adv_jax.run(cfg, tmp_path / "a")
+    second = adv_jax.run(cfg, tmp_path / "b")
+    assert second["train/cached"] is True and second["error/test"] == first["error/test"]
+    a, b = (adv_jax.load_run(tmp_path / d) for d in "ab")
+    assert checkpoint.params_to_bytes(a.params) == checkpoint.params_to_bytes(b.params)
+    uncached = adv_jax.run(compose(["model=fc10", "train.cache=false"] + tiny_overrides), tmp_path / "c")
+    assert uncached["train/cached"] is False
+    assert checkpoint.cache_key(cfg) != checkpoint.cache_key(compose(["model=fc10", "seed=1"] + tiny_overrides))
+    assert checkpoint.cache_key(cfg) == checkpoint.cache_key(compose(["model=fc10", "train.cache=false"] + tiny_overrides))
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    model = adv_jax.build_model(compose(["model=conv"]).model)
+    params = model.init(jax.random.key(3))
+    checkpoint.save_params(tmp_path / "p.msgpack", params)
+    restored = checkpoint.load_params(tmp_path / "p.msgpack", model)
+    x = jax.random.uniform(jax.random.key(4), (5, 28, 28, 1))
+    np.testing.assert_array_equal(model.apply(params, x), model.apply(restored, x))
+    with pytest.raises(ValueError, match="holds 5 layers, the model has 3"):
+        checkpoint.load_params(tmp_path / "p.msgpack", adv_jax.build_model(compose(["model=fc100"]).model))
+    fc100 = adv_jax.build_model(compose(["model=fc100"]).model)
+    checkpoint.save_params(tmp_path / "fc100.msgpack", fc100.init(jax.random.key(0)))
+    with pytest.raises(ValueError, match=r"layer 0 '[wb]' has shape \((784, )?100,?\)"):
+        checkpoint.load_params(tmp_path / "fc100.msgpack", adv_jax.build_model(compose(["model=fc200"]).model))
+
+
+def test_unknown_attack_is_rejected_before_training(tmp_path, tiny_overrides):
+    cfg = compose(tiny_overrides)
+    cfg.attack.name = "magic"
+    with pytest.raises(ValueError, match=r"unknown attack 'magic'; choose one of"):
+        adv_jax.run(cfg, tmp_path / "run")
+
+
+def test_wandb_offline_run_closes_even_when_the_job_fails(tmp_path, tiny_overrides):
+    overrides = [o for o in tiny_overrides if not o.startswith("wandb")] + ["wandb.mode=offline"]
+    adv_jax.run(compose(["model=fc10"] + overrides), tmp_path / "ok")
+    assert list((tmp_path / "ok" / "wandb").glob("offline-run-*"))
+    with pytest.raises(TrainingDiverged):
+        adv_jax.run(compose(["model=fc10", "train=adam", "train.learning_rate=1e30", "train.cache=false"]
+                            + overrides), tmp_path / "bad")
+    import wandb
+    assert wandb.run is None
+
+
+def test_sweep_script_single_and_multirun(tmp_path, tiny_overrides):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep.py")
+    single = subprocess.run(
+        [sys.executable, script, "model=fc10", "attack=none", f"hydra.run.dir={tmp_path / 'single'}"]
+        + tiny_overrides, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert adv_jax.load_run(tmp_path / "single").metrics["error/test"] < 0.2
+    multi = subprocess.run(
+        [sys.executable, script, "-m", "model=fc10", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'multi'}"]
+        + tiny_overrides, env=env, capture_output=True, text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    runs = sorted(p for p in (tmp_path / "multi").iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert len(runs) == 2 and (runs[0] / "run.log").read_text()
