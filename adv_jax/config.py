@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -74,13 +74,28 @@ class TrainConfig:
     # Multiplies the paper's decay lambda * sum(w^2) / k. The paper does not say how its loss is
     # normalized; with the mean cross-entropy per example, 3.0 reproduces FC10's Table 1 errors.
     decay_scale: float = 3.0
+    # Weight of log(prod_k ||W_k|| * activation slope), the network's Lipschitz upper bound
+    # (paper section 4.3 suggests penalizing it); 0 = off.
+    lipschitz_penalty: float = 0.0
     cache: bool = True  # reuse a model trained before with the same config and seed
 
 
 @dataclass
 class AttackConfig:
-    name: str = "none"
-    num_examples: Optional[int] = None  # test images to attack; null = all
+    name: str = "none"  # none, or a key of adv_jax.attacks.ATTACKS (conf/attack/*.yaml)
+    target: str = "random"  # random (a uniform wrong label) | next (2nd most likely) | all | untargeted
+    num_examples: Optional[int] = None  # attack the first N test images; null = all 10000
+    chunk_size: Optional[int] = None  # examples per jitted call; null = the attack's own default
+    params: Dict[str, Any] = field(default_factory=dict)  # the attack's hyperparameters
+    figure_columns: int = 10  # examples in the Figure 7 style grid
+
+
+@dataclass
+class LipschitzConfig:
+    """Per-layer upper bounds are always computed; these size the empirical lower bound."""
+
+    images: int = 1000  # test images whose local Jacobian norm is measured (0 = skip)
+    power_iters: int = 50
 
 
 @dataclass
@@ -99,6 +114,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    lipschitz: LipschitzConfig = field(default_factory=LipschitzConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 0
     # Trained models are cached here, keyed by everything that determines them.

@@ -17,17 +17,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
 
-from adv_jax import checkpoint
+from adv_jax import checkpoint, lipschitz
+from adv_jax.attacks import make_attack, single_example
+from adv_jax.attacks.generate import generate, summarize
+from adv_jax.attacks.lbfgs import TARGET_MODES
 from adv_jax.config import Config
+from adv_jax.figures import adversarial_grid
 from adv_jax.data import load_splits
 from adv_jax.logger import Logger, open_logger
-from adv_jax.models import Model, Params, build_model, logits_fn, num_params
+from adv_jax.models import Model, Params, build_model, logits_fn, num_params, predict
 from adv_jax.train import evaluate, train_model
 
 log = logging.getLogger(__name__)
-ATTACKS = ("none",)
 RUN_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "params.msgpack", "run.log")
 EVAL_SPLITS = ("p1", "p2", "full", "test")
 
@@ -58,8 +62,51 @@ def train_or_load(cfg: DictConfig, splits, logger: Logger | None = None) -> tupl
 
 
 def _check_attack(cfg: DictConfig) -> None:
-    if cfg.attack.name not in ATTACKS:
-        raise ValueError(f"unknown attack {cfg.attack.name!r}; choose one of {list(ATTACKS)}")
+    """Fails before any training on an unknown attack name or hyperparameter."""
+    if cfg.attack.name != "none":
+        make_attack(cfg.attack.name, cfg.attack.params)
+    if cfg.attack.target not in TARGET_MODES:
+        raise ValueError(f"unknown attack.target {cfg.attack.target!r}; choose one of {list(TARGET_MODES)}")
+
+
+def attack_run(cfg: DictConfig, model: Model, params: Params, test, run_dir: Path,
+               logger: Logger) -> dict[str, Any]:
+    """Attacks the first attack.num_examples test images; writes adversarials.npz and a figure."""
+    n = len(test) if cfg.attack.num_examples is None else min(cfg.attack.num_examples, len(test))
+    log.info("attacking %d test images with %s (target: %s)", n, cfg.attack.name, cfg.attack.target)
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+    adv, seconds = generate(cfg.attack, model, params, test.x[:n], test.y[:n], key)
+    adv.save(run_dir / "adversarials.npz")
+    metrics = summarize(adv, seconds)
+    columns = cfg.attack.figure_columns
+    predicted = predict(model, params, adv.x_adv[:columns])
+    figure = adversarial_grid(adv.x, adv.x_adv, run_dir / "adversarials.png", labels=adv.y,
+                              predicted=predicted, columns=columns)
+    logger.image("adversarials", figure)
+    return metrics, adv
+
+
+def lipschitz_run(cfg: DictConfig, model: Model, params: Params, test, adv, run_dir: Path,
+                  logger: Logger) -> dict[str, Any]:
+    """Per-layer upper bounds (paper's Table 5 layout) and empirical lower bounds -> lipschitz.json."""
+    table = lipschitz.layer_table(model, params, model.input_shape)
+    bound = lipschitz.network_bound(table)
+    metrics = {"lipschitz/upper_bound": bound}
+    metrics.update({f"lipschitz/layer{row['index']}": row["bound"] for row in table})
+    single = single_example(lambda x: model.apply(params, x))
+    if cfg.lipschitz.images:
+        key = jax.random.fold_in(jax.random.key(cfg.seed), 2)
+        metrics["lipschitz/jacobian_lower_bound"] = float(lipschitz.max_jacobian_norm(
+            single, jnp.asarray(test.x[: cfg.lipschitz.images]), key, cfg.lipschitz.power_iters))
+    if adv is not None and adv.success.any():
+        apply = lambda x: model.apply(params, x)  # noqa: E731
+        ok = adv.success
+        metrics["lipschitz/pair_ratio_lower_bound"] = float(lipschitz.pair_ratio_bound(
+            apply, jnp.asarray(adv.x[ok]), jnp.asarray(adv.x_adv[ok])))
+    (run_dir / "lipschitz.json").write_text(json.dumps({"layers": table, **metrics}, indent=1))
+    columns = list(table[0])
+    logger.table("lipschitz", columns, [[row[c] for c in columns] for row in table])
+    return metrics
 
 
 def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
@@ -83,6 +130,11 @@ def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
                 "model/num_params": num_params(params),
                 "data/train_size": len(splits["train"]),
             }
+            adv = None
+            if cfg.attack.name != "none":
+                attack_metrics, adv = attack_run(cfg, model, params, splits["test"], run_dir, logger)
+                metrics.update(attack_metrics)
+            metrics.update(lipschitz_run(cfg, model, params, splits["test"], adv, run_dir, logger))
             logger.summary(metrics)
             logger.table("layers", ["index", "layer"], list(enumerate(model.summary(params))))
             (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))

@@ -24,6 +24,7 @@ import optax.tree_utils as otu
 from tqdm.auto import tqdm
 
 from adv_jax.data import Dataset
+from adv_jax.lipschitz import lipschitz_penalty
 from adv_jax.models import Model, Params, error_rate
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,15 @@ class TrainingDiverged(FloatingPointError):
 
 
 def classification_loss(model: Model, params: Params, x: jax.Array, y: jax.Array,
-                        decay_scale: float = 1.0) -> jax.Array:
-    """Mean softmax cross-entropy over the batch plus decay_scale times the paper's decay."""
+                        decay_scale: float = 1.0, lipschitz_weight: float = 0.0) -> jax.Array:
+    """Mean softmax cross-entropy over the batch, plus decay_scale times the paper's decay, plus
+    lipschitz_weight times log of the network's Lipschitz upper bound."""
     logits = model.apply(params, x)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return ce + decay_scale * model.weight_decay(params)
+    loss = ce + decay_scale * model.weight_decay(params)
+    if lipschitz_weight:
+        loss += lipschitz_weight * lipschitz_penalty(model, params, model.input_shape)
+    return loss
 
 
 def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
@@ -71,8 +76,8 @@ def _check_finite(losses: np.ndarray, epoch: int) -> None:
 
 def fit_minibatch(loss: LossFn, params: Any, data: Dataset, key: jax.Array, *,
                   optimizer: optax.GradientTransformation, epochs: int, batch_size: int,
-                  on_epoch: Callable[[int, float], None] | None = None) -> tuple[Any, list[float]]:
-    """Minibatch training for `epochs`; returns params and the mean loss of each epoch.
+                  on_epoch: Callable[[int, float], None] | None = None) -> tuple[Any, list[float], int]:
+    """Minibatch training for `epochs`; returns params, each epoch's mean loss, and the step count.
 
     Each epoch visits a fresh permutation; the last partial batch is dropped.
     """
@@ -100,14 +105,15 @@ def fit_minibatch(loss: LossFn, params: Any, data: Dataset, key: jax.Array, *,
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         if on_epoch:
             on_epoch(i, history[-1])
-    return state[0], history
+    return state[0], history, epochs * num_batches
 
 
 def fit_lbfgs(loss: LossFn, params: Any, data: Dataset, cfg, chunk: int = 50,
-              on_epoch: Callable[[int, float], None] | None = None) -> tuple[Any, list[float]]:
+              on_epoch: Callable[[int, float], None] | None = None) -> tuple[Any, list[float], int]:
     """Full-batch L-BFGS (optax, zoom line search) until |grad| < cfg.lbfgs_tolerance.
 
-    Runs inside jit in chunks of `chunk` iterations; returns params and the loss after each chunk.
+    Runs inside jit in chunks of `chunk` iterations; returns params, the loss after each chunk,
+    and the number of iterations.
     """
     x, y = jnp.asarray(data.x), jnp.asarray(data.y)
     objective = lambda p: loss(p, x, y)  # noqa: E731
@@ -143,7 +149,7 @@ def fit_lbfgs(loss: LossFn, params: Any, data: Dataset, cfg, chunk: int = 50,
                 on_epoch(i, value)
             if grad_norm < cfg.lbfgs_tolerance:
                 break
-    return carry[0], history
+    return carry[0], history, int(otu.tree_get(carry[1], "count"))
 
 
 def fit(loss: LossFn, params: Any, data: Dataset, key: jax.Array, cfg, on_epoch=None):
@@ -160,15 +166,16 @@ def _with_frozen(trainable: Params, frozen: dict[int, dict]) -> Params:
 
 
 def train_classifier(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
-                     frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float]]:
+                     frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
     """Trains `params` on `data`; layers listed in `frozen_layers` keep their weights."""
     frozen = {i: params[i] for i in frozen_layers}
     trainable = tuple({} if i in frozen else p for i, p in enumerate(params))
     def loss(p, x, y):
-        return classification_loss(model, _with_frozen(p, frozen), x, y, cfg.decay_scale)
+        return classification_loss(model, _with_frozen(p, frozen), x, y, cfg.decay_scale,
+                                   cfg.lipschitz_penalty)
 
-    trained, history = fit(loss, trainable, data, key, cfg, on_epoch=on_epoch)
-    return _with_frozen(trained, frozen), history
+    trained, history, steps = fit(loss, trainable, data, key, cfg, on_epoch=on_epoch)
+    return _with_frozen(trained, frozen), history, steps
 
 
 def sparse_autoencoder_loss(encoder: dict, decoder: dict, x: jax.Array, cfg) -> jax.Array:
@@ -197,7 +204,7 @@ def pretrain_autoencoder(model: Model, params: Params, data: Dataset, key: jax.A
     decoder = {"w": jax.nn.initializers.glorot_normal()(init_key, (n_hidden, n_in)),
                "b": jnp.zeros(n_in)}
     loss = lambda p, x, y: sparse_autoencoder_loss(p[0], p[1], x, ae_cfg)  # noqa: E731
-    (encoder, _), _ = fit_minibatch(loss, (params[0], decoder), data, fit_key,
+    (encoder, _), _, _ = fit_minibatch(loss, (params[0], decoder), data, fit_key,
                                     optimizer=optax.adam(ae_cfg.learning_rate),
                                     epochs=ae_cfg.epochs, batch_size=train_cfg.batch_size)
     return (encoder,) + tuple(params[1:])
@@ -218,8 +225,8 @@ def train_model(model: Model, model_cfg, train_cfg, data: Dataset, key: jax.Arra
     if model_cfg.autoencoder is not None:
         params = pretrain_autoencoder(model, params, data, ae_key, model_cfg.autoencoder, train_cfg)
         frozen = (0,)
-    params, history = train_classifier(model, params, data, fit_key, train_cfg, frozen, on_epoch)
+    params, history, steps = train_classifier(model, params, data, fit_key, train_cfg, frozen, on_epoch)
     params = jax.block_until_ready(params)
     final_loss = history[-1] if history else float("nan")
     return params, {"train/seconds": time.perf_counter() - start, "train/final_loss": final_loss,
-                    "train/epochs": len(history)}
+                    "train/steps": steps}

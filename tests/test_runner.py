@@ -64,7 +64,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
 def test_unknown_attack_is_rejected_before_training(tmp_path, tiny_overrides):
     cfg = compose(tiny_overrides)
     cfg.attack.name = "magic"
-    with pytest.raises(ValueError, match=r"unknown attack 'magic'; choose one of"):
+    with pytest.raises(ValueError, match=r"unknown attack .magic.; choose one of.*lbfgs"):
         adv_jax.run(cfg, tmp_path / "run")
 
 
@@ -93,3 +93,29 @@ def test_sweep_script_single_and_multirun(tmp_path, tiny_overrides):
     assert multi.returncode == 0, multi.stderr[-3000:]
     runs = sorted(p for p in (tmp_path / "multi").iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert len(runs) == 2 and (runs[0] / "run.log").read_text()
+
+
+def test_attack_run_writes_adversarials_and_bounds(tmp_path, tiny_overrides):
+    from adv_jax.attacks.generate import Adversarials
+
+    cfg = compose(["model=fc10", "attack=lbfgs", "attack.num_examples=40", "lipschitz.images=50"]
+                  + tiny_overrides)
+    metrics = adv_jax.run(cfg, tmp_path / "run")
+    adv = Adversarials.load(tmp_path / "run" / "adversarials.npz")
+    assert adv.x.shape == adv.x_adv.shape == (40, 28, 28, 1)
+    assert adv.x_adv.min() >= 0.0 and adv.x_adv.max() <= 1.0
+    assert (adv.target != adv.y).all() and (adv.index == np.arange(40)).all()
+    assert metrics["attack/success_rate"] == 1.0 and adv.success.all()
+    assert 0.0 < metrics["attack/mean_distortion"] < 0.2
+    assert (tmp_path / "run" / "adversarials.png").exists()
+    # The product of layer norms bounds every measured local slope from above.
+    assert metrics["lipschitz/pair_ratio_lower_bound"] <= metrics["lipschitz/upper_bound"] * (1 + 1e-5)
+    assert metrics["lipschitz/jacobian_lower_bound"] <= metrics["lipschitz/upper_bound"] * (1 + 1e-5)
+    table = json.loads((tmp_path / "run" / "lipschitz.json").read_text())["layers"]
+    assert [row["kind"] for row in table] == ["dense"]
+
+
+def test_unknown_attack_parameter_is_rejected(tmp_path, tiny_overrides):
+    cfg = compose(["attack=lbfgs", "+attack.params.c_start=3"] + tiny_overrides)
+    with pytest.raises(ValueError, match="bad attack.params for 'lbfgs'.*c_start"):
+        adv_jax.run(cfg, tmp_path / "run")

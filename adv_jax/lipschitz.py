@@ -1,0 +1,296 @@
+"""Per-layer Lipschitz bounds (Szegedy et al. 2014, section 4.3) and empirical lower bounds.
+
+For phi = phi_K o ... o phi_1, ||phi(x) - phi(x + r)||_2 <= L ||r||_2 with L = prod_k L_k, where
+L_k = ||W_k|| * (activation's largest slope). `layer_table` walks `model.layers` (the one layer
+enumeration) and gives each L_k; `network_bound` multiplies them.
+
+Operator norms (largest singular values):
+  dense   exact SVD of w (in, out), or power iteration. Flattening an NHWC tensor is an isometry.
+  conv    2-D DFT. With circular padding on an N_h x N_w grid and stride s (s | N), the map is
+          block diagonal in frequency: for each of the (N_h/s)(N_w/s) output frequencies eta,
+
+              y~(eta) = B(eta) x~(alias(eta)),   B(eta) = (1/s) [A(eta + a M) for a in [0, s)^2],
+
+          x~, y~ unitary DFTs, M = N/s, A(xi) the D x C matrix of the kernel's Fourier
+          coefficients, so ||W|| = max_eta ||B(eta)|| (exact). Zero padding ("SAME", "VALID",
+          explicit pairs): an upper bound, see `conv_operator_norm`.
+  maxpool sqrt(max number of windows holding one pixel) <= ceil(k/s), see `maxpool_lipschitz`.
+
+Where 1/s comes from (1-D, per axis): z the stride-1 output, y[i] = z[s i]. Then
+sum_i z[s i] e^{-2 pi i eta i / M} = (M/N) sum_a z^(eta + a M) (unnormalized DFTs), and converting
+both sides to unitary DFTs (factors 1/sqrt(M), 1/sqrt(N)) leaves (M/N) sqrt(N/M) = 1/sqrt(s). Two
+axes give 1/s. Check: a 1x1 delta kernel at stride s is plain subsampling, norm 1, and indeed
+B = (1/s)[1, ..., 1] (s^2 ones) has norm 1.
+
+Lower bounds of the logits' Lipschitz constant, which must sit below the product:
+`jacobian_norm` / `max_jacobian_norm` (power iteration with jvp/vjp at data points) and
+`pair_ratio_bound` (||f(x') - f(x)|| / ||x' - x|| over given pairs).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adv_jax.models.layers import ACTIVATION_LIPSCHITZ, Layer, apply_layer
+
+__all__ = [
+    "circular_conv", "conv_operator_norm", "dense_operator_norm", "jacobian_norm", "layer_table",
+    "lipschitz_penalty", "max_jacobian_norm", "maxpool_lipschitz", "network_bound",
+    "pair_ratio_bound",
+]
+
+Array = jax.Array
+Padding = Union[str, Sequence[tuple[int, int]]]  # "CIRCULAR" | "SAME" | "VALID" | ((lo, hi), (lo, hi))
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+# ----------------------------------------------------------------------------- linear algebra
+
+def _power_norm(forward: Callable, backward: Callable, v0: Array, iters: int) -> Array:
+    """||A v|| after `iters` steps of power iteration on A^T A from v0: a LOWER bound on ||A||."""
+    def unit(v):
+        # max(., tiny) keeps A = 0 at norm 0 instead of NaN.
+        return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
+
+    v = jax.lax.fori_loop(0, iters, lambda _, v: unit(backward(forward(v))), unit(v0))
+    return jnp.linalg.norm(forward(v))
+
+
+def _max_singular_value(blocks: Array) -> Array:
+    """max over a batch (B, m, n) of the largest singular value. Scalar.
+
+    Square blocks go to svd directly; otherwise the smaller Gram matrix does (sigma_max(B)^2 =
+    sigma_max(B B^H)), which on CPU is ~10x faster than svd of a wide block. (jax's complex
+    eigvalsh is slower still.)
+    """
+    m, n = blocks.shape[-2:]
+    if m == n:
+        return jnp.max(jnp.linalg.svd(blocks, compute_uv=False)[..., 0])
+    h = jnp.conj(jnp.swapaxes(blocks, -1, -2))
+    gram = blocks @ h if m < n else h @ blocks
+    return jnp.sqrt(jnp.max(jnp.linalg.svd(gram, compute_uv=False)[..., 0]))
+
+
+def dense_operator_norm(w: Array, method: str = "svd", iters: int = 100,
+                        key: Array | None = None) -> Array:
+    """Largest singular value of w (in, out), the L2 norm of x -> x @ w. Scalar.
+
+    "svd": exact. "power": `iters` steps of power iteration from a random start (needs `key`); it
+    never overshoots, so it is a lower bound that converges to the norm.
+    """
+    if method == "svd":
+        return jnp.linalg.svd(w, compute_uv=False)[0]
+    if method != "power":
+        raise ValueError(f"unknown method {method!r}; choose 'svd' or 'power'")
+    if key is None:
+        raise ValueError("method='power' needs a PRNG key")
+    return _dense_power_norm(w, key, iters)
+
+
+@functools.partial(jax.jit, static_argnames="iters")
+def _dense_power_norm(w: Array, key: Array, iters: int) -> Array:
+    v0 = jax.random.normal(key, w.shape[:1], w.dtype)
+    return _power_norm(lambda v: v @ w, lambda u: w @ u, v0, iters)
+
+
+# ----------------------------------------------------------------------------- convolutions
+
+def circular_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
+    """The map whose norm `conv_operator_norm(..., "CIRCULAR")` is: image (H, W, C) -> (H/s, W/s, D).
+
+    y[i, j, d] = sum_{u, v, c} x[(s i + u) mod H, (s j + v) mod W, c] kernel[u, v, c, d], the
+    cross-correlation of `lax.conv_general_dilated` on a periodic image (any k, also k > H).
+    """
+    (h, w, _), (kh, kw) = x.shape, kernel.shape[:2]
+    if h % stride or w % stride:
+        raise ValueError(f"stride {stride} must divide the {h}x{w} grid")
+    wrapped = jnp.pad(x, ((0, kh - 1), (0, kw - 1), (0, 0)), mode="wrap")
+    return jax.lax.conv_general_dilated(wrapped[None], kernel, (stride, stride), "VALID",
+                                        dimension_numbers=_DIMENSIONS)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("grid_hw", "stride"))
+def _circular_norm(kernel: Array, grid_hw: tuple[int, int], stride: int) -> Array:
+    """Exact norm of `circular_conv` with kernel (kh, kw, C, D) on a grid_hw grid."""
+    (kh, kw, c, d), (nh, nw), s = kernel.shape, grid_hw, stride
+    # Kernel taps u and u + N hit the same pixel: fold the kernel onto the grid (handles k > N).
+    rows, cols = jnp.arange(kh)[:, None] % nh, jnp.arange(kw)[None, :] % nw
+    folded = jnp.zeros((nh, nw, c, d), kernel.dtype).at[rows, cols].add(kernel)
+    # fft2 uses e^{-i...}, A(xi) in the docstring e^{+i...}: A(xi) = conj(fft(-xi)), and xi -> -xi
+    # maps alias sets onto alias sets, so the set of blocks' norms is the same.
+    spectrum = jnp.fft.fft2(folded, axes=(0, 1))
+    mh, mw = nh // s, nw // s
+    # xi = a M + eta: splitting each frequency axis as (a, eta) groups the s^2 aliases of eta.
+    blocks = spectrum.reshape(s, mh, s, mw, c, d).transpose(1, 3, 5, 0, 2, 4)
+    if not jnp.iscomplexobj(kernel):
+        # Real kernel: B(-eta) is B(eta) conjugated with its columns permuted, same norm; so half
+        # the output frequencies (eta_w <= M_w / 2) cover all of them.
+        blocks = blocks[:, : mw // 2 + 1]
+    return _max_singular_value(blocks.reshape(-1, d, s * s * c) / s)
+
+
+def _zero_padding_grid(n: int, k: int, s: int, pad: tuple[int, int]) -> int:
+    """Smallest periodic grid (a multiple of s) on which the zero-padded 1-D conv is exact."""
+    lo, hi = pad
+    if lo < 0 or hi < 0:
+        raise ValueError(f"negative padding {pad} is not supported")
+    out = (n + lo + hi - k) // s + 1
+    if out < 1:
+        raise ValueError(f"a window of {k} does not fit an input of {n} padded by {pad}")
+    # The input must fit at offset lo, and the last kept output reads up to s (out - 1) + k - 1.
+    need = max(lo + n, s * (out - 1) + k)
+    return -(-need // s) * s
+
+
+def conv_operator_norm(kernel: Array, input_hw: tuple[int, int], stride: int = 1,
+                       padding: Padding = "CIRCULAR") -> Array:
+    """L2 operator norm of the conv with kernel HWIO (kh, kw, C, D) on (H, W, C) images. Scalar.
+
+    "CIRCULAR": exact, the norm of `circular_conv` (H and W divisible by the stride).
+    "SAME", "VALID" or explicit ((lo, hi), (lo, hi)) zero padding, as `lax.conv_general_dilated`
+    pads: a GUARANTEED UPPER BOUND. Per axis take the grid G = the smallest multiple of s with
+    G >= lo + H (the padded image fits) and G >= s (out - 1) + k (the last kept output reads no
+    wrapped pixel). Then  conv = R o circ_G o E  exactly, with E the zero-embedding of the image at
+    offset lo and R the restriction to the first `out` outputs; ||E|| = ||R|| = 1, so
+    ||conv|| <= ||circ_G||, computed exactly by FFT.
+    """
+    input_hw, ksize = tuple(input_hw), tuple(kernel.shape[:2])
+    if isinstance(padding, str) and padding == "CIRCULAR":
+        if any(n % stride for n in input_hw):
+            raise ValueError(f"stride {stride} must divide the {input_hw} grid for circular padding")
+        return _circular_norm(kernel, input_hw, stride)
+    if isinstance(padding, str):
+        pads = jax.lax.padtype_to_pads(input_hw, ksize, (stride, stride), padding)
+    else:
+        pads = [tuple(p) for p in padding]
+    grid = tuple(_zero_padding_grid(n, k, stride, p) for n, k, p in zip(input_hw, ksize, pads))
+    return _circular_norm(kernel, grid, stride)
+
+
+# ----------------------------------------------------------------------------- max-pooling
+
+def maxpool_lipschitz(kernel: int, stride: int, input_hw: tuple[int, int] | None = None,
+                      padding: str = "VALID") -> float:
+    """L2 Lipschitz constant of max-pooling (window k, step s), channel by channel.
+
+    |max_w x - max_w y| <= max_{i in w} |x_i - y_i|, so ||P x - P y||^2 <= sum_w max_{i in w} d_i^2
+    <= sum_i m_i d_i^2 <= (max_i m_i) ||d||^2, m_i = number of windows holding pixel i. A unit
+    bump at a pixel with the most windows (x = 0, y = e_i) attains it, so L = sqrt(max_i m_i).
+    Per axis at most ceil(k/s) windows hold a pixel, and pixel counts are products of axis counts,
+    so L <= ceil(k/s): 1 when windows do not overlap (s >= k). Without `input_hw` this worst case
+    ceil(k/s) is returned; with it, the exact sqrt(max_i m_i) for that input and padding.
+    """
+    if input_hw is None:
+        return float(-(-kernel // stride))
+    pads = jax.lax.padtype_to_pads(tuple(input_hw), (kernel, kernel), (stride, stride), padding)
+    most = 1
+    for n, (lo, hi) in zip(input_hw, pads):
+        starts = np.arange(0, n + lo + hi - kernel + 1, stride) - lo
+        pixels = np.arange(n)[:, None]
+        most *= int(np.max(np.sum((pixels >= starts) & (pixels < starts + kernel), axis=1)))
+    return math.sqrt(most)
+
+
+# ----------------------------------------------------------------------------- the layer table
+
+def _layer_operator_norm(layer: Layer, params: dict, in_shape: tuple[int, ...]) -> tuple[Array, bool]:
+    """(norm of the layer's linear or pooling part on in_shape inputs, whether it is exact)."""
+    if layer.kind == "dense":
+        return dense_operator_norm(params["w"]), True
+    if layer.kind == "conv":
+        norm = conv_operator_norm(params["w"], in_shape[:2], layer.stride, layer.padding)
+        return norm, False  # zero padding: the enlarged-grid upper bound
+    return jnp.asarray(maxpool_lipschitz(layer.kernel, layer.stride, in_shape[:2], layer.padding)), True
+
+
+def _walk(model, params, input_shape):
+    """Yields (index, layer, params, per-example input shape) along model.layers."""
+    shape = tuple(input_shape)
+    for index, (layer, p) in enumerate(zip(model.layers, params)):
+        yield index, layer, p, shape
+        out = jax.eval_shape(functools.partial(apply_layer, layer), p,
+                             jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
+        shape = tuple(out.shape[1:])
+
+
+def _shape_string(layer: Layer, params: dict) -> str:
+    if layer.kind == "dense":
+        return "x".join(map(str, params["w"].shape))
+    if layer.kind == "conv":
+        kh, kw, c, d = params["w"].shape
+        return f"{c}x{kh}x{kw}x{d}"  # paper's Table 5 order: in x k x k x out
+    return f"{layer.kernel}x{layer.kernel}"
+
+
+def layer_table(model, params, input_shape: tuple[int, ...] = (28, 28, 1)) -> list[dict[str, Any]]:
+    """One row per layer of model.layers: index, kind, shape, input (HxWxC), stride, padding,
+    operator_norm, activation (its Lipschitz factor), bound = operator_norm * activation, and
+    exact (False: operator_norm is the zero-padding upper bound of `conv_operator_norm`)."""
+    rows = []
+    for index, layer, p, shape in _walk(model, params, input_shape):
+        norm, exact = _layer_operator_norm(layer, p, shape)
+        factor = ACTIVATION_LIPSCHITZ[layer.activation]
+        rows.append(dict(
+            index=index, kind=layer.kind, shape=_shape_string(layer, p),
+            input="x".join(map(str, shape)),
+            stride=None if layer.kind == "dense" else layer.stride,
+            padding=None if layer.kind == "dense" else layer.padding,
+            operator_norm=float(norm), activation=factor, bound=float(norm) * factor, exact=exact,
+        ))
+    return rows
+
+
+def network_bound(table: list[dict[str, Any]]) -> float:
+    """prod_k L_k: an upper bound on the L2 Lipschitz constant from images to logits."""
+    return math.prod(row["bound"] for row in table)
+
+
+def lipschitz_penalty(model, params, input_shape: tuple[int, ...] = (28, 28, 1)) -> Array:
+    """log(network_bound) = sum_k log(||W_k|| * activation factor). Scalar, differentiable.
+
+    Uses the same exact norms as `layer_table` (SVD for dense layers, the FFT norm for convs), not
+    power iteration; gradients reach each weight matrix through its top singular direction (and,
+    for a conv, its worst frequency). Pooling and activation factors are constants. The log makes
+    the penalty scale-free per layer: doubling one W_k adds log 2 whatever the other layers.
+    """
+    total = jnp.zeros((), jnp.float32)
+    for _, layer, p, shape in _walk(model, params, input_shape):
+        norm, _ = _layer_operator_norm(layer, p, shape)
+        total += jnp.log(norm * ACTIVATION_LIPSCHITZ[layer.activation])
+    return total
+
+
+# ----------------------------------------------------------------------------- lower bounds
+
+def jacobian_norm(logits_fn_single: Callable[[Array], Array], x: Array, key: Array,
+                  iters: int = 50) -> Array:
+    """Largest singular value of d logits / d x at one image x (28, 28, 1), logits (K,). Scalar.
+
+    Power iteration on J^T J with a jvp (J v) and its transpose (J^T u); ||J v|| for a unit v never
+    exceeds ||J||, so this is a lower bound on the network's Lipschitz constant.
+    """
+    _, jvp = jax.linearize(logits_fn_single, x)
+    vjp = jax.linear_transpose(jvp, x)
+    return _power_norm(jvp, lambda u: vjp(u)[0], jax.random.normal(key, x.shape, x.dtype), iters)
+
+
+def max_jacobian_norm(logits_fn_single: Callable[[Array], Array], xs: Array, key: Array,
+                      iters: int = 50) -> Array:
+    """max over images xs (B, 28, 28, 1) of `jacobian_norm`, vmapped, one key per image. Scalar."""
+    keys = jax.random.split(key, xs.shape[0])
+    per_image = jax.vmap(lambda x, k: jacobian_norm(logits_fn_single, x, k, iters))
+    return jnp.max(jax.jit(per_image)(xs, keys))
+
+
+def pair_ratio_bound(logits_fn_batch: Callable[[Array], Array], x: Array, x_adv: Array) -> Array:
+    """max_i ||f(x'_i) - f(x_i)||_2 / ||x'_i - x_i||_2 over pairs (B, ...); equal pairs skipped."""
+    out = jnp.linalg.norm((logits_fn_batch(x_adv) - logits_fn_batch(x)).reshape(len(x), -1), axis=1)
+    dist = jnp.linalg.norm((x_adv - x).reshape(len(x), -1), axis=1)
+    return jnp.max(jnp.where(dist > 0, out / jnp.where(dist > 0, dist, 1.0), 0.0))
