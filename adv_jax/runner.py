@@ -112,12 +112,20 @@ def lipschitz_run(cfg: DictConfig, model: Model, params: Params, test, adv, run_
 def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Runs one job into `run_dir` (default: runs/<time>_<model>) and returns its metrics."""
     cfg = as_config(cfg)
+    if cfg.experiment.name != "none":  # a transfer study: several models, one matrix
+        from adv_jax.experiment import run_experiment
+
+        return run_experiment(cfg, run_dir)
     _check_attack(cfg)
     run_dir = Path(run_dir or Path("runs") / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{cfg.model.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if (finished := _finished(run_dir, resolved)) is not None:
+        log.info("%s already finished with this config; skipping (delete metrics.json to redo)", run_dir)
+        return finished
     handler = _attach_log_file(run_dir)
     try:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (run_dir / "config.yaml").write_text(resolved)
         splits = load_splits(cfg.data, cfg.model.classes)
         with open_logger(cfg, run_dir, name=run_dir.name) as logger:
             model, params, train_metrics = train_or_load(cfg, splits, logger)
@@ -145,6 +153,18 @@ def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
         if handler:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+def _finished(run_dir: Path, resolved_config: str) -> dict[str, Any] | None:
+    """The metrics of a run that already completed in run_dir with the same config, else None.
+
+    metrics.json is written last, so its presence means the run finished; this is what lets an
+    interrupted multirun, started again with the same hydra.sweep.dir, skip its finished jobs.
+    """
+    metrics, config = run_dir / "metrics.json", run_dir / "config.yaml"
+    if metrics.exists() and config.exists() and config.read_text() == resolved_config:
+        return json.loads(metrics.read_text())
+    return None
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler | None:

@@ -85,20 +85,22 @@ def fit_minibatch(loss: LossFn, params: Any, data: Dataset, key: jax.Array, *,
     batch_size = min(batch_size, len(y))
     num_batches = len(y) // batch_size
 
-    def step(state, index):
-        params, opt_state = state
-        value, grads = jax.value_and_grad(loss)(params, x[index], y[index])
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
-
+    # The data are arguments, not closed-over constants: XLA would otherwise embed (and try to
+    # constant-fold) the whole training set in the compiled program.
     @functools.partial(jax.jit, donate_argnums=0)
-    def epoch(state, epoch_key):
+    def epoch(state, epoch_key, x, y):
+        def step(state, index):
+            params, opt_state = state
+            value, grads = jax.value_and_grad(loss)(params, x[index], y[index])
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), value
+
         order = jax.random.permutation(epoch_key, len(y))[: num_batches * batch_size]
         return jax.lax.scan(step, state, order.reshape(num_batches, batch_size))
 
     state, history = (params, optimizer.init(params)), []
     for i in (bar := tqdm(range(epochs), desc="train", unit="epoch", leave=False)):
-        state, losses = epoch(state, jax.random.fold_in(key, i))
+        state, losses = epoch(state, jax.random.fold_in(key, i), x, y)
         losses = np.asarray(losses)
         _check_finite(losses, i)
         history.append(float(losses.mean()))
@@ -116,19 +118,20 @@ def fit_lbfgs(loss: LossFn, params: Any, data: Dataset, cfg, chunk: int = 50,
     and the number of iterations.
     """
     x, y = jnp.asarray(data.x), jnp.asarray(data.y)
-    objective = lambda p: loss(p, x, y)  # noqa: E731
     optimizer = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(objective)
-
-    def step(carry):
-        params, state = carry
-        value, grad = value_and_grad(params, state=state)
-        updates, state = optimizer.update(grad, state, params, value=value, grad=grad,
-                                          value_fn=objective)
-        return optax.apply_updates(params, updates), state
 
     @jax.jit
-    def run_chunk(carry, stop):
+    def run_chunk(carry, stop, x, y):  # data as arguments: see fit_minibatch
+        objective = lambda p: loss(p, x, y)  # noqa: E731
+        value_and_grad = optax.value_and_grad_from_state(objective)
+
+        def step(carry):
+            params, state = carry
+            value, grad = value_and_grad(params, state=state)
+            updates, state = optimizer.update(grad, state, params, value=value, grad=grad,
+                                              value_fn=objective)
+            return optax.apply_updates(params, updates), state
+
         def going(carry):
             count = otu.tree_get(carry[1], "count")
             grad_norm = otu.tree_norm(otu.tree_get(carry[1], "grad"))
@@ -139,7 +142,7 @@ def fit_lbfgs(loss: LossFn, params: Any, data: Dataset, cfg, chunk: int = 50,
     carry, history = (params, optimizer.init(params)), []
     with tqdm(total=cfg.lbfgs_steps, desc="lbfgs", unit="it", leave=False) as bar:
         for i, stop in enumerate(range(chunk, cfg.lbfgs_steps + chunk, chunk)):
-            carry, value, grad_norm = run_chunk(carry, min(stop, cfg.lbfgs_steps))
+            carry, value, grad_norm = run_chunk(carry, min(stop, cfg.lbfgs_steps), x, y)
             value, grad_norm = float(value), float(grad_norm)
             _check_finite(np.array([value]), i)
             history.append(value)

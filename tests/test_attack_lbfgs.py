@@ -145,8 +145,8 @@ def test_ten_classes_cross_entropy_is_bounded_by_qp():
 @pytest.fixture(scope="module")
 def small_mlp(mnist_dir):
     """784-32-10 sigmoid MLP trained for a few seconds on 512 P1 images, and 16 test images."""
-    cfg = compose(["model=fc100", "model.hidden=[32]", "model.weight_decay=1e-5", "train=adam", "train.epochs=8",
-                   "train.batch_size=64", f"data.mnist_dir={mnist_dir}"])
+    cfg = compose(["model=fc100", "model.hidden=[32]", "model.weight_decay=1e-5", "train=adam",
+                   "train.epochs=8", "train.batch_size=64", f"data.mnist_dir={mnist_dir}"])
     splits = load_splits(cfg.data)
     train = Dataset(splits["p1"].x[:512], splits["p1"].y[:512])
     model = build_model(cfg.model)

@@ -40,6 +40,8 @@ def test_second_run_hits_the_cache_with_identical_params(tmp_path, tiny_override
     assert second["train/cached"] is True and second["error/test"] == first["error/test"]
     a, b = (adv_jax.load_run(tmp_path / d) for d in "ab")
     assert checkpoint.params_to_bytes(a.params) == checkpoint.params_to_bytes(b.params)
+    again = adv_jax.run(cfg, tmp_path / "b")  # a finished run directory is not redone
+    assert again == second and "metrics.json" in {p.name for p in (tmp_path / "b").iterdir()}
     uncached = adv_jax.run(compose(["model=fc10", "train.cache=false"] + tiny_overrides), tmp_path / "c")
     assert uncached["train/cached"] is False
     assert checkpoint.cache_key(cfg) != checkpoint.cache_key(compose(["model=fc10", "seed=1"] + tiny_overrides))
