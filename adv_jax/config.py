@@ -109,6 +109,36 @@ class WandbConfig:
 
 
 @dataclass
+class ExperimentModel:
+    """One model of an experiment: a `conf/model/<model>.yaml` entry, changed by the fields below.
+
+    Everything else (train, attack, data source, cache_dir) comes from the run's own config, so a
+    model here is the same cache entry as `sweep.py model=<model> data=<split> seed=<seed>`.
+    """
+
+    model: str = MISSING  # a file name in conf/model/ (fc10, fc100, fc123, fc200, ae400, ...)
+    label: Optional[str] = None  # its name in tables (default: its key in experiment.models)
+    split: str = "full"  # training split: full | p1 | p2
+    seed_offset: int = 0  # the model's seed is cfg.seed + seed_offset
+    hidden: Optional[List[int]] = None  # replaces model.hidden (width sweeps)
+    weight_decay: Any = None  # replaces model.weight_decay (one lambda or one per layer)
+    model_overrides: Dict[str, Any] = field(default_factory=dict)  # any other ModelConfig field
+    train_overrides: Dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+
+
+@dataclass
+class ExperimentConfig:
+    """A transfer study: models x their adversarials (conf/experiment/*.yaml); "none" = plain run."""
+
+    name: str = "none"
+    models: Dict[str, ExperimentModel] = field(default_factory=dict)  # key -> model (key = dir name)
+    examples: str = "test"  # split the adversarials are made from: test | full | p1 | p2
+    num_examples: Optional[int] = None  # its first N images; null = all
+    noise_stddevs: List[float] = field(default_factory=lambda: [0.1])  # fixed-stddev noise rows
+    amplify_to: Optional[float] = 0.1  # per-pixel stddev of the amplified rows; null = none
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -116,6 +146,7 @@ class Config:
     attack: AttackConfig = field(default_factory=AttackConfig)
     lipschitz: LipschitzConfig = field(default_factory=LipschitzConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     seed: int = 0
     # Trained models are cached here, keyed by everything that determines them.
     cache_dir: str = "${oc.env:ADV_JAX_CACHE_DIR,'~/.cache/adv_jax'}"

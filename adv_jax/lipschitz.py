@@ -56,7 +56,9 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 def _power_norm(forward: Callable, backward: Callable, v0: Array, iters: int) -> Array:
     """||A v|| after `iters` steps of power iteration on A^T A from v0: a LOWER bound on ||A||."""
     def unit(v):
-        # max(., tiny) keeps A = 0 at norm 0 instead of NaN.
+        # Rescale by the largest entry first: squaring entries near 1e-20 underflows float32 and
+        # would divide by `tiny` instead of the true norm. max(., tiny) keeps A = 0 at 0, not NaN.
+        v = v / jnp.maximum(jnp.max(jnp.abs(v)), jnp.finfo(v.dtype).tiny)
         return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
 
     v = jax.lax.fori_loop(0, iters, lambda _, v: unit(backward(forward(v))), unit(v0))

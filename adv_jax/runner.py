@@ -98,9 +98,11 @@ def lipschitz_run(cfg: DictConfig, model: Model, params: Params, test, adv, run_
         key = jax.random.fold_in(jax.random.key(cfg.seed), 2)
         metrics["lipschitz/jacobian_lower_bound"] = float(lipschitz.max_jacobian_norm(
             single, jnp.asarray(test.x[: cfg.lipschitz.images]), key, cfg.lipschitz.power_iters))
-    if adv is not None and adv.success.any():
+    # Only pairs that moved: a "success" on an already-misclassified image has x' = x.
+    moved = None if adv is None else adv.success & (adv.distortion() > 0)
+    if moved is not None and moved.any():
         apply = lambda x: model.apply(params, x)  # noqa: E731
-        ok = adv.success
+        ok = moved
         metrics["lipschitz/pair_ratio_lower_bound"] = float(lipschitz.pair_ratio_bound(
             apply, jnp.asarray(adv.x[ok]), jnp.asarray(adv.x_adv[ok])))
     (run_dir / "lipschitz.json").write_text(json.dumps({"layers": table, **metrics}, indent=1))
@@ -117,11 +119,8 @@ def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
 
         return run_experiment(cfg, run_dir)
     _check_attack(cfg)
-    run_dir = Path(run_dir or Path("runs") / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{cfg.model.name}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    if (finished := _finished(run_dir, resolved)) is not None:
-        log.info("%s already finished with this config; skipping (delete metrics.json to redo)", run_dir)
+    run_dir, resolved, finished = prepare_run_dir(cfg, run_dir, cfg.model.name)
+    if finished is not None:
         return finished
     handler = _attach_log_file(run_dir)
     try:
@@ -153,6 +152,19 @@ def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
         if handler:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: str | Path | None,
+                    name: str) -> tuple[Path, str, dict[str, Any] | None]:
+    """(run_dir, default runs/<time>_<name>; the resolved config as YAML; the metrics of a run
+    that already finished there with this config, else None)."""
+    run_dir = Path(run_dir or Path("runs") / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    finished = _finished(run_dir, resolved)
+    if finished is not None:
+        log.info("%s already finished with this config; skipping (delete metrics.json to redo)", run_dir)
+    return run_dir, resolved, finished
 
 
 def _finished(run_dir: Path, resolved_config: str) -> dict[str, Any] | None:

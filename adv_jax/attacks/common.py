@@ -38,6 +38,24 @@ def is_adversarial(logits: jax.Array, label: jax.Array, target: jax.Array) -> ja
     return jnp.where(target >= 0, predicted == target, predicted != label)
 
 
+def smallest_success(attempt: Callable[[jax.Array], tuple[jax.Array, jax.Array]], upper: float,
+                     steps: int) -> jax.Array:
+    """Bisection on [0, upper] for the smallest scale whose attempt succeeds.
+
+    attempt(scale) -> (x_adv, success). Returns the x_adv of the smallest success found, within
+    upper / 2**steps of the threshold; the attempt at `upper` if nothing succeeds.
+    """
+    def bisect(_, carry):
+        low, high, best = carry
+        middle = 0.5 * (low + high)
+        x_adv, success = attempt(middle)
+        return (jnp.where(success, low, middle), jnp.where(success, middle, high),
+                jnp.where(success, x_adv, best))
+
+    x_widest, _ = attempt(jnp.float32(upper))
+    return jax.lax.fori_loop(0, steps, bisect, (jnp.float32(0.0), jnp.float32(upper), x_widest))[2]
+
+
 def single_example(batch_logits_fn: LogitsFn) -> LogitsFn:
     """Turns a (B, 28, 28, 1) -> (B, K) function into the per-example one attacks take."""
     return lambda x: batch_logits_fn(x[None])[0]

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adv_jax.attacks.common import LogitsFn, is_adversarial
+from adv_jax.attacks.common import LogitsFn, is_adversarial, smallest_success
 from adv_jax.models import Model, Params
 
 __all__ = ["FoolingImage", "TemplateAddition", "ToyExample", "invert_affine_layers",
@@ -105,16 +105,7 @@ class TemplateAddition:
             x_adv = jnp.clip(x + multiple * direction, 0.0, 1.0)
             return x_adv, is_adversarial(logits_fn(x_adv), label, target)
 
-        def bisect(_, carry):
-            low, high, best = carry
-            middle = 0.5 * (low + high)
-            x_adv, success = attempt(middle)
-            return (jnp.where(success, low, middle), jnp.where(success, middle, high),
-                    jnp.where(success, x_adv, best))
-
-        x_widest, _ = attempt(jnp.float32(self.max_rms))
-        start = (jnp.float32(0.0), jnp.float32(self.max_rms), x_widest)
-        best = jax.lax.fori_loop(0, self.search_steps, bisect, start)[2]
+        best = smallest_success(attempt, self.max_rms, self.search_steps)
         return jnp.where(is_adversarial(logits, label, target), x, best)
 
 

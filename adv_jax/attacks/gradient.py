@@ -28,7 +28,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from adv_jax.attacks.common import LogitsFn, is_adversarial
+from adv_jax.attacks.common import LogitsFn, is_adversarial, smallest_success
 
 __all__ = ["FGSM", "PGD", "MinimalEpsilon", "attack_objective", "cross_entropy", "project"]
 
@@ -154,13 +154,4 @@ class MinimalEpsilon:
             x_adv = self.attack.perturb(logits_fn, x, label, target, key, epsilon)
             return x_adv, is_adversarial(logits_fn(x_adv), label, target)
 
-        def bisect(_, carry):
-            low, high, best = carry
-            middle = 0.5 * (low + high)
-            x_adv, success = attempt(middle)
-            return (jnp.where(success, low, middle), jnp.where(success, middle, high),
-                    jnp.where(success, x_adv, best))
-
-        x_widest, _ = attempt(jnp.float32(self.max_epsilon))
-        start = (jnp.float32(0.0), jnp.float32(self.max_epsilon), x_widest)
-        return jax.lax.fori_loop(0, self.search_steps, bisect, start)[2]
+        return smallest_success(attempt, self.max_epsilon, self.search_steps)

@@ -1,0 +1,244 @@
+"""`run_experiment(cfg, run_dir)`: a transfer study (conf/experiment/*.yaml) as one run.
+
+For each model of `cfg.experiment.models` it derives the model's own config (its conf/model entry
+changed by the entry's fields; train, attack, data source, cache_dir and seed from cfg), trains it
+or takes it from the cache, attacks the experiment's examples, and writes a per-model run
+directory that `adv_jax.load_run` reads. Then every model's adversarials are fed to every model.
+
+<run_dir>/
+  config.yaml  metrics.json  run.log  wandb/          as for any run (metrics.json is written last)
+  matrix.json   model names, run directories, rows (kind, source, stddev, errors in percent),
+                the adversarial block `matrix` (percent) and `distortion`, clean errors, checks
+  matrix.csv  matrix.md  heatmap.png
+  models/<key>/ config.yaml  params.msgpack  adversarials.npz  metrics.json
+`recompute_rows(run_dir)` rebuilds every row from those files alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from adv_jax import checkpoint, transfer
+from adv_jax.attacks.generate import Adversarials, generate, summarize
+from adv_jax.config import CONF_DIR, ModelConfig
+from adv_jax.data import Dataset, load_splits
+from adv_jax.figures_transfer import transfer_heatmap
+from adv_jax.logger import open_logger
+from adv_jax.models import predict
+from adv_jax.runner import (
+    _attach_log_file, _check_attack, _finished, as_config, load_run, prepare_run_dir, train_or_load,
+)
+from adv_jax.train import evaluate
+
+log = logging.getLogger(__name__)
+CLEAN_SPLITS = ("p1", "p2", "full", "test")
+NOISE_KEY = 3  # fold_in(key(cfg.seed), NOISE_KEY) seeds every noise row of an experiment
+
+
+def model_config(cfg: DictConfig, key: str) -> DictConfig:
+    """The full config of experiment model `key`: what `sweep.py model=<m> data=<split>` builds
+    (so the same cache entry), with the entry's overrides and seed cfg.seed + seed_offset."""
+    entry = cfg.experiment.models[key]
+    model = OmegaConf.merge(OmegaConf.structured(ModelConfig),
+                            OmegaConf.load(CONF_DIR / "model" / f"{entry.model}.yaml"))
+    changes = {k: entry[k] for k in ("hidden", "weight_decay") if entry[k] is not None}
+    model = OmegaConf.merge(model, changes, entry.model_overrides)
+    out = OmegaConf.to_container(cfg)
+    out.update(model=OmegaConf.to_container(model), seed=cfg.seed + entry.seed_offset,
+               experiment={"name": "none"})
+    out["data"]["split"] = entry.split
+    out["train"].update(OmegaConf.to_container(entry.train_overrides))
+    return as_config(out)
+
+
+def _label(cfg: DictConfig, key: str) -> str:
+    return cfg.experiment.models[key].label or key
+
+
+def model_run(cfg_m: DictConfig, examples, model_dir: Path) -> tuple[Any, Any, Adversarials, dict]:
+    """Trains (or loads) one model, attacks `examples`, writes its run directory; a directory that
+    already finished with the same config is read back instead (resuming an interrupted study)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_yaml(cfg_m, resolve=True)
+    if (metrics := _finished(model_dir, resolved)) is not None:
+        run = load_run(model_dir)
+        return run.model, run.params, Adversarials.load(model_dir / "adversarials.npz"), metrics
+    (model_dir / "config.yaml").write_text(resolved)
+    splits = load_splits(cfg_m.data)
+    model, params, train_metrics = train_or_load(cfg_m, splits)
+    checkpoint.save_params(model_dir / checkpoint.PARAMS_FILE, params)
+    key = jax.random.fold_in(jax.random.key(cfg_m.seed), 1)  # the same key as runner.attack_run
+    adv, seconds = generate(cfg_m.attack, model, params, examples.x, examples.y, key)
+    adv.save(model_dir / "adversarials.npz")
+    errors = evaluate(model, params, {s: splits[s] for s in CLEAN_SPLITS})
+    metrics = {**{f"error/{s}": e for s, e in errors.items()},
+               "error/train": evaluate(model, params, {"t": splits["train"]})["t"],
+               **train_metrics, **summarize(adv, seconds),
+               "attack/mean_distortion_all": float(adv.distortion().mean())}
+    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    return model, params, adv, metrics
+
+
+def _examples(cfg: DictConfig):
+    """The images every model's adversarials are made from: the first num_examples of a split."""
+    exp = cfg.experiment
+    data = load_splits(cfg.data)[exp.examples]
+    n = len(data) if exp.num_examples is None else min(exp.num_examples, len(data))
+    return Dataset(data.x[:n], data.y[:n])
+
+
+def _predictor(model, params):
+    return lambda x: np.asarray(predict(model, params, x))
+
+
+def rows_for(cfg: DictConfig, runs: list[tuple], examples) -> list[transfer.Row]:
+    """The study's rows from (model, params, adversarials) per model, keys from cfg.seed."""
+    exp = cfg.experiment
+    labels = [_label(cfg, k) for k in exp.models]
+    return transfer.transfer_rows(
+        [_predictor(m, p) for m, p, _ in runs], labels, examples.x, examples.y,
+        [a.x_adv for _, _, a in runs], key=jax.random.fold_in(jax.random.key(cfg.seed), NOISE_KEY),
+        noise_stddevs=list(exp.noise_stddevs), amplify_to=exp.amplify_to)
+
+
+def recompute_rows(run_dir: str | Path) -> list[transfer.Row]:
+    """Every row of a finished study, rebuilt from its config and per-model run directories."""
+    run_dir = Path(run_dir)
+    cfg = as_config(OmegaConf.load(run_dir / "config.yaml"))
+    runs = []
+    for key in cfg.experiment.models:
+        run = load_run(run_dir / "models" / key)
+        runs.append((run.model, run.params, Adversarials.load(run.path / "adversarials.npz")))
+    adv = runs[0][2]
+    return rows_for(cfg, runs, Dataset(adv.x, adv.y))
+
+
+def group_id(cfg: DictConfig) -> str:
+    """Identifies runs that differ only in their seed (aggregate.py averages over those)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for k in ("seed", "wandb", "cache_dir"):
+        container.pop(k, None)
+    container["data"].pop("mnist_dir", None)
+    return hashlib.sha256(json.dumps(container, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    return list(OmegaConf.load(path)) if path.exists() else []
+
+
+def write_results(cfg: DictConfig, run_dir: Path, rows, model_metrics: dict[str, dict],
+                  seconds: float) -> dict[str, Any]:
+    """matrix.json, matrix.csv, matrix.md and heatmap.png; returns matrix.json's content."""
+    exp, keys = cfg.experiment, list(cfg.experiment.models)
+    labels = [_label(cfg, k) for k in keys]
+    adv = transfer.block(rows, "adversarial")
+    clean_cols, clean_rows = transfer.clean_table(
+        labels, CLEAN_SPLITS, [{s: model_metrics[k][f"error/{s}"] for s in CLEAN_SPLITS} for k in keys],
+        [exp.models[k].split for k in keys], [r.stddev for r in rows if r.kind == "adversarial"],
+        [model_metrics[k]["attack/success_rate"] for k in keys])
+    columns, body = transfer.matrix_table(labels, rows)
+    result = {
+        "experiment": exp.name, "seed": cfg.seed, "group": group_id(cfg), "overrides": _overrides(run_dir),
+        "models": labels, "keys": keys, "run_dirs": [f"models/{k}" for k in keys],
+        "examples": {"split": exp.examples, "num_examples": model_metrics[keys[0]]["attack/num_examples"]},
+        "attack": OmegaConf.to_container(cfg.attack),
+        "matrix": (100 * adv).round(4).tolist(),
+        "distortion": [r.stddev for r in rows if r.kind == "adversarial"],
+        "rows": [{"name": r.name, "kind": r.kind, "source": r.source, "stddev": r.stddev,
+                  "realized_stddev": r.realized_stddev, "errors": (100 * r.errors).round(4).tolist()}
+                 for r in rows],
+        "clean": {k: {s: 100 * model_metrics[k][f"error/{s}"] for s in (*CLEAN_SPLITS, "train")}
+                  for k in keys},
+        "models_metrics": model_metrics,
+        "checks": transfer.structure_checks(rows),
+        "noise_key": f"fold_in(key({cfg.seed}), {NOISE_KEY}), then fold_in(row)",
+        "seconds": seconds,
+    }
+    (run_dir / "matrix.json").write_text(json.dumps(result, indent=1))
+    (run_dir / "matrix.csv").write_text(transfer.to_csv(columns, body))
+    (run_dir / "matrix.md").write_text(
+        f"# {exp.name} (seed {cfg.seed}, {result['examples']['num_examples']} {exp.examples} images, "
+        f"attack {cfg.attack.name})\n\nClean errors (percent):\n\n"
+        + transfer.markdown(clean_cols, clean_rows)
+        + "\nError of the column's model on the row's images (percent):\n\n"
+        + transfer.markdown(columns, body))
+    transfer_heatmap([r.name for r in rows], labels, 100 * np.array([r.errors for r in rows]),
+                     run_dir / "heatmap.png", title=f"{exp.name}, seed {cfg.seed}")
+    return result
+
+
+def run_experiment(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Runs the study `cfg.experiment` into run_dir; returns flat summary metrics."""
+    cfg = as_config(cfg)
+    _check_attack(cfg)
+    exp = cfg.experiment
+    if not exp.models:
+        raise ValueError(f"experiment {exp.name!r} lists no models (experiment.models is empty)")
+    run_dir, resolved, finished = prepare_run_dir(cfg, run_dir, exp.name)
+    if finished is not None:
+        return finished
+    handler = _attach_log_file(run_dir)
+    start = time.perf_counter()
+    try:
+        (run_dir / "config.yaml").write_text(resolved)
+        examples = _examples(cfg)
+        with open_logger(cfg, run_dir, name=run_dir.name) as logger:
+            # Every model's config is fixed now: conf/model files edited during a long study
+            # must not change its later models.
+            configs = {key: model_config(cfg, key) for key in exp.models}
+            runs, model_metrics = [], {}
+            for key, cfg_m in configs.items():
+                log.info("experiment %s: model %s", exp.name, key)
+                model, params, adv, metrics = model_run(cfg_m, examples, run_dir / "models" / key)
+                runs.append((model, params, adv))
+                model_metrics[key] = metrics
+            rows = rows_for(cfg, runs, examples)
+            result = write_results(cfg, run_dir, rows, model_metrics, time.perf_counter() - start)
+            summary = _summary(result)
+            _log(logger, run_dir, result, summary)
+            (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        log.info("experiment %s done in %.0f s: %s", exp.name, summary["experiment/seconds"],
+                 result["checks"])
+        return summary
+    finally:
+        if handler:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _summary(result: dict) -> dict[str, Any]:
+    """Flat metrics: mean diagonal / off-diagonal per kind, checks, clean test errors, time."""
+    m = len(result["models"])
+    off = ~np.eye(m, dtype=bool)
+    out: dict[str, Any] = {"experiment/seconds": result["seconds"]}
+    for kind in ("adversarial", "noise", "amplified"):
+        block = np.array([r["errors"] for r in result["rows"] if r["kind"] == kind])
+        if block.size:
+            out[f"transfer/{kind}/diagonal"] = float(np.diag(block).mean())
+            out[f"transfer/{kind}/off_diagonal"] = float(block[off].mean()) if m > 1 else float("nan")
+    for check, ok in result["checks"].items():
+        out[f"check/{check}"] = ok
+    for key, label in zip(result["keys"], result["models"]):
+        out[f"clean/{key}/test"] = result["clean"][key]["test"]
+    return out
+
+
+def _log(logger, run_dir: Path, result: dict, summary: dict) -> None:
+    columns = ["examples", "kind", *result["models"], "stddev"]
+    logger.table("transfer", columns, [[r["name"], r["kind"], *r["errors"], r["stddev"]]
+                                       for r in result["rows"]])
+    logger.table("clean", ["model", *CLEAN_SPLITS, "train"],
+                 [[label, *(result["clean"][k][s] for s in (*CLEAN_SPLITS, "train"))]
+                  for k, label in zip(result["keys"], result["models"])])
+    logger.image("heatmap", run_dir / "heatmap.png")
+    logger.summary(summary)

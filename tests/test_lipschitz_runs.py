@@ -1,0 +1,92 @@
+"""Lipschitz bounds of real trained runs, and scripts/compare_lipschitz.py on tiny run dirs."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import adv_jax
+from adv_jax import lipschitz
+from adv_jax.config import compose
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _overrides(mnist_dir, cache) -> list[str]:
+    """A seconds-long real run: 2000 P1 images, 5 Adam epochs at 1e-2, no W&B, private cache."""
+    return [f"data.mnist_dir={mnist_dir}", "data.train_limit=2000", "train=adam", "train.epochs=5",
+            "train.learning_rate=1e-2",
+            "wandb.mode=disabled", f"cache_dir={cache}", "lipschitz.images=50",
+            "lipschitz.power_iters=30"]
+
+
+@pytest.mark.parametrize("model, attack", [
+    (["model=fc100", "model.hidden=[32,32]"], ["attack=lbfgs", "attack.num_examples=20"]),
+    (["model=conv"], ["attack=fgsm", "attack.num_examples=50"]),
+])
+def test_product_bound_sits_above_the_empirical_lower_bounds_of_a_trained_model(
+        tmp_path, mnist_dir, model, attack):
+    metrics = adv_jax.run(compose(model + attack + _overrides(mnist_dir, tmp_path / "c")), tmp_path / "r")
+    assert metrics["error/test"] < 0.3  # it did learn something: real data, real training
+    stored = json.loads((tmp_path / "r" / "lipschitz.json").read_text())
+    upper = metrics["lipschitz/upper_bound"]
+    assert upper == pytest.approx(math.prod(row["bound"] for row in stored["layers"]), rel=1e-6)
+    for key in ("lipschitz/jacobian_lower_bound", "lipschitz/pair_ratio_lower_bound"):
+        assert 0 < metrics[key] <= upper * (1 + 1e-5), key
+    # The table read back from the saved parameters is the one the run logged.
+    run = adv_jax.load_run(tmp_path / "r")
+    again = lipschitz.layer_table(run.model, run.params, run.model.input_shape)
+    assert [r["bound"] for r in again] == pytest.approx([r["bound"] for r in stored["layers"]], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory, mnist_dir):
+    """A sweep dir with two finished fc10 runs (lambda 1e-4 and 1) and one unfinished job."""
+    root = tmp_path_factory.mktemp("sweep")
+    for i, wd in enumerate(["1e-4", "1"]):
+        cfg = compose(["model=fc10", f"model.weight_decay={wd}", "attack=fgsm", "attack.num_examples=20"]
+                      + _overrides(mnist_dir, root / "cache"))
+        adv_jax.run(cfg, root / "wd" / f"{i}_model.weight_decay={wd}")
+    unfinished = root / "wd" / "2_model.weight_decay=10"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((root / "wd" / "0_model.weight_decay=1e-4" / "config.yaml").read_text())
+    return root / "wd"
+
+
+def test_compare_lipschitz_tables_and_plots_a_sweep(tiny_sweep, tmp_path):
+    compare = _script("compare_lipschitz")
+    table, entries, x_key = compare.compare([tiny_sweep], plot_path=tmp_path / "plot.png")
+    assert x_key == "model.weight_decay" and len(entries) == 2  # the unfinished job is skipped
+    assert compare.varying_keys(entries) == ["model.weight_decay"]
+    lines = table.splitlines()
+    assert len(lines) == 4 and "| L_1 |" in lines[0] and "gap upper/lower" in lines[0]
+    assert lines[2].startswith("| 0 | 0.0001 |") and lines[3].startswith("| 1 | 1 |")
+    # Stronger decay, smaller weights, smaller bound; the softmax layer is linear: gap ~ 1.
+    assert entries[1]["upper"] < entries[0]["upper"]
+    for e in entries:
+        assert 0 < e["jacobian"] <= e["upper"] * (1 + 1e-5)
+        assert compare.lower_bound(e) == max(e["jacobian"], e["pairs"])
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_lipschitz_recomputes_a_missing_table_and_writes_markdown(tiny_sweep, tmp_path):
+    compare = _script("compare_lipschitz")
+    run_dir = tiny_sweep / "0_model.weight_decay=1e-4"
+    stored = compare.load_entry(run_dir)
+    copy = tmp_path / "old_run"
+    copy.mkdir()
+    for name in ("config.yaml", "metrics.json", "params.msgpack"):  # a run without lipschitz.json
+        (copy / name).write_bytes((run_dir / name).read_bytes())
+    recomputed = compare.load_entry(copy)
+    assert recomputed["upper"] == pytest.approx(stored["upper"], rel=1e-6)
+    text = compare.main([str(run_dir), str(copy), "--out", str(tmp_path / "t.md")])
+    assert (tmp_path / "t.md").read_text() == text and str(copy) in text
