@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = Path(os.environ.get("ADV_JAX_MNIST_DIR") or REPO.parent / "shared" / "data" / "mnist")
+# Absolute, so subprocesses started in other directories (Hydra jobs) find it too.
+MNIST_DIR = Path(os.environ.get("ADV_JAX_MNIST_DIR") or REPO.parent / "shared" / "data" / "mnist").resolve()
 os.environ["ADV_JAX_MNIST_DIR"] = str(MNIST_DIR)
 os.environ.setdefault("WANDB_SILENT", "true")
 
