@@ -21,10 +21,11 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
+from adv_jax.config import ModelConfig, TrainConfig
 from adv_jax.models import Model, Params
 
 PARAMS_FILE = "params.msgpack"
-CACHE_VERSION = 1  # bump when training code changes what a config produces
+CACHE_VERSION = 2  # bump when training code, or a schema default, changes what a config produces
 
 
 def params_to_bytes(params: Params) -> bytes:
@@ -67,13 +68,25 @@ def load_params(path: str | os.PathLike, model: Model) -> Params:
     return params_from_bytes(model, path.read_bytes(), str(path))
 
 
+def _changed_fields(node: Any, schema: type) -> dict:
+    """The fields of a config node that differ from the schema's defaults.
+
+    Keying on changes only means a field added to a schema later (with a default that keeps the
+    old behaviour) leaves every existing cache entry valid. Changing a default's VALUE must bump
+    CACHE_VERSION.
+    """
+    values = OmegaConf.to_container(node, resolve=True)
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
+    return {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
+
+
 def model_identity(cfg: Any) -> dict:
     """Everything that determines a trained model's parameters (and nothing else)."""
-    train = OmegaConf.to_container(cfg.train, resolve=True)
+    train = _changed_fields(cfg.train, TrainConfig)
     train.pop("cache", None)
     return {
         "version": CACHE_VERSION,
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "model": _changed_fields(cfg.model, ModelConfig),
         "data": {"source": "idx" if cfg.data.mnist_dir else "tfds", "split": cfg.data.split,
                  "split_seed": cfg.data.split_seed, "train_limit": cfg.data.train_limit},
         "train": train,

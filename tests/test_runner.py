@@ -121,3 +121,13 @@ def test_unknown_attack_parameter_is_rejected(tmp_path, tiny_overrides):
     cfg = compose(["attack=lbfgs", "+attack.params.c_start=3"] + tiny_overrides)
     with pytest.raises(ValueError, match="bad attack.params for 'lbfgs'.*c_start"):
         adv_jax.run(cfg, tmp_path / "run")
+
+
+def test_cache_key_ignores_fields_left_at_their_defaults(tiny_overrides):
+    from adv_jax.checkpoint import model_identity
+
+    identity = model_identity(compose(["model=fc100"] + tiny_overrides))
+    assert "lipschitz_penalty" not in identity["train"] and "autoencoder" not in identity["model"]
+    assert identity["train"]["optimizer"] == "lbfgs"  # differs from the schema's default (adam)
+    penalized = model_identity(compose(["model=fc100", "train.lipschitz_penalty=0.1"] + tiny_overrides))
+    assert penalized["train"]["lipschitz_penalty"] == 0.1
