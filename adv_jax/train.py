@@ -164,21 +164,19 @@ def fit(loss: LossFn, params: Any, data: Dataset, key: jax.Array, cfg, on_epoch=
                          epochs=cfg.epochs, batch_size=cfg.batch_size, on_epoch=on_epoch)
 
 
-def _with_frozen(trainable: Params, frozen: dict[int, dict]) -> Params:
-    return tuple(frozen.get(i, p) for i, p in enumerate(trainable))
-
-
 def train_classifier(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
                      frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
-    """Trains `params` on `data`; layers listed in `frozen_layers` keep their weights."""
-    frozen = {i: params[i] for i in frozen_layers}
-    trainable = tuple({} if i in frozen else p for i, p in enumerate(params))
-    def loss(p, x, y):
-        return classification_loss(model, _with_frozen(p, frozen), x, y, cfg.decay_scale,
-                                   cfg.lipschitz_penalty)
+    """Trains `params` on `data`; layers listed in `frozen_layers` keep their weights.
 
-    trained, history, steps = fit(loss, trainable, data, key, cfg, on_epoch=on_epoch)
-    return _with_frozen(trained, frozen), history, steps
+    Frozen layers stay in the optimized pytree with their gradient stopped (a zero gradient moves
+    neither Adam, SGD nor L-BFGS), rather than being closed over: a closed-over array would be
+    baked into the compiled loss as a constant.
+    """
+    def loss(p, x, y):
+        p = tuple(jax.lax.stop_gradient(q) if i in frozen_layers else q for i, q in enumerate(p))
+        return classification_loss(model, p, x, y, cfg.decay_scale, cfg.lipschitz_penalty)
+
+    return fit(loss, params, data, key, cfg, on_epoch=on_epoch)
 
 
 def sparse_autoencoder_loss(encoder: dict, decoder: dict, x: jax.Array, cfg) -> jax.Array:
