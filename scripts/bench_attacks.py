@@ -161,7 +161,8 @@ def main() -> None:
         "counted as 6 x weights per example and evaluation, every trip of each chunk counted), "
         f"against {fused:.1f} GFLOP/s for a fused forward+backward pass over a 10000-image batch "
         "(20 calls in one `lax.scan`). The rest of the loop's time is L-BFGS bookkeeping "
-        "(two-loop recursion over 5 pairs of 784-vectors per example, line search, masks).",
+        f"(two-loop recursion over {attack.memory} pairs of 784-vectors per example, line search, "
+        "masks), and the trips in which a chunk waits for its slowest example.",
     ]
     if not args.skip_foolbox:
         import foolbox as fb

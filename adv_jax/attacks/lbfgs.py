@@ -24,7 +24,7 @@ evaluations, or when the line search fails (round-off). With `warm_start`, each 
 first starts where the previous one ended; its value and gradient at the new c follow in closed
 form (no evaluation), and solves at nearby c need few iterations. Distortion saturates long before
 the solves converge (on FC100, 15 evaluations per solve is within 0.1% of cold solves run to a
-1e-6 tolerance), hence the defaults.
+1e-6 tolerance, and 10 evaluations with 3 pairs within 0.3% at twice the speed), hence the defaults.
 
 Batching: `attack_batch` vmaps `__call__` over examples, and vmapped code cannot skip work per
 example, so the attack is ONE loop whose trips each make exactly one function evaluation per
@@ -36,8 +36,10 @@ example has done its `c_steps` solves (a finished example only masks its updates
 Rounds exist because a while_loop with a per-example condition selects its whole carry, L-BFGS
 memory included, on every trip; a fori_loop inside it does not.
 
-Speed on CPU: the memory (2 * memory * n floats per example) costs more than the MLP's gradient
-unless a chunk's memory stays in cache: use attack_batch(..., chunk_size=LBFGSAttack.chunk_size).
+Speed on CPU: every trip reads and rewrites the memory (2 * memory * n floats per example), which
+costs more than the MLP's gradient unless a chunk's state stays in cache: use
+attack_batch(..., chunk_size=LBFGSAttack.chunk_size). On FC100, memory 5 -> 3 takes a 2000-image
+pass from 1.5 s to 1.0 s at the same mean distortion (0.05311).
 """
 
 from __future__ import annotations
@@ -202,14 +204,14 @@ class LBFGSAttack:
     gradient max-norm that ends a solve, relative to 2 c max|r|; loss: "xent" or "margin"
     (`attack_loss`); confidence: margin loss only; warm_start: start each solve where the
     previous one ended (else from x). Returns x itself where no solve succeeded.
-    Defaults: mean distortion within 0.1% of scipy's L-BFGS-B (same objective and c search) on
-    FC100-100-10, FC10 and a small convnet.
+    Defaults: mean distortion within 0.4% of scipy's L-BFGS-B (same objective and c search) on
+    20 test images: ratio 1.0014 on FC100-100-10, 0.9999 on FC10, 1.0037 on the convnet.
     """
 
     c_init: float = 1.0
     c_steps: int = 10
-    max_evals: int = 15
-    memory: int = 5
+    max_evals: int = 10
+    memory: int = 3
     tolerance: float = 1e-3
     loss: str = "xent"
     confidence: float = 0.0
