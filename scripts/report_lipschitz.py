@@ -44,8 +44,10 @@ CONV_FALLBACK = ("runs/lipschitz_conv_p1", f"{ENV} python scripts/sweep.py model
                  "hydra.run.dir=runs/lipschitz_conv_p1")
 # OPENBLAS_NUM_THREADS=1: on a loaded 2-core machine OpenBLAS's threads make the SVD of the
 # lipschitz penalty ~100x slower (0.7 s instead of 8 ms for 784x100); the results do not change.
+# The sweeps ran before the L-BFGS defaults became memory 3 and 10 evaluations: pinned to match.
 _SWEEP = (f"{ENV} {{}}python scripts/sweep.py -m model=fc100 data=p1 train=adam train.epochs=20 {{}} "
-          "attack=lbfgs attack.num_examples=500 wandb.mode=disabled hydra.sweep.dir={}")
+          "attack=lbfgs attack.params.max_evals=15 attack.params.memory=5 attack.num_examples=500 "
+          "wandb.mode=disabled hydra.sweep.dir={}")
 _ONE_THREAD = "OPENBLAS_NUM_THREADS=1 "
 # name -> (sweep dir, x key, command, what it shows)
 SWEEPS = {
