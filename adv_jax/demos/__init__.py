@@ -10,6 +10,7 @@ drawing its figures with `ctx.save`. A demonstration's run directory holds:
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,6 @@ def run_demo(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     params = typed_params(module.Params, cfg.demo.params, name)
     run_dir, resolved, finished = prepare_run_dir(cfg, run_dir, f"demo_{name}")
     if finished is not None:
-        import json
         return json.loads((run_dir / "numbers.json").read_text())
     handler = _attach_log_file(run_dir)
     try:
