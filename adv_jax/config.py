@@ -139,6 +139,15 @@ class ExperimentConfig:
 
 
 @dataclass
+class DemoConfig:
+    """A demonstration (conf/demo/*.yaml, scripts/demo.py); "none" = not a demo run. `params` are
+    checked against the demonstration's own dataclass in adv_jax/demos/<name>.py."""
+
+    name: str = "none"
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -147,6 +156,7 @@ class Config:
     lipschitz: LipschitzConfig = field(default_factory=LipschitzConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     seed: int = 0
     # Trained models are cached here, keyed by everything that determines them.
     cache_dir: str = "${oc.env:ADV_JAX_CACHE_DIR,'~/.cache/adv_jax'}"

@@ -118,6 +118,10 @@ def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
         from adv_jax.experiment import run_experiment
 
         return run_experiment(cfg, run_dir)
+    if cfg.demo.name != "none":  # a demonstration (scripts/demo.py demo=NAME)
+        from adv_jax.demos import run_demo
+
+        return run_demo(cfg, run_dir)
     _check_attack(cfg)
     run_dir, resolved, finished = prepare_run_dir(cfg, run_dir, cfg.model.name)
     if finished is not None:

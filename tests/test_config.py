@@ -15,7 +15,10 @@ def _options(group):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_config_option_composes(group, option):
-    cfg = compose([f"{group}={option}"])
+    # demonstrations compose through scripts/demo.py's primary config
+    cfg = compose([f"{group}={option}"], config_name="demos" if group == "demo" else "config")
+    if group == "demo":
+        assert cfg.demo.name == option
     if group == "model":
         assert cfg.model.name == option
         build_model(cfg.model)

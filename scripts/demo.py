@@ -1,0 +1,23 @@
+"""Hydra entry point of the demonstrations: python scripts/demo.py demo=NAME [overrides].
+
+NAME is a file in conf/demo/: units, linear, effective_weights, iris, bottleneck, figure7.
+Figures (PNG) and numbers.json land in the run directory (runs/<date>/<time>_demo_NAME) and W&B.
+Examples:
+  python scripts/demo.py demo=iris
+  python scripts/demo.py demo=linear data.train_limit=5000 demo.params.test_limit=1000
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from adv_jax.demos import run_demo
+
+
+@hydra.main(config_path="../conf", config_name="demos", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_demo(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
