@@ -167,7 +167,8 @@ def fit_adversarial(model: Model, params: Params, data: Dataset, key: jax.Array,
     pools and dropout as configured; returns params, each epoch's mean loss, and the step count.
 
     Each epoch visits a fresh permutation in `refreshes_per_epoch` equal blocks of minibatches
-    (the remainder, fewer than `refreshes_per_epoch` batches, is dropped)."""
+    (the remainder, fewer than `refreshes_per_epoch` batches, is dropped; with fewer batches than
+    that, one block per batch)."""
     from adv_jax.train import _check_finite, make_optimizer  # train.py imports this module lazily
 
     check_config(model, cfg)
@@ -175,11 +176,13 @@ def fit_adversarial(model: Model, params: Params, data: Dataset, key: jax.Array,
     attack = make_attack(adv.attack, adv.attack_params) if adv.layers else None
     x, y = jnp.asarray(data.x), jnp.asarray(data.y)
     batch_size = min(cfg.batch_size, len(y))
-    blocks = adv.refreshes_per_epoch if adv.layers else 1
-    per_block = len(y) // batch_size // blocks
-    if per_block < 1:
-        raise ValueError(f"{len(y)} training images make fewer than refreshes_per_epoch={blocks} "
-                         f"batches of {batch_size}; lower train.adversarial.refreshes_per_epoch")
+    num_batches = len(y) // batch_size
+    blocks = min(adv.refreshes_per_epoch, num_batches) if adv.layers else 1
+    if adv.layers and blocks < adv.refreshes_per_epoch:
+        log.warning("%d training images make only %d batches of %d per epoch: refreshing the pool "
+                    "before every batch instead of train.adversarial.refreshes_per_epoch=%d times",
+                    len(y), num_batches, batch_size, adv.refreshes_per_epoch)
+    per_block = num_batches // blocks
     steps_per_epoch = blocks * per_block
     optimizer = make_optimizer(cfg, cfg.epochs * steps_per_epoch)
     loss = make_loss(model, cfg, frozen_layers)
