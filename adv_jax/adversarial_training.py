@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ from adv_jax.attacks import make_attack
 from adv_jax.attacks.lbfgs import choose_targets
 from adv_jax.data import Dataset
 from adv_jax.models import Model, Params
+from adv_jax.train import _check_finite, make_optimizer  # train.py imports this module lazily
 
 log = logging.getLogger(__name__)
 POOL_TARGETS = ("random", "next", "untargeted")
@@ -169,8 +170,6 @@ def fit_adversarial(model: Model, params: Params, data: Dataset, key: jax.Array,
     Each epoch visits a fresh permutation in `refreshes_per_epoch` equal blocks of minibatches
     (the remainder, fewer than `refreshes_per_epoch` batches, is dropped; with fewer batches than
     that, one block per batch)."""
-    from adv_jax.train import _check_finite, make_optimizer  # train.py imports this module lazily
-
     check_config(model, cfg)
     adv = cfg.adversarial
     attack = make_attack(adv.attack, adv.attack_params) if adv.layers else None
