@@ -62,6 +62,38 @@ class ModelConfig:
 
 
 @dataclass
+class DropoutConfig:
+    """Dropout while training only (inverted: kept units scaled by 1 / (1 - rate)), so
+    `model.apply(params, x)` stays deterministic for evaluation and attacks. Dense models only."""
+
+    input: float = 0.0  # drop rate of the input pixels
+    hidden: float = 0.0  # drop rate of every hidden layer's units
+
+
+@dataclass
+class AdversarialConfig:
+    """Adversarial training with a refreshed pool (paper section 4.2; adv_jax/adversarial_training.py).
+
+    One pool per entry of `layers`: 0 holds perturbed images, k > 0 perturbations of the output of
+    the model's k-th layer (the input of layer k), used to train layers k and above. Each pool
+    holds `pool_size` (training index, perturbation) pairs; every training step mixes
+    `batch_size` of them into the batch; `refreshes_per_epoch` times per epoch, `refresh_size`
+    random entries are replaced by new adversarials of random training images against the
+    current model. Empty `layers` = off.
+    """
+
+    layers: List[int] = field(default_factory=list)
+    pool_size: int = 10000
+    batch_size: int = 64  # pool examples mixed into each batch, per pool
+    refreshes_per_epoch: int = 10
+    refresh_size: int = 1000
+    start_epoch: int = 1  # clean epochs before the pool is filled and used
+    attack: str = "fgsm_min"  # a key of adv_jax.attacks.ATTACKS (minimum-norm ones: lbfgs, fgsm_min, pgd_min, deepfool)
+    attack_params: Dict[str, Any] = field(default_factory=dict)
+    target: str = "random"  # random | next | untargeted (see attacks.lbfgs.choose_targets)
+
+
+@dataclass
 class TrainConfig:
     optimizer: str = "adam"  # adam | sgd (minibatch) | lbfgs (full batch, until convergence)
     learning_rate: float = 1e-3
@@ -77,6 +109,8 @@ class TrainConfig:
     # Weight of log(prod_k ||W_k|| * activation slope), the network's Lipschitz upper bound
     # (paper section 4.3 suggests penalizing it); 0 = off.
     lipschitz_penalty: float = 0.0
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     cache: bool = True  # reuse a model trained before with the same config and seed
 
 

@@ -170,8 +170,15 @@ def train_classifier(model: Model, params: Params, data: Dataset, key: jax.Array
 
     Frozen layers stay in the optimized pytree with their gradient stopped (a zero gradient moves
     neither Adam, SGD nor L-BFGS), rather than being closed over: a closed-over array would be
-    baked into the compiled loss as a constant.
+    baked into the compiled loss as a constant. `train.adversarial` pools or `train.dropout` hand
+    training to `adversarial_training.fit_adversarial`.
     """
+    from adv_jax import adversarial_training  # imports this module
+
+    if adversarial_training.enabled(cfg):
+        return adversarial_training.fit_adversarial(model, params, data, key, cfg, frozen_layers,
+                                                    on_epoch)
+
     def loss(p, x, y):
         p = tuple(jax.lax.stop_gradient(q) if i in frozen_layers else q for i, q in enumerate(p))
         return classification_loss(model, p, x, y, cfg.decay_scale, cfg.lipschitz_penalty)

@@ -46,7 +46,9 @@ def test_experiment_composes_and_its_models_are_plain_run_cache_entries(name):
             plain = [f"model={entry.model}", f"data={entry.split}"]
             if entry.weight_decay is not None:
                 plain.append(f"model.weight_decay={entry.weight_decay}")
-            assert checkpoint.cache_key(model_cfg) == checkpoint.cache_key(as_config(compose(plain)))
+            # ... with the experiment's own training recipe (conf/experiment/*.yaml `train:`).
+            plain_cfg = OmegaConf.merge(as_config(compose(plain)), {"train": cfg.train})
+            assert checkpoint.cache_key(model_cfg) == checkpoint.cache_key(plain_cfg)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -1,0 +1,122 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from adv_jax import adversarial_training as at
+from adv_jax.attacks import is_adversarial, make_attack
+from adv_jax.config import compose
+from adv_jax.data import Dataset, load_splits
+from adv_jax.experiment import model_config
+from adv_jax.models import build_model, error_rate
+from adv_jax.train import train_model
+
+
+@pytest.fixture(scope="module")
+def small(mnist_dir):
+    cfg = compose([f"data.mnist_dir={mnist_dir}", "data.train_limit=2000"])
+    splits = load_splits(cfg.data)
+    return splits["train"], Dataset(splits["test"].x[:1000], splits["test"].y[:1000])
+
+
+@pytest.fixture(scope="module")
+def trained(small):
+    """FC100 after 4 plain Adam epochs on 2000 images (the model the pools attack)."""
+    cfg = compose(["train=adam", "train.epochs=4", "train.learning_rate=1e-2"])
+    model = build_model(cfg.model)
+    params, _ = train_model(model, cfg.model, cfg.train, small[0], jax.random.key(0))
+    return model, params
+
+
+def _train_cfg(*overrides):
+    return compose(["train=adam", *overrides]).train
+
+
+def test_dropout_only_in_training(trained):
+    model, params = trained
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(64, 28, 28, 1)), jnp.float32)
+    key = jax.random.key(1)
+    plain = model.apply(params, x)
+    np.testing.assert_allclose(at.dropout_apply(model, params, x, key, 0.0, 0.0), plain, rtol=1e-6)
+    a = at.dropout_apply(model, params, x, key, 0.2, 0.5)
+    b = at.dropout_apply(model, params, x, jax.random.key(2), 0.2, 0.5)
+    assert not np.allclose(a, b) and not np.allclose(a, plain)
+    np.testing.assert_array_equal(a, at.dropout_apply(model, params, x, key, 0.2, 0.5))
+    # Inverted dropout keeps each unit's expected input: averaged over many masks, the first
+    # hidden layer's pre-activation converges to the deterministic one.
+    first = lambda h: h.reshape(len(h), -1) @ params[0]["w"]  # noqa: E731
+    keep = jax.vmap(lambda k: jax.random.bernoulli(k, 0.8, x.shape))(jax.random.split(key, 400))
+    mean = jnp.mean(jax.vmap(lambda m: first(jnp.where(m, x / 0.8, 0.0)))(keep), 0)
+    assert float(jnp.abs(mean - first(x)).max()) < 0.1 * float(jnp.abs(first(x)).max())
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_refresh_replaces_only_its_slots_with_adversarials(trained, small, k):
+    model, params = trained
+    x, y = jnp.asarray(small[0].x), jnp.asarray(small[0].y)
+    shape = at.layer_input_shape(model, k)
+    pool = at.Pool(jnp.zeros(300, jnp.int32), jnp.zeros((300, *shape)))
+    slots = jnp.arange(50, 250)
+    new = jax.jit(lambda p: at.refresh_pool(make_attack("deepfool"), model, params, k, "untargeted",
+                                            p, x, y, slots, jax.random.key(3)))(pool)
+    untouched = np.setdiff1d(np.arange(300), np.asarray(slots))
+    np.testing.assert_array_equal(new.delta[untouched], 0.0)
+    np.testing.assert_array_equal(new.index[untouched], 0)
+    points = at.pool_points(model, params, k, new, x, slots)
+    labels = y[new.index[slots]]
+    right = jnp.argmax(model.apply(params, x[new.index[slots]]), -1) == labels
+    fooled = is_adversarial(model.apply(params, points, start=k), labels, jnp.full_like(labels, -1))
+    assert float(jnp.mean(fooled[right])) > 0.9  # DeepFool crosses the nearest boundary
+    assert float(jnp.min(points)) >= 0.0 and float(jnp.max(points)) <= 1.0
+    assert float(jnp.mean(jnp.abs(new.delta[slots]))) > 0
+
+
+def test_pool_training_runs_and_learns(small):
+    train, test = small
+    pooled = ["train.adversarial.layers=[0,2]", "train.adversarial.pool_size=400",
+              "train.adversarial.refresh_size=100", "train.adversarial.refreshes_per_epoch=3",
+              "train.adversarial.batch_size=32", "train.adversarial.attack=fgsm",
+              "train.adversarial.target=untargeted", "train.dropout.hidden=0.2"]
+    model_cfg = compose([]).model
+    model = build_model(model_cfg)
+    runs = {}
+    for name, extra in (("plain", []), ("pooled", pooled)):
+        cfg = _train_cfg("train.epochs=3", "train.learning_rate=1e-2", *extra)
+        runs[name] = train_model(model, model_cfg, cfg, train, jax.random.key(0))
+    params, metrics = runs["pooled"]
+    assert np.isfinite(metrics["train/final_loss"])
+    assert metrics["train/steps"] == 3 * 3 * (2000 // 128 // 3)  # whole blocks of batches
+    # 3 epochs on 2000 images, the first without the pool: learning, far from chance (90%).
+    assert error_rate(model, params, jnp.asarray(test.x), jnp.asarray(test.y)) < 0.25
+    # The pool's adversarials are in the loss: a higher loss than clean training, other weights.
+    assert metrics["train/final_loss"] > runs["plain"][1]["train/final_loss"]
+    assert not np.allclose(params[0]["w"], runs["plain"][0][0]["w"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train=lbfgs", "train.dropout.hidden=0.5"], "minibatch optimizer"),
+    (["train.adversarial.layers=[3]"], "not a layer input"),
+    (["model.activation=relu", "train.adversarial.layers=[1]"], "sigmoid"),
+    (["train.dropout.input=1.0"], "drop rate"),
+    (["train.adversarial.layers=[0]", "train.adversarial.refresh_size=20000"], "refresh_size"),
+    (["train.adversarial.layers=[0]", "train.adversarial.attack=nope"], "unknown attack"),
+    (["model=conv", "train.dropout.hidden=0.5"], "fully connected"),
+])
+def test_bad_settings_fail_with_a_clear_message(overrides, message):
+    cfg = compose(["train=adam", *overrides])
+    with pytest.raises(ValueError, match=message):
+        at.check_config(build_model(cfg.model), cfg.train)
+
+
+def test_experiment_models_differ_only_in_their_regularizer(mnist_dir):
+    cfg = compose([f"data.mnist_dir={mnist_dir}", "experiment=adversarial_training"])
+    models = {key: model_config(cfg, key) for key in cfg.experiment.models}
+    assert list(models) == ["weight_decay", "dropout", "input_pool", "layer_pools"]
+    strip = lambda c: OmegaConf.to_container(c.train) | {"dropout": None, "adversarial": None}  # noqa: E731
+    assert all(strip(c) == strip(models["weight_decay"]) for c in models.values())
+    assert not at.enabled(models["weight_decay"].train)
+    assert models["dropout"].train.dropout.hidden > 0
+    assert list(models["input_pool"].train.adversarial.layers) == [0]
+    assert list(models["layer_pools"].train.adversarial.layers) == [0, 1, 2]
+    assert all(c.data.split == "full" and c.model.hidden == [100, 100] for c in models.values())
