@@ -7,10 +7,11 @@ its own key, minibatch order, optimizer state and (L-BFGS) stopping test. So mem
 `train.train_model` ends for it alone, up to floating-point reassociation (XLA fuses the batched
 program differently; tests/test_ensemble.py bounds the difference).
 
-Why: an MNIST MLP leaves two CPU cores, let alone a GPU, mostly idle; K small matmuls per step
-become one batched matmul, and K compilations become one.
+Why: K compilations become one, and K small matmuls per step one batched matmul. On two CPU cores
+one FC100 already keeps both cores busy, so there the gain is the compilation (results/bench.md);
+an MNIST MLP leaves a GPU mostly idle, where the batching pays as well.
 
-  vmap_models(model, lambdas, train_cfg, xs, ys, data_index, keys)  stacked params, (K, chunks) losses
+  vmap_models(model, lambdas, train_cfg, xs, ys, data_index, keys)  stacked params, losses, steps
   train_models(models, train_cfg, datasets, keys)      [(params, metrics)], like train_model per member
   prefill_cache(run_cfgs)      trains the uncached models of several run configs, grouped by
                                architecture, and writes each to the cache under its own key
@@ -126,7 +127,8 @@ def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, chunk: int = 50,
     if xs.shape[0] == 1:  # one shared set: broadcast it, no per-member copy
         @jax.jit
         def run_chunk(carry, stop, lambdas, data_index, xs, ys):
-            return jax.vmap(member_chunk, in_axes=(0, None, 0, None, None))(carry, stop, lambdas, xs[0], ys[0])
+            return jax.vmap(member_chunk, in_axes=(0, None, 0, None, None))(
+                carry, stop, lambdas, xs[0], ys[0])
     else:  # full batch: each member needs its whole set; gathered once per chunk
         @jax.jit
         def run_chunk(carry, stop, lambdas, data_index, xs, ys):
@@ -173,9 +175,8 @@ def vmap_models(model: Model, lambdas, train_cfg, xs, ys, data_index, keys,
     k = len(lambdas)
     if len(keys) != k or len(data_index) != k:
         raise ValueError(f"{k} members' lambdas but {len(keys)} keys and {len(data_index)} data indices")
-    # The same key use as train.train_model: init, (autoencoder), fit.
-    # One jitted program for all members' initializations: op-by-op, each initializer would be
-    # compiled on its own (seconds on two cores).
+    # The same key use as train.train_model: init, (autoencoder), fit. One jitted program for all
+    # members' initializations: op by op, each initializer would be compiled on its own.
     init_keys, _, fit_keys = jnp.moveaxis(jax.vmap(lambda key: jax.random.split(key, 3))(keys), 1, 0)
     params = jax.jit(jax.vmap(arch.init))(init_keys)
 
