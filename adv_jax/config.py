@@ -170,6 +170,12 @@ class ExperimentConfig:
     num_examples: Optional[int] = None  # its first N images; null = all
     noise_stddevs: List[float] = field(default_factory=lambda: [0.1])  # fixed-stddev noise rows
     amplify_to: Optional[float] = 0.1  # per-pixel stddev of the amplified rows; null = none
+    # With a minibatch optimizer, uncached models of one architecture (differing in seed, split,
+    # decay) are trained together as one vmapped program (adv_jax/ensemble.py), each then cached
+    # under its own key. ensemble_seeds: these seeds' models join this run's, so that later jobs
+    # with those seeds find them cached.
+    train_together: bool = True
+    ensemble_seeds: List[int] = field(default_factory=list)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from adv_jax.data import Dataset
 from adv_jax.lipschitz import lipschitz_penalty
 from adv_jax.models import Model, Params, error_rate
+from adv_jax.models.layers import weight_decay
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, x, y) -> scalar
@@ -37,12 +38,14 @@ class TrainingDiverged(FloatingPointError):
 
 
 def classification_loss(model: Model, params: Params, x: jax.Array, y: jax.Array,
-                        decay_scale: float = 1.0, lipschitz_weight: float = 0.0) -> jax.Array:
+                        decay_scale: float = 1.0, lipschitz_weight: float = 0.0,
+                        lambdas: jax.Array | None = None) -> jax.Array:
     """Mean softmax cross-entropy over the batch, plus decay_scale times the paper's decay, plus
-    lipschitz_weight times log of the network's Lipschitz upper bound."""
+    lipschitz_weight times log of the network's Lipschitz upper bound. `lambdas` (one per weighted
+    layer) replace the layers' own decay coefficients (ensembles vmap over them)."""
     logits = model.apply(params, x)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss = ce + decay_scale * model.weight_decay(params)
+    loss = ce + decay_scale * weight_decay(model.layers, params, lambdas)
     if lipschitz_weight:
         loss += lipschitz_weight * lipschitz_penalty(model, params, model.input_shape)
     return loss

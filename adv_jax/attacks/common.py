@@ -21,6 +21,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from adv_jax import devices
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 Attack = Callable[[LogitsFn, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 UNTARGETED = -1
@@ -67,12 +69,6 @@ def _attack_chunk(attack: Attack, model, params, x, label, target, keys):
     return jax.vmap(attack, in_axes=(None, 0, 0, 0, 0))(logits_fn, x, label, target, keys)
 
 
-def _pad_to(array: jax.Array, size: int) -> jax.Array:
-    """Repeats the last row so every chunk has one shape (one compilation)."""
-    missing = size - len(array)
-    return array if missing == 0 else jnp.concatenate([array, jnp.repeat(array[-1:], missing, 0)])
-
-
 def attack_batch(attack: Attack, model, params, x: jax.Array, label: jax.Array,
                  target: jax.Array, key: jax.Array, chunk_size: int = 10000,
                  progress: bool = False) -> jax.Array:
@@ -81,12 +77,14 @@ def attack_batch(attack: Attack, model, params, x: jax.Array, label: jax.Array,
 
     Each example gets its own key, folded in from its index, so results do not depend on chunking.
     Params are traced arguments (not constants), so one compilation serves every model of a shape.
-    `progress` shows a progress bar over chunks.
+    Each chunk is split across all local devices (`adv_jax.devices`; chunk_size is rounded up to
+    a multiple of the device count) with the params replicated. `progress` shows a progress bar.
     """
     n = len(x)
     if n == 0:
         return x
-    chunk_size = min(chunk_size, n)
+    chunk_size = devices.round_up(min(chunk_size, n))
+    params = devices.replicate(params)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
     label, target = jnp.asarray(label, jnp.int32), jnp.asarray(target, jnp.int32)
     starts = range(0, n, chunk_size)
@@ -97,6 +95,7 @@ def attack_batch(attack: Attack, model, params, x: jax.Array, label: jax.Array,
     parts = []
     for i in starts:
         stop = min(i + chunk_size, n)
-        chunk = [_pad_to(a[i:stop], chunk_size) for a in (x, label, target, keys)]
+        chunk = devices.shard_rows(*(devices.pad_rows(a[i:stop], chunk_size)
+                                     for a in (x, label, target, keys)))
         parts.append(jax.block_until_ready(_attack_chunk(attack, model, params, *chunk))[: stop - i])
     return jnp.concatenate(parts)

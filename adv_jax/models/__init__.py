@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from adv_jax import devices
 from adv_jax.models.layers import (
     ACTIVATION_LIPSCHITZ,
     ACTIVATIONS,
@@ -117,12 +118,16 @@ def _predict_batch(model: Model, params: Params, x: jax.Array) -> jax.Array:
 
 
 def predict(model: Model, params: Params, x: jax.Array, batch_size: int = 10000) -> jax.Array:
-    """Predicted labels (N,) for images (N, 28, 28, 1), evaluated in batches on device."""
+    """Predicted labels (N,) for images (N, 28, 28, 1), evaluated in batches of `batch_size`, each
+    split across all local devices (`adv_jax.devices`)."""
     if len(x) == 0:
         return jnp.zeros((0,), jnp.int32)
-    return jnp.concatenate(
-        [_predict_batch(model, params, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    )
+    params, parts = devices.replicate(params), []
+    for i in range(0, len(x), batch_size):
+        chunk = jnp.asarray(x[i:i + batch_size])
+        (padded,) = devices.shard_rows(devices.pad_rows(chunk, devices.round_up(len(chunk))))
+        parts.append(_predict_batch(model, params, padded)[: len(chunk)])
+    return jnp.concatenate(parts)
 
 
 def error_rate(model: Model, params: Params, x: jax.Array, y: jax.Array, batch_size: int = 10000) -> float:

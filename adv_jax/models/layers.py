@@ -92,12 +92,19 @@ def apply_layer(layer: Layer, params: LayerParams, x: Array) -> Array:
     return ACTIVATIONS[layer.activation](z)
 
 
-def weight_decay(layers: tuple[Layer, ...], params: tuple[LayerParams, ...]) -> Array:
-    """The paper's penalty: sum over layers of lambda_k * sum(w^2) / k, k = units in the layer."""
+def weight_decay(layers: tuple[Layer, ...], params: tuple[LayerParams, ...],
+                 lambdas: Array | None = None) -> Array:
+    """The paper's penalty: sum over layers of lambda_k * sum(w^2) / k, k = units in the layer.
+
+    lambdas: (number of weighted layers,) used instead of each layer's own `weight_decay`, so
+    that lambda can be traced data (an ensemble vmaps over it; adv_jax/ensemble.py).
+    """
     total = jnp.zeros((), jnp.float32)
-    for layer, p in zip(layers, params):
-        if layer.has_weights and layer.weight_decay:
-            total += layer.weight_decay * jnp.sum(p["w"] ** 2) / layer.features
+    weighted = [(layer, p) for layer, p in zip(layers, params) if layer.has_weights]
+    for j, (layer, p) in enumerate(weighted):
+        lam = layer.weight_decay if lambdas is None else lambdas[j]
+        if lambdas is not None or lam:
+            total += lam * jnp.sum(p["w"] ** 2) / layer.features
     return total
 
 

@@ -1,0 +1,304 @@
+"""Many models of one architecture trained as ONE jitted, vmapped program.
+
+Members share the layer structure, the training config and the training-set size; they differ in
+seed, weight decay and training split. The decay coefficients are data (a (K, L) array, L =
+weighted layers), each member indexes a stack of the distinct training sets, and every member keeps
+its own key, minibatch order, optimizer state and (L-BFGS) stopping test. So member k ends where
+`train.train_model` ends for it alone, up to floating-point reassociation (XLA fuses the batched
+program differently; tests/test_ensemble.py bounds the difference).
+
+Why: K compilations become one, and K small matmuls per step one batched matmul. On two CPU cores
+one FC100 already keeps both cores busy, so there the gain is the compilation (results/bench.md);
+an MNIST MLP leaves a GPU mostly idle, where the batching pays as well.
+
+  vmap_models(model, lambdas, train_cfg, xs, ys, data_index, keys)  stacked params, losses, steps
+  train_models(models, train_cfg, datasets, keys)      [(params, metrics)], like train_model per member
+  prefill_cache(run_cfgs)      trains the uncached models of several run configs, grouped by
+                               architecture, and writes each to the cache under its own key
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optax.tree_utils as otu
+from tqdm.auto import tqdm
+
+from adv_jax import checkpoint
+from adv_jax.data import Dataset, load_splits
+from adv_jax.models import Model, Params, build_model
+from adv_jax.train import TrainingDiverged, _check_finite, classification_loss, make_optimizer
+
+log = logging.getLogger(__name__)
+MINIBATCH_OPTIMIZERS = ("adam", "sgd")
+
+
+def architecture(model: Model) -> Model:
+    """The model with every decay coefficient set to 0: what ensemble members must share."""
+    return Model(tuple(dataclasses.replace(layer, weight_decay=0.0) for layer in model.layers),
+                 model.input_shape)
+
+
+def decay_lambdas(model: Model) -> np.ndarray:
+    """The model's decay coefficients, one per weighted layer: (L,) float32."""
+    return np.array([layer.weight_decay for layer in model.layers if layer.has_weights], np.float32)
+
+
+def _check_member_finite(losses: np.ndarray, epoch: int) -> None:
+    """losses: (K, steps). Names the member whose loss went bad."""
+    for k, member in enumerate(losses):
+        try:
+            _check_finite(member, epoch)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"ensemble member {k}: {e}") from None
+
+
+def _fit_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer, epochs: int,
+                   batch_size: int, on_epoch=None) -> tuple[Any, np.ndarray, int]:
+    """`train.fit_minibatch` for K members at once. params: leaves (K, ...); lambdas (K, L);
+    xs (D, N, 28, 28, 1), ys (D, N): the distinct training sets; data_index (K,): member k trains
+    on xs[data_index[k]]; keys (K,). Returns params, (K, epochs) mean losses, steps per member."""
+    n = xs.shape[1]
+    batch_size = min(batch_size, n)
+    num_batches = n // batch_size
+
+    def member_epoch(state, epoch_key, lambdas, d, xs, ys):
+        def step(state, index):
+            params, opt_state = state
+            # One gather of the minibatch from the member's own set: the set is never copied.
+            value, grads = jax.value_and_grad(loss)(params, xs[d, index], ys[d, index], lambdas)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), value
+
+        order = jax.random.permutation(epoch_key, n)[: num_batches * batch_size]
+        return jax.lax.scan(step, state, order.reshape(num_batches, batch_size))
+
+    # The data are arguments, not constants (see train.fit_minibatch).
+    epoch = jax.jit(jax.vmap(member_epoch, in_axes=(0, 0, 0, 0, None, None)), donate_argnums=0)
+    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+    state, history = (params, jax.jit(jax.vmap(optimizer.init))(params)), []
+    for i in (bar := tqdm(range(epochs), desc=f"train x{len(lambdas)}", unit="epoch", leave=False)):
+        state, losses = epoch(state, fold(keys, i), lambdas, data_index, xs, ys)
+        losses = np.asarray(losses)
+        _check_member_finite(losses, i)
+        history.append(losses.mean(1))
+        bar.set_postfix(loss=f"{history[-1].mean():.4f}")
+        if on_epoch:
+            on_epoch(i, history[-1])
+    return state[0], np.array(history).reshape(epochs, -1).T, epochs * num_batches
+
+
+def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, chunk: int = 50,
+               on_epoch=None) -> tuple[Any, list[list[float]], np.ndarray]:
+    """`train.fit_lbfgs` for K members at once: each member stops at its own tolerance (a vmapped
+    while_loop leaves a finished member unchanged while the others go on). Returns params, each
+    member's loss after each chunk until it converged, and each member's iteration count (K,)."""
+    optimizer = optax.lbfgs()
+    tolerance = cfg.lbfgs_tolerance
+
+    def member_chunk(carry, stop, lambdas, x, y):
+        objective = lambda p: loss(p, x, y, lambdas)  # noqa: E731
+        value_and_grad = optax.value_and_grad_from_state(objective)
+
+        def step(carry):
+            params, state = carry
+            value, grad = value_and_grad(params, state=state)
+            updates, state = optimizer.update(grad, state, params, value=value, grad=grad,
+                                              value_fn=objective)
+            return optax.apply_updates(params, updates), state
+
+        def going(carry):
+            count = otu.tree_get(carry[1], "count")
+            grad_norm = otu.tree_norm(otu.tree_get(carry[1], "grad"))
+            return (count == 0) | ((count < stop) & (grad_norm >= tolerance))
+        carry = jax.lax.while_loop(going, step, carry)
+        return (carry, otu.tree_get(carry[1], "value"), otu.tree_norm(otu.tree_get(carry[1], "grad")),
+                otu.tree_get(carry[1], "count"))
+
+    if xs.shape[0] == 1:  # one shared set: broadcast it, no per-member copy
+        @jax.jit
+        def run_chunk(carry, stop, lambdas, data_index, xs, ys):
+            return jax.vmap(member_chunk, in_axes=(0, None, 0, None, None))(
+                carry, stop, lambdas, xs[0], ys[0])
+    else:  # full batch: each member needs its whole set; gathered once per chunk
+        @jax.jit
+        def run_chunk(carry, stop, lambdas, data_index, xs, ys):
+            return jax.vmap(member_chunk, in_axes=(0, None, 0, 0, 0))(
+                carry, stop, lambdas, xs[data_index], ys[data_index])
+
+    k = len(lambdas)
+    carry = (params, jax.jit(jax.vmap(optimizer.init))(params))
+    history: list[list[float]] = [[] for _ in range(k)]
+    done = np.zeros(k, bool)
+    with tqdm(total=cfg.lbfgs_steps, desc=f"lbfgs x{k}", unit="it", leave=False) as bar:
+        for i, stop in enumerate(range(chunk, cfg.lbfgs_steps + chunk, chunk)):
+            carry, value, grad_norm, count = run_chunk(carry, min(stop, cfg.lbfgs_steps), lambdas,
+                                                       data_index, xs, ys)
+            value, grad_norm, count = np.asarray(value), np.asarray(grad_norm), np.asarray(count)
+            _check_member_finite(value[:, None], i)
+            for m in np.flatnonzero(~done):
+                history[m].append(float(value[m]))
+            done |= grad_norm < tolerance
+            bar.update(int(count.max()) - bar.n)
+            bar.set_postfix(loss=f"{value.mean():.4f}", done=f"{done.sum()}/{k}")
+            if on_epoch:
+                on_epoch(i, value)
+            if done.all():
+                break
+    return carry[0], history, count
+
+
+def vmap_models(model: Model, lambdas, train_cfg, xs, ys, data_index, keys,
+                on_epoch=None) -> tuple[Params, list[list[float]], np.ndarray]:
+    """Trains K members of `model`'s architecture as one program, each from `train_model`'s
+    initialization for its key.
+
+    lambdas: (K, L) decay coefficients; xs (D, N, 28, 28, 1), ys (D, N): the distinct training
+    sets; data_index (K,) ints in [0, D); keys (K,) PRNG keys. Returns params whose leaves are
+    stacked (K, ...), each member's loss history, and each member's optimizer steps (K,).
+    """
+    arch = architecture(model)
+    lambdas = jnp.asarray(lambdas, jnp.float32)
+    data_index = jnp.asarray(data_index, jnp.int32)
+    if lambdas.ndim != 2 or lambdas.shape[1] != len(decay_lambdas(model)):
+        raise ValueError(f"lambdas must be (members, {len(decay_lambdas(model))} weighted layers), "
+                         f"got shape {lambdas.shape}")
+    k = len(lambdas)
+    if len(keys) != k or len(data_index) != k:
+        raise ValueError(f"{k} members' lambdas but {len(keys)} keys and {len(data_index)} data indices")
+    # The same key use as train.train_model: init, (autoencoder), fit. One jitted program for all
+    # members' initializations: op by op, each initializer would be compiled on its own.
+    init_keys, _, fit_keys = jnp.moveaxis(jax.vmap(lambda key: jax.random.split(key, 3))(keys), 1, 0)
+    params = jax.jit(jax.vmap(arch.init))(init_keys)
+
+    def loss(p, x, y, member_lambdas):
+        return classification_loss(arch, p, x, y, train_cfg.decay_scale, train_cfg.lipschitz_penalty,
+                                   member_lambdas)
+
+    if train_cfg.optimizer == "lbfgs":
+        params, history, steps = _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, train_cfg,
+                                            on_epoch=on_epoch)
+        return params, history, np.asarray(steps)
+    n = xs.shape[1]
+    steps = train_cfg.epochs * (n // min(train_cfg.batch_size, n))
+    params, history, per_member = _fit_minibatch(
+        loss, params, lambdas, xs, ys, data_index, fit_keys,
+        optimizer=make_optimizer(train_cfg, steps), epochs=train_cfg.epochs,
+        batch_size=train_cfg.batch_size, on_epoch=on_epoch)
+    return params, [list(h) for h in history], np.full(k, per_member)
+
+
+def train_models(models: Sequence[Model], train_cfg, datasets: Sequence[Dataset],
+                 keys: Sequence[jax.Array], on_epoch=None) -> list[tuple[Params, dict[str, Any]]]:
+    """`train.train_model` for each (model, dataset, key), all trained together.
+
+    The models must share their layers except for the decay coefficients; the datasets must have
+    one size (P1 and P2 do). Returns each member's params and metrics; `train/seconds` is the
+    whole ensemble's wall time (compilation included), `train/ensemble_size` its member count.
+    """
+    if not (len(models) == len(datasets) == len(keys)) or not models:
+        raise ValueError(f"need one dataset and one key per model: got {len(models)} models, "
+                         f"{len(datasets)} datasets, {len(keys)} keys")
+    arch = architecture(models[0])
+    for i, m in enumerate(models):
+        if architecture(m) != arch:
+            raise ValueError(f"ensemble member {i} has another architecture than member 0; only "
+                             "seed, weight decay and training split may differ")
+    position: dict[int, int] = {}  # id(dataset) -> its row in xs: each distinct set stored once
+    unique: list[Dataset] = []
+    for d in datasets:
+        if id(d) not in position:
+            position[id(d)] = len(unique)
+            unique.append(d)
+    sizes = {len(d) for d in unique}
+    if len(sizes) != 1:
+        raise ValueError(f"ensemble members need training sets of one size, got sizes {sorted(sizes)} "
+                         "(use data.train_limit, or train them separately)")
+    xs = jnp.stack([jnp.asarray(d.x) for d in unique])
+    ys = jnp.stack([jnp.asarray(d.y) for d in unique])
+    data_index = np.array([position[id(d)] for d in datasets])
+    lambdas = np.stack([decay_lambdas(m) for m in models])
+    start = time.perf_counter()
+    params, history, steps = vmap_models(models[0], lambdas, train_cfg, xs, ys, data_index,
+                                         jnp.stack(list(keys)), on_epoch)
+    params = jax.block_until_ready(params)
+    seconds = time.perf_counter() - start
+    return [(jax.tree.map(lambda a, k=k: a[k], params),
+             {"train/seconds": seconds, "train/final_loss": float(h[-1]) if h else float("nan"),
+              "train/steps": int(s), "train/ensemble_size": len(models)})
+            for k, (h, s) in enumerate(zip(history, steps))]
+
+
+def group_key(cfg: Any) -> str | None:
+    """Run configs with the same key can be trained together (None: never, e.g. an autoencoder
+    model, whose pretraining is not vmapped). The key is the cache identity without the seed, the
+    split and the decay coefficients; the training-set size is checked when the data are loaded."""
+    if cfg.model.autoencoder is not None:
+        return None
+    identity = checkpoint.model_identity(cfg)
+    identity.pop("seed")
+    identity["data"].pop("split")
+    identity["model"].pop("weight_decay", None)
+    return json.dumps(identity, sort_keys=True, default=str)
+
+
+def train_configs(cfgs: Sequence[Any], load: Callable[[Any], Dataset] | None = None,
+                  on_epoch=None) -> list[tuple[Model, Params, dict[str, Any]]]:
+    """Trains the models of several run configs (as `runner.train_or_load` would, without the
+    cache), grouping members that can share one program. Returns (model, params, metrics) in order."""
+    load = load or _training_set
+    loaded: dict[str, Dataset] = {}
+    groups: dict[tuple, list[int]] = {}
+    member_data = []
+    for i, cfg in enumerate(cfgs):
+        source = json.dumps(checkpoint.model_identity(cfg)["data"], sort_keys=True) + str(cfg.model.classes)
+        if source not in loaded:
+            loaded[source] = load(cfg)
+        member_data.append(loaded[source])
+        if (key := group_key(cfg)) is None:
+            raise ValueError(f"{cfg.model.name} cannot be trained in an ensemble (autoencoder "
+                             "pretraining is not vmapped); train it with runner.train_or_load")
+        groups.setdefault((key, len(member_data[i])), []).append(i)
+    out: list = [None] * len(cfgs)
+    for members in groups.values():
+        models = [build_model(cfgs[i].model) for i in members]
+        log.info("training %d x %s together", len(members), cfgs[members[0]].model.name)
+        trained = train_models(models, cfgs[members[0]].train, [member_data[i] for i in members],
+                               [jax.random.key(cfgs[i].seed) for i in members], on_epoch)
+        for i, model, (params, metrics) in zip(members, models, trained):
+            out[i] = (model, params, metrics)
+    return out
+
+
+def _training_set(cfg) -> Dataset:
+    return load_splits(cfg.data, cfg.model.classes)["train"]
+
+
+def prefill_cache(cfgs: Sequence[Any], min_members: int = 2) -> int:
+    """Trains every model of `cfgs` that is missing from the cache (and has train.cache on) in
+    ensembles of at least `min_members`, and writes each to the cache under its own key, so that
+    `runner.train_or_load` then finds it. Returns how many models were trained."""
+    pending, seen = [], set()
+    for cfg in cfgs:
+        if (cfg.train.cache and group_key(cfg) is not None and checkpoint.cache_key(cfg) not in seen
+                and not (checkpoint.cache_entry(cfg) / checkpoint.PARAMS_FILE).exists()):
+            seen.add(checkpoint.cache_key(cfg))
+            pending.append(cfg)
+    counts: dict[str, int] = {}
+    for cfg in pending:
+        counts[group_key(cfg)] = counts.get(group_key(cfg), 0) + 1
+    pending = [cfg for cfg in pending if counts[group_key(cfg)] >= min_members]
+    if not pending:
+        return 0
+    for cfg, (_, params, metrics) in zip(pending, train_configs(pending)):
+        checkpoint.write_cache(cfg, params, metrics)
+    return len(pending)
