@@ -33,7 +33,7 @@ import optax
 import optax.tree_utils as otu
 from tqdm.auto import tqdm
 
-from adv_jax import checkpoint
+from adv_jax import adversarial_training, checkpoint
 from adv_jax.data import Dataset, load_splits
 from adv_jax.models import Model, Params, build_model
 from adv_jax.train import TrainingDiverged, _check_finite, classification_loss, make_optimizer
@@ -241,8 +241,9 @@ def train_models(models: Sequence[Model], train_cfg, datasets: Sequence[Dataset]
 def group_key(cfg: Any) -> str | None:
     """Run configs with the same key can be trained together (None: never, e.g. an autoencoder
     model, whose pretraining is not vmapped). The key is the cache identity without the seed, the
-    split and the decay coefficients; the training-set size is checked when the data are loaded."""
-    if cfg.model.autoencoder is not None:
+    split and the decay coefficients; the training-set size is checked when the data are loaded.
+    Adversarial pools and dropout (adv_jax/adversarial_training.py) are not vmapped either."""
+    if cfg.model.autoencoder is not None or adversarial_training.enabled(cfg.train):
         return None
     identity = checkpoint.model_identity(cfg)
     identity.pop("seed")

@@ -77,3 +77,12 @@ def test_a_diverging_member_is_named(mnist_dir):
     model = build_model(cfg.model)
     with pytest.raises(TrainingDiverged, match="ensemble member 1: .*epoch 0"):
         ensemble.train_models([model, model], cfg.train, [data, bad], [jax.random.key(0)] * 2)
+
+
+def test_adversarial_pools_and_dropout_are_never_grouped():
+    """Pools and dropout train through adversarial_training.fit_adversarial, which the vmapped
+    ensemble does not implement: such models must be trained one by one."""
+    plain = compose(["model=fc10", "train=adam"])
+    assert ensemble.group_key(plain) is not None
+    for override in ("train.dropout.hidden=0.2", "train.adversarial.layers=[0]"):
+        assert ensemble.group_key(compose(["model=fc10", "train=adam", override])) is None
