@@ -45,10 +45,10 @@ def units(n):
                     f"{_f(r['units']['pixel_similarity'])} | "
                     f"{_f(r['random_directions_top']['pixel_similarity'])} | "
                     f"{_f(r['random_images']['pixel_similarity'])} |")
-    claim = ", ".join(f"{k} {v}" for k, v in n["claim_units_as_coherent_as_random_within_0.1"].items())
+    claim = ", ".join(f"{k} {v}" for k, v in n["claim_units_no_purer_than_random_directions"].items())
     return rows + ["", "Label purity: share of the most common label among the 8 test images "
                    "that most activate a direction, averaged over all units and as many random "
-                   f"directions. Claim (purities within 0.1, both far above random images): {claim}."]
+                   f"directions. Claim (units not purer than random directions by more than 0.1; random directions far purer than random images): {claim}."]
 
 
 def linear(n):

@@ -102,10 +102,11 @@ def run(ctx: Context, params: Params) -> dict:
                      f"{v['label_purity']:.2f}", fontsize=8)
         ctx.save(fig, f"units_{key}")
 
-    # The paper's claim, with a stated tolerance: purities within 0.1 of each other, both well
-    # above random images.
-    return {**results, "claim_units_as_coherent_as_random_within_0.1": {
-        k: bool(abs(r["purity_units_minus_random"]) < 0.1
-                and min(r["units"]["label_purity"], r["random_directions_top"]["label_purity"])
-                > r["random_images"]["label_purity"] + 0.2)
+    # The paper's claim is one-sided: the natural basis is no better than random directions for
+    # inspecting properties of the layer. Testable form: units' top images are not purer than
+    # random directions' by more than 0.1, and random directions' top images are far purer than
+    # random images (they too pick out semantic properties).
+    return {**results, "claim_units_no_purer_than_random_directions": {
+        k: bool(r["purity_units_minus_random"] < 0.1
+                and r["random_directions_top"]["label_purity"] > r["random_images"]["label_purity"] + 0.2)
         for k, r in results.items()}}
