@@ -7,9 +7,13 @@ its own key, minibatch order, optimizer state and (L-BFGS) stopping test. So mem
 `train.train_model` ends for it alone, up to floating-point reassociation (XLA fuses the batched
 program differently; tests/test_ensemble.py bounds the difference).
 
-Why: K compilations become one, and K small matmuls per step one batched matmul. On two CPU cores
-one FC100 already keeps both cores busy, so there the gain is the compilation (results/bench.md);
-an MNIST MLP leaves a GPU mostly idle, where the batching pays as well.
+Why: K compilations become one, and K small matmuls per step one batched matmul. `vmap_size`
+sets how many members each step batches: the program is `lax.map(member_epoch, members,
+batch_size=vmap_size)`, i.e. groups of vmap_size members vmapped, the groups one after another
+inside the same compiled program. All members at once (the default on accelerators) is what an
+MNIST MLP, which leaves a GPU mostly idle, needs; on a CPU one FC100 already keeps the cores busy
+and batched matmuls run no faster than single ones there (results/bench.md), so the CPU default is
+1: one compilation, each member's steps as efficient as alone.
 
   vmap_models(model, lambdas, train_cfg, xs, ys, data_index, keys)  stacked params, losses, steps
   train_models(models, train_cfg, datasets, keys)      [(params, metrics)], like train_model per member
@@ -20,6 +24,7 @@ an MNIST MLP leaves a GPU mostly idle, where the batching pays as well.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -40,6 +45,11 @@ from adv_jax.train import TrainingDiverged, _check_finite, classification_loss, 
 
 log = logging.getLogger(__name__)
 MINIBATCH_OPTIMIZERS = ("adam", "sgd")
+
+
+def default_vmap_size(members: int) -> int:
+    """Members batched per step when not given: 1 on CPU, all of them on an accelerator."""
+    return 1 if jax.default_backend() == "cpu" else members
 
 
 def architecture(model: Model) -> Model:
@@ -63,10 +73,11 @@ def _check_member_finite(losses: np.ndarray, epoch: int) -> None:
 
 
 def _fit_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer, epochs: int,
-                   batch_size: int, on_epoch=None) -> tuple[Any, np.ndarray, int]:
-    """`train.fit_minibatch` for K members at once. params: leaves (K, ...); lambdas (K, L);
+                   batch_size: int, vmap_size: int, on_epoch=None) -> tuple[Any, np.ndarray, int]:
+    """`train.fit_minibatch` for K members in one program. params: leaves (K, ...); lambdas (K, L);
     xs (D, N, 28, 28, 1), ys (D, N): the distinct training sets; data_index (K,): member k trains
-    on xs[data_index[k]]; keys (K,). Returns params, (K, epochs) mean losses, steps per member."""
+    on xs[data_index[k]]; keys (K,); vmap_size: members batched per step. Returns params,
+    (K, epochs) mean losses, steps per member."""
     n = xs.shape[1]
     batch_size = min(batch_size, n)
     num_batches = n // batch_size
@@ -83,7 +94,11 @@ def _fit_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer
         return jax.lax.scan(step, state, order.reshape(num_batches, batch_size))
 
     # The data are arguments, not constants (see train.fit_minibatch).
-    epoch = jax.jit(jax.vmap(member_epoch, in_axes=(0, 0, 0, 0, None, None)), donate_argnums=0)
+    @functools.partial(jax.jit, donate_argnums=0)
+    def epoch(state, epoch_keys, lambdas, data_index, xs, ys):
+        return jax.lax.map(lambda m: member_epoch(*m, xs, ys), (state, epoch_keys, lambdas, data_index),
+                           batch_size=vmap_size)
+
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     state, history = (params, jax.jit(jax.vmap(optimizer.init))(params)), []
     for i in (bar := tqdm(range(epochs), desc=f"train x{len(lambdas)}", unit="epoch", leave=False)):
@@ -158,12 +173,13 @@ def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, chunk: int = 50,
 
 
 def vmap_models(model: Model, lambdas, train_cfg, xs, ys, data_index, keys,
-                on_epoch=None) -> tuple[Params, list[list[float]], np.ndarray]:
+                on_epoch=None, vmap_size: int | None = None) -> tuple[Params, list[list[float]], np.ndarray]:
     """Trains K members of `model`'s architecture as one program, each from `train_model`'s
     initialization for its key.
 
     lambdas: (K, L) decay coefficients; xs (D, N, 28, 28, 1), ys (D, N): the distinct training
-    sets; data_index (K,) ints in [0, D); keys (K,) PRNG keys. Returns params whose leaves are
+    sets; data_index (K,) ints in [0, D); keys (K,) PRNG keys; vmap_size: members batched per
+    minibatch step (None: `default_vmap_size`; L-BFGS always vmaps all). Returns params whose leaves are
     stacked (K, ...), each member's loss history, and each member's optimizer steps (K,).
     """
     arch = architecture(model)
@@ -193,12 +209,13 @@ def vmap_models(model: Model, lambdas, train_cfg, xs, ys, data_index, keys,
     params, history, per_member = _fit_minibatch(
         loss, params, lambdas, xs, ys, data_index, fit_keys,
         optimizer=make_optimizer(train_cfg, steps), epochs=train_cfg.epochs,
-        batch_size=train_cfg.batch_size, on_epoch=on_epoch)
+        batch_size=train_cfg.batch_size, vmap_size=vmap_size or default_vmap_size(k), on_epoch=on_epoch)
     return params, [list(h) for h in history], np.full(k, per_member)
 
 
 def train_models(models: Sequence[Model], train_cfg, datasets: Sequence[Dataset],
-                 keys: Sequence[jax.Array], on_epoch=None) -> list[tuple[Params, dict[str, Any]]]:
+                 keys: Sequence[jax.Array], on_epoch=None,
+                 vmap_size: int | None = None) -> list[tuple[Params, dict[str, Any]]]:
     """`train.train_model` for each (model, dataset, key), all trained together.
 
     The models must share their layers except for the decay coefficients; the datasets must have
@@ -229,7 +246,7 @@ def train_models(models: Sequence[Model], train_cfg, datasets: Sequence[Dataset]
     lambdas = np.stack([decay_lambdas(m) for m in models])
     start = time.perf_counter()
     params, history, steps = vmap_models(models[0], lambdas, train_cfg, xs, ys, data_index,
-                                         jnp.stack(list(keys)), on_epoch)
+                                         jnp.stack(list(keys)), on_epoch, vmap_size)
     params = jax.block_until_ready(params)
     seconds = time.perf_counter() - start
     return [(jax.tree.map(lambda a, k=k: a[k], params),

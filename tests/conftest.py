@@ -22,6 +22,8 @@ def mnist_dir() -> Path:
 
 @pytest.fixture
 def tiny_overrides(tmp_path, mnist_dir) -> list[str]:
-    """Overrides for a seconds-long real run: 2000 P1 images, 3 epochs, no W&B, private cache."""
+    """Overrides for a seconds-long real run: 2000 P1 images, 3 epochs (or 100 L-BFGS steps, the
+    default optimizer's), no W&B, private cache."""
     return [f"data.mnist_dir={mnist_dir}", "data.train_limit=2000", "train.epochs=3",
+            "train.lbfgs_steps=100",
             "wandb.mode=disabled", f"cache_dir={tmp_path / 'cache'}"]

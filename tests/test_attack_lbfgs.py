@@ -200,6 +200,28 @@ def test_untargeted_margin_and_already_adversarial(small_mlp):
     np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(x))
 
 
+def test_extra_solves_rescue_examples_without_a_success(small_mlp):
+    """c far too large for one solve to succeed: without extra solves every example fails; with
+    them, each searches c again (from c_init, falling tenfold, extra_evals per solve) until its
+    first success, and no further."""
+    model, params, x, label, target = small_mlp
+    x, label, target = x[:6], label[:6], target[:6]
+    logits_fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
+    stuck = LBFGSAttack(c_init=1e4, c_steps=1, extra_solves=0)
+    x_adv = attack_batch(stuck, model, params, x, label, target, KEY)
+    assert not bool(jnp.any(is_adversarial(model.apply(params, x_adv), label, target)))
+    rescued = LBFGSAttack(c_init=1e4, c_steps=1, extra_solves=12)
+    x_adv, info = jax.vmap(lambda *a: rescued.run(logits_fn, *a))(x, label, target)
+    assert bool(jnp.all(is_adversarial(model.apply(params, x_adv), label, target)))
+    # Stopped at the first success: its c is the only one that succeeded, the last one tried.
+    assert bool(jnp.all(info["c"] < 1e4))
+    assert bool(jnp.all(info["evals"] <= rescued.max_evals + 12 * rescued.extra_evals))
+    with pytest.raises(ValueError, match="extra_solves"):
+        LBFGSAttack(extra_solves=-1)
+    with pytest.raises(ValueError, match="extra_evals"):
+        LBFGSAttack(extra_evals=0)
+
+
 def test_attack_all_targets_keeps_the_closest_success(small_mlp):
     model, params, x, label, _ = small_mlp
     x, label = x[:4], label[:4]

@@ -43,6 +43,23 @@ def test_ensemble_of_seeds_splits_and_decays_matches_one_by_one_and_fills_the_ca
     assert ensemble.prefill_cache(cfgs) == 0  # all cached now
 
 
+def test_any_vmap_size_trains_the_same_members(mnist_dir):
+    """Members batched per step (all, groups of 2 with a remainder, one at a time) change only the
+    floating-point association, not what each member learns."""
+    cfg = compose([f"data.mnist_dir={mnist_dir}", "data.train_limit=500", "model=fc100",
+                   "model.hidden=[16,16]", "train=adam", "train.epochs=1"])
+    data = load_splits(cfg.data)["train"]
+    models = [build_model(OmegaConf.merge(cfg.model, {"weight_decay": lam})) for lam in (1e-5, 1e-3, 0.1)]
+    keys = [jax.random.key(s) for s in range(3)]
+    runs = {size: ensemble.train_models(models, cfg.train, [data] * 3, keys, vmap_size=size)
+            for size in (1, 2, 3)}
+    assert ensemble.default_vmap_size(3) == (1 if jax.default_backend() == "cpu" else 3)
+    for size in (2, 3):
+        for (params, metrics), (reference, reference_metrics) in zip(runs[size], runs[1]):
+            assert _relative_difference(params, reference) < RELATIVE_TOLERANCE
+            assert metrics["train/final_loss"] == pytest.approx(reference_metrics["train/final_loss"], rel=1e-5)
+
+
 def test_lbfgs_ensemble_matches_one_by_one_on_a_convex_model(mnist_dir):
     cfg = compose([f"data.mnist_dir={mnist_dir}", "data.train_limit=1000", "model=fc10", "train=lbfgs",
                    "train.lbfgs_steps=40", "train.lbfgs_tolerance=1e-2"])
