@@ -34,7 +34,8 @@ Batching: `attack_batch` vmaps `__call__` over examples, and vmapped code cannot
 example, so the attack is ONE loop whose trips each make exactly one function evaluation per
 example, and each example advances its own state machine: an L-BFGS step, a backtracking step,
 or the end of its solve and the start of the next. A batch then costs the largest per-example
-evaluation count (at most c_steps * max_evals), not a sum over iterations of the slowest line
+evaluation count (at most c_steps * max_evals, plus extra_solves * extra_evals for an example the
+first c_steps solves did not fool), not a sum over iterations of the slowest line
 search. Trips run in rounds of `_TRIPS_PER_ROUND` inside a `lax.while_loop` that stops once every
 example has done its solves (a finished example only masks its updates until then).
 Rounds exist because a while_loop with a per-example condition selects its whole carry, L-BFGS
@@ -298,14 +299,14 @@ class LBFGSAttack:
                                          grad=point.grad + 2.0 * dc * r)
                 point = _tree_where(solve_done, restart, point)
                 memory = memory._replace(rho=jnp.where(solve_done, 0.0, memory.rho))
+                # The search afresh starts afresh too, from x with an empty memory: a warm start
+                # from where c_steps failed solves ended can sit where steps stay tiny.
+                point = _tree_where(again, start, point)
+                memory = memory._replace(gamma=jnp.where(again, gamma0, memory.gamma))
             else:  # restarts from x with an empty memory (rho = 0) at the new c.
                 point = _tree_where(solve_done, start, point)
                 memory = memory._replace(rho=jnp.where(solve_done, 0.0, memory.rho),
                                          gamma=jnp.where(solve_done, gamma0, memory.gamma))
-            # The search afresh also starts afresh, from x with an empty memory: a warm start from
-            # where c_steps failed solves ended can sit where steps stay tiny.
-            point = _tree_where(again, start, point)
-            memory = memory._replace(gamma=jnp.where(again, gamma0, memory.gamma))
             new_step = accept | solve_done
             # Backtrack: minimizer of the quadratic through f(0), slope, f(step), in [0.1, 0.5] step.
             quadratic = -slope * line.step / (2.0 * (decrease - slope))
