@@ -198,6 +198,9 @@ class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     seed: int = 0
+    # CPU devices for JAX: "auto" = one per core, or a count. Attack batches and ensemble members
+    # are split over them (adv_jax/devices.py). Fixed by JAX's first operation in a process.
+    cpu_devices: Any = "auto"
     # Trained models are cached here, keyed by everything that determines them.
     cache_dir: str = "${oc.env:ADV_JAX_CACHE_DIR,'~/.cache/adv_jax'}"
 

@@ -6,12 +6,17 @@ vmapped per-example code (attacks, predictions) then runs on every device at onc
 slice, with no communication: XLA partitions the computation from its inputs' shardings. On one
 device all of this is a no-op placement, so the same code serves a laptop and an 8-GPU host.
 
+On a CPU host `use_cpu_devices` (config key `cpu_devices`, default one device per core) makes
+each core a device: a one-device program leaves a core idle through its small, single-threaded
+ops, while a batch or ensemble split over per-core devices keeps both busy (results/bench.md).
 Test on CPU with `XLA_FLAGS=--xla_force_host_platform_device_count=4`, set before jax is imported.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from typing import Any
 
 import jax
@@ -19,6 +24,40 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 BATCH_AXIS = "batch"
+MEMBER_AXIS = "members"
+log = logging.getLogger(__name__)
+
+
+def use_cpu_devices(count: int | str = "auto") -> int:
+    """Asks JAX for `count` CPU devices ("auto": one per core this process may use) and returns
+    how many it has (0 when JAX runs without its CPU backend). Only JAX's first operation fixes the
+    count: called later, or with the count set by XLA_FLAGS (--xla_force_host_platform_device_count)
+    or JAX_NUM_CPU_DEVICES, it changes nothing, and an explicit count that does not hold is logged."""
+    if count == "auto":
+        wanted = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    else:
+        try:
+            wanted = int(count)
+        except (TypeError, ValueError):
+            wanted = 0
+        if wanted < 1:
+            raise ValueError(f"cpu_devices must be 'auto' or a positive count, got {count!r}")
+    set_elsewhere = ("XLA_FLAGS" if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+                     else "JAX_NUM_CPU_DEVICES" if "JAX_NUM_CPU_DEVICES" in os.environ else None)
+    if set_elsewhere is None:
+        try:
+            jax.config.update("jax_num_cpu_devices", wanted)
+            log.info("JAX CPU devices: %d (cpu_devices=%s)", wanted, count)
+        except RuntimeError:  # JAX already started: its device count is fixed for this process
+            pass
+    try:
+        have = len(jax.devices("cpu"))
+    except RuntimeError:  # JAX_PLATFORMS without cpu
+        return 0
+    if count != "auto" and have != wanted:
+        log.warning("cpu_devices=%s ignored: JAX runs with %d CPU devices in this process (%s)", count,
+                    have, f"set by {set_elsewhere}" if set_elsewhere else "fixed by its first operation")
+    return have
 
 
 @functools.cache
@@ -58,3 +97,11 @@ def shard_rows(*arrays: Any) -> tuple:
 def replicate(tree: Any) -> Any:
     """A copy of every array of `tree` on every local device (model parameters)."""
     return jax.device_put(tree, NamedSharding(batch_mesh(), PartitionSpec()))
+
+
+def member_mesh(members: int) -> Mesh:
+    """A 1-D mesh, axis "members", over the fewest local devices that hold `members` ensemble
+    members at the fewest members per device (5 members on 4 devices: 3 devices, 2 each)."""
+    local = jax.local_devices()
+    per_device = -(-members // len(local))
+    return Mesh(local[: -(-members // per_device)], (MEMBER_AXIS,))

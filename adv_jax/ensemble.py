@@ -7,14 +7,17 @@ its own key, minibatch order, optimizer state and (L-BFGS) stopping test. So mem
 `train.train_model` ends for it alone, up to floating-point reassociation (XLA fuses the batched
 program differently; tests/test_ensemble.py bounds the difference).
 
-Why: K compilations become one, and K small matmuls per step one batched matmul. `vmap_size`
-sets how many members each step batches: the program is `lax.map(member_epoch, members,
-batch_size=vmap_size)`, i.e. groups of vmap_size members vmapped, the groups one after another
-inside the same compiled program. All members at once (the default on accelerators) is what an
-MNIST MLP, which leaves a GPU mostly idle, needs; on a CPU one FC100 already keeps the cores busy
-and batched matmuls run no faster than single ones there (results/bench.md), so the CPU default is
-1: one compilation, each member's steps as efficient as alone.
+Why: K compilations become one, and the members run side by side. They are split evenly over the
+local devices (`devices.member_mesh`, a `shard_map` with no communication): GPUs, TPU cores, or on
+a CPU host one device per core (config `cpu_devices`). Within a device `vmap_size` sets how many
+members each step batches: `lax.map(member_epoch, members, batch_size=vmap_size)`, groups of
+vmap_size members vmapped, the groups one after another in the same program. All of a device's
+members at once (the default on accelerators) is what an MNIST MLP, which leaves a GPU mostly
+idle, needs. On a CPU a batched matmul of 8 members runs no faster than 8 single ones
+(results/bench.md), so there the default is 1, and the gain comes from the per-core devices: one
+FC100 step leaves a core idle through its small single-threaded ops, two devices keep both busy.
 
+  init_members(model, keys)    stacked initial params (as train_model draws them) and fit keys
   vmap_models(model, lambdas, train_cfg, xs, ys, data_index, keys)  stacked params, losses, steps
   train_models(models, train_cfg, datasets, keys)      [(params, metrics)], like train_model per member
   prefill_cache(run_cfgs)      trains the uncached models of several run configs, grouped by
@@ -36,9 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import optax.tree_utils as otu
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from adv_jax import adversarial_training, checkpoint
+from adv_jax import adversarial_training, checkpoint, devices
 from adv_jax.data import Dataset, load_splits
 from adv_jax.models import Model, Params, build_model
 from adv_jax.train import TrainingDiverged, _check_finite, classification_loss, make_optimizer
@@ -47,8 +51,16 @@ log = logging.getLogger(__name__)
 MINIBATCH_OPTIMIZERS = ("adam", "sgd")
 
 
+def _run_once_options() -> dict | None:
+    """Compiler options for a program that runs once. On CPU, LLVM at -O2 instead of -O3 compiles
+    the vmapped initializers (K threefry streams) in about 1 s instead of 5.5 s, drawing the same
+    bits as `Model.init`."""
+    return {"xla_backend_optimization_level": 2} if jax.default_backend() == "cpu" else None
+
+
 def default_vmap_size(members: int) -> int:
-    """Members batched per step when not given: 1 on CPU, all of them on an accelerator."""
+    """Members batched per step when not given, of a device's `members`: 1 on CPU, all of them on
+    an accelerator."""
     return 1 if jax.default_backend() == "cpu" else members
 
 
@@ -63,6 +75,14 @@ def decay_lambdas(model: Model) -> np.ndarray:
     return np.array([layer.weight_decay for layer in model.layers if layer.has_weights], np.float32)
 
 
+def init_members(model: Model, keys: jax.Array) -> tuple[Params, jax.Array]:
+    """Each member's `train.train_model` initialization for its key, bit for bit, stacked: params
+    with leaves (K, ...), and the members' fit keys (K,)."""
+    # The same key use as train.train_model: init, (autoencoder), fit.
+    init_keys, _, fit_keys = jnp.moveaxis(jax.vmap(lambda key: jax.random.split(key, 3))(keys), 1, 0)
+    return jax.jit(jax.vmap(model.init), compiler_options=_run_once_options())(init_keys), fit_keys
+
+
 def _check_member_finite(losses: np.ndarray, epoch: int) -> None:
     """losses: (K, steps). Names the member whose loss went bad."""
     for k, member in enumerate(losses):
@@ -72,12 +92,26 @@ def _check_member_finite(losses: np.ndarray, epoch: int) -> None:
             raise TrainingDiverged(f"ensemble member {k}: {e}") from None
 
 
+def _over_members(mesh: Mesh, members: int, replicated: int):
+    """Decorator: the function runs once per device of `mesh` on that device's members, its first
+    `members` arguments split along the member axis, the next `replicated` copied to every device,
+    every output split along the member axis."""
+    split, copied = PartitionSpec(devices.MEMBER_AXIS), PartitionSpec()
+    # check_vma off: optax's line search mixes per-member and shared values in its branches, which
+    # the varying-axis check rejects; no value ever crosses devices here (no collectives).
+    return functools.partial(jax.shard_map, mesh=mesh, in_specs=(split,) * members + (copied,) * replicated,
+                             out_specs=split, check_vma=False)
+
+
 def _fit_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer, epochs: int,
-                   batch_size: int, vmap_size: int, on_epoch=None) -> tuple[Any, np.ndarray, int]:
+                   batch_size: int, vmap_size: int, mesh: Mesh, members: int,
+                   on_epoch=None) -> tuple[Any, np.ndarray, int]:
     """`train.fit_minibatch` for K members in one program. params: leaves (K, ...); lambdas (K, L);
     xs (D, N, 28, 28, 1), ys (D, N): the distinct training sets; data_index (K,): member k trains
-    on xs[data_index[k]]; keys (K,); vmap_size: members batched per step. Returns params,
-    (K, epochs) mean losses, steps per member."""
+    on xs[data_index[k]]; keys (K,); vmap_size: members batched per step; mesh: the devices the
+    members are split over (K a multiple of its size); members: how many of the K are real, the
+    rest padding. Returns params (all K), the real members' (members, epochs) mean losses, and
+    steps per member."""
     n = xs.shape[1]
     batch_size = min(batch_size, n)
     num_batches = n // batch_size
@@ -95,15 +129,18 @@ def _fit_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer
 
     # The data are arguments, not constants (see train.fit_minibatch).
     @functools.partial(jax.jit, donate_argnums=0)
+    @_over_members(mesh, members=4, replicated=2)
     def epoch(state, epoch_keys, lambdas, data_index, xs, ys):
         return jax.lax.map(lambda m: member_epoch(*m, xs, ys), (state, epoch_keys, lambdas, data_index),
-                           batch_size=vmap_size)
+                           batch_size=min(vmap_size, len(lambdas)))
 
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     state, history = (params, jax.jit(jax.vmap(optimizer.init))(params)), []
-    for i in (bar := tqdm(range(epochs), desc=f"train x{len(lambdas)}", unit="epoch", leave=False)):
+    state, keys, lambdas, data_index = _split_members(mesh, state, keys, lambdas, data_index)
+    xs, ys = _copy_to_members(mesh, xs, ys)
+    for i in (bar := tqdm(range(epochs), desc=f"train x{members}", unit="epoch", leave=False)):
         state, losses = epoch(state, fold(keys, i), lambdas, data_index, xs, ys)
-        losses = np.asarray(losses)
+        losses = np.asarray(losses)[:members]
         _check_member_finite(losses, i)
         history.append(losses.mean(1))
         bar.set_postfix(loss=f"{history[-1].mean():.4f}")
@@ -112,11 +149,21 @@ def _fit_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer
     return state[0], np.array(history).reshape(epochs, -1).T, epochs * num_batches
 
 
-def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, chunk: int = 50,
-               on_epoch=None) -> tuple[Any, list[list[float]], np.ndarray]:
-    """`train.fit_lbfgs` for K members at once: each member stops at its own tolerance (a vmapped
-    while_loop leaves a finished member unchanged while the others go on). Returns params, each
-    member's loss after each chunk until it converged, and each member's iteration count (K,)."""
+def _split_members(mesh: Mesh, *trees):
+    return jax.device_put(trees, NamedSharding(mesh, PartitionSpec(devices.MEMBER_AXIS)))
+
+
+def _copy_to_members(mesh: Mesh, *trees):
+    return jax.device_put(trees, NamedSharding(mesh, PartitionSpec()))
+
+
+def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, mesh: Mesh, members: int,
+               chunk: int = 50, on_epoch=None) -> tuple[Any, list[list[float]], np.ndarray]:
+    """`train.fit_lbfgs` for K members at once, split over `mesh`'s devices: each member stops at
+    its own tolerance (a vmapped while_loop leaves a finished member unchanged while the others go
+    on). `members` of the K are real, the rest padding, which neither stops nor reports anything.
+    Returns params (all K), each real member's loss after each chunk until it converged, and its
+    iteration count (members,)."""
     optimizer = optax.lbfgs()
     tolerance = cfg.lbfgs_tolerance
 
@@ -139,26 +186,27 @@ def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, chunk: int = 50,
         return (carry, otu.tree_get(carry[1], "value"), otu.tree_norm(otu.tree_get(carry[1], "grad")),
                 otu.tree_get(carry[1], "count"))
 
-    if xs.shape[0] == 1:  # one shared set: broadcast it, no per-member copy
-        @jax.jit
-        def run_chunk(carry, stop, lambdas, data_index, xs, ys):
+    @jax.jit
+    @_over_members(mesh, members=3, replicated=3)
+    def run_chunk(carry, lambdas, data_index, stop, xs, ys):
+        if xs.shape[0] == 1:  # one shared set: broadcast it, no per-member copy
             return jax.vmap(member_chunk, in_axes=(0, None, 0, None, None))(
                 carry, stop, lambdas, xs[0], ys[0])
-    else:  # full batch: each member needs its whole set; gathered once per chunk
-        @jax.jit
-        def run_chunk(carry, stop, lambdas, data_index, xs, ys):
-            return jax.vmap(member_chunk, in_axes=(0, None, 0, 0, 0))(
-                carry, stop, lambdas, xs[data_index], ys[data_index])
+        # full batch: each member needs its whole set; gathered once per chunk
+        return jax.vmap(member_chunk, in_axes=(0, None, 0, 0, 0))(
+            carry, stop, lambdas, xs[data_index], ys[data_index])
 
-    k = len(lambdas)
+    k = members
     carry = (params, jax.jit(jax.vmap(optimizer.init))(params))
+    carry, lambdas, data_index = _split_members(mesh, carry, lambdas, data_index)
+    xs, ys = _copy_to_members(mesh, xs, ys)
     history: list[list[float]] = [[] for _ in range(k)]
     done = np.zeros(k, bool)
     with tqdm(total=cfg.lbfgs_steps, desc=f"lbfgs x{k}", unit="it", leave=False) as bar:
         for i, stop in enumerate(range(chunk, cfg.lbfgs_steps + chunk, chunk)):
-            carry, value, grad_norm, count = run_chunk(carry, min(stop, cfg.lbfgs_steps), lambdas,
-                                                       data_index, xs, ys)
-            value, grad_norm, count = np.asarray(value), np.asarray(grad_norm), np.asarray(count)
+            carry, value, grad_norm, count = run_chunk(carry, lambdas, data_index,
+                                                       jnp.int32(min(stop, cfg.lbfgs_steps)), xs, ys)
+            value, grad_norm, count = (np.asarray(a)[:k] for a in (value, grad_norm, count))
             _check_member_finite(value[:, None], i)
             for m in np.flatnonzero(~done):
                 history[m].append(float(value[m]))
@@ -174,13 +222,14 @@ def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, chunk: int = 50,
 
 def vmap_models(model: Model, lambdas, train_cfg, xs, ys, data_index, keys,
                 on_epoch=None, vmap_size: int | None = None) -> tuple[Params, list[list[float]], np.ndarray]:
-    """Trains K members of `model`'s architecture as one program, each from `train_model`'s
-    initialization for its key.
+    """Trains K members of `model`'s architecture as one program, split over the local devices,
+    each member from `train_model`'s initialization for its key.
 
     lambdas: (K, L) decay coefficients; xs (D, N, 28, 28, 1), ys (D, N): the distinct training
     sets; data_index (K,) ints in [0, D); keys (K,) PRNG keys; vmap_size: members batched per
-    minibatch step (None: `default_vmap_size`; L-BFGS always vmaps all). Returns params whose leaves are
-    stacked (K, ...), each member's loss history, and each member's optimizer steps (K,).
+    minibatch step on a device (None: `default_vmap_size`; L-BFGS vmaps all of a device's).
+    Returns params whose leaves are stacked (K, ...), each member's loss history, and each
+    member's optimizer steps (K,).
     """
     arch = architecture(model)
     lambdas = jnp.asarray(lambdas, jnp.float32)
@@ -191,26 +240,31 @@ def vmap_models(model: Model, lambdas, train_cfg, xs, ys, data_index, keys,
     k = len(lambdas)
     if len(keys) != k or len(data_index) != k:
         raise ValueError(f"{k} members' lambdas but {len(keys)} keys and {len(data_index)} data indices")
-    # The same key use as train.train_model: init, (autoencoder), fit. One jitted program for all
-    # members' initializations: op by op, each initializer would be compiled on its own.
-    init_keys, _, fit_keys = jnp.moveaxis(jax.vmap(lambda key: jax.random.split(key, 3))(keys), 1, 0)
-    params = jax.jit(jax.vmap(arch.init))(init_keys)
+    # Members are split evenly over the devices; padding repeats the last member, dropped at the end.
+    mesh = devices.member_mesh(k)
+    padded = mesh.size * -(-k // mesh.size)
+    lambdas, data_index, keys = (devices.pad_rows(a, padded) for a in (lambdas, data_index, keys))
+    params, fit_keys = init_members(arch, keys)
 
     def loss(p, x, y, member_lambdas):
         return classification_loss(arch, p, x, y, train_cfg.decay_scale, train_cfg.lipschitz_penalty,
                                    member_lambdas)
 
+    # Dropping the padding, and back to uncommitted arrays: like train_model's, these params may
+    # then meet arrays placed on any devices.
+    unpad = lambda tree: jax.tree.map(lambda a: jnp.asarray(np.asarray(a[:k])), tree)  # noqa: E731
     if train_cfg.optimizer == "lbfgs":
         params, history, steps = _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, train_cfg,
-                                            on_epoch=on_epoch)
-        return params, history, np.asarray(steps)
+                                            mesh, k, on_epoch=on_epoch)
+        return unpad(params), history, steps
     n = xs.shape[1]
     steps = train_cfg.epochs * (n // min(train_cfg.batch_size, n))
     params, history, per_member = _fit_minibatch(
         loss, params, lambdas, xs, ys, data_index, fit_keys,
         optimizer=make_optimizer(train_cfg, steps), epochs=train_cfg.epochs,
-        batch_size=train_cfg.batch_size, vmap_size=vmap_size or default_vmap_size(k), on_epoch=on_epoch)
-    return params, [list(h) for h in history], np.full(k, per_member)
+        batch_size=train_cfg.batch_size, vmap_size=vmap_size or default_vmap_size(padded // mesh.size),
+        mesh=mesh, members=k, on_epoch=on_epoch)
+    return unpad(params), [list(h) for h in history], np.full(k, per_member)
 
 
 def train_models(models: Sequence[Model], train_cfg, datasets: Sequence[Dataset],

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
 
-from adv_jax import checkpoint, lipschitz
+from adv_jax import checkpoint, devices, lipschitz
 from adv_jax.attacks import make_attack, single_example
 from adv_jax.attacks.generate import generate, summarize
 from adv_jax.attacks.lbfgs import TARGET_MODES
@@ -114,6 +114,7 @@ def lipschitz_run(cfg: DictConfig, model: Model, params: Params, test, adv, run_
 def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Runs one job into `run_dir` (default: runs/<time>_<model>) and returns its metrics."""
     cfg = as_config(cfg)
+    devices.use_cpu_devices(cfg.cpu_devices)
     if cfg.experiment.name != "none":  # a transfer study: several models, one matrix
         from adv_jax.experiment import run_experiment
 
@@ -133,10 +134,10 @@ def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
         with open_logger(cfg, run_dir, name=run_dir.name) as logger:
             model, params, train_metrics = train_or_load(cfg, splits, logger)
             checkpoint.save_params(run_dir / checkpoint.PARAMS_FILE, params)
-            errors = evaluate(model, params, {s: splits[s] for s in EVAL_SPLITS})
+            errors = split_errors(model, params, splits, cfg.data)
             metrics = {
-                **{f"error/{s}": e for s, e in errors.items()},
-                "error/train": evaluate(model, params, {"t": splits["train"]})["t"],
+                **{f"error/{s}": errors[s] for s in EVAL_SPLITS},
+                "error/train": errors["train"],
                 **train_metrics,
                 "model/num_params": num_params(params),
                 "data/train_size": len(splits["train"]),
@@ -156,6 +157,19 @@ def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
         if handler:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+def split_errors(model: Model, params: Params, splits: dict, data_cfg) -> dict[str, float]:
+    """Error rate (fraction) on every EVAL_SPLITS split and on "train", each image evaluated once:
+    P1 and P2 partition the full training set, and an unlimited training split is one of them."""
+    errors = evaluate(model, params, {s: splits[s] for s in ("p1", "p2", "test")})
+    n1, n2 = len(splits["p1"]), len(splits["p2"])
+    errors["full"] = (errors["p1"] * n1 + errors["p2"] * n2) / (n1 + n2)
+    if data_cfg.train_limit is None or data_cfg.train_limit >= len(splits[data_cfg.split]):
+        errors["train"] = errors[data_cfg.split]
+    else:
+        errors["train"] = evaluate(model, params, {"t": splits["train"]})["t"]
+    return errors
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: str | Path | None,

@@ -8,8 +8,11 @@
      examples and against the hidden width, for the paper's L-BFGS attack and PGD.
   3. The cross-training-set experiment end to end (train=adam, seeds 0-2 in one process, empty
      cache), with and without training the models together.
-  4. Why the steady epoch gains little on a CPU: GFLOP/s of the first layer's matmuls for one
-     model (batch 128) against K = 8 members batched, and against one large matmul.
+  4. Why members are not vmapped within a CPU device: GFLOP/s of the first layer's matmuls for
+     one model (batch 128) against K = 8 members batched, and against one large matmul.
+
+  --cpu-devices (default auto: one JAX CPU device per core, as adv_jax.run sets) applies to every
+  section; ensemble members are split over the devices.
 
     PYTHONPATH=. ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bench.py
 """
@@ -31,8 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 COMMAND = "PYTHONPATH=. ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bench.py"
 
 
-def _train_worker(k: int, mode: str, epochs: int) -> dict:
+def _train_worker(k: int, mode: str, epochs: int, cpu_devices: str) -> dict:
     """One measurement, in this (fresh) process: K models together or one after another."""
+    from adv_jax import devices
+
+    devices.use_cpu_devices(cpu_devices)  # before JAX's first operation, as adv_jax.run does
     import jax
     import jax.numpy as jnp
 
@@ -61,25 +67,25 @@ def _train_worker(k: int, mode: str, epochs: int) -> dict:
     firsts = set(range(0, len(stamps), epochs))
     edges = [start] + stamps
     steady = [edges[i + 1] - edges[i] for i in range(len(stamps)) if i not in firsts]
-    return {"k": k, "mode": mode, "epochs": epochs, "seconds": seconds,
+    return {"k": k, "mode": mode, "epochs": epochs, "seconds": seconds, "devices": jax.device_count(),
             "steady_epoch_seconds": sorted(steady)[len(steady) // 2] if steady else None}
 
 
-def _run_worker(k: int, mode: str, epochs: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", str(k), mode, str(epochs)],
+def _run_worker(k: int, mode: str, epochs: int, cpu_devices: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", str(k), mode, str(epochs), cpu_devices],
                          capture_output=True, text=True, cwd=REPO, env=os.environ)
     if out.returncode:
         raise RuntimeError(f"worker {k} {mode} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_training(ks: list[int], epochs: int, repeats: int) -> list[dict]:
+def bench_training(ks: list[int], epochs: int, repeats: int, cpu_devices: str) -> list[dict]:
     runs = []
     for r in range(repeats):
         for k in ks:
             modes = ("together", "sequential") if r % 2 == 0 else ("sequential", "together")
             for mode in modes:
-                runs.append(_run_worker(k, mode, epochs))
+                runs.append(_run_worker(k, mode, epochs, cpu_devices))
                 print(json.dumps(runs[-1]), flush=True)
     return runs
 
@@ -130,7 +136,7 @@ def bench_attacks(counts: list[int], widths: list[int], width_examples: int, rep
     return rows
 
 
-def bench_experiment(seeds: str, num_examples: int) -> list[dict]:
+def bench_experiment(seeds: str, num_examples: int, cpu_devices: str) -> list[dict]:
     """The cross-training-set study for several seeds, one process, empty cache, each way."""
     rows = []
     for together in (True, False):
@@ -138,7 +144,7 @@ def bench_experiment(seeds: str, num_examples: int) -> list[dict]:
         command = [sys.executable, "scripts/sweep.py", "-m", "experiment=cross_training_set",
                    "train=adam", f"seed={seeds}", f"experiment.ensemble_seeds=[{seeds}]",
                    f"experiment.train_together={str(together).lower()}",
-                   f"experiment.num_examples={num_examples}", "wandb.mode=disabled",
+                   f"experiment.num_examples={num_examples}", f"cpu_devices={cpu_devices}", "wandb.mode=disabled",
                    f"cache_dir={scratch / 'cache'}", f"hydra.sweep.dir={scratch / 'sweep'}"]
         start = time.perf_counter()
         out = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=os.environ)
@@ -194,7 +200,7 @@ def bench_matmul(repeats: int, calls: int = 200) -> list[dict]:
     return rows
 
 
-def machine() -> dict:
+def machine(cpu_devices: str) -> dict:
     import jax
     import jaxlib
     import numpy
@@ -202,7 +208,8 @@ def machine() -> dict:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_devices": cpu_devices,
+            "python": platform.python_version(),
             "jax": jax.__version__, "jaxlib": jaxlib.__version__, "optax": optax.__version__,
             "numpy": numpy.__version__, "devices": [str(d) for d in jax.devices()],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -260,6 +267,12 @@ def plot(training: list[dict], attacks: list[dict], figures: Path) -> list[Path]
     return paths
 
 
+def _command(sections: dict, name: str) -> str:
+    """The section's command line and the JAX devices it ran on."""
+    devices = sections[name]["machine"]["devices"]
+    return f"`{COMMAND} {sections[name]['argv']}` ({len(devices)} JAX device{'s' * (len(devices) > 1)})"
+
+
 def report(sections: dict) -> str:
     info = next(iter(sections.values()))["machine"]
     training, attacks, experiment = (sections.get(k, {}).get("rows", [])
@@ -274,12 +287,16 @@ def report(sections: dict) -> str:
     if training:
         epochs = training[0]["epochs"]
         lines += ["## K models trained together vs one after another", "",
-                  f"`{COMMAND} {sections['training']['argv']}`", "",
+                  _command(sections, "training"), "",
                   f"FC100-100-10, Adam (batch 128, cosine rate), {epochs} epochs; member k trains on P1 "
-                  "(even k) or P2 (odd k), seed k. *Together*: `adv_jax.ensemble.train_models`, one "
-                  "jitted program for all K (members per vmapped step: `ensemble.default_vmap_size`, "
-                  "1 on CPU, K on an accelerator; see the matmul section). *One after another*: `adv_jax.train.train_model` per model, "
-                  "as a plain run does (each compiles its own program). Seconds are wall time of the "
+                  "(even k) or P2 (odd k), seed k. Both modes run with the JAX CPU devices a run gets "
+                  f"(`cpu_devices={sections['training']['machine'].get('cpu_devices', 'auto')}`: "
+                  f"{training[0].get('devices', 1)} here). *Together*: `adv_jax.ensemble.train_models`, one "
+                  "jitted program for all K, the members split evenly over the devices, each device "
+                  "running its own (members per vmapped step: `ensemble.default_vmap_size`, 1 on CPU, "
+                  "all of a device's on an accelerator; see the matmul section). *One after another*: "
+                  "`adv_jax.train.train_model` per model, as a plain run does (each compiles its own "
+                  "program, on one device). Seconds are wall time of the "
                   "training call, compilation included (data loading excluded), each in a fresh "
                   f"process, median of {repeats['training']} runs, modes alternating. Steady epoch: median "
                   "seconds of an epoch after the first, for all K models (sum over models one after "
@@ -298,19 +315,19 @@ def report(sections: dict) -> str:
                   "The ratio column is together / one after another in the same run. The last column "
                   "extrapolates both measured times by the measured steady epochs to the default 40 "
                   "epochs: compilation is paid once instead of K times, and the steady epoch shows what "
-                  "batching the K models' small matmuls into one gains on its own.", ""]
+                  "running the members side by side on the devices gains on its own.", ""]
     if long_rows := sections.get("training_long", {}).get("rows", []):
         t = [r["seconds"] for r in long_rows if r["mode"] == "together"]
         s = [r["seconds"] for r in long_rows if r["mode"] == "sequential"]
         lines += [f"### K = 8 at {long_rows[0]['epochs']} epochs (the default), measured", "",
-                  f"`{COMMAND} {sections['training_long']['argv']}`", "",
+                  _command(sections, "training_long"), "",
                   "| K | epochs | together (s) | one after another (s) | ratio | runs |",
                   "| --- | --- | --- | --- | --- | --- |",
                   f"| 8 | {long_rows[0]['epochs']} | {_median(t):.2f} | {_median(s):.2f} | "
                   f"{_median(t) / _median(s):.3f} | {len(t)} |", ""]
     if matmul := sections.get("matmul", {}).get("rows", []):
-        lines += ["### Why the steady epoch gains little here", "",
-                  f"`{COMMAND} {sections['matmul']['argv']}`", "",
+        lines += ["### Where the steady-epoch gain comes from on a CPU", "",
+                  _command(sections, "matmul"), "",
                   "A step of FC100 is dominated by its first layer: the forward x W and the weight "
                   "gradient x^T delta, each 2 x 128 x 784 x 100 flops per model. Vmapping K members "
                   "turns them into batched matmuls. GFLOP/s, median of "
@@ -318,14 +335,17 @@ def report(sections: dict) -> str:
                   "| matmul | GFLOP/s |", "| --- | --- |"]
         lines += [f"| {r['what']} | {r['gflops']:.1f} |" for r in matmul]
         lines += ["", "On two CPU cores one model's minibatch matmuls already run at a large fraction "
-                  "of what a large matmul reaches, and batching 8 members' matmuls does not raise it "
-                  "much: a steady epoch of K models costs about K times one model's either way, and "
-                  "what training together saves is the K - 1 extra compilations. On an accelerator, "
-                  "where one MNIST MLP leaves most of the device idle, the batched program is where "
-                  "the gain would be.", ""]
+                  "of what a large matmul reaches, and batching 8 members' matmuls into one does not "
+                  "raise it, so on a CPU the ensemble does not vmap members within a device "
+                  "(`vmap_size` 1). What a steady epoch gains comes from the devices: with one JAX "
+                  "device per core (`cpu_devices=auto`), each device steps through its own members "
+                  "while the other does, and one model's step alone does not keep both cores busy "
+                  "(compare the steady-epoch columns above). On an accelerator, where one MNIST MLP "
+                  "leaves most of the device idle, vmapping a device's members is where the gain "
+                  "would be.", ""]
     if attacks:
         lines += ["## Attack throughput", "",
-                  f"`{COMMAND} {sections['attacks']['argv']}`", "",
+                  _command(sections, "attacks"), "",
                   "`adv_jax.attacks.generate.generate` (targets random, default hyperparameters of "
                   "`conf/attack/lbfgs.yaml` and `conf/attack/pgd.yaml`) on the first N test images, "
                   "against 784-w-w-10 sigmoid networks trained by Adam for 5 epochs on P1. "
@@ -338,7 +358,7 @@ def report(sections: dict) -> str:
         lines += ["", "![attacks](figures/bench_attacks.png)", ""]
     if experiment:
         lines += ["## The cross-training-set experiment end to end", "",
-                  f"`{COMMAND} {sections['experiment']['argv']}`", "",
+                  _command(sections, "experiment"), "",
                   "Three seeds of `experiment=cross_training_set` (two FC100 and one FC123 per seed) "
                   "in one process (Hydra's basic launcher), `train=adam`, from an empty cache, L-BFGS "
                   "adversarials for the first N test images, the whole matrix; wall time of the "
@@ -371,12 +391,17 @@ def main() -> None:
     parser.add_argument("--only", default="training,attacks,experiment,training_long,matmul",
                         help="sections to run (comma-separated); the others keep their numbers")
     parser.add_argument("--out", default="results/bench.md")
-    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-devices", default="auto",
+                        help="JAX CPU devices (adv_jax config cpu_devices): auto = one per core")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        k, mode, epochs = args.worker
-        print(json.dumps(_train_worker(int(k), mode, int(epochs))))
+        k, mode, epochs, cpu_devices = args.worker
+        print(json.dumps(_train_worker(int(k), mode, int(epochs), cpu_devices)))
         return
+    from adv_jax import devices
+
+    devices.use_cpu_devices(args.cpu_devices)
     argv = " ".join(sys.argv[1:])
     only = set(args.only.split(","))
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
@@ -385,16 +410,18 @@ def main() -> None:
     # Sections not run now keep their earlier numbers (and their own command line).
     sections = json.loads(raw.read_text())["sections"] if raw.exists() else {}
     runners = {
-        "training": lambda: bench_training(ints(args.ks), args.epochs, args.repeats),
+        "training": lambda: bench_training(ints(args.ks), args.epochs, args.repeats, args.cpu_devices),
         "attacks": lambda: bench_attacks(ints(args.counts), ints(args.widths), args.width_examples,
                                          args.repeats),
-        "experiment": lambda: bench_experiment(args.experiment_seeds, args.experiment_examples),
+        "experiment": lambda: bench_experiment(args.experiment_seeds, args.experiment_examples,
+                                               args.cpu_devices),
         # The issue's criterion at the default epochs, measured rather than extrapolated.
-        "training_long": lambda: bench_training([8], args.long_epochs, args.repeats),
+        "training_long": lambda: bench_training([8], args.long_epochs, args.repeats, args.cpu_devices),
         "matmul": lambda: bench_matmul(args.repeats),
     }
     for name in sorted(only & runners.keys()):  # --only none: redraw the report and plots only
-        sections[name] = {"argv": argv, "repeats": args.repeats, "machine": machine(), "rows": runners[name]()}
+        sections[name] = {"argv": argv, "repeats": args.repeats, "machine": machine(args.cpu_devices),
+                          "rows": runners[name]()}
     rows = {name: sections.get(name, {}).get("rows", []) for name in runners}
     plot(rows["training"], rows["attacks"], out.parent / "figures")
     raw.write_text(json.dumps({"sections": sections}, indent=1))

@@ -2,9 +2,18 @@
 the repository (or wherever ADV_JAX_MNIST_DIR points), and never touch the network."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from adv_jax import devices
+
+# One CPU device in test processes, whichever test starts JAX first (the default, one per core,
+# would otherwise hold or not depending on test order); XLA_FLAGS or JAX_NUM_CPU_DEVICES still win.
+devices.use_cpu_devices(1)
 
 REPO = Path(__file__).resolve().parents[1]
 # Absolute, so subprocesses started in other directories (Hydra jobs) find it too.
@@ -27,3 +36,18 @@ def tiny_overrides(tmp_path, mnist_dir) -> list[str]:
     return [f"data.mnist_dir={mnist_dir}", "data.train_limit=2000", "train.epochs=3",
             "train.lbfgs_steps=100",
             "wandb.mode=disabled", f"cache_dir={tmp_path / 'cache'}"]
+
+
+def on_fake_cpu_devices(job_source: str, out_dir: Path, count: int = 4) -> dict[str, np.ndarray]:
+    """Runs `job()` from `job_source` (it returns a dict of arrays) in a subprocess whose JAX has
+    `count` CPU devices; XLA_FLAGS must be set before jax is imported, hence the subprocess."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", TQDM_DISABLE="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    out = out_dir / "on_fake_devices.npz"
+    main = "\nimport sys\nimport numpy\nnumpy.savez(sys.argv[1], **job())\n"
+    done = subprocess.run([sys.executable, "-c", job_source + main, str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files}

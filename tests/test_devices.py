@@ -4,13 +4,14 @@ XLA_FLAGS must be set before jax is imported, so the 4-device half runs in a sub
 process computes the reference on its own devices (one, unless XLA_FLAGS says otherwise).
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import logging
 
 import jax
 import numpy as np
+import pytest
+from conftest import on_fake_cpu_devices
+
+from adv_jax import devices
 
 JOB = r'''
 import jax, jax.numpy as jnp, numpy as np
@@ -39,26 +40,11 @@ def job():
     return dict(x_pgd=np.asarray(x_pgd), x_fgsm=np.asarray(x_fgsm), labels=np.asarray(labels),
                 errors=errors, devices=jax.device_count(), shards=len(placed.addressable_shards))
 
-
-if __name__ == "__main__":
-    import sys
-    np.savez(sys.argv[1], **job())
 '''
 
 
-def _on_four_devices(tmp_path: Path) -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    out = tmp_path / "four.npz"
-    done = subprocess.run([sys.executable, "-c", JOB, str(out)], env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(out) as f:
-        return {k: f[k] for k in f.files}
-
-
 def test_sharded_attacks_predictions_and_errors_equal_one_device(tmp_path):
-    sharded = _on_four_devices(tmp_path)
+    sharded = on_fake_cpu_devices(JOB, tmp_path)
     namespace: dict = {}
     exec(JOB, namespace)
     here = namespace["job"]()
@@ -69,3 +55,13 @@ def test_sharded_attacks_predictions_and_errors_equal_one_device(tmp_path):
     assert np.abs(here["x_pgd"] - here["x_fgsm"]).max() > 0.01  # the attacks differ
     np.testing.assert_array_equal(sharded["labels"], here["labels"])
     np.testing.assert_array_equal(sharded["errors"], here["errors"])
+
+
+def test_cpu_device_count_is_checked_and_fixed_by_jax_first_operation(caplog):
+    with pytest.raises(ValueError, match="cpu_devices must be 'auto' or a positive count"):
+        devices.use_cpu_devices("many")
+    have = len(jax.devices("cpu"))  # JAX has started in this process: the count holds
+    assert devices.use_cpu_devices("auto") == have
+    with caplog.at_level(logging.WARNING, logger="adv_jax.devices"):
+        assert devices.use_cpu_devices(have + 1) == have
+    assert f"cpu_devices={have + 1} ignored" in caplog.text

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import on_fake_cpu_devices
 from omegaconf import OmegaConf
 
 from adv_jax import checkpoint, ensemble
@@ -60,6 +61,17 @@ def test_any_vmap_size_trains_the_same_members(mnist_dir):
             assert metrics["train/final_loss"] == pytest.approx(reference_metrics["train/final_loss"], rel=1e-5)
 
 
+def test_members_start_from_the_bits_train_model_draws():
+    model = ensemble.architecture(build_model(compose(["model=fc100"]).model))
+    keys = jnp.stack([jax.random.key(s) for s in (0, 1, 7)])
+    params, fit_keys = ensemble.init_members(model, keys)
+    for k, key in enumerate(keys):
+        init_key, _, fit_key = jax.random.split(key, 3)
+        for member, alone in zip(jax.tree.leaves(params), jax.tree.leaves(model.init(init_key))):
+            np.testing.assert_array_equal(member[k], alone)
+        assert jnp.array_equal(jax.random.key_data(fit_keys[k]), jax.random.key_data(fit_key))
+
+
 def test_lbfgs_ensemble_matches_one_by_one_on_a_convex_model(mnist_dir):
     cfg = compose([f"data.mnist_dir={mnist_dir}", "data.train_limit=1000", "model=fc10", "train=lbfgs",
                    "train.lbfgs_steps=40", "train.lbfgs_tolerance=1e-2"])
@@ -103,3 +115,49 @@ def test_adversarial_pools_and_dropout_are_never_grouped():
     assert ensemble.group_key(plain) is not None
     for override in ("train.dropout.hidden=0.2", "train.adversarial.layers=[0]"):
         assert ensemble.group_key(compose(["model=fc10", "train=adam", override])) is None
+
+
+SPLIT_JOB = r'''
+import jax, numpy as np
+from omegaconf import OmegaConf
+from adv_jax import devices, ensemble
+from adv_jax.config import compose
+from adv_jax.data import load_splits
+from adv_jax.models import build_model
+
+
+def train(overrides, decays, splits):
+    cfg = compose(["data.train_limit=500"] + overrides)
+    data = {s: load_splits(compose([f"data={s}", "data.train_limit=500"]).data)["train"] for s in set(splits)}
+    models = [build_model(OmegaConf.merge(cfg.model, {"weight_decay": lam})) for lam in decays]
+    trained = ensemble.train_models(models, cfg.train, [data[s] for s in splits],
+                                    [jax.random.key(k) for k in range(len(models))])
+    return [np.concatenate([np.ravel(a) for a in jax.tree.leaves(p)]) for p, _ in trained], \
+        [m["train/steps"] for _, m in trained]
+
+
+def job():
+    # 5 members on 4 devices: 3 devices hold 2 each, the sixth a padding copy.
+    adam, _ = train(["model=fc100", "model.hidden=[16,16]", "train=adam", "train.epochs=1"],
+                    [1e-5, 1e-3, 0.1, 1e-5, 1e-2], ["p1", "p2", "p1", "p1", "p2"])
+    lbfgs, steps = train(["model=fc10", "train=lbfgs", "train.lbfgs_steps=30", "train.lbfgs_tolerance=1e-2"],
+                         [1e-4, 1.0, 1e-2, 1e-3, 1e-1], ["p1", "p2", "p1", "p2", "p2"])
+    return dict(adam=np.stack(adam), lbfgs=np.stack(lbfgs), lbfgs_steps=np.array(steps),
+                mesh=np.array([devices.member_mesh(k).size for k in (1, 3, 4, 5, 9)]),
+                devices=jax.device_count())
+'''
+
+
+def test_members_split_over_four_devices_train_as_on_one(tmp_path, mnist_dir):
+    split = on_fake_cpu_devices(SPLIT_JOB, tmp_path)
+    namespace: dict = {}
+    exec(SPLIT_JOB, namespace)
+    here = namespace["job"]()
+    assert split["devices"] == 4 and list(split["mesh"]) == [1, 3, 4, 3, 3]
+    assert here["devices"] == jax.device_count()
+    # The bounds of the one-by-one comparisons above: L-BFGS's line search amplifies reassociation.
+    for name, tolerance in (("adam", RELATIVE_TOLERANCE), ("lbfgs", 1e-4)):
+        scale = np.abs(here[name]).max(1)
+        assert (np.abs(split[name] - here[name]).max(1) / scale < tolerance).all(), name
+    np.testing.assert_array_equal(split["lbfgs_steps"], here["lbfgs_steps"])
+    assert len(set(here["lbfgs_steps"])) > 1  # members stopped on their own

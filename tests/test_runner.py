@@ -12,8 +12,23 @@ import adv_jax
 from adv_jax import checkpoint
 from adv_jax.config import compose
 from adv_jax.data import load_splits
-from adv_jax.runner import RUN_FILES
-from adv_jax.train import TrainingDiverged
+from adv_jax.models import build_model
+from adv_jax.runner import RUN_FILES, split_errors
+from adv_jax.train import TrainingDiverged, evaluate
+
+
+@pytest.mark.parametrize("limit", [None, 500])
+def test_full_and_train_errors_reuse_the_halves(mnist_dir, limit):
+    cfg = compose([f"data.mnist_dir={mnist_dir}", "data=p2", f"data.train_limit={limit or 'null'}",
+                   "model=fc10"])
+    splits = load_splits(cfg.data)
+    model = build_model(cfg.model)
+    params = model.init(jax.random.key(0))  # untrained: errors far from 0, any miscount shows
+    errors = split_errors(model, params, splits, cfg.data)
+    direct = evaluate(model, params, {s: splits[s] for s in ("full", "train")})
+    assert errors["full"] == pytest.approx(direct["full"], abs=1e-6)
+    assert errors["train"] == pytest.approx(direct["train"], abs=1e-6)
+    assert (errors["train"] == errors["p2"]) == (limit is None)
 
 
 def test_run_writes_a_self_describing_directory_and_loads_back(tmp_path, tiny_overrides):
@@ -89,6 +104,9 @@ def test_sweep_script_single_and_multirun(tmp_path, tiny_overrides):
         + tiny_overrides, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     assert adv_jax.load_run(tmp_path / "single").metrics["error/test"] < 0.2
+    if "xla_force_host_platform_device_count" not in env.get("XLA_FLAGS", "") and "JAX_NUM_CPU_DEVICES" not in env:
+        cores = len(os.sched_getaffinity(0))  # cpu_devices=auto: one JAX CPU device per core
+        assert f"JAX CPU devices: {cores} (cpu_devices=auto)" in (tmp_path / "single" / "run.log").read_text()
     multi = subprocess.run(
         [sys.executable, script, "-m", "model=fc10", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'multi'}"]
         + tiny_overrides, env=env, capture_output=True, text=True, timeout=300)

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from adv_jax import devices
 from adv_jax.demos.common import Context, flatten, typed_params, write_json
 from adv_jax.logger import open_logger
 from adv_jax.runner import _attach_log_file, as_config, prepare_run_dir
@@ -27,6 +28,7 @@ def run_demo(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Runs demonstration cfg.demo.name into run_dir (default runs/<time>_demo_<name>); returns
     its numbers (also in <run_dir>/numbers.json)."""
     cfg = as_config(cfg)
+    devices.use_cpu_devices(cfg.cpu_devices)
     name = cfg.demo.name
     if name not in DEMOS:
         raise ValueError(f"unknown demo {name!r}; choose one of {list(DEMOS)} (conf/demo/)")
