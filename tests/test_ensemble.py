@@ -138,7 +138,7 @@ def train(overrides, decays, splits):
 
 def job():
     # 5 members on 4 devices: 3 devices hold 2 each, the sixth a padding copy.
-    adam, _ = train(["model=fc100", "model.hidden=[16,16]", "train=adam", "train.epochs=1"],
+    adam, _ = train(["model=fc10", "train=adam", "train.epochs=1"],
                     [1e-5, 1e-3, 0.1, 1e-5, 1e-2], ["p1", "p2", "p1", "p1", "p2"])
     lbfgs, steps = train(["model=fc10", "train=lbfgs", "train.lbfgs_steps=30", "train.lbfgs_tolerance=1e-2"],
                          [1e-4, 1.0, 1e-2, 1e-3, 1e-1], ["p1", "p2", "p1", "p2", "p2"])
