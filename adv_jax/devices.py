@@ -94,9 +94,9 @@ def shard_rows(*arrays: Any) -> tuple:
     return tuple(jax.device_put(a, sharding) for a in arrays)
 
 
-def replicate(tree: Any) -> Any:
-    """A copy of every array of `tree` on every local device (model parameters)."""
-    return jax.device_put(tree, NamedSharding(batch_mesh(), PartitionSpec()))
+def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
+    """A copy of every array of `tree` on every device of `mesh` (default: all local devices)."""
+    return jax.device_put(tree, NamedSharding(mesh or batch_mesh(), PartitionSpec()))
 
 
 def member_mesh(members: int) -> Mesh:
@@ -105,3 +105,9 @@ def member_mesh(members: int) -> Mesh:
     local = jax.local_devices()
     per_device = -(-members // len(local))
     return Mesh(local[: -(-members // per_device)], (MEMBER_AXIS,))
+
+
+def split_members(mesh: Mesh, tree: Any) -> Any:
+    """Every array of `tree` (members first, their count a multiple of the mesh size) split by
+    members over `mesh`'s devices."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(MEMBER_AXIS)))

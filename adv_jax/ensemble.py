@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import optax.tree_utils as otu
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 from tqdm.auto import tqdm
 
 from adv_jax import adversarial_training, checkpoint, devices
@@ -136,8 +136,8 @@ def _fit_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer
 
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     state, history = (params, jax.jit(jax.vmap(optimizer.init))(params)), []
-    state, keys, lambdas, data_index = _split_members(mesh, state, keys, lambdas, data_index)
-    xs, ys = _copy_to_members(mesh, xs, ys)
+    state, keys, lambdas, data_index = devices.split_members(mesh, (state, keys, lambdas, data_index))
+    xs, ys = devices.replicate((xs, ys), mesh)
     for i in (bar := tqdm(range(epochs), desc=f"train x{members}", unit="epoch", leave=False)):
         state, losses = epoch(state, fold(keys, i), lambdas, data_index, xs, ys)
         losses = np.asarray(losses)[:members]
@@ -147,14 +147,6 @@ def _fit_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer
         if on_epoch:
             on_epoch(i, history[-1])
     return state[0], np.array(history).reshape(epochs, -1).T, epochs * num_batches
-
-
-def _split_members(mesh: Mesh, *trees):
-    return jax.device_put(trees, NamedSharding(mesh, PartitionSpec(devices.MEMBER_AXIS)))
-
-
-def _copy_to_members(mesh: Mesh, *trees):
-    return jax.device_put(trees, NamedSharding(mesh, PartitionSpec()))
 
 
 def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, mesh: Mesh, members: int,
@@ -196,23 +188,22 @@ def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, mesh: Mesh, membe
         return jax.vmap(member_chunk, in_axes=(0, None, 0, 0, 0))(
             carry, stop, lambdas, xs[data_index], ys[data_index])
 
-    k = members
     carry = (params, jax.jit(jax.vmap(optimizer.init))(params))
-    carry, lambdas, data_index = _split_members(mesh, carry, lambdas, data_index)
-    xs, ys = _copy_to_members(mesh, xs, ys)
-    history: list[list[float]] = [[] for _ in range(k)]
-    done = np.zeros(k, bool)
-    with tqdm(total=cfg.lbfgs_steps, desc=f"lbfgs x{k}", unit="it", leave=False) as bar:
+    carry, lambdas, data_index = devices.split_members(mesh, (carry, lambdas, data_index))
+    xs, ys = devices.replicate((xs, ys), mesh)
+    history: list[list[float]] = [[] for _ in range(members)]
+    done = np.zeros(members, bool)
+    with tqdm(total=cfg.lbfgs_steps, desc=f"lbfgs x{members}", unit="it", leave=False) as bar:
         for i, stop in enumerate(range(chunk, cfg.lbfgs_steps + chunk, chunk)):
             carry, value, grad_norm, count = run_chunk(carry, lambdas, data_index,
                                                        jnp.int32(min(stop, cfg.lbfgs_steps)), xs, ys)
-            value, grad_norm, count = (np.asarray(a)[:k] for a in (value, grad_norm, count))
+            value, grad_norm, count = (np.asarray(a)[:members] for a in (value, grad_norm, count))
             _check_member_finite(value[:, None], i)
             for m in np.flatnonzero(~done):
                 history[m].append(float(value[m]))
             done |= grad_norm < tolerance
             bar.update(int(count.max()) - bar.n)
-            bar.set_postfix(loss=f"{value.mean():.4f}", done=f"{done.sum()}/{k}")
+            bar.set_postfix(loss=f"{value.mean():.4f}", done=f"{done.sum()}/{members}")
             if on_epoch:
                 on_epoch(i, value)
             if done.all():
