@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
+from hydra.core.config_store import ConfigStore  # light: hydra's config store, not its app
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -209,13 +209,62 @@ ConfigStore.instance().store(name="base_config", node=Config)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
-    """The config `scripts/sweep.py` would see with these command-line overrides."""
+    """The config `scripts/sweep.py` would see with these command-line overrides. Inside a running
+    Hydra app (a sweep job) it composes through that app's Hydra."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name, overrides=list(overrides or []))
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name, overrides=list(overrides or []))
-    return cfg
+        return hydra_compose(config_name, overrides=list(overrides or []))
+
+
+def as_config(cfg: Any) -> DictConfig:
+    """A typed, validated DictConfig from a Config dataclass, a dict or a DictConfig.
+
+    Merging into a fresh schema also rejects keys appended with Hydra's `+key=value`.
+    """
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg)  # drops Hydra's flags, which would let `+key` through
+    return OmegaConf.merge(OmegaConf.structured(Config), cfg)
+
+
+def derive(cfg: DictConfig, model: str, split: str, *, model_changes: Any = None, train: str | None = None,
+           train_changes: Any = None, seed: int | None = None) -> DictConfig:
+    """The run config `sweep.py model=<model> data=<split> [train=<train>]` builds, composed by
+    Hydra, with cfg's data source, cache, attack, logging and seed, and the given changes: what a
+    study or demonstration trains for one of its models (the same cache entry as that command)."""
+    groups = compose([f"model={model}"] + ([f"train={train}"] if train else []))
+    out = OmegaConf.to_container(cfg)
+    out["model"] = OmegaConf.to_container(OmegaConf.merge(groups.model, model_changes or {}))
+    if train is not None:
+        out["train"] = OmegaConf.to_container(groups.train)
+    out["train"] = OmegaConf.to_container(OmegaConf.merge(out["train"], train_changes or {}))
+    out["data"]["split"] = split
+    out.update(experiment={"name": "none"}, demo={"name": "none"},
+               seed=cfg.seed if seed is None else seed)
+    return as_config(out)
+
+
+# Keys that change where and how a run is recorded or computed, never its results: resuming
+# ignores them, and so do Hydra's job directory names (conf/config.yaml).
+RESULT_NEUTRAL = ("data.mnist_dir", "data.tfds_dir", "cache_dir", "wandb", "cpu_devices",
+                  "train.cache", "attack.chunk_size")
+
+
+def result_config(cfg: Any) -> dict:
+    """The resolved config without RESULT_NEUTRAL keys: two runs with equal result_configs
+    compute the same results."""
+    out = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    for dotted in RESULT_NEUTRAL:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for name in parents:
+            node = node.get(name) or {}
+        node.pop(leaf, None)
+    return out
 
 
 def to_yaml(cfg: Any) -> str:

@@ -20,35 +20,34 @@ FC100 step leaves a core idle through its small single-threaded ops, two devices
   init_members(model, keys)    stacked initial params (as train_model draws them) and fit keys
   vmap_models(model, lambdas, train_cfg, xs, ys, data_index, keys)  stacked params, losses, steps
   train_models(models, train_cfg, datasets, keys)      [(params, metrics)], like train_model per member
-  prefill_cache(run_cfgs)      trains the uncached models of several run configs, grouped by
-                               architecture, and writes each to the cache under its own key
+adv_jax/trained.py groups run configs into such ensembles (`trained.train_or_load_all`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import optax.tree_utils as otu
 from jax.sharding import Mesh, PartitionSpec
 from tqdm.auto import tqdm
 
-from adv_jax import adversarial_training, checkpoint, devices
-from adv_jax.data import Dataset, load_splits
-from adv_jax.models import Model, Params, build_model
-from adv_jax.train import TrainingDiverged, _check_finite, classification_loss, make_optimizer
+from adv_jax import devices
+from adv_jax.data import Dataset
+from adv_jax.models import Model, Params
+from adv_jax.train import (
+    EpochPlan, TrainingDiverged, TrainState, check_finite, lbfgs_chunk, lbfgs_stops, make_epoch,
+    make_loss, make_optimizer, make_train_step,
+)
 
 log = logging.getLogger(__name__)
-MINIBATCH_OPTIMIZERS = ("adam", "sgd")
 
 
 def _run_once_options() -> dict | None:
@@ -83,11 +82,11 @@ def init_members(model: Model, keys: jax.Array) -> tuple[Params, jax.Array]:
     return jax.jit(jax.vmap(model.init), compiler_options=_run_once_options())(init_keys), fit_keys
 
 
-def _check_member_finite(losses: np.ndarray, epoch: int) -> None:
-    """losses: (K, steps). Names the member whose loss went bad."""
+def check_members(losses: np.ndarray, epoch: int, first: np.ndarray) -> None:
+    """losses: (K, steps), first: (K,) each member's first loss. Names the member that diverged."""
     for k, member in enumerate(losses):
         try:
-            _check_finite(member, epoch)
+            check_finite(member, epoch, first[k])
         except TrainingDiverged as e:
             raise TrainingDiverged(f"ensemble member {k}: {e}") from None
 
@@ -103,80 +102,55 @@ def _over_members(mesh: Mesh, members: int, replicated: int):
                              out_specs=split, check_vma=False)
 
 
-def _fit_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer, epochs: int,
-                   batch_size: int, vmap_size: int, mesh: Mesh, members: int,
-                   on_epoch=None) -> tuple[Any, np.ndarray, int]:
-    """`train.fit_minibatch` for K members in one program. params: leaves (K, ...); lambdas (K, L);
+def fit_members_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer, epochs: int,
+                          batch_size: int, vmap_size: int, mesh: Mesh, members: int,
+                          on_epoch=None) -> tuple[Any, np.ndarray, int]:
+    """`train.fit_minibatch` for K members in one program: the one train step and epoch of
+    adv_jax/train.py, mapped over members. params: leaves (K, ...); lambdas (K, L);
     xs (D, N, 28, 28, 1), ys (D, N): the distinct training sets; data_index (K,): member k trains
     on xs[data_index[k]]; keys (K,); vmap_size: members batched per step; mesh: the devices the
     members are split over (K a multiple of its size); members: how many of the K are real, the
     rest padding. Returns params (all K), the real members' (members, epochs) mean losses, and
     steps per member."""
-    n = xs.shape[1]
-    batch_size = min(batch_size, n)
-    num_batches = n // batch_size
-
-    def member_epoch(state, epoch_key, lambdas, d, xs, ys):
-        def step(state, index):
-            params, opt_state = state
-            # One gather of the minibatch from the member's own set: the set is never copied.
-            value, grads = jax.value_and_grad(loss)(params, xs[d, index], ys[d, index], lambdas)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), value
-
-        order = jax.random.permutation(epoch_key, n)[: num_batches * batch_size]
-        return jax.lax.scan(step, state, order.reshape(num_batches, batch_size))
+    plan = EpochPlan.for_data(xs.shape[1], batch_size)
+    member_epoch = make_epoch(make_train_step(loss, optimizer), plan)
 
     # The data are arguments, not constants (see train.fit_minibatch).
     @functools.partial(jax.jit, donate_argnums=0)
-    @_over_members(mesh, members=4, replicated=2)
-    def epoch(state, epoch_keys, lambdas, data_index, xs, ys):
-        return jax.lax.map(lambda m: member_epoch(*m, xs, ys), (state, epoch_keys, lambdas, data_index),
-                           batch_size=min(vmap_size, len(lambdas)))
+    @_over_members(mesh, members=3, replicated=2)
+    def epoch(state, epoch_keys, data_index, xs, ys):
+        return jax.lax.map(lambda m: member_epoch(m[0], m[1], xs[m[2]], ys[m[2]]),
+                           (state, epoch_keys, data_index), batch_size=min(vmap_size, len(data_index)))
 
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
-    state, history = (params, jax.jit(jax.vmap(optimizer.init))(params)), []
-    state, keys, lambdas, data_index = devices.split_members(mesh, (state, keys, lambdas, data_index))
+    state = TrainState(params, jax.jit(jax.vmap(optimizer.init))(params), decay=lambdas)
+    state, keys, data_index = devices.split_members(mesh, (state, keys, data_index))
     xs, ys = devices.replicate((xs, ys), mesh)
+    history, first = [], None
     for i in (bar := tqdm(range(epochs), desc=f"train x{members}", unit="epoch", leave=False)):
-        state, losses = epoch(state, fold(keys, i), lambdas, data_index, xs, ys)
+        state, losses = epoch(state, fold(keys, i), data_index, xs, ys)
         losses = np.asarray(losses)[:members]
-        _check_member_finite(losses, i)
+        first = losses[:, 0] if first is None else first
+        check_members(losses, i, first)
         history.append(losses.mean(1))
         bar.set_postfix(loss=f"{history[-1].mean():.4f}")
         if on_epoch:
             on_epoch(i, history[-1])
-    return state[0], np.array(history).reshape(epochs, -1).T, epochs * num_batches
+    return state.params, np.array(history).reshape(epochs, -1).T, epochs * plan.steps
 
 
-def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, mesh: Mesh, members: int,
-               chunk: int = 50, on_epoch=None) -> tuple[Any, list[list[float]], np.ndarray]:
-    """`train.fit_lbfgs` for K members at once, split over `mesh`'s devices: each member stops at
-    its own tolerance (a vmapped while_loop leaves a finished member unchanged while the others go
-    on). `members` of the K are real, the rest padding, which neither stops nor reports anything.
-    Returns params (all K), each real member's loss after each chunk until it converged, and its
-    iteration count (members,)."""
-    optimizer = optax.lbfgs()
-    tolerance = cfg.lbfgs_tolerance
+def fit_members_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, mesh: Mesh, members: int,
+                      on_epoch=None) -> tuple[Any, list[list[float]], np.ndarray]:
+    """`train.fit_lbfgs` for K members at once, split over `mesh`'s devices: the one L-BFGS chunk
+    of adv_jax/train.py vmapped, so each member stops at its own tolerance (a vmapped while_loop
+    leaves a finished member unchanged while the others go on). `members` of the K are real, the
+    rest padding, which neither stops nor reports anything. Returns params (all K), each real
+    member's loss after each chunk until it converged, and its iteration count (members,)."""
+    optimizer, tolerance = optax.lbfgs(), cfg.lbfgs_tolerance
 
     def member_chunk(carry, stop, lambdas, x, y):
-        objective = lambda p: loss(p, x, y, lambdas)  # noqa: E731
-        value_and_grad = optax.value_and_grad_from_state(objective)
-
-        def step(carry):
-            params, state = carry
-            value, grad = value_and_grad(params, state=state)
-            updates, state = optimizer.update(grad, state, params, value=value, grad=grad,
-                                              value_fn=objective)
-            return optax.apply_updates(params, updates), state
-
-        def going(carry):
-            count = otu.tree_get(carry[1], "count")
-            grad_norm = otu.tree_norm(otu.tree_get(carry[1], "grad"))
-            return (count == 0) | ((count < stop) & (grad_norm >= tolerance))
-        carry = jax.lax.while_loop(going, step, carry)
-        return (carry, otu.tree_get(carry[1], "value"), otu.tree_norm(otu.tree_get(carry[1], "grad")),
-                otu.tree_get(carry[1], "count"))
+        objective = lambda p: loss(p, lambdas, (), (x, y), None)  # noqa: E731
+        return lbfgs_chunk(objective, optimizer, tolerance)(carry, stop)
 
     @jax.jit
     @_over_members(mesh, members=3, replicated=3)
@@ -194,11 +168,10 @@ def _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, mesh: Mesh, membe
     history: list[list[float]] = [[] for _ in range(members)]
     done = np.zeros(members, bool)
     with tqdm(total=cfg.lbfgs_steps, desc=f"lbfgs x{members}", unit="it", leave=False) as bar:
-        for i, stop in enumerate(range(chunk, cfg.lbfgs_steps + chunk, chunk)):
-            carry, value, grad_norm, count = run_chunk(carry, lambdas, data_index,
-                                                       jnp.int32(min(stop, cfg.lbfgs_steps)), xs, ys)
+        for i, stop in enumerate(lbfgs_stops(cfg.lbfgs_steps)):
+            carry, value, grad_norm, count = run_chunk(carry, lambdas, data_index, jnp.int32(stop), xs, ys)
             value, grad_norm, count = (np.asarray(a)[:members] for a in (value, grad_norm, count))
-            _check_member_finite(value[:, None], i)
+            check_members(value[:, None], i, np.array([h[0] if h else v for h, v in zip(history, value)]))
             for m in np.flatnonzero(~done):
                 history[m].append(float(value[m]))
             done |= grad_norm < tolerance
@@ -237,20 +210,18 @@ def vmap_models(model: Model, lambdas, train_cfg, xs, ys, data_index, keys,
     lambdas, data_index, keys = (devices.pad_rows(a, padded) for a in (lambdas, data_index, keys))
     params, fit_keys = init_members(arch, keys)
 
-    def loss(p, x, y, member_lambdas):
-        return classification_loss(arch, p, x, y, train_cfg.decay_scale, train_cfg.lipschitz_penalty,
-                                   member_lambdas)
+    loss = make_loss(arch, train_cfg)
 
     # Dropping the padding, and back to uncommitted arrays: like train_model's, these params may
     # then meet arrays placed on any devices.
     unpad = lambda tree: jax.tree.map(lambda a: jnp.asarray(np.asarray(a[:k])), tree)  # noqa: E731
     if train_cfg.optimizer == "lbfgs":
-        params, history, steps = _fit_lbfgs(loss, params, lambdas, xs, ys, data_index, train_cfg,
-                                            mesh, k, on_epoch=on_epoch)
+        params, history, steps = fit_members_lbfgs(loss, params, lambdas, xs, ys, data_index,
+                                                   train_cfg, mesh, k, on_epoch=on_epoch)
         return unpad(params), history, steps
     n = xs.shape[1]
     steps = train_cfg.epochs * (n // min(train_cfg.batch_size, n))
-    params, history, per_member = _fit_minibatch(
+    params, history, per_member = fit_members_minibatch(
         loss, params, lambdas, xs, ys, data_index, fit_keys,
         optimizer=make_optimizer(train_cfg, steps), epochs=train_cfg.epochs,
         batch_size=train_cfg.batch_size, vmap_size=vmap_size or default_vmap_size(padded // mesh.size),
@@ -298,70 +269,3 @@ def train_models(models: Sequence[Model], train_cfg, datasets: Sequence[Dataset]
              {"train/seconds": seconds, "train/final_loss": float(h[-1]) if h else float("nan"),
               "train/steps": int(s), "train/ensemble_size": len(models)})
             for k, (h, s) in enumerate(zip(history, steps))]
-
-
-def group_key(cfg: Any) -> str | None:
-    """Run configs with the same key can be trained together (None: never, e.g. an autoencoder
-    model, whose pretraining is not vmapped). The key is the cache identity without the seed, the
-    split and the decay coefficients; the training-set size is checked when the data are loaded.
-    Adversarial pools and dropout (adv_jax/adversarial_training.py) are not vmapped either."""
-    if cfg.model.autoencoder is not None or adversarial_training.enabled(cfg.train):
-        return None
-    identity = checkpoint.model_identity(cfg)
-    identity.pop("seed")
-    identity["data"].pop("split")
-    identity["model"].pop("weight_decay", None)
-    return json.dumps(identity, sort_keys=True, default=str)
-
-
-def train_configs(cfgs: Sequence[Any], load: Callable[[Any], Dataset] | None = None,
-                  on_epoch=None) -> list[tuple[Model, Params, dict[str, Any]]]:
-    """Trains the models of several run configs (as `runner.train_or_load` would, without the
-    cache), grouping members that can share one program. Returns (model, params, metrics) in order."""
-    load = load or _training_set
-    loaded: dict[str, Dataset] = {}
-    groups: dict[tuple, list[int]] = {}
-    member_data = []
-    for i, cfg in enumerate(cfgs):
-        source = json.dumps(checkpoint.model_identity(cfg)["data"], sort_keys=True) + str(cfg.model.classes)
-        if source not in loaded:
-            loaded[source] = load(cfg)
-        member_data.append(loaded[source])
-        if (key := group_key(cfg)) is None:
-            raise ValueError(f"{cfg.model.name} cannot be trained in an ensemble (autoencoder "
-                             "pretraining is not vmapped); train it with runner.train_or_load")
-        groups.setdefault((key, len(member_data[i])), []).append(i)
-    out: list = [None] * len(cfgs)
-    for members in groups.values():
-        models = [build_model(cfgs[i].model) for i in members]
-        log.info("training %d x %s together", len(members), cfgs[members[0]].model.name)
-        trained = train_models(models, cfgs[members[0]].train, [member_data[i] for i in members],
-                               [jax.random.key(cfgs[i].seed) for i in members], on_epoch)
-        for i, model, (params, metrics) in zip(members, models, trained):
-            out[i] = (model, params, metrics)
-    return out
-
-
-def _training_set(cfg) -> Dataset:
-    return load_splits(cfg.data, cfg.model.classes)["train"]
-
-
-def prefill_cache(cfgs: Sequence[Any], min_members: int = 2) -> int:
-    """Trains every model of `cfgs` that is missing from the cache (and has train.cache on) in
-    ensembles of at least `min_members`, and writes each to the cache under its own key, so that
-    `runner.train_or_load` then finds it. Returns how many models were trained."""
-    pending, seen = [], set()
-    for cfg in cfgs:
-        if (cfg.train.cache and group_key(cfg) is not None and checkpoint.cache_key(cfg) not in seen
-                and not (checkpoint.cache_entry(cfg) / checkpoint.PARAMS_FILE).exists()):
-            seen.add(checkpoint.cache_key(cfg))
-            pending.append(cfg)
-    counts: dict[str, int] = {}
-    for cfg in pending:
-        counts[group_key(cfg)] = counts.get(group_key(cfg), 0) + 1
-    pending = [cfg for cfg in pending if counts[group_key(cfg)] >= min_members]
-    if not pending:
-        return 0
-    for cfg, (_, params, metrics) in zip(pending, train_configs(pending)):
-        checkpoint.write_cache(cfg, params, metrics)
-    return len(pending)

@@ -1,20 +1,26 @@
-"""Training: the paper's loss, minibatch optax optimizers or full-batch L-BFGS, and AE pretraining.
+"""The training core: one pure train step, one epoch loop, one full-batch L-BFGS loop.
 
 Loss (per example mean, then the paper's decay summed over layers):
 
     L(params) = mean_i CE(f(x_i), y_i) + sum_k lambda_k * sum(W_k^2) / k_units
 
-A whole epoch is one jitted `lax.scan` over minibatches with the data kept on device; the host
-only sees the per-step losses once per epoch (progress bar, divergence check).
+  train_step(state, batch, key) -> (state, metrics)   one optimizer step; `make_train_step`
+  epoch(state, key, x, y) -> (state, losses)          one jitted `lax.scan` over minibatches, the
+                                                      data on device; `make_epoch`
+  fit_minibatch / fit_lbfgs                           the host loops (progress, divergence check)
+  train_model                                         init -> AE pretraining -> classifier
+
+Single models, ensembles (adv_jax/ensemble.py vmaps or shards `epoch` and `lbfgs_chunk` over
+members) and adversarial training (pools are part of `TrainState` and one more loss term,
+adv_jax/adversarial_training.py) all train through these functions.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,18 +29,31 @@ import optax
 import optax.tree_utils as otu
 from tqdm.auto import tqdm
 
+from adv_jax import adversarial_training as pools_lib
 from adv_jax.data import Dataset
 from adv_jax.lipschitz import lipschitz_penalty
 from adv_jax.models import Model, Params, error_rate
 from adv_jax.models.layers import weight_decay
 
 log = logging.getLogger(__name__)
-LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, x, y) -> scalar
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
+MINIBATCH_OPTIMIZERS = ("adam", "sgd")
+# loss(params, decay, pools, (x, y), key) -> scalar; decay: None (each layer's own lambda) or (L,)
+LossFn = Callable[[Any, Any, tuple, tuple[jax.Array, jax.Array], jax.Array], jax.Array]
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step and the likely cause."""
+    """The loss became NaN, infinite or exploded; the message names the step and the likely cause."""
+
+
+class TrainState(NamedTuple):
+    """Everything a train step reads and writes. decay: None or (L,) per-layer lambdas (ensembles
+    vmap over them); pools: adversarial pools (adversarial_training.Pool), () when off."""
+
+    params: Any
+    opt_state: Any
+    decay: Any = None
+    pools: tuple = ()
 
 
 def classification_loss(model: Model, params: Params, x: jax.Array, y: jax.Array,
@@ -42,12 +61,40 @@ def classification_loss(model: Model, params: Params, x: jax.Array, y: jax.Array
                         lambdas: jax.Array | None = None) -> jax.Array:
     """Mean softmax cross-entropy over the batch, plus decay_scale times the paper's decay, plus
     lipschitz_weight times log of the network's Lipschitz upper bound. `lambdas` (one per weighted
-    layer) replace the layers' own decay coefficients (ensembles vmap over them)."""
+    layer) replace the layers' own decay coefficients."""
     logits = model.apply(params, x)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss = ce + decay_scale * weight_decay(model.layers, params, lambdas)
+    return ce + regularizer(model, params, decay_scale, lipschitz_weight, lambdas)
+
+
+def regularizer(model: Model, params: Params, decay_scale: float, lipschitz_weight: float,
+                lambdas: jax.Array | None) -> jax.Array:
+    """decay_scale x the paper's decay + lipschitz_weight x log(Lipschitz upper bound)."""
+    total = decay_scale * weight_decay(model.layers, params, lambdas)
     if lipschitz_weight:
-        loss += lipschitz_weight * lipschitz_penalty(model, params, model.input_shape)
+        total += lipschitz_weight * lipschitz_penalty(model, params, model.input_shape)
+    return total
+
+
+def freeze(params: Params, frozen_layers: tuple[int, ...]) -> Params:
+    """Frozen layers stay in the optimized pytree with their gradient stopped (a zero gradient
+    moves neither Adam, SGD nor L-BFGS): a closed-over array would be baked into the compiled loss."""
+    return tuple(jax.lax.stop_gradient(p) if i in frozen_layers else p for i, p in enumerate(params))
+
+
+def make_loss(model: Model, cfg, frozen_layers: tuple[int, ...] = ()) -> LossFn:
+    """The training loss of train config `cfg`: the classification loss, or with pools or dropout
+    (`adversarial_training.enabled`) their mixed-batch form."""
+    mixed = pools_lib.enabled(cfg)
+
+    def loss(params, decay, pools, batch, key):
+        params = freeze(params, frozen_layers)
+        x, y = batch
+        if not mixed:
+            return classification_loss(model, params, x, y, cfg.decay_scale, cfg.lipschitz_penalty, decay)
+        ce = pools_lib.mixed_cross_entropy(model, params, pools, x, y, key, cfg)
+        return ce + regularizer(model, params, cfg.decay_scale, cfg.lipschitz_penalty, decay)
+
     return loss
 
 
@@ -66,90 +113,184 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     raise ValueError(f"unknown train.optimizer {cfg.optimizer!r}; choose one of {list(OPTIMIZERS)}")
 
 
-def _check_finite(losses: np.ndarray, epoch: int) -> None:
+def make_train_step(loss: LossFn, optimizer: optax.GradientTransformation):
+    """train_step(state, batch, key) -> (state, {"loss": scalar}): one optimizer step on batch
+    (x (B, ...), y (B,)). Pure; jitted inside the epoch."""
+
+    def train_step(state: TrainState, batch, key):
+        value, grads = jax.value_and_grad(loss)(state.params, state.decay, state.pools, batch, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return state._replace(params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state), {"loss": value}
+
+    return train_step
+
+
+class EpochPlan(NamedTuple):
+    """How an epoch of n images is cut: `blocks` blocks of `per_block` minibatches of
+    `batch_size` (the remainder dropped); a `refresh(state, x, y, key)` runs before each block."""
+
+    batch_size: int
+    blocks: int
+    per_block: int
+
+    @classmethod
+    def for_data(cls, n: int, batch_size: int, blocks: int = 1) -> "EpochPlan":
+        batch_size = min(batch_size, n)
+        batches = n // batch_size
+        blocks = max(1, min(blocks, batches))
+        return cls(batch_size, blocks, batches // blocks)
+
+    @property
+    def steps(self) -> int:
+        return self.blocks * self.per_block
+
+
+def make_epoch(train_step, plan: EpochPlan, refresh=None):
+    """epoch(state, key, x, y) -> (state, losses (steps,)): a fresh permutation of the training
+    set, minibatches gathered on device. Unjitted: callers jit, vmap or shard it."""
+
+    def epoch(state, epoch_key, x, y):
+        def step(state, inputs):
+            index, step_key = inputs
+            state, metrics = train_step(state, (x[index], y[index]), step_key)
+            return state, metrics["loss"]
+
+        def block(state, inputs):
+            batches, block_key = inputs
+            if refresh is not None:
+                state = refresh(state, x, y, jax.random.fold_in(block_key, 0))
+            step_keys = jax.random.split(jax.random.fold_in(block_key, 1), plan.per_block)
+            return jax.lax.scan(step, state, (batches, step_keys))
+
+        # Plain training orders by the epoch key itself, as it always has (cached models stay valid).
+        order_key, blocks_key = (jax.random.split(epoch_key) if refresh is not None
+                                 else (epoch_key, jax.random.fold_in(epoch_key, 1)))
+        order = jax.random.permutation(order_key, len(y))[: plan.steps * plan.batch_size]
+        state, losses = jax.lax.scan(block, state, (
+            order.reshape(plan.blocks, plan.per_block, plan.batch_size),
+            jax.random.split(blocks_key, plan.blocks)))
+        return state, losses.reshape(-1)
+
+    return epoch
+
+
+def check_finite(losses: np.ndarray, epoch: int, first_loss: float | None = None) -> None:
+    """Raises TrainingDiverged on a NaN/inf loss, or on one over 1000x the first step's (and over
+    100): a learning rate far too high need not overflow to show that training has failed."""
     bad = np.flatnonzero(~np.isfinite(losses))
+    if first_loss is not None and not bad.size:
+        bad = np.flatnonzero(losses > max(1000 * first_loss, 100.0))
     if bad.size:
         batch = int(bad[0])
         raise TrainingDiverged(
-            f"loss became {losses[batch]} at epoch {epoch}, batch {batch} "
+            f"loss became {losses[batch]:.4g} at epoch {epoch}, batch {batch} "
             f"(step {epoch * len(losses) + batch}). Likely cause: the learning rate is too high; "
             "lower train.learning_rate, or check the inputs for NaNs."
         )
 
 
-def fit_minibatch(loss: LossFn, params: Any, data: Dataset, key: jax.Array, *,
-                  optimizer: optax.GradientTransformation, epochs: int, batch_size: int,
-                  on_epoch: Callable[[int, float], None] | None = None) -> tuple[Any, list[float], int]:
-    """Minibatch training for `epochs`; returns params, each epoch's mean loss, and the step count.
-
-    Each epoch visits a fresh permutation; the last partial batch is dropped.
-    """
-    x, y = jnp.asarray(data.x), jnp.asarray(data.y)
-    batch_size = min(batch_size, len(y))
-    num_batches = len(y) // batch_size
-
-    # The data are arguments, not closed-over constants: XLA would otherwise embed (and try to
-    # constant-fold) the whole training set in the compiled program.
-    @functools.partial(jax.jit, donate_argnums=0)
-    def epoch(state, epoch_key, x, y):
-        def step(state, index):
-            params, opt_state = state
-            value, grads = jax.value_and_grad(loss)(params, x[index], y[index])
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), value
-
-        order = jax.random.permutation(epoch_key, len(y))[: num_batches * batch_size]
-        return jax.lax.scan(step, state, order.reshape(num_batches, batch_size))
-
-    state, history = (params, optimizer.init(params)), []
-    for i in (bar := tqdm(range(epochs), desc="train", unit="epoch", leave=False)):
+def run_epochs(epoch, state, key: jax.Array, x, y, epochs: int, *, desc: str = "train",
+               on_epoch=None, before_epoch=None, check=check_finite) -> tuple[Any, list]:
+    """The host loop: `epochs` calls of the jitted `epoch`, each epoch's losses checked; returns
+    the final state and each epoch's mean loss. `before_epoch(i, state) -> state` may change it."""
+    history, first = [], None
+    for i in (bar := tqdm(range(epochs), desc=desc, unit="epoch", leave=False)):
+        if before_epoch is not None:
+            state = before_epoch(i, state)
         state, losses = epoch(state, jax.random.fold_in(key, i), x, y)
         losses = np.asarray(losses)
-        _check_finite(losses, i)
-        history.append(float(losses.mean()))
-        bar.set_postfix(loss=f"{history[-1]:.4f}")
+        first = losses[..., 0] if first is None else first
+        check(losses, i, first)
+        history.append(losses.mean(-1))
+        bar.set_postfix(loss=f"{np.mean(history[-1]):.4f}")
         if on_epoch:
             on_epoch(i, history[-1])
-    return state[0], history, epochs * num_batches
+    return state, history
 
 
-def fit_lbfgs(loss: LossFn, params: Any, data: Dataset, cfg, chunk: int = 50,
-              on_epoch: Callable[[int, float], None] | None = None) -> tuple[Any, list[float], int]:
-    """Full-batch L-BFGS (optax, zoom line search) until |grad| < cfg.lbfgs_tolerance.
-
-    Runs inside jit in chunks of `chunk` iterations; returns params, the loss after each chunk,
-    and the number of iterations.
-    """
+def fit_minibatch(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
+                  frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
+    """Minibatch training (cfg: optimizer, epochs, batch_size, schedule, pools, dropout); returns
+    params, each epoch's mean loss, and the step count. Pools join the state at
+    `adversarial.start_epoch`, filled once; from then on they are refreshed before every block."""
+    pools_lib.check_config(model, cfg)
+    mixed = pools_lib.enabled(cfg)
+    plan = EpochPlan.for_data(len(data), cfg.batch_size, pools_lib.blocks_per_epoch(cfg))
+    pools_lib.warn_if_fewer_blocks(cfg, plan.blocks, len(data), plan.batch_size)
+    optimizer = make_optimizer(cfg, cfg.epochs * plan.steps)
+    step = make_train_step(make_loss(model, cfg, frozen_layers), optimizer)
+    refresh = pools_lib.make_refresh(model, cfg) if mixed else None
+    # The data are arguments, not closed-over constants: XLA would otherwise embed (and try to
+    # constant-fold) the whole training set in the compiled program.
+    epoch = jax.jit(make_epoch(step, plan, refresh), donate_argnums=0)
     x, y = jnp.asarray(data.x), jnp.asarray(data.y)
-    optimizer = optax.lbfgs()
+    pool_key, key = jax.random.split(key) if mixed else (None, key)
+
+    def before_epoch(i, state):
+        if cfg.adversarial.layers and i == cfg.adversarial.start_epoch:
+            return pools_lib.fill_pools(model, cfg, state, x, y, pool_key)
+        return state
+
+    state, history = run_epochs(epoch, TrainState(params, optimizer.init(params)), key, x, y,
+                                cfg.epochs, on_epoch=on_epoch, before_epoch=before_epoch)
+    return state.params, [float(h) for h in history], cfg.epochs * plan.steps
+
+
+def lbfgs_chunk(objective, optimizer, tolerance: float):
+    """chunk(carry, stop) -> (carry, value, grad_norm, count): L-BFGS steps until the iteration
+    count reaches `stop` or |grad| < tolerance. carry = (params, optimizer state). Pure; the single
+    model jits it, an ensemble vmaps it over members (each stops on its own)."""
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def step(carry):
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = optimizer.update(grad, state, params, value=value, grad=grad,
+                                          value_fn=objective)
+        return optax.apply_updates(params, updates), state
+
+    def going(carry, stop):
+        count = otu.tree_get(carry[1], "count")
+        grad_norm = otu.tree_norm(otu.tree_get(carry[1], "grad"))
+        return (count == 0) | ((count < stop) & (grad_norm >= tolerance))
+
+    def chunk(carry, stop):
+        carry = jax.lax.while_loop(lambda c: going(c, stop), step, carry)
+        state = carry[1]
+        return (carry, otu.tree_get(state, "value"), otu.tree_norm(otu.tree_get(state, "grad")),
+                otu.tree_get(state, "count"))
+
+    return chunk
+
+
+def lbfgs_stops(max_steps: int, chunk: int = 50) -> list[int]:
+    """The iteration counts at which the host looks at an L-BFGS run (progress, divergence)."""
+    return [min(stop, max_steps) for stop in range(chunk, max_steps + chunk, chunk)]
+
+
+def fit_lbfgs(model: Model, params: Params, data: Dataset, cfg, frozen_layers: tuple[int, ...] = (),
+              on_epoch=None) -> tuple[Params, list[float], int]:
+    """Full-batch L-BFGS (optax, zoom line search) until |grad| < cfg.lbfgs_tolerance, in jitted
+    chunks of 50 iterations; returns params, the loss after each chunk, and the iteration count."""
+    if pools_lib.enabled(cfg):
+        pools_lib.check_config(model, cfg)  # raises: pools and dropout need a minibatch optimizer
+    loss, optimizer = make_loss(model, cfg, frozen_layers), optax.lbfgs()
 
     @jax.jit
     def run_chunk(carry, stop, x, y):  # data as arguments: see fit_minibatch
-        objective = lambda p: loss(p, x, y)  # noqa: E731
-        value_and_grad = optax.value_and_grad_from_state(objective)
+        objective = lambda p: loss(p, None, (), (x, y), None)  # noqa: E731
+        return lbfgs_chunk(objective, optimizer, cfg.lbfgs_tolerance)(carry, stop)
 
-        def step(carry):
-            params, state = carry
-            value, grad = value_and_grad(params, state=state)
-            updates, state = optimizer.update(grad, state, params, value=value, grad=grad,
-                                              value_fn=objective)
-            return optax.apply_updates(params, updates), state
-
-        def going(carry):
-            count = otu.tree_get(carry[1], "count")
-            grad_norm = otu.tree_norm(otu.tree_get(carry[1], "grad"))
-            return (count == 0) | ((count < stop) & (grad_norm >= cfg.lbfgs_tolerance))
-        carry = jax.lax.while_loop(going, step, carry)
-        return carry, otu.tree_get(carry[1], "value"), otu.tree_norm(otu.tree_get(carry[1], "grad"))
-
+    x, y = jnp.asarray(data.x), jnp.asarray(data.y)
     carry, history = (params, optimizer.init(params)), []
     with tqdm(total=cfg.lbfgs_steps, desc="lbfgs", unit="it", leave=False) as bar:
-        for i, stop in enumerate(range(chunk, cfg.lbfgs_steps + chunk, chunk)):
-            carry, value, grad_norm = run_chunk(carry, min(stop, cfg.lbfgs_steps), x, y)
+        for i, stop in enumerate(lbfgs_stops(cfg.lbfgs_steps)):
+            carry, value, grad_norm, count = run_chunk(carry, stop, x, y)
             value, grad_norm = float(value), float(grad_norm)
-            _check_finite(np.array([value]), i)
+            check_finite(np.array([value]), i, history[0] if history else None)
             history.append(value)
-            bar.update(int(otu.tree_get(carry[1], "count")) - bar.n)
+            bar.update(int(count) - bar.n)
             bar.set_postfix(loss=f"{value:.4f}", grad=f"{grad_norm:.1e}")
             if on_epoch:
                 on_epoch(i, value)
@@ -158,35 +299,12 @@ def fit_lbfgs(loss: LossFn, params: Any, data: Dataset, cfg, chunk: int = 50,
     return carry[0], history, int(otu.tree_get(carry[1], "count"))
 
 
-def fit(loss: LossFn, params: Any, data: Dataset, key: jax.Array, cfg, on_epoch=None):
-    """Dispatches on cfg.optimizer: minibatch adam/sgd, or full-batch lbfgs."""
-    if cfg.optimizer == "lbfgs":
-        return fit_lbfgs(loss, params, data, cfg, on_epoch=on_epoch)
-    steps = cfg.epochs * (len(data) // min(cfg.batch_size, len(data)))
-    return fit_minibatch(loss, params, data, key, optimizer=make_optimizer(cfg, steps),
-                         epochs=cfg.epochs, batch_size=cfg.batch_size, on_epoch=on_epoch)
-
-
 def train_classifier(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
                      frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
-    """Trains `params` on `data`; layers listed in `frozen_layers` keep their weights.
-
-    Frozen layers stay in the optimized pytree with their gradient stopped (a zero gradient moves
-    neither Adam, SGD nor L-BFGS), rather than being closed over: a closed-over array would be
-    baked into the compiled loss as a constant. `train.adversarial` pools or `train.dropout` hand
-    training to `adversarial_training.fit_adversarial`.
-    """
-    from adv_jax import adversarial_training  # imports this module
-
-    if adversarial_training.enabled(cfg):
-        return adversarial_training.fit_adversarial(model, params, data, key, cfg, frozen_layers,
-                                                    on_epoch)
-
-    def loss(p, x, y):
-        p = tuple(jax.lax.stop_gradient(q) if i in frozen_layers else q for i, q in enumerate(p))
-        return classification_loss(model, p, x, y, cfg.decay_scale, cfg.lipschitz_penalty)
-
-    return fit(loss, params, data, key, cfg, on_epoch=on_epoch)
+    """Trains `params` on `data` with cfg.optimizer; layers in `frozen_layers` keep their weights."""
+    if cfg.optimizer == "lbfgs":
+        return fit_lbfgs(model, params, data, cfg, frozen_layers, on_epoch)
+    return fit_minibatch(model, params, data, key, cfg, frozen_layers, on_epoch)
 
 
 def sparse_autoencoder_loss(encoder: dict, decoder: dict, x: jax.Array, cfg) -> jax.Array:
@@ -206,7 +324,8 @@ def sparse_autoencoder_loss(encoder: dict, decoder: dict, x: jax.Array, cfg) -> 
 
 def pretrain_autoencoder(model: Model, params: Params, data: Dataset, key: jax.Array, ae_cfg,
                          train_cfg) -> Params:
-    """Trains the first layer as a sparse sigmoid autoencoder on images alone (no labels)."""
+    """Trains the first layer as a sparse sigmoid autoencoder on images alone (no labels), through
+    the same train step and epoch loop as the classifier."""
     first = model.layers[0]
     if first.kind != "dense" or first.activation != "sigmoid":
         raise ValueError("model.autoencoder needs a first dense sigmoid layer (e.g. hidden: [400])")
@@ -214,17 +333,33 @@ def pretrain_autoencoder(model: Model, params: Params, data: Dataset, key: jax.A
     init_key, fit_key = jax.random.split(key)
     decoder = {"w": jax.nn.initializers.glorot_normal()(init_key, (n_hidden, n_in)),
                "b": jnp.zeros(n_in)}
-    loss = lambda p, x, y: sparse_autoencoder_loss(p[0], p[1], x, ae_cfg)  # noqa: E731
-    (encoder, _), _, _ = fit_minibatch(loss, (params[0], decoder), data, fit_key,
-                                    optimizer=optax.adam(ae_cfg.learning_rate),
-                                    epochs=ae_cfg.epochs, batch_size=train_cfg.batch_size)
-    return (encoder,) + tuple(params[1:])
+    loss = lambda p, decay, pools, batch, key: sparse_autoencoder_loss(p[0], p[1], batch[0], ae_cfg)  # noqa: E731
+    optimizer = optax.adam(ae_cfg.learning_rate)
+    plan = EpochPlan.for_data(len(data), train_cfg.batch_size)
+    epoch = jax.jit(make_epoch(make_train_step(loss, optimizer), plan), donate_argnums=0)
+    pair = (params[0], decoder)
+    state, _ = run_epochs(epoch, TrainState(pair, optimizer.init(pair)), fit_key,
+                          jnp.asarray(data.x), jnp.asarray(data.y), ae_cfg.epochs, desc="autoencoder")
+    return (state.params[0],) + tuple(params[1:])
 
 
 def evaluate(model: Model, params: Params, splits: dict[str, Dataset]) -> dict[str, float]:
     """Error rate (fraction) on each named split."""
     return {name: error_rate(model, params, jnp.asarray(d.x), jnp.asarray(d.y))
             for name, d in splits.items()}
+
+
+def check_trained(model: Model, params: Params, data: Dataset, history: list[float]) -> None:
+    """A finished model at chance level on its own training set whose loss never fell has
+    diverged (raises, so it is never cached)."""
+    if len(history) < 2 or len(data) < 100 or history[-1] < 0.98 * history[0]:
+        return
+    chance = 1.0 - 1.0 / model.num_classes
+    error = error_rate(model, params, jnp.asarray(data.x[:2000]), jnp.asarray(data.y[:2000]))
+    if error >= chance - 0.05:
+        raise TrainingDiverged(f"the trained model's training error is {100 * error:.1f}% (chance: "
+                               f"{100 * chance:.0f}%); final loss {history[-1]:.4g}. Likely cause: the "
+                               "learning rate is too high; lower train.learning_rate.")
 
 
 def train_model(model: Model, model_cfg, train_cfg, data: Dataset, key: jax.Array,
@@ -238,6 +373,7 @@ def train_model(model: Model, model_cfg, train_cfg, data: Dataset, key: jax.Arra
         frozen = (0,)
     params, history, steps = train_classifier(model, params, data, fit_key, train_cfg, frozen, on_epoch)
     params = jax.block_until_ready(params)
+    check_trained(model, params, data, history)
     final_loss = history[-1] if history else float("nan")
     return params, {"train/seconds": time.perf_counter() - start, "train/final_loss": final_loss,
                     "train/steps": steps}

@@ -11,12 +11,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from adv_jax.demos import run_demo
+import adv_jax
+import adv_jax.config  # registers the config schema (base_config) with Hydra
 
 
 @hydra.main(config_path="../conf", config_name="demos", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_demo(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    adv_jax.run(cfg, run_dir=HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import adv_jax
+import adv_jax.config  # registers the config schema (base_config) with Hydra
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -8,7 +8,7 @@ from adv_jax import adversarial_training as at
 from adv_jax.attacks import is_adversarial, make_attack
 from adv_jax.config import compose
 from adv_jax.data import Dataset, load_splits
-from adv_jax.experiment import model_config
+from adv_jax.jobs.study import model_config
 from adv_jax.models import build_model, error_rate
 from adv_jax.train import train_model
 
@@ -56,16 +56,16 @@ def test_refresh_replaces_only_its_slots_with_adversarials(trained, small, k):
     model, params = trained
     x, y = jnp.asarray(small[0].x), jnp.asarray(small[0].y)
     shape = at.layer_input_shape(model, k)
-    pool = at.Pool(jnp.zeros(300, jnp.int32), jnp.zeros((300, *shape)))
+    pool = at.Pool(jnp.zeros((300, *model.input_shape)), jnp.zeros(300, jnp.int32), jnp.zeros((300, *shape)))
     slots = jnp.arange(50, 250)
     new = jax.jit(lambda p: at.refresh_pool(make_attack("deepfool"), model, params, k, "untargeted",
                                             p, x, y, slots, jax.random.key(3)))(pool)
     untouched = np.setdiff1d(np.arange(300), np.asarray(slots))
     np.testing.assert_array_equal(new.delta[untouched], 0.0)
-    np.testing.assert_array_equal(new.index[untouched], 0)
-    points = at.pool_points(model, params, k, new, x, slots)
-    labels = y[new.index[slots]]
-    right = jnp.argmax(model.apply(params, x[new.index[slots]]), -1) == labels
+    np.testing.assert_array_equal(new.x[untouched], 0.0)
+    points = at.pool_points(model, params, k, new, slots)
+    labels = new.y[slots]
+    right = jnp.argmax(model.apply(params, new.x[slots]), -1) == labels
     fooled = is_adversarial(model.apply(params, points, start=k), labels, jnp.full_like(labels, -1))
     assert float(jnp.mean(fooled[right])) > 0.9  # DeepFool crosses the nearest boundary
     assert float(jnp.min(points)) >= 0.0 and float(jnp.max(points)) <= 1.0

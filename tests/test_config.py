@@ -4,7 +4,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from adv_jax.config import CONF_DIR, compose
 from adv_jax.models import build_model
-from adv_jax.runner import as_config
+from adv_jax.config import as_config
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adv_jax.config import compose
-from adv_jax.demos import run_demo
+from adv_jax.jobs.demo import run as run_demo
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -11,7 +11,8 @@ from adv_jax import checkpoint, ensemble
 from adv_jax.config import compose
 from adv_jax.data import load_splits
 from adv_jax.models import build_model
-from adv_jax.runner import as_config, train_or_load
+from adv_jax.config import as_config
+from adv_jax.trained import group_key, train_or_load, train_or_load_all
 from adv_jax.train import TrainingDiverged, train_model
 
 # Reassociation only: XLA fuses the batched program differently, so the last bits differ. After
@@ -30,18 +31,19 @@ def test_ensemble_of_seeds_splits_and_decays_matches_one_by_one_and_fills_the_ca
     members = [(0, "p1", "[1e-5,1e-5,1e-6]"), (1, "p2", "1e-3"), (2, "p1", "[0.1,0.0,0.01]")]
     cfgs = [as_config(compose(base + [f"seed={s}", f"data={split}", f"model.weight_decay={wd}"]))
             for s, split, wd in members]
-    assert ensemble.prefill_cache(cfgs) == 3
+    together = train_or_load_all(cfgs)
     assert len(list((tmp_path / "models").iterdir())) == 3  # one entry per member, its own key
     splits = {split: load_splits(cfg.data) for cfg, (_, split, _) in zip(cfgs, members)}
-    for cfg in cfgs:
+    for cfg, (_, handed, _) in zip(cfgs, together):
         model, params, metrics = train_or_load(cfg, splits[cfg.data.split])
         assert metrics["train/cached"] and metrics["train/ensemble_size"] == 3
+        assert _relative_difference(handed, params) == 0.0  # handed over directly = what was cached
         alone, alone_metrics = train_model(model, cfg.model, cfg.train, splits[cfg.data.split]["train"],
                                            jax.random.key(cfg.seed))
         assert _relative_difference(params, alone) < RELATIVE_TOLERANCE
         assert metrics["train/final_loss"] == pytest.approx(alone_metrics["train/final_loss"], rel=1e-5)
         assert metrics["train/steps"] == alone_metrics["train/steps"]
-    assert ensemble.prefill_cache(cfgs) == 0  # all cached now
+    assert all(m["train/cached"] for _, _, m in train_or_load_all(cfgs))  # all cached now
 
 
 def test_any_vmap_size_trains_the_same_members(mnist_dir):
@@ -109,12 +111,12 @@ def test_a_diverging_member_is_named(mnist_dir):
 
 
 def test_adversarial_pools_and_dropout_are_never_grouped():
-    """Pools and dropout train through adversarial_training.fit_adversarial, which the vmapped
-    ensemble does not implement: such models must be trained one by one."""
+    """Pools and dropout (their refreshes are not vmapped) and L-BFGS (vmapped, slower than one by
+    one on CPU) are never grouped into an ensemble by trained.train_or_load_all."""
     plain = compose(["model=fc10", "train=adam"])
-    assert ensemble.group_key(plain) is not None
-    for override in ("train.dropout.hidden=0.2", "train.adversarial.layers=[0]"):
-        assert ensemble.group_key(compose(["model=fc10", "train=adam", override])) is None
+    assert group_key(plain) is not None
+    for override in ("train.dropout.hidden=0.2", "train.adversarial.layers=[0]", "train=lbfgs"):
+        assert group_key(compose(["model=fc10", "train=adam", override])) is None
 
 
 SPLIT_JOB = r'''

@@ -13,8 +13,8 @@ import adv_jax
 from adv_jax import checkpoint
 from adv_jax.aggregate import aggregate
 from adv_jax.config import CONF_DIR, compose
-from adv_jax.experiment import model_config, recompute_rows
-from adv_jax.runner import as_config
+from adv_jax.jobs.study import model_config, recompute_rows
+from adv_jax.config import as_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 REPO = CONF_DIR.parent

@@ -17,11 +17,11 @@ import numpy as np  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from adv_jax.config import CONF_DIR, ModelConfig, TrainConfig  # noqa: E402
+from adv_jax.config import derive  # noqa: E402
 from adv_jax.data import Dataset, load_splits  # noqa: E402
 from adv_jax.logger import Logger  # noqa: E402
 from adv_jax.models import Model, Params  # noqa: E402
-from adv_jax.runner import as_config, train_or_load  # noqa: E402
+from adv_jax.trained import train_or_load  # noqa: E402
 from adv_jax.train import evaluate  # noqa: E402
 
 FIGURE_DPI = 80  # small PNGs: the figures are committed under results/figures/
@@ -72,25 +72,15 @@ class Context:
                      changes: dict | None = None) -> DictConfig:
         """The run config `sweep.py model=<model> data=<split> train=<train>` would build, with
         `changes` to the model (e.g. weight_decay) and the quick-run limits of DemoParams."""
-        path = CONF_DIR / "model" / f"{model}.yaml"
-        if not path.exists():
-            raise ValueError(f"no model config {path}; choose one of "
-                             f"{sorted(p.stem for p in path.parent.glob('*.yaml'))}")
-        model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path),
-                                    changes or {})
-        train_cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig),
-                                    OmegaConf.load(CONF_DIR / "train" / f"{train}.yaml"))
+        composed = derive(self.cfg, model, split, model_changes=changes, train=train)
         # Each limit only where it applies, so an L-BFGS model keeps its cache entry when a
         # demo shortens its minibatch models, and the other way round.
-        if self.params.epochs is not None and train_cfg.optimizer != "lbfgs":
-            train_cfg.epochs = self.params.epochs
-        if self.params.lbfgs_steps is not None and train_cfg.optimizer == "lbfgs":
-            train_cfg.lbfgs_steps = self.params.lbfgs_steps
-        out = OmegaConf.to_container(self.cfg)
-        out.update(model=OmegaConf.to_container(model_cfg), train=OmegaConf.to_container(train_cfg),
-                   demo={"name": "none"})
-        out["data"]["split"] = split
-        return as_config(out)
+        limits = {}
+        if self.params.epochs is not None and composed.train.optimizer != "lbfgs":
+            limits["epochs"] = self.params.epochs
+        if self.params.lbfgs_steps is not None and composed.train.optimizer == "lbfgs":
+            limits["lbfgs_steps"] = self.params.lbfgs_steps
+        return derive(self.cfg, model, split, model_changes=changes, train=train, train_changes=limits)
 
     def model(self, model: str, split: str = "full", train: str = "lbfgs",
               changes: dict | None = None) -> tuple[Model, Params, dict[str, Any]]:
@@ -157,6 +147,10 @@ def flatten(numbers: dict, prefix: str = "") -> dict[str, Any]:
 
 def write_json(path: Path, numbers: dict) -> None:
     path.write_text(json.dumps(numbers, indent=1, default=_plain))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def _plain(value):

@@ -1,9 +1,11 @@
-"""`run_experiment(cfg, run_dir)`: a transfer study (conf/experiment/*.yaml) as one run.
+"""The transfer study (conf/experiment/*.yaml) as one job: `run(cfg, run_dir)`.
 
-For each model of `cfg.experiment.models` it derives the model's own config (its conf/model entry
-changed by the entry's fields; train, attack, data source, cache_dir and seed from cfg), trains it
-or takes it from the cache, attacks the experiment's examples, and writes a per-model run
-directory that `adv_jax.load_run` reads. Then every model's adversarials are fed to every model.
+For each model of `cfg.experiment.models` it derives the model's own config through Hydra
+(`config.derive`: its conf/model entry changed by the entry's fields; train, attack, data source,
+cache_dir and seed from cfg), takes it from the cache or trains it (models that can share one
+vmapped program together, `trained.train_or_load_all`), attacks the experiment's examples, and
+writes a per-model run directory that `adv_jax.load_run` reads. Then every model's adversarials
+are fed to every model.
 
 <run_dir>/
   config.yaml  metrics.json  run.log  wandb/          as for any run (metrics.json is written last)
@@ -27,56 +29,48 @@ import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from adv_jax import checkpoint, ensemble, transfer
+from adv_jax import checkpoint, transfer
 from adv_jax.attacks.generate import Adversarials, generate, summarize
-from adv_jax.config import CONF_DIR, ModelConfig
+from adv_jax.config import as_config, derive
 from adv_jax.data import Dataset, load_splits
 from adv_jax.figures_transfer import transfer_heatmap
-from adv_jax.logger import open_logger
 from adv_jax.models import predict
-from adv_jax.runner import (
-    _attach_log_file, _check_attack, _finished, as_config, load_run, prepare_run_dir, train_or_load,
-)
+from adv_jax.rundir import RunDirectory, load_run
 from adv_jax.train import evaluate
+from adv_jax.trained import train_or_load_all
 
 log = logging.getLogger(__name__)
 CLEAN_SPLITS = ("p1", "p2", "full", "test")
 NOISE_KEY = 3  # fold_in(key(cfg.seed), NOISE_KEY) seeds every noise row of an experiment
 
 
+def default_name(cfg) -> str:
+    return cfg.experiment.name
+
+
 def model_config(cfg: DictConfig, key: str) -> DictConfig:
     """The full config of experiment model `key`: what `sweep.py model=<m> data=<split>` builds
     (so the same cache entry), with the entry's overrides and seed cfg.seed + seed_offset."""
     entry = cfg.experiment.models[key]
-    model = OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                            OmegaConf.load(CONF_DIR / "model" / f"{entry.model}.yaml"))
     changes = {k: entry[k] for k in ("hidden", "weight_decay") if entry[k] is not None}
-    model = OmegaConf.merge(model, changes, entry.model_overrides)
-    out = OmegaConf.to_container(cfg)
-    out.update(model=OmegaConf.to_container(model), seed=cfg.seed + entry.seed_offset,
-               experiment={"name": "none"})
-    out["data"]["split"] = entry.split
-    out["train"].update(OmegaConf.to_container(entry.train_overrides))
-    return as_config(out)
+    return derive(cfg, entry.model, entry.split,
+                  model_changes=OmegaConf.merge(changes, entry.model_overrides),
+                  train_changes=entry.train_overrides, seed=cfg.seed + entry.seed_offset)
 
 
 def _label(cfg: DictConfig, key: str) -> str:
     return cfg.experiment.models[key].label or key
 
 
-def model_run(cfg_m: DictConfig, examples, model_dir: Path) -> tuple[Any, Any, Adversarials, dict]:
-    """Trains (or loads) one model, attacks `examples`, writes its run directory; a directory that
-    already finished with the same config is read back instead (resuming an interrupted study)."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_yaml(cfg_m, resolve=True)
-    if (metrics := _finished(model_dir, resolved)) is not None:
-        run = load_run(model_dir)
-        return run.model, run.params, Adversarials.load(model_dir / "adversarials.npz"), metrics
-    (model_dir / "config.yaml").write_text(resolved)
-    splits = load_splits(cfg_m.data)
-    model, params, train_metrics = train_or_load(cfg_m, splits)
+def model_run(cfg_m: DictConfig, trained, examples, model_dir: Path) -> tuple[Any, Any, Adversarials, dict]:
+    """Attacks `examples` with one trained (model, params, train metrics) and writes its run
+    directory: params first, then adversarials.npz, then metrics.json (last)."""
+    run = RunDirectory.for_run(cfg_m, model_dir, model_dir.name)
+    run.start()
+    model, params, train_metrics = trained
     checkpoint.save_params(model_dir / checkpoint.PARAMS_FILE, params)
-    key = jax.random.fold_in(jax.random.key(cfg_m.seed), 1)  # the same key as runner.attack_run
+    splits = load_splits(cfg_m.data)
+    key = jax.random.fold_in(jax.random.key(cfg_m.seed), 1)  # the same key as the single run's attack
     adv, seconds = generate(cfg_m.attack, model, params, examples.x, examples.y, key)
     adv.save(model_dir / "adversarials.npz")
     errors = evaluate(model, params, {s: splits[s] for s in CLEAN_SPLITS})
@@ -84,8 +78,31 @@ def model_run(cfg_m: DictConfig, examples, model_dir: Path) -> tuple[Any, Any, A
                "error/train": evaluate(model, params, {"t": splits["train"]})["t"],
                **train_metrics, **summarize(adv, seconds),
                "attack/mean_distortion_all": float(adv.distortion().mean())}
-    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    run.finish(metrics)
     return model, params, adv, metrics
+
+
+def model_runs(cfg: DictConfig, configs: dict[str, DictConfig], examples, run_dir: Path) -> dict:
+    """key -> (model, params, adversarials, metrics) of every model: finished per-model run
+    directories read back (resuming an interrupted study), the rest trained or loaded (together
+    where they can share a program, with experiment.ensemble_seeds' models) and attacked."""
+    out, pending = {}, {}
+    for key, cfg_m in configs.items():
+        model_dir = run_dir / "models" / key
+        if (metrics := RunDirectory(model_dir, cfg_m).finished()) is not None:
+            run = load_run(model_dir)
+            out[key] = (run.model, run.params, Adversarials.load(model_dir / "adversarials.npz"), metrics)
+        else:
+            pending[key] = cfg_m
+    exp = cfg.experiment
+    others = [model_config(OmegaConf.merge(cfg, {"seed": seed}), key)
+              for seed in exp.ensemble_seeds if seed != cfg.seed for key in exp.models]
+    trained = train_or_load_all(list(pending.values()) + (others if pending else []),
+                                together=exp.train_together)
+    for (key, cfg_m), model in zip(pending.items(), trained):
+        log.info("experiment %s: model %s", exp.name, key)
+        out[key] = model_run(cfg_m, model, examples, run_dir / "models" / key)
+    return {key: out[key] for key in configs}
 
 
 def _examples(cfg: DictConfig):
@@ -177,56 +194,28 @@ def write_results(cfg: DictConfig, run_dir: Path, rows, model_metrics: dict[str,
     return result
 
 
-def _train_together(cfg: DictConfig, configs: list[DictConfig]) -> None:
-    """Trains the uncached models of this seed and of experiment.ensemble_seeds in vmapped
-    ensembles (minibatch optimizers only: on CPU, vmapped L-BFGS measured slower than one by
-    one) and caches each, so the per-model loop below loads them."""
-    if not cfg.experiment.train_together or cfg.train.optimizer not in ensemble.MINIBATCH_OPTIMIZERS:
-        return
-    others = [model_config(OmegaConf.merge(cfg, {"seed": seed}), key)
-              for seed in cfg.experiment.ensemble_seeds if seed != cfg.seed for key in cfg.experiment.models]
-    if (trained := ensemble.prefill_cache(configs + others)):
-        log.info("trained %d models in vmapped ensembles", trained)
+def work(run: RunDirectory, logger) -> dict[str, Any]:
+    cfg, start = run.cfg, time.perf_counter()
+    if not cfg.experiment.models:
+        raise ValueError(f"experiment {cfg.experiment.name!r} lists no models (experiment.models is empty)")
+    examples = _examples(cfg)
+    # Every model's config is fixed now: conf/model files edited during a long study must not
+    # change its later models.
+    configs = {key: model_config(cfg, key) for key in cfg.experiment.models}
+    runs = model_runs(cfg, configs, examples, run.path)
+    rows = rows_for(cfg, [r[:3] for r in runs.values()], examples)
+    result = write_results(cfg, run.path, rows, {k: r[3] for k, r in runs.items()},
+                           time.perf_counter() - start)
+    summary = _summary(result)
+    _log(logger, run.path, result)
+    log.info("experiment %s done in %.0f s: %s", cfg.experiment.name, summary["experiment/seconds"],
+             result["checks"])
+    return summary
 
 
-def run_experiment(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
+def run(cfg, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Runs the study `cfg.experiment` into run_dir; returns flat summary metrics."""
-    cfg = as_config(cfg)
-    _check_attack(cfg)
-    exp = cfg.experiment
-    if not exp.models:
-        raise ValueError(f"experiment {exp.name!r} lists no models (experiment.models is empty)")
-    run_dir, resolved, finished = prepare_run_dir(cfg, run_dir, exp.name)
-    if finished is not None:
-        return finished
-    handler = _attach_log_file(run_dir)
-    start = time.perf_counter()
-    try:
-        (run_dir / "config.yaml").write_text(resolved)
-        examples = _examples(cfg)
-        with open_logger(cfg, run_dir, name=run_dir.name) as logger:
-            # Every model's config is fixed now: conf/model files edited during a long study
-            # must not change its later models.
-            configs = {key: model_config(cfg, key) for key in exp.models}
-            _train_together(cfg, list(configs.values()))
-            runs, model_metrics = [], {}
-            for key, cfg_m in configs.items():
-                log.info("experiment %s: model %s", exp.name, key)
-                model, params, adv, metrics = model_run(cfg_m, examples, run_dir / "models" / key)
-                runs.append((model, params, adv))
-                model_metrics[key] = metrics
-            rows = rows_for(cfg, runs, examples)
-            result = write_results(cfg, run_dir, rows, model_metrics, time.perf_counter() - start)
-            summary = _summary(result)
-            _log(logger, run_dir, result, summary)
-            (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
-        log.info("experiment %s done in %.0f s: %s", exp.name, summary["experiment/seconds"],
-                 result["checks"])
-        return summary
-    finally:
-        if handler:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+    return RunDirectory.for_run(cfg, run_dir, default_name(cfg)).execute(work)
 
 
 def _summary(result: dict) -> dict[str, Any]:
@@ -246,7 +235,7 @@ def _summary(result: dict) -> dict[str, Any]:
     return out
 
 
-def _log(logger, run_dir: Path, result: dict, summary: dict) -> None:
+def _log(logger, run_dir: Path, result: dict) -> None:
     columns = ["examples", "kind", *result["models"], "stddev"]
     logger.table("transfer", columns, [[r["name"], r["kind"], *r["errors"], r["stddev"]]
                                        for r in result["rows"]])
@@ -254,4 +243,3 @@ def _log(logger, run_dir: Path, result: dict, summary: dict) -> None:
                  [[label, *(result["clean"][k][s] for s in (*CLEAN_SPLITS, "train"))]
                   for k, label in zip(result["keys"], result["models"])])
     logger.image("heatmap", run_dir / "heatmap.png")
-    logger.summary(summary)

@@ -1,0 +1,112 @@
+"""The single run: train (or load from the cache), evaluate, attack, bound, record.
+
+Its run directory (adv_jax/rundir.py owns the lifecycle):
+  config.yaml     the resolved config           metrics.json    flat final metrics
+  params.msgpack  the trained parameters        metrics.jsonl   every logged value, in order
+  run.log         the log                       wandb/          the W&B run (offline by default)
+  adversarials.npz, adversarials.png            the attack's examples (attack != none)
+  lipschitz.json  per-layer bounds and the lower bounds
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from adv_jax import checkpoint, lipschitz
+from adv_jax.attacks import single_example
+from adv_jax.attacks.generate import generate, summarize
+from adv_jax.data import load_splits
+from adv_jax.figures import adversarial_grid
+from adv_jax.logger import Logger
+from adv_jax.models import Model, Params, num_params, predict
+from adv_jax.rundir import RunDirectory
+from adv_jax.train import evaluate
+from adv_jax.trained import train_or_load
+
+log = logging.getLogger(__name__)
+EVAL_SPLITS = ("p1", "p2", "full", "test")
+RUN_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "params.msgpack", "run.log")
+
+
+def default_name(cfg) -> str:
+    return cfg.model.name
+
+
+def split_errors(model: Model, params: Params, splits: dict, data_cfg) -> dict[str, float]:
+    """Error rate (fraction) on every EVAL_SPLITS split and on "train", each image evaluated once:
+    P1 and P2 partition the full training set, and an unlimited training split is one of them."""
+    errors = evaluate(model, params, {s: splits[s] for s in ("p1", "p2", "test")})
+    n1, n2 = len(splits["p1"]), len(splits["p2"])
+    errors["full"] = (errors["p1"] * n1 + errors["p2"] * n2) / (n1 + n2)
+    if data_cfg.train_limit is None or data_cfg.train_limit >= len(splits[data_cfg.split]):
+        errors["train"] = errors[data_cfg.split]
+    else:
+        errors["train"] = evaluate(model, params, {"t": splits["train"]})["t"]
+    return errors
+
+
+def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: Logger):
+    """Attacks the first attack.num_examples test images; writes adversarials.npz and a figure."""
+    n = len(test) if cfg.attack.num_examples is None else min(cfg.attack.num_examples, len(test))
+    log.info("attacking %d test images with %s (target: %s)", n, cfg.attack.name, cfg.attack.target)
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+    adv, seconds = generate(cfg.attack, model, params, test.x[:n], test.y[:n], key)
+    adv.save(run_dir / "adversarials.npz")
+    columns = cfg.attack.figure_columns
+    figure = adversarial_grid(adv.x, adv.x_adv, run_dir / "adversarials.png", labels=adv.y,
+                              predicted=predict(model, params, adv.x_adv[:columns]), columns=columns)
+    logger.image("adversarials", figure)
+    return summarize(adv, seconds), adv
+
+
+def lipschitz_run(cfg, model: Model, params: Params, test, adv, run_dir: Path,
+                  logger: Logger) -> dict[str, Any]:
+    """Per-layer upper bounds (paper's Table 5 layout) and empirical lower bounds -> lipschitz.json."""
+    table = lipschitz.layer_table(model, params, model.input_shape)
+    metrics = {"lipschitz/upper_bound": lipschitz.network_bound(table)}
+    metrics.update({f"lipschitz/layer{row['index']}": row["bound"] for row in table})
+    apply = lambda x: model.apply(params, x)  # noqa: E731
+    if cfg.lipschitz.images:
+        key = jax.random.fold_in(jax.random.key(cfg.seed), 2)
+        metrics["lipschitz/jacobian_lower_bound"] = float(lipschitz.max_jacobian_norm(
+            single_example(apply), jnp.asarray(test.x[: cfg.lipschitz.images]), key,
+            cfg.lipschitz.power_iters))
+    # Only pairs that moved: a "success" on an already-misclassified image has x' = x.
+    moved = None if adv is None else adv.success & (adv.distortion() > 0)
+    if moved is not None and moved.any():
+        metrics["lipschitz/pair_ratio_lower_bound"] = float(lipschitz.pair_ratio_bound(
+            apply, jnp.asarray(adv.x[moved]), jnp.asarray(adv.x_adv[moved])))
+    (run_dir / "lipschitz.json").write_text(json.dumps({"layers": table, **metrics}, indent=1))
+    columns = list(table[0])
+    logger.table("lipschitz", columns, [[row[c] for c in columns] for row in table])
+    return metrics
+
+
+def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
+    cfg = run.cfg
+    splits = load_splits(cfg.data, cfg.model.classes)
+    model, params, train_metrics = train_or_load(cfg, splits, logger,
+                                                 save_to=run.path / checkpoint.PARAMS_FILE)
+    errors = split_errors(model, params, splits, cfg.data)
+    metrics = {**{f"error/{s}": errors[s] for s in (*EVAL_SPLITS, "train")}, **train_metrics,
+               "model/num_params": num_params(params), "data/train_size": len(splits["train"])}
+    adv = None
+    if cfg.attack.name != "none":
+        attack_metrics, adv = attack_run(cfg, model, params, splits["test"], run.path, logger)
+        metrics.update(attack_metrics)
+    metrics.update(lipschitz_run(cfg, model, params, splits["test"], adv, run.path, logger))
+    logger.table("layers", ["index", "layer"], list(enumerate(model.summary(params))))
+    log.info("%s: %s", cfg.model.name, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                                if k.startswith("error/")))
+    return metrics
+
+
+def run(cfg, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """One model into run_dir (default runs/<time>_<model>); returns its metrics."""
+    return RunDirectory.for_run(cfg, run_dir, default_name(cfg)).execute(work)
