@@ -144,3 +144,22 @@ def test_results_files_name_no_machine_paths_people_or_sessions():
         for pattern in (r"/work/", r"/tmp/", r"\bsession\b", r"another engineer", r"\blent\b",
                         r"earlier machine", r"\(, run \)"):
             assert not re.search(pattern, text), (path.name, pattern)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in settings.REPORT_DIR.glob("*.yaml")))
+def test_every_report_config_loads_and_names_what_its_builder_reads(name):
+    conf = settings.load(name)
+    required = {"models": {"title", "common", "rows", "notes"},
+                "lipschitz": {"title", "models", "measure", "sweep_common", "sweeps", "sweeps_intro", "notes"},
+                "transfer": {"default", "cross_training_set", "cross_model"},
+                "adversarial_training": {"title", "reference", "paper", "notes"},
+                "demos": {"title", "notes", "sections"}}[name]
+    assert required <= conf.keys()
+    if name == "models":
+        for row in conf["rows"]:
+            assert row["paper"] is None or paper.clean_errors(row["paper"])
+    if name == "adversarial_training":
+        assert set(conf["paper"].values()) <= paper.ADVERSARIAL_TRAINING_TEST_ERROR.keys()
+    if name == "lipschitz":
+        model_rows = {row["name"] for row in settings.load("models")["rows"]}
+        assert set(conf["models"]) <= model_rows | conf["fallbacks"].keys()
