@@ -296,3 +296,33 @@ def pair_ratio_bound(logits_fn_batch: Callable[[Array], Array], x: Array, x_adv:
     out = jnp.linalg.norm((logits_fn_batch(x_adv) - logits_fn_batch(x)).reshape(len(x), -1), axis=1)
     dist = jnp.linalg.norm((x_adv - x).reshape(len(x), -1), axis=1)
     return jnp.max(jnp.where(dist > 0, out / jnp.where(dist > 0, dist, 1.0), 0.0))
+
+
+# ----------------------------------------------------------------------------- one network
+
+def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | None, *, key: Array,
+            images: int, power_iters: int) -> dict[str, Any]:
+    """Upper and lower Lipschitz bounds of one trained network: what lipschitz.json holds.
+
+    test_x (N, 28, 28, 1): the Jacobian bound is the max over its first `images` (none if 0 or
+    test_x is None), `power_iters` iterations each, from `key`. pairs (x, x_adv), each (P, ...):
+    adversarial pairs for the pair-ratio bound; pairs with x_adv == x carry no slope and are
+    dropped, and with none left there is no pair bound. Returns {"layers": layer_table rows,
+    "lipschitz/upper_bound", "lipschitz/layer<i>" per layer, and where measured
+    "lipschitz/jacobian_lower_bound", "lipschitz/pair_ratio_lower_bound"}, all Python floats.
+    """
+    table = layer_table(model, params, model.input_shape)
+    out: dict[str, Any] = {"layers": table, "lipschitz/upper_bound": network_bound(table)}
+    out.update({f"lipschitz/layer{row['index']}": row["bound"] for row in table})
+    apply = lambda x: model.apply(params, x)  # noqa: E731
+    if images and test_x is not None:
+        single = lambda x: apply(x[None])[0]  # noqa: E731
+        out["lipschitz/jacobian_lower_bound"] = float(max_jacobian_norm(
+            single, jnp.asarray(test_x[:images]), key, power_iters))
+    if pairs is not None:
+        x, x_adv = (np.asarray(a) for a in pairs)
+        moved = np.any((x_adv != x).reshape(len(x), -1), axis=1)
+        if moved.any():
+            out["lipschitz/pair_ratio_lower_bound"] = float(pair_ratio_bound(
+                apply, jnp.asarray(x[moved]), jnp.asarray(x_adv[moved])))
+    return out

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import adv_jax
 from adv_jax import checkpoint
-from adv_jax.aggregate import aggregate
+from adv_jax.reports.aggregate import aggregate
 from adv_jax.config import CONF_DIR, compose
 from adv_jax.jobs.study import model_config, recompute_rows
 from adv_jax.config import as_config

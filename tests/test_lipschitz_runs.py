@@ -1,24 +1,17 @@
-"""Lipschitz bounds of real trained runs, and scripts/compare_lipschitz.py on tiny run dirs."""
+"""Lipschitz bounds of real trained runs: `lipschitz.measure` reproduces what a run logs, and
+adv_jax.reports.lipschitz_compare tables and plots tiny sweeps."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 import adv_jax
 from adv_jax import lipschitz
 from adv_jax.config import compose
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from adv_jax.reports import lipschitz_compare as compare
 
 
 def _overrides(mnist_dir, cache) -> list[str]:
@@ -65,7 +58,6 @@ def tiny_sweep(tmp_path_factory, mnist_dir):
 
 
 def test_compare_lipschitz_tables_and_plots_a_sweep(tiny_sweep, tmp_path):
-    compare = _script("compare_lipschitz")
     table, entries, x_key = compare.compare([tiny_sweep], plot_path=tmp_path / "plot.png")
     assert x_key == "model.weight_decay" and len(entries) == 2  # the unfinished job is skipped
     assert compare.varying_keys(entries) == ["model.weight_decay"]
@@ -81,7 +73,6 @@ def test_compare_lipschitz_tables_and_plots_a_sweep(tiny_sweep, tmp_path):
 
 
 def test_compare_lipschitz_recomputes_a_missing_table_and_writes_markdown(tiny_sweep, tmp_path):
-    compare = _script("compare_lipschitz")
     run_dir = tiny_sweep / "0_model.weight_decay=1e-4"
     stored = compare.load_entry(run_dir)
     copy = tmp_path / "old_run"
@@ -90,5 +81,28 @@ def test_compare_lipschitz_recomputes_a_missing_table_and_writes_markdown(tiny_s
         (copy / name).write_bytes((run_dir / name).read_bytes())
     recomputed = compare.load_entry(copy)
     assert recomputed["upper"] == pytest.approx(stored["upper"], rel=1e-6)
-    text = compare.main([str(run_dir), str(copy), "--out", str(tmp_path / "t.md")])
-    assert (tmp_path / "t.md").read_text() == text and str(copy) in text
+    text = compare.compare_text([run_dir, copy])
+    assert str(copy) in text and text.count("\n| ") == 3  # header, separator, two runs
+
+
+def test_measure_gives_the_bounds_a_run_logged(tiny_sweep):
+    """The one measurement function: from the run's parameters, test images and adversarial
+    pairs, with the run's key, it reproduces the run's lipschitz.json."""
+    run_dir = tiny_sweep / "0_model.weight_decay=1e-4"
+    run = adv_jax.load_run(run_dir)
+    test = adv_jax.load_splits(run.config.data, run.config.model.classes)["test"]
+    adv = np.load(run_dir / "adversarials.npz")
+    ok = adv["success"]
+    measured = lipschitz.measure(run.model, run.params, test.x, (adv["x"][ok], adv["x_adv"][ok]),
+                                 key=jax.random.fold_in(jax.random.key(run.config.seed), 2),
+                                 images=run.config.lipschitz.images,
+                                 power_iters=run.config.lipschitz.power_iters)
+    stored = json.loads((run_dir / "lipschitz.json").read_text())
+    assert measured.keys() == stored.keys()
+    for key, value in stored.items():
+        if key != "layers":
+            assert measured[key] == pytest.approx(value, rel=1e-5), key
+    unmoved = lipschitz.measure(run.model, run.params, None, (adv["x"][:3], adv["x"][:3]),
+                                key=jax.random.key(0), images=0, power_iters=5)
+    assert "lipschitz/pair_ratio_lower_bound" not in unmoved  # equal pairs carry no slope
+    assert "lipschitz/jacobian_lower_bound" not in unmoved

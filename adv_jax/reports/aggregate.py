@@ -16,48 +16,31 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adv_jax.transfer import markdown
+from adv_jax.reports import paper, provenance, settings
+from adv_jax.reports.runs import find_studies
+from adv_jax.reports.tables import markdown, mean_std
 
 log = logging.getLogger(__name__)
 _PLUMBING = ("data.mnist_dir=", "cache_dir=", "wandb.mode=", "hydra.")  # overrides not worth showing
 
-# The paper's numbers (percent) by experiment name, rows keyed like `_row_key`. A matched-noise
-# row of the paper (Table 4 has one, "same stddev") is listed for every source.
-_T4_NOISE = [2.2, 2.6, 2.4]
-PAPER: dict[str, dict[str, Any]] = {
-    "cross_training_set": {
-        "source": "Szegedy et al. 2014, Tables 3 and 4",
-        "clean": {"p1": [0.0, 0.0, 2.3], "p2": [2.4, 2.5, 0.0], "test": [2.0, 2.1, 2.1]},
-        "distortion": [0.062, 0.059, 0.058],
-        "rows": {("adversarial", 0): [100, 26.2, 5.9], ("adversarial", 1): [6.25, 100, 5.1],
-                 ("adversarial", 2): [8.2, 8.2, 100], ("noise", 0): _T4_NOISE,
-                 ("noise", 1): _T4_NOISE, ("noise", 2): _T4_NOISE,
-                 ("amplified", 0): [100, 98, 43], ("amplified", 1): [96, 100, 22],
-                 ("amplified", 2): [27, 50, 100], ("fixed_noise", 0.1): [2.6, 2.8, 2.7]},
-    },
-    "cross_model": {
-        "source": "Szegedy et al. 2014, Tables 1 and 2",
-        "clean": {"full": [6.7, 10.0, 21.2, 0.0, 0.0, 0.57], "test": [7.4, 9.4, 20.0, 1.64, 1.54, 1.9]},
-        "distortion": [0.062, 0.1, 0.14, 0.058, 0.065, 0.086],
-        "rows": {("adversarial", 0): [100, 11.7, 22.7, 2, 3.9, 2.7],
-                 ("adversarial", 1): [87.1, 100, 35.2, 35.9, 27.3, 9.8],
-                 ("adversarial", 2): [71.9, 76.2, 100, 48.1, 47, 34.4],
-                 ("adversarial", 3): [28.9, 13.7, 21.1, 100, 6.6, 2],
-                 ("adversarial", 4): [38.2, 14, 23.8, 20.3, 100, 2.7],
-                 ("adversarial", 5): [23.4, 16, 24.8, 9.4, 6.6, 100],
-                 ("fixed_noise", 0.1): [5.0, 10.1, 18.3, 0, 0, 0.8],
-                 ("fixed_noise", 0.3): [15.6, 11.3, 22.7, 5, 4.3, 3.1]},
-    },
-}
 
-
-def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Experiment run directories at or below `paths` (per-model dirs under models/ excluded)."""
-    found = []
-    for p in map(Path, paths):
-        hits = [p / "matrix.json"] if (p / "matrix.json").exists() else sorted(p.rglob("matrix.json"))
-        found += [h.parent for h in hits if "models" not in h.relative_to(p).parts[:-1]]
-    return found
+def paper_reference(experiment: str) -> dict[str, Any] | None:
+    """The paper's numbers for a study, rows keyed like `_row_key`: {"source", "clean" (split ->
+    per model), "distortion" (per model), "rows" (key -> per column)}. None if the paper has none.
+    The paper's one matched-noise row (Table 4, "same stddev") is listed for every source."""
+    if experiment == "cross_training_set":
+        rows = {("fixed_noise", s): v for s, v in paper.TABLE4_NOISE.items()}
+        for i in range(len(paper.TABLE3_MODELS)):
+            rows.update({("adversarial", i): paper.TABLE4_ADVERSARIAL[i],
+                         ("noise", i): paper.TABLE4_MATCHED_NOISE, ("amplified", i): paper.TABLE4_AMPLIFIED[i]})
+        return {"source": f"{paper.SOURCE}, Tables 3 and 4", "distortion": paper.TABLE3["distortion"],
+                "clean": {s: paper.TABLE3[s] for s in ("p1", "p2", "test")}, "rows": rows}
+    if experiment == "cross_model":
+        rows = {("fixed_noise", s): v for s, v in paper.TABLE2_NOISE.items()}
+        rows.update({("adversarial", i): r for i, r in enumerate(paper.TABLE2_ADVERSARIAL)})
+        return {"source": f"{paper.SOURCE}, Tables 1 and 2", "distortion": paper.TABLE1["distortion"],
+                "clean": {"full": paper.TABLE1["train"], "test": paper.TABLE1["test"]}, "rows": rows}
+    return None
 
 
 def _row_key(row: dict) -> tuple:
@@ -73,15 +56,8 @@ def _row_name(key: tuple, models: Sequence[str], amplify_to: float | None) -> st
             "amplified": f"distorted for {name}, amplified to stddev {amplify_to:g}"}[kind]
 
 
-def _cell(values: np.ndarray, paper: float | None = None, digits: int = 1) -> str:
-    text = f"{values.mean():.{digits}f}"
-    if len(values) > 1:
-        text += f" ± {values.std(ddof=1):.{digits}f}"
-    return text + (f" ({paper:g})" if paper is not None else "")
-
-
-def group_table(results: list[dict], paper: dict | None = None) -> str:
-    """Mean ± std (sample std over runs) of every cell of one group; paper's value in brackets."""
+def group_table(results: list[dict], reference: dict | None = None) -> str:
+    """Mean ± std (sample std over runs) of every cell of one group; the paper's value in brackets."""
     first = results[0]
     models = first["models"]
     amplify_to = next((r["stddev"] for r in first["rows"] if r["kind"] == "amplified"), None)
@@ -90,24 +66,24 @@ def group_table(results: list[dict], paper: dict | None = None) -> str:
              for k in keys}
     stddev = {k: np.array([[r["stddev"] for r in res["rows"] if _row_key(r) == k][0] for res in results])
               for k in keys}
-    prow = (paper or {}).get("rows", {})
+    prow = (reference or {}).get("rows", {})
     body = [[_row_name(k, models, amplify_to),
-             *(_cell(cells[k][:, j], prow[k][j] if k in prow else None) for j in range(len(models))),
-             _cell(stddev[k], (paper or {}).get("distortion", [None] * len(models))[k[1]]
-                   if k[0] == "adversarial" and paper else None, 3)] for k in keys]
+             *(mean_std(cells[k][:, j], prow[k][j] if k in prow else None) for j in range(len(models))),
+             mean_std(stddev[k], (reference or {}).get("distortion", [None] * len(models))[k[1]]
+                   if k[0] == "adversarial" and reference else None, 3)] for k in keys]
     return markdown(["examples \\ fed to", *models, "stddev"], body)
 
 
-def clean_table(results: list[dict], splits: Sequence[str], paper: dict | None = None) -> str:
+def clean_table(results: list[dict], splits: Sequence[str], reference: dict | None = None) -> str:
     first = results[0]
-    pclean = (paper or {}).get("clean", {})
+    pclean = (reference or {}).get("clean", {})
     body = []
     for j, (key, label) in enumerate(zip(first["keys"], first["models"])):
         errs = {s: np.array([res["clean"][key][s] for res in results]) for s in splits}
         dist = np.array([res["distortion"][j] for res in results])
         success = np.array([100 * res["models_metrics"][key]["attack/success_rate"] for res in results])
-        body.append([label, *(_cell(errs[s], pclean[s][j] if s in pclean else None, 2) for s in splits),
-                     _cell(success), _cell(dist, (paper or {}).get("distortion", [None] * 99)[j], 3)])
+        body.append([label, *(mean_std(errs[s], pclean[s][j] if s in pclean else None, 2) for s in splits),
+                     mean_std(success), mean_std(dist, (reference or {}).get("distortion", [None] * 99)[j], 3)])
     return markdown(["model", *(f"error on {s}" for s in splits), "attack success", "av. distortion"],
                     body)
 
@@ -135,7 +111,7 @@ def comparison_table(runs: list[Path], results: list[dict]) -> str:
 
 def aggregate(paths: Sequence[str | Path], with_paper: bool = True) -> tuple[str, dict]:
     """Markdown of every group and the comparison table, and a JSON-able summary."""
-    runs = find_runs(paths)
+    runs = find_studies(paths)
     if not runs:
         raise FileNotFoundError(f"no matrix.json at or below {list(map(str, paths))}")
     results = [json.loads((r / "matrix.json").read_text()) for r in runs]
@@ -146,18 +122,18 @@ def aggregate(paths: Sequence[str | Path], with_paper: bool = True) -> tuple[str
     for gid, idx in groups.items():
         members = [results[i] for i in idx]
         first = members[0]
-        paper = PAPER.get(first["experiment"]) if with_paper else None
+        reference = paper_reference(first["experiment"]) if with_paper else None
         splits = ["p1", "p2", "test"] if first["experiment"] == "cross_training_set" else ["full", "test"]
         n = first["examples"]["num_examples"]
         parts.append(
             f"## {first['experiment']}: {len(members)} run(s), seeds "
             f"{sorted(res['seed'] for res in members)}, {n} {first['examples']['split']} images "
             f"(group {gid})\n\nRuns: {', '.join(f'`{runs[i]}`' for i in idx)}. Cells: mean ± sample "
-            "std over the runs" + (f"; in brackets: {paper['source']}" if paper else "") + ".\n\n"
+            "std over the runs" + (f"; in brackets: {reference['source']}" if reference else "") + ".\n\n"
             "Clean error (percent), attack success (percent) and mean per-pixel RMS distortion:\n\n"
-            + clean_table(members, splits, paper)
+            + clean_table(members, splits, reference)
             + "\nError (percent) of the column's model on the row's images:\n\n"
-            + group_table(members, paper)
+            + group_table(members, reference)
             + "\nChecks (runs where each holds): "
             + ", ".join(f"{k} {sum(res['checks'][k] for res in members)}/{len(members)}"
                         for k in first["checks"]) + "\n")
@@ -166,7 +142,19 @@ def aggregate(paths: Sequence[str | Path], with_paper: bool = True) -> tuple[str
                                   "std": np.std([res["matrix"] for res in members], 0, ddof=1).tolist()
                                   if len(members) > 1 else None}
     parts.append("## All runs\n\n" + comparison_table(runs, results))
+    summary["experiments"] = sorted({res["experiment"] for res in results})
     return "\n".join(parts), summary
+
+
+def results_file(paths: Sequence[str | Path], command: str, with_paper: bool = True) -> tuple[str, dict]:
+    """(markdown, summary) of a results file: header (title and notes of conf/report/transfer.yaml
+    for the studies' experiment), then `aggregate`'s tables."""
+    text, summary = aggregate(paths, with_paper)
+    studies = settings.load("transfer")
+    conf = studies.get(summary["experiments"][0], studies["default"]) if len(summary["experiments"]) == 1 \
+        else studies["default"]
+    lines = [*provenance.header(conf["title"], command), *settings.paragraphs(conf.get("notes"))]
+    return "\n".join(lines) + "\n" + text + "\n", summary
 
 
 try:

@@ -1,0 +1,100 @@
+"""results/adversarial_training.md from finished `experiment=adversarial_training` runs.
+
+Per regularizer (mean ± sample std over the runs, i.e. seeds): clean test error, the L-BFGS
+attack's success and mean per-pixel RMS distortion on the test set, each layer's Lipschitz upper
+bound and their product, training time; then transfer to and from the reference model (the
+normally trained FC100-100-10); then the full matrices (`aggregate`). Every number is read from
+the runs' matrix.json and models/<key>/.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+
+from adv_jax import lipschitz
+from adv_jax.reports import paper, provenance, settings
+from adv_jax.reports.aggregate import aggregate
+from adv_jax.reports.runs import find_studies
+from adv_jax.reports.tables import markdown, mean_std
+from adv_jax.runner import load_run
+
+# How the paper states each of its numbers (section 4.2): an upper bound, about, or exactly.
+PAPER_FORMS = {"pool": "< {:g}", "dropout": "about {:g}", "weight_decay": "{:g}"}
+
+
+def paper_cell(key: str, paper_keys: dict[str, str]) -> str:
+    name = paper_keys.get(key)
+    return "-" if name is None else PAPER_FORMS[name].format(paper.ADVERSARIAL_TRAINING_TEST_ERROR[name])
+
+
+def model_values(model_dir: Path, metrics: dict) -> dict[str, float]:
+    """One trained model's numbers: errors (percent), attack, per-layer bounds, training time."""
+    run = load_run(model_dir)
+    layers = lipschitz.layer_table(run.model, run.params, run.model.input_shape)
+    return {"test": 100 * metrics["error/test"], "train": 100 * metrics["error/train"],
+            "success": 100 * metrics["attack/success_rate"], "distortion": metrics["attack/mean_distortion"],
+            "bound": lipschitz.network_bound(layers), "seconds": metrics["train/seconds"],
+            **{f"layer{r['index']}": r["bound"] for r in layers}}
+
+
+def collect(runs: Sequence[Path], reference: str) -> tuple[list[str], dict[str, str], dict[str, dict[str, list]]]:
+    """keys, labels, and per key a dict of per-run value lists (transfer columns when the runs
+    hold the `reference` model)."""
+    results = [json.loads((r / "matrix.json").read_text()) for r in runs]
+    keys, labels = results[0]["keys"], dict(zip(results[0]["keys"], results[0]["models"]))
+    ref = keys.index(reference) if reference in keys else None
+    table: dict[str, dict[str, list]] = {k: {} for k in keys}
+    for run, res in zip(runs, results):
+        noise = {r["source"]: r["errors"] for r in res["rows"] if r["kind"] == "noise"}
+        for j, key in enumerate(keys):
+            values = {"seed": res["seed"], **model_values(run / "models" / key, res["models_metrics"][key])}
+            if ref is not None:
+                values["to_ref"] = res["matrix"][j][ref]  # ref model on this model's adversarials
+                values["from_ref"] = res["matrix"][ref][j]  # this model on ref's adversarials
+                values["noise_ref"] = noise[j][ref]  # ref model on matched-stddev noise
+            for name, value in values.items():
+                table[key].setdefault(name, []).append(value)
+    return keys, labels, table
+
+
+def main_table(keys, labels, table, paper_keys: dict[str, str]) -> str:
+    layer_names = sorted(k for k in table[keys[0]] if k.startswith("layer"))
+    body = [[labels[k], paper_cell(k, paper_keys), mean_std(table[k]["test"], digits=2),
+             " / ".join(f"{v:.2f}" for v in table[k]["test"]), mean_std(table[k]["train"], digits=2),
+             mean_std(table[k]["success"]), mean_std(table[k]["distortion"], digits=4),
+             *(mean_std(table[k][n], digits=3) for n in layer_names), mean_std(table[k]["bound"]),
+             mean_std(table[k]["seconds"], digits=0)] for k in keys]
+    return markdown(["model", "paper test err.", "test error", "per seed", "train error",
+                     "L-BFGS success", "min. distortion", *(f"L{n[5:]}" for n in layer_names),
+                     "L product", "train s"], body)
+
+
+def transfer_table(keys, labels, table, reference: str) -> str:
+    ref = labels[reference]
+    rows = [[labels[k], mean_std(table[k]["to_ref"]), mean_std(table[k]["noise_ref"]),
+             mean_std(table[k]["from_ref"])] for k in keys if k != reference]
+    return (f"Transfer with the normally trained model ({ref}): error (percent) of the {ref} model "
+            f"on each model's adversarials, of the same model on Gaussian noise of the same stddev, "
+            f"and of each model on the {ref} model's adversarials:\n\n"
+            + markdown(["model", f"its adversarials -> {ref}", f"matched noise -> {ref}",
+                        f"{ref}'s adversarials -> it"], rows))
+
+
+def report(paths: Sequence[Path], command: str, conf: dict) -> str:
+    """The whole results file: header, notes of `conf`, the tables, then `aggregate`'s."""
+    runs = find_studies(paths)
+    if not runs:
+        raise FileNotFoundError(f"no finished experiment (matrix.json) under {[str(p) for p in paths]}")
+    keys, labels, table = collect(runs, conf["reference"])
+    parts = [*provenance.header(conf["title"], command), *settings.paragraphs(conf.get("notes")),
+             f"Runs: {', '.join(f'`{r}`' for r in runs)} (seeds {table[keys[0]]['seed']}). Errors in "
+             "percent; distortion = mean per-pixel RMS of the successful L-BFGS adversarials of the "
+             "test images (random wrong target); L<i> = layer i's Lipschitz upper bound ||W_i|| x "
+             "activation slope; train s = training wall seconds, compilation included, on the "
+             "machine that ran it.", "", main_table(keys, labels, table, conf["paper"])]
+    if "to_ref" in table[keys[0]]:
+        parts += [transfer_table(keys, labels, table, conf["reference"])]
+    return "\n".join(parts) + "\n" + aggregate(paths, with_paper=False)[0] + "\n"
