@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from adv_jax import checkpoint, lipschitz
-from adv_jax.attacks import single_example
 from adv_jax.attacks.generate import generate, summarize
 from adv_jax.data import load_splits
 from adv_jax.figures import adversarial_grid
@@ -68,24 +66,14 @@ def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: L
 def lipschitz_run(cfg, model: Model, params: Params, test, adv, run_dir: Path,
                   logger: Logger) -> dict[str, Any]:
     """Per-layer upper bounds (paper's Table 5 layout) and empirical lower bounds -> lipschitz.json."""
-    table = lipschitz.layer_table(model, params, model.input_shape)
-    metrics = {"lipschitz/upper_bound": lipschitz.network_bound(table)}
-    metrics.update({f"lipschitz/layer{row['index']}": row["bound"] for row in table})
-    apply = lambda x: model.apply(params, x)  # noqa: E731
-    if cfg.lipschitz.images:
-        key = jax.random.fold_in(jax.random.key(cfg.seed), 2)
-        metrics["lipschitz/jacobian_lower_bound"] = float(lipschitz.max_jacobian_norm(
-            single_example(apply), jnp.asarray(test.x[: cfg.lipschitz.images]), key,
-            cfg.lipschitz.power_iters))
-    # Only pairs that moved: a "success" on an already-misclassified image has x' = x.
-    moved = None if adv is None else adv.success & (adv.distortion() > 0)
-    if moved is not None and moved.any():
-        metrics["lipschitz/pair_ratio_lower_bound"] = float(lipschitz.pair_ratio_bound(
-            apply, jnp.asarray(adv.x[moved]), jnp.asarray(adv.x_adv[moved])))
-    (run_dir / "lipschitz.json").write_text(json.dumps({"layers": table, **metrics}, indent=1))
+    pairs = None if adv is None else (adv.x[adv.success], adv.x_adv[adv.success])
+    measured = lipschitz.measure(model, params, test.x, pairs, key=jax.random.fold_in(jax.random.key(cfg.seed), 2),
+                                 images=cfg.lipschitz.images, power_iters=cfg.lipschitz.power_iters)
+    (run_dir / "lipschitz.json").write_text(json.dumps(measured, indent=1))
+    table = measured.pop("layers")
     columns = list(table[0])
     logger.table("lipschitz", columns, [[row[c] for c in columns] for row in table])
-    return metrics
+    return measured
 
 
 def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:

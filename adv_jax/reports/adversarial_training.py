@@ -19,7 +19,7 @@ from adv_jax.reports import paper, provenance, settings
 from adv_jax.reports.aggregate import aggregate
 from adv_jax.reports.runs import find_studies
 from adv_jax.reports.tables import markdown, mean_std
-from adv_jax.runner import load_run
+from adv_jax.rundir import load_run
 
 # How the paper states each of its numbers (section 4.2): an upper bound, about, or exactly.
 PAPER_FORMS = {"pool": "< {:g}", "dropout": "about {:g}", "weight_decay": "{:g}"}

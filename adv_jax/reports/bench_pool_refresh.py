@@ -20,7 +20,7 @@ from adv_jax.data import load_splits
 from adv_jax.reports import provenance
 from adv_jax.reports.tables import markdown
 from adv_jax.reports.timing import median_seconds
-from adv_jax.runner import load_run
+from adv_jax.rundir import load_run
 
 ATTACKS = {  # row name -> (registered attack, params, target mode)
     "fgsm eps 0.1": ("fgsm", {"epsilon": 0.1}, "untargeted"),
