@@ -8,11 +8,20 @@ Public API:
   load_splits(data_cfg)  MNIST splits as (x (N, 28, 28, 1) float32 in [0, 1], y (N,) int32)
 """
 
-from adv_jax.config import Config, compose
-from adv_jax.data import DataError, load_splits
-from adv_jax.models import Model, build_model
-from adv_jax.runner import Run, load_run, run
+import importlib
+
+# Loaded on first use, so that `import adv_jax.attacks` or `adv_jax.models` (low layers, for models
+# written outside adv_jax) does not pull in Hydra, matplotlib and W&B through the runner.
+_HOMES = {"Config": "adv_jax.config", "compose": "adv_jax.config", "DataError": "adv_jax.data",
+          "load_splits": "adv_jax.data", "Model": "adv_jax.models", "build_model": "adv_jax.models",
+          "Run": "adv_jax.runner", "load_run": "adv_jax.runner", "run": "adv_jax.runner"}
 
 __all__ = ["Config", "DataError", "Model", "Run", "build_model", "compose", "load_run",
            "load_splits", "run"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'adv_jax' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
