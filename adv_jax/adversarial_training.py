@@ -38,7 +38,7 @@ import optax
 from tqdm.auto import tqdm
 
 from adv_jax.attacks import make_attack
-from adv_jax.attacks.lbfgs import choose_targets
+from adv_jax.attacks.targets import choose_targets
 from adv_jax.data import Dataset
 from adv_jax.models import Model, Params
 from adv_jax.train import _check_finite, make_optimizer  # train.py imports this module lazily
@@ -122,7 +122,7 @@ def refresh_pool(attack, model: Model, params: Params, k: int, target_mode: str,
     params = jax.lax.stop_gradient(params)
     h = model.apply(params, x[index], stop=k)
     logits_fn = lambda point: model.apply(params, point[None], start=k)[0]  # noqa: E731
-    target = choose_targets(target_mode, model.apply(params, h, start=k), y[index], target_key)
+    target = choose_targets(target_mode, model.apply(params, h, start=k), y[index], key=target_key)
     keys = jax.random.split(attack_key, len(slots))
     h_adv = jax.vmap(attack, in_axes=(None, 0, 0, 0, 0))(logits_fn, h, y[index], target, keys)
     return Pool(pool.index.at[slots].set(index), pool.delta.at[slots].set(h_adv - h))

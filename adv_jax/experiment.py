@@ -33,7 +33,7 @@ from adv_jax.config import CONF_DIR, ModelConfig
 from adv_jax.data import Dataset, load_splits
 from adv_jax.figures_transfer import transfer_heatmap
 from adv_jax.logger import open_logger
-from adv_jax.models import predict
+from adv_jax.models import logits_fn, predict
 from adv_jax.runner import (
     _attach_log_file, _check_attack, _finished, as_config, load_run, prepare_run_dir, train_or_load,
 )
@@ -77,12 +77,13 @@ def model_run(cfg_m: DictConfig, examples, model_dir: Path) -> tuple[Any, Any, A
     model, params, train_metrics = train_or_load(cfg_m, splits)
     checkpoint.save_params(model_dir / checkpoint.PARAMS_FILE, params)
     key = jax.random.fold_in(jax.random.key(cfg_m.seed), 1)  # the same key as runner.attack_run
-    adv, seconds = generate(cfg_m.attack, model, params, examples.x, examples.y, key)
+    generated = generate(cfg_m.attack, logits_fn(model, params), examples.x, examples.y, key=key)
+    adv = generated.adversarials
     adv.save(model_dir / "adversarials.npz")
     errors = evaluate(model, params, {s: splits[s] for s in CLEAN_SPLITS})
     metrics = {**{f"error/{s}": e for s, e in errors.items()},
                "error/train": evaluate(model, params, {"t": splits["train"]})["t"],
-               **train_metrics, **summarize(adv, seconds),
+               **train_metrics, **summarize(generated),
                "attack/mean_distortion_all": float(adv.distortion().mean())}
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return model, params, adv, metrics

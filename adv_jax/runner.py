@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from adv_jax import checkpoint, devices, lipschitz
 from adv_jax.attacks import make_attack, single_example
 from adv_jax.attacks.generate import generate, summarize
-from adv_jax.attacks.lbfgs import TARGET_MODES
+from adv_jax.attacks.targets import TARGET_MODES
 from adv_jax.config import Config
 from adv_jax.figures import adversarial_grid
 from adv_jax.data import load_splits
@@ -75,9 +75,10 @@ def attack_run(cfg: DictConfig, model: Model, params: Params, test, run_dir: Pat
     n = len(test) if cfg.attack.num_examples is None else min(cfg.attack.num_examples, len(test))
     log.info("attacking %d test images with %s (target: %s)", n, cfg.attack.name, cfg.attack.target)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-    adv, seconds = generate(cfg.attack, model, params, test.x[:n], test.y[:n], key)
+    generated = generate(cfg.attack, logits_fn(model, params), test.x[:n], test.y[:n], key=key)
+    adv = generated.adversarials
     adv.save(run_dir / "adversarials.npz")
-    metrics = summarize(adv, seconds)
+    metrics = summarize(generated)
     columns = cfg.attack.figure_columns
     predicted = predict(model, params, adv.x_adv[:columns])
     figure = adversarial_grid(adv.x, adv.x_adv, run_dir / "adversarials.png", labels=adv.y,

@@ -28,8 +28,10 @@ import numpy as np
 import adv_jax
 from adv_jax.attacks import make_attack
 from adv_jax.attacks.common import is_adversarial, rms_distortion
-from adv_jax.attacks.lbfgs import LBFGSAttack, choose_targets
+from adv_jax.attacks.lbfgs import LBFGSAttack
+from adv_jax.attacks.targets import choose_targets
 from adv_jax.attacks.scipy_reference import scipy_lbfgs_attack
+from adv_jax.models import logits_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_foolbox  # noqa: E402
@@ -45,7 +47,7 @@ def flops_per_evaluation(model, params) -> float:
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _lbfgs_chunk(attack: LBFGSAttack, model, params, x, label, target):
     logits_fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
-    return jax.vmap(attack.run, in_axes=(None, 0, 0, 0))(logits_fn, x, label, target)
+    return jax.vmap(attack.with_diagnostics, in_axes=(None, 0, 0, 0))(logits_fn, x, label, target)
 
 
 def lbfgs_all(attack, model, params, x, label, target):
@@ -93,7 +95,7 @@ def main() -> None:
     model, params = run.model, run.params
     test = adv_jax.load_splits(run.config.data)["test"]
     x_all, y_all = jnp.asarray(test.x), jnp.asarray(test.y)
-    targets_all = choose_targets("random", model.apply(params, x_all), y_all, jax.random.key(0))
+    targets_all = choose_targets("random", model.apply(params, x_all), y_all, key=jax.random.key(0))
     attack = make_attack("lbfgs", adv_jax.compose(["attack=lbfgs"]).attack.params)
     x, y, t = x_all[: args.examples], y_all[: args.examples], targets_all[: args.examples]
 
@@ -177,8 +179,9 @@ def main() -> None:
                   "| foolbox success | ours RMS | foolbox RMS |", "|" + " --- |" * 9]
         for name, settings, ours, theirs, eps in bench_foolbox.pairs(100, 5, 0.05):
             our_s, our_adv = bench_foolbox.median_seconds(
-                lambda: adv_jax.attacks.attack_batch(ours, model, params, xc, yc, untargeted,
-                                                     jax.random.key(0)), args.repeats)
+                lambda: adv_jax.attacks.attack_batch(ours, logits_fn(model, params), xc, yc, untargeted,
+                                                     key=jax.random.key(0), chunk_size=10000,
+                                                     progress=False)[0], args.repeats)
             their_s, (_, their_adv, _) = bench_foolbox.median_seconds(
                 lambda: theirs(fmodel, xc, yc, epsilons=eps), args.repeats)
             our_ok = bench_foolbox.succeeded(forward, our_adv, yc)

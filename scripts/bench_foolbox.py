@@ -124,7 +124,8 @@ def main() -> None:
             "| foolbox success | ours RMS | foolbox RMS |", "|" + " --- |" * 9]
     for name, settings, ours, theirs, epsilons in pairs(args.cw_steps, args.cw_search, args.cw_lr):
         our_s, our_adv = median_seconds(
-            lambda: attack_batch(ours, run.model, run.params, x, y, untargeted, jax.random.key(0)),
+            lambda: attack_batch(ours, run.logits_fn, x, y, untargeted, key=jax.random.key(0),
+                                 chunk_size=10000, progress=False)[0],
             args.repeats)
         their_s, (_, their_adv, _) = median_seconds(
             lambda: theirs(fmodel, x, y, epsilons=epsilons), args.repeats)

@@ -22,7 +22,8 @@ import numpy as np
 
 import adv_jax
 from adv_jax.attacks.common import attack_batch, is_adversarial, rms_distortion
-from adv_jax.attacks.lbfgs import LBFGSAttack, choose_targets
+from adv_jax.attacks.lbfgs import LBFGSAttack
+from adv_jax.attacks.targets import choose_targets
 from adv_jax.attacks.scipy_reference import scipy_lbfgs_attack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,11 +61,12 @@ def main():
     test = adv_jax.load_splits(trained.config.data)["test"]
     x, label = jnp.asarray(test.x[: args.num]), jnp.asarray(test.y[: args.num])
     target_key, attack_key = jax.random.split(jax.random.key(args.seed))
-    target = choose_targets("random", model.apply(params, x), label, target_key)
+    target = choose_targets("random", model.apply(params, x), label, key=target_key)
     print(f"{attack}\nchunk_size={args.chunk}, {len(x)} test images, random targets")
 
     start, cpu = time.perf_counter(), time.process_time()  # includes compilation
-    x_adv = attack_batch(attack, model, params, x, label, target, attack_key, args.chunk)
+    x_adv, _ = attack_batch(attack, trained.logits_fn, x, label, target, key=attack_key,
+                            chunk_size=args.chunk)
     x_adv.block_until_ready()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     success = np.asarray(is_adversarial(model.apply(params, x_adv), label, target))

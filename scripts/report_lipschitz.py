@@ -114,8 +114,8 @@ def _measure(run: adv_jax.Run, jacobian: float | None = None) -> dict[str, float
         jacobian = lipschitz.max_jacobian_norm(single_example(apply), jnp.asarray(test.x[:JACOBIAN_IMAGES]),
                                                jax.random.fold_in(key, 2), 50)
     attack_cfg = adv_jax.compose(["attack=lbfgs"]).attack
-    adv, _ = generate(attack_cfg, run.model, run.params, test.x[:PAIR_IMAGES], test.y[:PAIR_IMAGES],
-                      jax.random.fold_in(key, 1), progress=False)
+    adv = generate(attack_cfg, run.logits_fn, test.x[:PAIR_IMAGES], test.y[:PAIR_IMAGES],
+                   key=jax.random.fold_in(key, 1), progress=False).adversarials
     ok = adv.success
     pairs = lipschitz.pair_ratio_bound(apply, jnp.asarray(adv.x[ok]), jnp.asarray(adv.x_adv[ok]))
     return {"lipschitz/jacobian_lower_bound": float(jacobian),

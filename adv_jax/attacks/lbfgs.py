@@ -30,10 +30,11 @@ form (no evaluation), and solves at nearby c need few iterations. Distortion sat
 the solves converge (on FC100, 15 evaluations per solve is within 0.1% of cold solves run to a
 1e-6 tolerance, and 10 evaluations with 3 pairs within 0.3% at twice the speed), hence the defaults.
 
-Batching: `attack_batch` vmaps `__call__` over examples, and vmapped code cannot skip work per
+Batching: `attack_batch` vmaps the attack over examples, and vmapped code cannot skip work per
 example, so the attack is ONE loop whose trips each make exactly one function evaluation per
 example, and each example advances its own state machine: an L-BFGS step, a backtracking step,
-or the end of its solve and the start of the next. A batch then costs the largest per-example
+or the end of its solve and the start of the next (`_trip`: evaluate, `_armijo`, `_solve_ends`,
+`_finish_solve` and `_restart`, `_next_line`, which projects the trial onto the box). A batch then costs the largest per-example
 evaluation count (at most c_steps * max_evals, plus extra_solves * extra_evals for an example the
 first c_steps solves did not fool), not a sum over iterations of the slowest line
 search. Trips run in rounds of `_TRIPS_PER_ROUND` inside a `lax.while_loop` that stops once every
@@ -50,18 +51,16 @@ pass from 1.5 s to 1.0 s at the same mean distortion (0.05311).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from adv_jax.attacks.common import UNTARGETED, LogitsFn, attack_batch, is_adversarial, rms_distortion
+from adv_jax.attacks.common import LogitsFn, is_adversarial
 
-__all__ = ["LOSSES", "LBFGSAttack", "attack_all_targets", "attack_loss", "choose_targets"]
+__all__ = ["LOSSES", "LBFGSAttack", "attack_loss"]
 
 LOSSES = ("xent", "margin")
-TARGET_MODES = ("random", "next", "untargeted", "all")
 _ARMIJO = 1e-4  # sufficient decrease: f(z') <= f(z) + _ARMIJO * g.(z' - z)
 _MAX_BACKTRACKS = 12  # a line search failing this often ends the solve
 _CURVATURE_EPS = 1e-8  # keep a pair only if s.y > _CURVATURE_EPS * y.y (positive curvature)
@@ -302,8 +301,6 @@ class LBFGSAttack:
         x_adv = _project(state.search.best_z).reshape(shape)
         return x_adv, {"evals": state.search.evals, "c": state.search.c_success}
 
-    run = with_diagnostics  # the former name
-
     def _value_and_grad(self, logits_fn: LogitsFn, x: jax.Array, shape, label, target):
         """(z (n,), c) -> ((c ||z - x||^2 + loss, success), gradient in z)."""
         def objective(z, c):
@@ -393,57 +390,3 @@ class LBFGSAttack:
         # where c_steps failed solves ended can sit where steps stay tiny.
         point = _tree_where(again, problem.start, point)
         return point, memory._replace(gamma=jnp.where(again, problem.gamma0, memory.gamma))
-
-
-def choose_targets(mode: str, logits: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
-    """Target labels (N,) int32 for logits (N, K) and true labels (N,).
-
-    random:     uniform over the K - 1 wrong labels (from `key`)
-    next:       the most likely wrong label (the second-highest logit when the model is right)
-    untargeted: -1 everywhere (leave the true label)
-    all:        not a single target: use `attack_all_targets`, which tries all K - 1 wrong labels
-                and keeps per example the closest success.
-    """
-    num_classes = logits.shape[-1]
-    labels = labels.astype(jnp.int32)
-    if mode == "random":
-        offset = jax.random.randint(key, labels.shape, 1, num_classes)
-        return (labels + offset) % num_classes
-    if mode == "next":
-        is_label = jnp.arange(num_classes) == labels[:, None]
-        return jnp.argmax(jnp.where(is_label, -jnp.inf, logits), -1).astype(jnp.int32)
-    if mode == "untargeted":
-        return jnp.full(labels.shape, UNTARGETED, jnp.int32)
-    if mode == "all":
-        raise ValueError("target mode 'all' has no single target per example; "
-                         "call attack_all_targets(attack, model, params, x, label, key)")
-    raise ValueError(f"unknown target mode {mode!r}; choose one of {list(TARGET_MODES)}")
-
-
-def attack_all_targets(attack, model, params, x: jax.Array, label: jax.Array, key: jax.Array,
-                       chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """Attacks each example toward each of the K - 1 wrong labels (a loop over the offsets
-    1..K-1, each a vmapped `attack_batch` over all examples) and keeps per example the closest
-    success. x (N, 28, 28, 1), label (N,) -> x_adv (N, 28, 28, 1) (x where all failed) and the
-    target it reaches (N,) (-1 where all failed)."""
-    chunk_size = chunk_size or getattr(attack, "chunk_size", 10000)
-    label = jnp.asarray(label, jnp.int32)
-    num_classes = model.num_classes
-    best_x, best_target = x, jnp.full(label.shape, UNTARGETED, jnp.int32)
-    best_dist = jnp.full(label.shape, jnp.inf)
-    for offset in range(1, num_classes):
-        target = (label + offset) % num_classes
-        x_adv = attack_batch(attack, model, params, x, label, target,
-                             jax.random.fold_in(key, offset), chunk_size)
-        x_adv, target_success, dist = _score(model, params, x, x_adv, label, target)
-        better = target_success & (dist < best_dist)
-        best_x = jnp.where(better[:, None, None, None], x_adv, best_x)
-        best_target = jnp.where(better, target, best_target)
-        best_dist = jnp.where(better, dist, best_dist)
-    return best_x, best_target
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _score(model, params, x, x_adv, label, target):
-    logits = model.apply(params, x_adv)
-    return x_adv, is_adversarial(logits, label, target), rms_distortion(x, x_adv)
