@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import adv_jax
+import adv_jax.config  # noqa: F401  registers base_config, the schema conf/config.yaml extends
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
