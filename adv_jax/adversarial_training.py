@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adv_jax.attacks import choose_targets, make_attack
+from adv_jax.attacks import make_attack
+from adv_jax.attacks.targets import choose_targets
 from adv_jax.models import Model, Params
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def refresh_pool(attack, model: Model, params: Params, k: int, target_mode: str,
     params = jax.lax.stop_gradient(params)
     h = model.apply(params, x[index], stop=k)
     logits_fn = lambda point: model.apply(params, point[None], start=k)[0]  # noqa: E731
-    target = choose_targets(target_mode, model.apply(params, h, start=k), y[index], target_key)
+    target = choose_targets(target_mode, model.apply(params, h, start=k), y[index], key=target_key)
     keys = jax.random.split(attack_key, len(slots))
     h_adv = jax.vmap(attack, in_axes=(None, 0, 0, 0, 0))(logits_fn, h, y[index], target, keys)
     return Pool(pool.x.at[slots].set(x[index]), pool.y.at[slots].set(y[index]),

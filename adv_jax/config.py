@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore  # light: hydra's config store, not its app
+from hydra.core.config_store import (
+    ConfigStore,  # light: hydra's config store, not its app
+)
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -90,7 +92,7 @@ class AdversarialConfig:
     start_epoch: int = 1  # clean epochs before the pool is filled and used
     attack: str = "fgsm_min"  # a key of adv_jax.attacks.ATTACKS (minimum-norm ones: lbfgs, fgsm_min, pgd_min, deepfool)
     attack_params: Dict[str, Any] = field(default_factory=dict)
-    target: str = "random"  # random | next | untargeted (see attacks.lbfgs.choose_targets)
+    target: str = "random"  # random | next | untargeted (see attacks.targets.choose_targets)
 
 
 @dataclass

@@ -43,8 +43,16 @@ from adv_jax import devices
 from adv_jax.data import Dataset
 from adv_jax.models import Model, Params
 from adv_jax.train import (
-    EpochPlan, TrainingDiverged, TrainState, check_finite, lbfgs_chunk, lbfgs_stops, make_epoch,
-    make_loss, make_optimizer, make_train_step,
+    EpochPlan,
+    TrainingDiverged,
+    TrainState,
+    check_finite,
+    lbfgs_chunk,
+    lbfgs_stops,
+    make_epoch,
+    make_loss,
+    make_optimizer,
+    make_train_step,
 )
 
 log = logging.getLogger(__name__)

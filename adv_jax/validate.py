@@ -101,7 +101,7 @@ def check_attack_params(name: str, params: Any, prefix: str = "attack.params") -
 
 def check(cfg: DictConfig) -> None:
     """Raises ConfigError on the first value a run could not honour."""
-    from adv_jax.attacks.lbfgs import TARGET_MODES
+    from adv_jax.attacks.targets import TARGET_MODES
 
     _require(cfg.data.split in SPLITS, "data.split", cfg.data.split, f"one of {list(SPLITS)}")
     _count("data.train_limit", cfg.data.train_limit, optional=True)

@@ -20,11 +20,12 @@ import pytest
 from scipy.optimize import minimize
 
 from adv_jax.attacks.common import attack_batch, is_adversarial, rms_distortion
-from adv_jax.attacks.lbfgs import LBFGSAttack, attack_all_targets, attack_loss, choose_targets
+from adv_jax.attacks.lbfgs import LBFGSAttack, attack_loss
 from adv_jax.attacks.scipy_reference import scipy_lbfgs_attack
+from adv_jax.attacks.targets import attack_all_targets, choose_targets
 from adv_jax.config import compose
 from adv_jax.data import Dataset, load_splits
-from adv_jax.models import Model, build_model
+from adv_jax.models import Model, build_model, logits_fn
 from adv_jax.models.layers import Layer
 from adv_jax.train import train_model
 
@@ -45,8 +46,14 @@ def linear_model(num_classes: int, seed: int, x: np.ndarray | None = None):
 
 
 def run_linear(attack, model, params, x, label, target):
-    return np.asarray(attack_batch(attack, model, params, jnp.asarray(x), jnp.asarray(label),
-                                   jnp.asarray(target), KEY))
+    return np.asarray(batch(attack, model, params, jnp.asarray(x), jnp.asarray(label),
+                            jnp.asarray(target), KEY))
+
+
+def batch(attack, model, params, x, label, target, key):
+    """x_adv of `attack_batch` against the adv_jax model (diagnostics dropped)."""
+    return attack_batch(attack, logits_fn(model, params), x, label, target, key=key,
+                        chunk_size=LBFGSAttack.chunk_size, progress=False)[0]
 
 
 def l2_distances(x_adv, x) -> np.ndarray:
@@ -152,17 +159,17 @@ def small_mlp(mnist_dir):
     model = build_model(cfg.model)
     params, _ = train_model(model, cfg.model, cfg.train, train, jax.random.key(0))
     x, label = jnp.asarray(splits["test"].x[:16]), jnp.asarray(splits["test"].y[:16])
-    target = choose_targets("random", model.apply(params, x), label, jax.random.key(1))
+    target = choose_targets("random", model.apply(params, x), label, key=jax.random.key(1))
     return model, params, x, label, target
 
 
 def test_matches_scipy_lbfgsb_on_small_mlp(small_mlp):
     model, params, x, label, target = small_mlp
     attack = LBFGSAttack()
-    x_adv = attack_batch(attack, model, params, x, label, target, KEY)
-    logits_fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
+    x_adv = batch(attack, model, params, x, label, target, KEY)
+    one_image = lambda image: model.apply(params, image[None])[0]  # noqa: E731
     count = 10
-    reference = [scipy_lbfgs_attack(logits_fn, x[i], int(label[i]), int(target[i]),
+    reference = [scipy_lbfgs_attack(one_image, x[i], int(label[i]), int(target[i]),
                                     c_init=attack.c_init, c_steps=attack.c_steps)[0]
                  for i in range(count)]
     ours = np.asarray(rms_distortion(x[:count], x_adv[:count]))
@@ -175,14 +182,14 @@ def test_matches_scipy_lbfgsb_on_small_mlp(small_mlp):
 def test_batch_equals_example_by_example_and_invariants(small_mlp):
     model, params, x, label, target = small_mlp
     attack = LBFGSAttack()
-    x_adv = attack_batch(attack, model, params, x, label, target, KEY)
-    again = attack_batch(attack, model, params, x, label, target, KEY)
+    x_adv = batch(attack, model, params, x, label, target, KEY)
+    again = batch(attack, model, params, x, label, target, KEY)
     np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(again))  # same key, same output
     assert bool(jnp.all((x_adv >= 0) & (x_adv <= 1)))
     assert bool(jnp.all(is_adversarial(model.apply(params, x_adv), label, target)))  # 100%
 
-    logits_fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
-    one = jax.jit(lambda x1, l1, t1: attack(logits_fn, x1, l1, t1, KEY))
+    one_image = lambda image: model.apply(params, image[None])[0]  # noqa: E731
+    one = jax.jit(lambda x1, l1, t1: attack(one_image, x1, l1, t1, KEY))
     for i in range(3):
         np.testing.assert_allclose(np.asarray(one(x[i], label[i], target[i])),
                                    np.asarray(x_adv[i]), atol=1e-5)
@@ -192,11 +199,11 @@ def test_untargeted_margin_and_already_adversarial(small_mlp):
     model, params, x, label, target = small_mlp
     untargeted = jnp.full_like(label, -1)
     for attack in (LBFGSAttack(), LBFGSAttack(loss="margin", confidence=0.1)):
-        x_adv = attack_batch(attack, model, params, x, label, untargeted, KEY)
+        x_adv = batch(attack, model, params, x, label, untargeted, KEY)
         assert bool(jnp.all(jnp.argmax(model.apply(params, x_adv), -1) != label))
     # A target the model already predicts costs nothing: the attack returns x itself.
     predicted_now = jnp.argmax(model.apply(params, x), -1)
-    x_adv = attack_batch(LBFGSAttack(), model, params, x, label, predicted_now, KEY)
+    x_adv = batch(LBFGSAttack(), model, params, x, label, predicted_now, KEY)
     np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(x))
 
 
@@ -206,12 +213,12 @@ def test_extra_solves_rescue_examples_without_a_success(small_mlp):
     first success, and no further."""
     model, params, x, label, target = small_mlp
     x, label, target = x[:6], label[:6], target[:6]
-    logits_fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
     stuck = LBFGSAttack(c_init=1e4, c_steps=1, extra_solves=0)
-    x_adv = attack_batch(stuck, model, params, x, label, target, KEY)
+    x_adv = batch(stuck, model, params, x, label, target, KEY)
     assert not bool(jnp.any(is_adversarial(model.apply(params, x_adv), label, target)))
     rescued = LBFGSAttack(c_init=1e4, c_steps=1, extra_solves=12)
-    x_adv, info = jax.vmap(lambda *a: rescued.run(logits_fn, *a))(x, label, target)
+    x_adv, info = attack_batch(rescued, logits_fn(model, params), x, label, target, key=KEY,
+                               chunk_size=LBFGSAttack.chunk_size, progress=False)
     assert bool(jnp.all(is_adversarial(model.apply(params, x_adv), label, target)))
     # Stopped at the first success: its c is the only one that succeeded, the last one tried.
     assert bool(jnp.all(info["c"] < 1e4))
@@ -226,13 +233,13 @@ def test_attack_all_targets_keeps_the_closest_success(small_mlp):
     model, params, x, label, _ = small_mlp
     x, label = x[:4], label[:4]
     attack = LBFGSAttack(c_steps=6)
-    x_best, reached = attack_all_targets(attack, model, params, x, label, KEY)
+    x_best, reached, _ = attack_all_targets(attack, logits_fn(model, params), x, label, key=KEY)
     assert bool(jnp.all(jnp.argmax(model.apply(params, x_best), -1) == reached))
     assert bool(jnp.all(reached != label))
     best = np.asarray(rms_distortion(x, x_best))
     for offset in range(1, 10):
         target = (label + offset) % 10
-        x_adv = attack_batch(attack, model, params, x, label, target, jax.random.fold_in(KEY, offset))
+        x_adv = batch(attack, model, params, x, label, target, jax.random.fold_in(KEY, offset))
         success = np.asarray(is_adversarial(model.apply(params, x_adv), label, target))
         dist = np.asarray(rms_distortion(x, x_adv))
         assert np.all(best[success] <= dist[success] + 1e-7)
@@ -241,21 +248,21 @@ def test_attack_all_targets_keeps_the_closest_success(small_mlp):
 def test_choose_targets():
     logits = jax.random.normal(jax.random.key(3), (500, 10))
     labels = jax.random.randint(jax.random.key(4), (500,), 0, 10)
-    random = choose_targets("random", logits, labels, jax.random.key(5))
+    random = choose_targets("random", logits, labels, key=jax.random.key(5))
     assert bool(jnp.all(random != labels)) and bool(jnp.all((random >= 0) & (random < 10)))
     offsets = np.asarray((random - labels) % 10)
     assert set(offsets.tolist()) == set(range(1, 10))  # every wrong label is drawn
-    np.testing.assert_array_equal(random, choose_targets("random", logits, labels, jax.random.key(5)))
+    np.testing.assert_array_equal(random, choose_targets("random", logits, labels, key=jax.random.key(5)))
 
     right = jnp.argmax(logits, -1)  # the model is right: next = the second-highest logit
-    next_ = choose_targets("next", logits, right, KEY)
+    next_ = choose_targets("next", logits, right, key=KEY)
     np.testing.assert_array_equal(next_, jnp.argsort(logits, -1)[:, -2])
-    assert bool(jnp.all(choose_targets("next", logits, labels, KEY) != labels))
-    assert bool(jnp.all(choose_targets("untargeted", logits, labels, KEY) == -1))
+    assert bool(jnp.all(choose_targets("next", logits, labels, key=KEY) != labels))
+    assert bool(jnp.all(choose_targets("untargeted", logits, labels, key=KEY) == -1))
     with pytest.raises(ValueError, match="attack_all_targets"):
-        choose_targets("all", logits, labels, KEY)
+        choose_targets("all", logits, labels, key=KEY)
     with pytest.raises(ValueError, match="unknown target mode"):
-        choose_targets("nearest", logits, labels, KEY)
+        choose_targets("nearest", logits, labels, key=KEY)
 
 
 def test_losses_and_validation():

@@ -19,7 +19,7 @@ from adv_jax.attacks.essays import (
 )
 from adv_jax.config import compose
 from adv_jax.data import load_splits
-from adv_jax.models import Model, build_model, error_rate
+from adv_jax.models import Model, build_model, error_rate, logits_fn
 from adv_jax.models.layers import Layer
 from adv_jax.train import train_model
 
@@ -47,8 +47,9 @@ def bottleneck(mnist_dir):
 
 
 def _batch(attack, model, params, x, label, target, seed=0):
-    return attack_batch(attack, model, params, jnp.asarray(x), jnp.asarray(label, jnp.int32),
-                        jnp.asarray(target, jnp.int32), jax.random.key(seed))
+    return attack_batch(attack, logits_fn(model, params), jnp.asarray(x),
+                        jnp.asarray(label, jnp.int32), jnp.asarray(target, jnp.int32),
+                        key=jax.random.key(seed), chunk_size=1000, progress=False)[0]
 
 
 def test_toy_example_has_the_essays_numbers():
@@ -65,12 +66,12 @@ def test_template_on_an_affine_model_is_the_weight_difference_and_the_closed_for
     model = Model(layers=(Layer("dense", features=2),))
     params = ({"w": jnp.asarray(w), "b": jnp.zeros(2)},)
     label = np.argmax(x.reshape(4, -1) @ w, 1)
-    logits_fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
+    one_image = lambda image: model.apply(params, image[None])[0]  # noqa: E731
     unit_rms = lambda v: v / np.sqrt(np.mean(v**2))  # noqa: E731
-    margin = template_direction(logits_fn, jnp.asarray(x[0]), label[0], 1 - label[0])
+    margin = template_direction(one_image, jnp.asarray(x[0]), label[0], 1 - label[0])
     np.testing.assert_allclose(margin.reshape(-1), unit_rms(w[:, 1 - label[0]] - w[:, label[0]]),
                                rtol=1e-4)
-    score = template_direction(logits_fn, jnp.asarray(x[0]), label[0], 1 - label[0], "target_score")
+    score = template_direction(one_image, jnp.asarray(x[0]), label[0], 1 - label[0], "target_score")
     np.testing.assert_allclose(score.reshape(-1), unit_rms(w[:, 1 - label[0]]), rtol=1e-4)
     # The margin template points straight at the boundary: its smallest multiple is the distance.
     x_adv = _batch(TemplateAddition(), model, params, x, label, 1 - label)
@@ -101,11 +102,11 @@ def test_template_multiple_is_the_smallest_that_succeeds(fc10):
     x, y = jnp.asarray(test.x[:4]), test.y[:4]
     target = (y + 1) % 10
     x_adv = _batch(TemplateAddition(), model, params, x, y, target)
-    logits_fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
+    one_image = lambda image: model.apply(params, image[None])[0]  # noqa: E731
     grid = jnp.linspace(0.0, 1.0, 4001)
     for i in range(len(y)):
         source = int(model.apply(params, x[i:i + 1]).argmax())
-        direction = template_direction(logits_fn, x[i], source, target[i])
+        direction = template_direction(one_image, x[i], source, target[i])
         candidates = jnp.clip(x[i] + grid[:, None, None, None] * direction, 0, 1)
         first = int(jnp.argmax(model.apply(params, candidates).argmax(1) == target[i]))
         np.testing.assert_allclose(x_adv[i], candidates[first], atol=float(grid[1]) * 4)

@@ -22,7 +22,7 @@ from adv_jax.attacks.deepfool import DeepFool
 from adv_jax.attacks.gradient import FGSM, PGD, MinimalEpsilon, cross_entropy
 from adv_jax.config import compose
 from adv_jax.data import load_splits
-from adv_jax.models import Model
+from adv_jax.models import Model, logits_fn
 from adv_jax.models.layers import Layer
 
 N = 6  # examples per affine case
@@ -61,8 +61,9 @@ def l2_distances(x_adv, x) -> np.ndarray:
 
 
 def run(attack, model, params, x, label, target, seed=0):
-    return attack_batch(attack, model, params, jnp.asarray(x), jnp.asarray(label),
-                        jnp.asarray(target, jnp.int32), jax.random.key(seed))
+    return attack_batch(attack, logits_fn(model, params), jnp.asarray(x), jnp.asarray(label),
+                        jnp.asarray(target, jnp.int32), key=jax.random.key(seed),
+                        chunk_size=1000, progress=False)[0]
 
 
 @pytest.mark.parametrize("attack, upper", [(DeepFool(overshoot=0.01), 1.02), (CW, 1.02),
@@ -112,6 +113,22 @@ def test_minimal_linf_epsilon_is_the_closed_form(attack):
     np.testing.assert_allclose(found, exact, rtol=0, atol=0.25 / 2**12 + 1e-6)
 
 
+def test_minimal_epsilon_reports_the_epsilon_it_found():
+    """The batch call's diagnostics: the smallest successful epsilon (FGSM's L-inf step), inf
+    where even max_epsilon fails."""
+    model, params, w, b, x, label = affine_model(2, seed=2)
+    z = x.reshape(N, -1) @ w + b
+    exact = np.abs(z[:, 1] - z[:, 0]) / np.abs(w[:, 1] - w[:, 0]).sum()
+    for max_epsilon, expected in ((0.25, exact), (exact.min() / 2, np.full(N, np.inf))):
+        x_adv, diagnostics = attack_batch(MinimalEpsilon(FGSM(), max_epsilon, 12),
+                                          logits_fn(model, params), jnp.asarray(x), label,
+                                          np.full(N, -1), key=jax.random.key(0), chunk_size=N,
+                                          progress=False)
+        np.testing.assert_allclose(diagnostics["epsilon"], expected, atol=0.25 / 2**12 + 1e-6)
+    found = np.abs(np.asarray(x_adv) - x).reshape(N, -1).max(1)
+    np.testing.assert_allclose(found, max_epsilon, rtol=1e-5)  # the failed attempt at max_epsilon
+
+
 @pytest.fixture(scope="module")
 def digits(mnist_dir):
     """Eight real test digits (many pixels exactly 0 or 1: the box matters) and an affine model."""
@@ -145,8 +162,8 @@ def test_batch_equals_one_by_one_and_key_fixes_output(digits, attack):
     target = np.where(np.arange(len(y)) % 2, (y + 1) % 10, -1).astype(np.int32)  # both kinds
     key = jax.random.key(7)
     batch = np.asarray(run(attack, model, params, x, y, target, seed=7))
-    logits_fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
-    single = jax.jit(lambda *args: attack(logits_fn, *args))
+    one_image = lambda image: model.apply(params, image[None])[0]  # noqa: E731
+    single = jax.jit(lambda *args: attack(one_image, *args))
     for i in range(len(y)):
         one = single(jnp.asarray(x[i]), jnp.int32(y[i]), jnp.int32(target[i]),
                      jax.random.fold_in(key, i))

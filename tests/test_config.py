@@ -4,9 +4,8 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from adv_jax.config import CONF_DIR, compose
+from adv_jax.config import CONF_DIR, as_config, compose
 from adv_jax.models import build_model
-from adv_jax.config import as_config
 
 # conf/report/ holds what the results files report (adv_jax.reports.settings), not a Hydra group.
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "report"))

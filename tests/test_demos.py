@@ -11,6 +11,7 @@ import pytest
 
 from adv_jax.config import compose
 from adv_jax.jobs.demo import run as run_demo
+
 REPO = Path(__file__).resolve().parents[1]
 
 

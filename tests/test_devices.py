@@ -18,7 +18,7 @@ import jax, jax.numpy as jnp, numpy as np
 from adv_jax import devices, transfer
 from adv_jax.attacks import FGSM, PGD, attack_batch
 from adv_jax.config import compose
-from adv_jax.models import build_model, predict
+from adv_jax.models import build_model, logits_fn, predict
 
 
 def job():
@@ -30,9 +30,10 @@ def job():
     target = (y + 1) % 10
     # chunk 7 -> 8 rows per chunk, 2 per device, the last chunk padded; PGD's random start
     # checks that every example keeps its own key
-    x_pgd = attack_batch(PGD(epsilon=0.1, steps=5), model, params, x, y, target,
-                         jax.random.key(1), chunk_size=7)
-    x_fgsm = attack_batch(FGSM(epsilon=0.1), model, params, x, y, target, jax.random.key(2))
+    x_pgd, _ = attack_batch(PGD(epsilon=0.1, steps=5), logits_fn(model, params), x, y, target,
+                            key=jax.random.key(1), chunk_size=7, progress=False)
+    x_fgsm, _ = attack_batch(FGSM(epsilon=0.1), logits_fn(model, params), x, y, target,
+                             key=jax.random.key(2), chunk_size=10000, progress=False)
     labels = predict(model, params, jnp.concatenate([x, x_pgd, x_fgsm]), batch_size=25)
     predict_fn = lambda images: np.asarray(predict(model, params, images))
     errors = transfer.error_rates([predict_fn] * 2, np.asarray(x_pgd), np.asarray(y))

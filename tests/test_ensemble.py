@@ -7,13 +7,12 @@ import pytest
 from conftest import on_fake_cpu_devices
 from omegaconf import OmegaConf
 
-from adv_jax import checkpoint, ensemble
-from adv_jax.config import compose
+from adv_jax import ensemble
+from adv_jax.config import as_config, compose
 from adv_jax.data import load_splits
 from adv_jax.models import build_model
-from adv_jax.config import as_config
-from adv_jax.trained import group_key, train_or_load, train_or_load_all
 from adv_jax.train import TrainingDiverged, train_model
+from adv_jax.trained import group_key, train_or_load, train_or_load_all
 
 # Reassociation only: XLA fuses the batched program differently, so the last bits differ. After
 # 2 Adam epochs (16 steps) the largest parameter difference measured 7e-7 of the largest weight.

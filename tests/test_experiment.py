@@ -11,10 +11,9 @@ from omegaconf import OmegaConf
 
 import adv_jax
 from adv_jax import checkpoint
-from adv_jax.reports.aggregate import aggregate
-from adv_jax.config import CONF_DIR, compose
+from adv_jax.config import CONF_DIR, as_config, compose
 from adv_jax.jobs.study import model_config, recompute_rows
-from adv_jax.config import as_config
+from adv_jax.reports.aggregate import aggregate
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 REPO = CONF_DIR.parent

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adv_jax.reports import bench, models, paper, provenance, runs, settings, tables, timing
+from adv_jax.reports import (
+    bench,
+    models,
+    paper,
+    provenance,
+    runs,
+    settings,
+    tables,
+    timing,
+)
 from adv_jax.reports.aggregate import paper_reference
 from adv_jax.reports.lipschitz_compare import compare, lower_bound
 

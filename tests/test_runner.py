@@ -12,8 +12,8 @@ import adv_jax
 from adv_jax import checkpoint
 from adv_jax.config import compose
 from adv_jax.data import load_splits
-from adv_jax.models import build_model
 from adv_jax.jobs.single import RUN_FILES, split_errors
+from adv_jax.models import build_model
 from adv_jax.train import TrainingDiverged, evaluate
 
 

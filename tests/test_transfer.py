@@ -9,7 +9,7 @@ from adv_jax import transfer
 from adv_jax.attacks.generate import generate
 from adv_jax.config import AttackConfig, TrainConfig, compose
 from adv_jax.data import load_splits
-from adv_jax.models import build_model, predict
+from adv_jax.models import build_model, logits_fn, predict
 from adv_jax.train import train_model
 
 
@@ -72,7 +72,8 @@ def test_matrix_of_tiny_models_on_real_mnist(tiny_models):
     models, x, y = tiny_models
     attack = OmegaConf.structured(AttackConfig(name="fgsm_min", target="untargeted",
                                                params={"max_epsilon": 1.0, "search_steps": 8}))
-    advs = [generate(attack, m, p, x, y, jax.random.key(1), progress=False)[0] for m, p in models]
+    advs = [generate(attack, logits_fn(m, p), x, y, key=jax.random.key(1), progress=False).adversarials
+            for m, p in models]
     assert all(a.success.all() for a in advs)  # so the diagonal must be 100%
     fns = [lambda im, m=m, p=p: np.asarray(predict(m, p, im)) for m, p in models]
     rows = transfer.transfer_rows(fns, ["A", "B"], x, y, [a.x_adv for a in advs],

@@ -1,8 +1,23 @@
-"""Attacks: the registry behind `attack=NAME`, one frozen dataclass per method.
+"""Attacks: the registry behind `attack=NAME`, one frozen dataclass per method, and the batch layer.
 
-Each attack handles ONE example, `attack(logits_fn, x, label, target, key) -> x_adv` (see
-`common.py`), and is batched with `jax.vmap` by `attack_batch`. `make_attack(name, params)` builds
-one from `conf/attack/NAME.yaml`'s `params`.
+Per example (`common.py`): `attack(logits_fn, x, label, target, key) -> x_adv`, logits_fn one
+input (*shape) -> logits (K,), pixels in [0, 1], target -1 = untargeted. An attack that reports
+per-example diagnostics also has `attack.with_diagnostics(same arguments) -> (x_adv, {name:
+scalar})` (LBFGSAttack: evals, c; MinimalEpsilon: epsilon; TemplateAddition: multiple;
+DeepFool, FoolingImage: steps); `run_attack` calls either kind. `make_attack(name, params)`
+builds one from `conf/attack/NAME.yaml`'s `params`.
+
+Batched, against any JAX callable `logits_fn` (B, *shape) -> (B, K) (an adv_jax model through
+`adv_jax.models.logits_fn(model, params)`, a flax or equinox model, a hidden layer's head):
+  attack_batch(attack, logits_fn, x, y, target, *, key, chunk_size, progress=True)
+      -> (x_adv (N, *shape), diagnostics {name: (N,)})
+  choose_targets(mode, logits, labels, *, key), attack_all_targets(attack, logits_fn, x, label,
+      *, key, chunk_size=None) -> (x_adv, target, diagnostics)                     (targets.py)
+  generate(attack_cfg, logits_fn, x, y, *, key, index=None, progress=True) -> Generated
+      (adversarials, seconds, diagnostics); summarize(generated) -> flat metrics (generate.py)
+A pytree logits_fn (`jax.tree_util.Partial`, as `adv_jax.models.logits_fn` returns) passes its
+arrays as traced arguments, so one compilation serves every parameter set of a shape. Distortion
+= per-pixel RMS (`rms_distortion`).
 """
 
 from __future__ import annotations
@@ -12,17 +27,27 @@ from typing import Any
 
 from adv_jax.attacks.carlini_wagner import CarliniWagnerL2
 from adv_jax.attacks.common import (
-    UNTARGETED, Attack, attack_batch, is_adversarial, rms_distortion, single_example,
+    UNTARGETED,
+    Attack,
+    LogitsFn,
+    attack_batch,
+    batched_logits,
+    is_adversarial,
+    rms_distortion,
+    run_attack,
+    single_example,
 )
 from adv_jax.attacks.deepfool import DeepFool
 from adv_jax.attacks.essays import FoolingImage, TemplateAddition
 from adv_jax.attacks.gradient import FGSM, PGD, MinimalEpsilon
-from adv_jax.attacks.lbfgs import LBFGSAttack, attack_all_targets, choose_targets
+from adv_jax.attacks.lbfgs import LBFGSAttack
+from adv_jax.attacks.targets import TARGET_MODES, attack_all_targets, choose_targets
 
 __all__ = [
-    "ATTACKS", "UNTARGETED", "Attack", "CarliniWagnerL2", "DeepFool", "FGSM", "FoolingImage",
-    "LBFGSAttack", "MinimalEpsilon", "PGD", "TemplateAddition", "attack_all_targets", "attack_batch",
-    "choose_targets", "is_adversarial", "make_attack", "rms_distortion", "single_example",
+    "ATTACKS", "TARGET_MODES", "UNTARGETED", "Attack", "CarliniWagnerL2", "DeepFool", "FGSM",
+    "FoolingImage", "LBFGSAttack", "LogitsFn", "MinimalEpsilon", "PGD", "TemplateAddition",
+    "attack_all_targets", "attack_batch", "batched_logits", "choose_targets", "is_adversarial",
+    "make_attack", "rms_distortion", "run_attack", "single_example",
 ]
 
 

@@ -4,27 +4,34 @@ An attack is a pure function of ONE example,
 
     attack(logits_fn, x, label, target, key) -> x_adv
 
-  logits_fn: one image (28, 28, 1) -> logits (K,)      x, x_adv: (28, 28, 1) in [0, 1]
+  logits_fn: one input (*shape) -> logits (K,)         x, x_adv: (*shape), pixels in [0, 1]
   label: the true label (int32 scalar)                  target: wanted label, or -1 = untargeted
   key: a PRNG key (attacks without randomness ignore it)
 
 with its hyperparameters bound beforehand: each attack is a frozen dataclass whose fields are the
 hyperparameters and whose `__call__` is the function above, so it is hashable and can be a static
-argument of `jax.jit`. `attack_batch` vmaps it over examples. Distortion is the per-pixel RMS, sqrt(sum_i (x'_i - x_i)^2 / n).
+argument of `jax.jit`. An attack with something to report per example (evaluations used, the
+penalty or epsilon reached) also has `with_diagnostics(logits_fn, x, label, target, key) ->
+(x_adv, {name: scalar})`, and its `__call__` is that method's x_adv; `run_attack` calls either
+kind. `attack_batch` vmaps it over examples against a BATCHED logits_fn, (B, *shape) -> (B, K).
+Distortion is the per-pixel RMS, sqrt(sum_i (x'_i - x_i)^2 / n).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from adv_jax import devices
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 Attack = Callable[[LogitsFn, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+Diagnostics = dict[str, jax.Array]
 UNTARGETED = -1
 
 
@@ -41,11 +48,12 @@ def is_adversarial(logits: jax.Array, label: jax.Array, target: jax.Array) -> ja
 
 
 def smallest_success(attempt: Callable[[jax.Array], tuple[jax.Array, jax.Array]], upper: float,
-                     steps: int) -> jax.Array:
+                     steps: int) -> tuple[jax.Array, jax.Array]:
     """Bisection on [0, upper] for the smallest scale whose attempt succeeds.
 
     attempt(scale) -> (x_adv, success). Returns the x_adv of the smallest success found, within
-    upper / 2**steps of the threshold; the attempt at `upper` if nothing succeeds.
+    upper / 2**steps of the threshold (the attempt at `upper` if nothing succeeds), and that
+    scale (inf if nothing succeeds).
     """
     def bisect(_, carry):
         low, high, best = carry
@@ -54,39 +62,90 @@ def smallest_success(attempt: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
         return (jnp.where(success, low, middle), jnp.where(success, middle, high),
                 jnp.where(success, x_adv, best))
 
-    x_widest, _ = attempt(jnp.float32(upper))
-    return jax.lax.fori_loop(0, steps, bisect, (jnp.float32(0.0), jnp.float32(upper), x_widest))[2]
+    x_widest, widest_succeeds = attempt(jnp.float32(upper))
+    _, high, best = jax.lax.fori_loop(0, steps, bisect,
+                                      (jnp.float32(0.0), jnp.float32(upper), x_widest))
+    return best, jnp.where(widest_succeeds | (high < upper), high, jnp.inf)
 
 
 def single_example(batch_logits_fn: LogitsFn) -> LogitsFn:
-    """Turns a (B, 28, 28, 1) -> (B, K) function into the per-example one attacks take."""
+    """Turns a (B, *shape) -> (B, K) function into the per-example one attacks take."""
     return lambda x: batch_logits_fn(x[None])[0]
 
 
+def run_attack(attack: Attack, logits_fn: LogitsFn, x: jax.Array, label: jax.Array,
+               target: jax.Array, key: jax.Array) -> tuple[jax.Array, Diagnostics]:
+    """One example's x_adv and diagnostics: `attack.with_diagnostics` where the attack has one,
+    else `attack(...)` and no diagnostics."""
+    if hasattr(attack, "with_diagnostics"):
+        return attack.with_diagnostics(logits_fn, x, label, target, key)
+    return attack(logits_fn, x, label, target, key), {}
+
+
+def _is_array(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+
+
+def split_arrays(fn: Any) -> tuple[list, Hashable]:
+    """A callable's array leaves (traced arguments under jit) and the rest (a hashable static key).
+
+    A plain function or lambda is one non-array leaf: static, whatever it closes over (constants).
+    A pytree callable (`jax.tree_util.Partial`, an equinox or nnx module) passes its arrays as
+    arguments, so one compilation serves every parameter set of the same shapes.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(fn)
+    arrays = [leaf if _is_array(leaf) else None for leaf in leaves]
+    static = tuple(None if _is_array(leaf) else leaf for leaf in leaves)
+    return arrays, (treedef, static)
+
+
+def join_arrays(arrays: list, static: Hashable) -> Any:
+    """The callable `split_arrays` took apart."""
+    treedef, rest = static
+    return treedef.unflatten([a if s is None else s for a, s in zip(arrays, rest)])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(static, arrays, x):
+    return join_arrays(arrays, static)(x)
+
+
+def batched_logits(logits_fn: LogitsFn, x: jax.Array, batch_size: int = 10000) -> jax.Array:
+    """logits_fn (B, *shape) -> (B, K) on x (N, *shape), jitted, `batch_size` rows at a time."""
+    if len(x) == 0:
+        return jnp.zeros(jax.eval_shape(logits_fn, x).shape)
+    arrays, static = split_arrays(logits_fn)
+    return jnp.concatenate([_apply(static, arrays, x[i:i + batch_size])
+                            for i in range(0, len(x), batch_size)])
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _attack_chunk(attack: Attack, model, params, x, label, target, keys):
-    logits_fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
-    return jax.vmap(attack, in_axes=(None, 0, 0, 0, 0))(logits_fn, x, label, target, keys)
+def _attack_chunk(attack: Attack, static, arrays, x, label, target, keys):
+    one = single_example(join_arrays(arrays, static))
+    return jax.vmap(lambda *a: run_attack(attack, one, *a))(x, label, target, keys)
 
 
-def attack_batch(attack: Attack, model, params, x: jax.Array, label: jax.Array,
-                 target: jax.Array, key: jax.Array, chunk_size: int = 10000,
-                 progress: bool = False) -> jax.Array:
-    """Runs `attack` against `model.apply(params, .)` on every example, vmapped and jitted, in
-    chunks of `chunk_size`: x (N, 28, 28, 1), label and target (N,) -> x_adv (N, 28, 28, 1).
+def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
+                 target: jax.Array, *, key: jax.Array, chunk_size: int,
+                 progress: bool = True) -> tuple[jax.Array, dict[str, np.ndarray]]:
+    """Runs `attack` against the batched `logits_fn` ((B, *shape) -> (B, K)) on every example:
+    x (N, *shape) in [0, 1], true labels y and targets (N,) (-1: untargeted) -> x_adv (N, *shape)
+    and the attack's diagnostics {name: (N,)} (empty if it reports none).
 
-    Each example gets its own key, folded in from its index, so results do not depend on chunking.
-    Params are traced arguments (not constants), so one compilation serves every model of a shape.
-    Each chunk is split across all local devices (`adv_jax.devices`; chunk_size is rounded up to
-    a multiple of the device count) with the params replicated. `progress` shows a progress bar.
+    Vmapped and jitted in chunks of `chunk_size` (rounded up to a multiple of the device count,
+    the last one padded), so the loop compiles once per attack, input shape and logits_fn
+    structure (`split_arrays`). Each chunk is split across all local devices (`adv_jax.devices`)
+    with logits_fn's arrays replicated. Each example's key is folded in from its index, so results
+    do not depend on chunking. `progress` shows a progress bar.
     """
     n = len(x)
     if n == 0:
-        return x
+        return x, {}
     chunk_size = devices.round_up(min(chunk_size, n))
-    params = devices.replicate(params)
+    arrays, static = split_arrays(logits_fn)
+    arrays = devices.replicate(arrays)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
-    label, target = jnp.asarray(label, jnp.int32), jnp.asarray(target, jnp.int32)
+    y, target = jnp.asarray(y, jnp.int32), jnp.asarray(target, jnp.int32)
     starts = range(0, n, chunk_size)
     if progress:
         from tqdm.auto import tqdm
@@ -96,6 +155,9 @@ def attack_batch(attack: Attack, model, params, x: jax.Array, label: jax.Array,
     for i in starts:
         stop = min(i + chunk_size, n)
         chunk = devices.shard_rows(*(devices.pad_rows(a[i:stop], chunk_size)
-                                     for a in (x, label, target, keys)))
-        parts.append(jax.block_until_ready(_attack_chunk(attack, model, params, *chunk))[: stop - i])
-    return jnp.concatenate(parts)
+                                     for a in (x, y, target, keys)))
+        done = jax.block_until_ready(_attack_chunk(attack, static, arrays, *chunk))
+        parts.append(jax.tree_util.tree_map(lambda a, size=stop - i: a[:size], done))
+    x_adv = jnp.concatenate([p[0] for p in parts])
+    diagnostics = {k: np.concatenate([np.asarray(p[1][k]) for p in parts]) for k in parts[0][1]}
+    return x_adv, diagnostics

@@ -43,6 +43,10 @@ class DeepFool:
     overshoot: float = 0.02  # the accumulated step is scaled by 1 + overshoot to cross
 
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
+        return self.with_diagnostics(logits_fn, x, label, target, key)[0]
+
+    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
+        """The last iterate and {"steps": DeepFool steps taken (int32)}."""
         del key  # deterministic
         targeted = target >= 0
 
@@ -67,4 +71,5 @@ class DeepFool:
 
         done = is_adversarial(logits_fn(x), label, target)
         carry = (0, x, jnp.zeros_like(x), done)
-        return jax.lax.while_loop(going, step, carry)[1]
+        steps, x_adv, _, _ = jax.lax.while_loop(going, step, carry)
+        return x_adv, {"steps": steps}

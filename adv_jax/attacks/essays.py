@@ -20,7 +20,8 @@ gives); template multiples are measured as the template's per-pixel RMS.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,18 @@ import numpy as np
 import optax
 
 from adv_jax.attacks.common import LogitsFn, is_adversarial, smallest_success
-from adv_jax.models import Model, Params
+
+Params = Sequence[Any]  # one entry per layer; dense layers {"w": (d_in, d_out), "b": (d_out,)}
+
+
+class LayeredModel(Protocol):
+    """What the pseudoinverse functions need of a model (`adv_jax.models.Model` has it; attacks
+    sit below models and do not import them): layers with .kind and .activation, an input shape,
+    and apply(params, x (B, *input_shape)) -> logits (B, K)."""
+    layers: tuple
+    input_shape: tuple[int, ...]
+
+    def apply(self, params: Params, x: jax.Array) -> jax.Array: ...
 
 __all__ = ["FoolingImage", "TemplateAddition", "ToyExample", "invert_affine_layers",
            "pseudoinverse_fooling", "region_points", "template_direction",
@@ -94,6 +106,11 @@ class TemplateAddition:
         _check("template", self.template, TEMPLATES)
 
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
+        return self.with_diagnostics(logits_fn, x, label, target, key)[0]
+
+    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
+        """The attack and {"multiple": the smallest successful a (0: x already succeeds; inf:
+        none up to max_rms)}."""
         del key  # deterministic
         logits = logits_fn(x)
         targeted = target >= 0
@@ -105,8 +122,9 @@ class TemplateAddition:
             x_adv = jnp.clip(x + multiple * direction, 0.0, 1.0)
             return x_adv, is_adversarial(logits_fn(x_adv), label, target)
 
-        best = smallest_success(attempt, self.max_rms, self.search_steps)
-        return jnp.where(is_adversarial(logits, label, target), x, best)
+        best, multiple = smallest_success(attempt, self.max_rms, self.search_steps)
+        already = is_adversarial(logits, label, target)
+        return jnp.where(already, x, best), {"multiple": jnp.where(already, 0.0, multiple)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +142,10 @@ class FoolingImage:
         _check("start", self.start, STARTS)
 
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
+        return self.with_diagnostics(logits_fn, x, label, target, key)[0]
+
+    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
+        """The image and {"steps": Adam steps taken (int32)}."""
         if self.start == "noise":
             x = jax.random.uniform(key, x.shape, x.dtype)
         elif self.start == "blank":
@@ -144,17 +166,18 @@ class FoolingImage:
             return (carry[0] < self.steps) & (carry[3] < threshold)
 
         carry = (0, x, optimizer.init(x), log_probability(x))
-        return jax.lax.while_loop(going, step, carry)[1]
+        steps, image, _, _ = jax.lax.while_loop(going, step, carry)
+        return image, {"steps": steps}
 
 
-def _affine_prefix(model: Model, stop: int) -> None:
+def _affine_prefix(model: LayeredModel, stop: int) -> None:
     for layer in model.layers[:stop]:
         if layer.kind != "dense" or layer.activation != "identity":
             raise ValueError(f"pseudoinverse inversion needs dense identity layers before layer "
                              f"{stop}; got {layer.kind} {layer.activation}")
 
 
-def invert_affine_layers(model: Model, params: Params, hidden: jax.Array,
+def invert_affine_layers(model: LayeredModel, params: Params, hidden: jax.Array,
                          stop: int | None = None) -> jax.Array:
     """hidden (N, d): activations after layers[:stop] (default: all but the output layer)
     -> inputs (N, *model.input_shape) that those layers map exactly onto them (each W_i has
@@ -167,7 +190,7 @@ def invert_affine_layers(model: Model, params: Params, hidden: jax.Array,
     return h.reshape((h.shape[0],) + model.input_shape)
 
 
-def region_points(model: Model, params: Params, confidence: float = 0.999,
+def region_points(model: LayeredModel, params: Params, confidence: float = 0.999,
                   angles: int = 3600) -> np.ndarray:
     """For each class c, a point z of the 2-D last hidden layer where the output layer gives
     p_c >= confidence: along the direction d that most favors c (maximizes the least margin
@@ -193,7 +216,7 @@ def region_points(model: Model, params: Params, confidence: float = 0.999,
     return points
 
 
-def pseudoinverse_fooling(model: Model, params: Params, points) -> tuple[jax.Array, jax.Array]:
+def pseudoinverse_fooling(model: LayeredModel, params: Params, points) -> tuple[jax.Array, jax.Array]:
     """Images (N, 28, 28, 1) inverted from points (N, d) of the last hidden layer, and the
     model's class probabilities on those images (N, K), computed by running the model on them."""
     images = invert_affine_layers(model, params, points)

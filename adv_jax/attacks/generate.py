@@ -1,4 +1,5 @@
-"""Adversarial examples for a set of images: targets, the batched attack, metrics, files.
+"""Adversarial examples for a set of images against any batched logits_fn: targets, the batched
+attack, its diagnostics, metrics, files.
 
 `adversarials.npz` holds x (N, 28, 28, 1), x_adv (N, 28, 28, 1), y (N,) true labels, target (N,)
 (-1 = untargeted), index (N,) positions in the source split, and success (N,) bool.
@@ -15,9 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from adv_jax.attacks import make_attack
-from adv_jax.attacks.common import attack_batch, is_adversarial, rms_distortion
-from adv_jax.attacks.lbfgs import attack_all_targets, choose_targets
-from adv_jax.models import Model, Params
+from adv_jax.attacks.common import (
+    LogitsFn,
+    attack_batch,
+    batched_logits,
+    is_adversarial,
+    rms_distortion,
+)
+from adv_jax.attacks.targets import attack_all_targets, choose_targets
 
 
 class Adversarials(NamedTuple):
@@ -42,11 +48,21 @@ class Adversarials(NamedTuple):
             return cls(**{k: f[k] for k in cls._fields})
 
 
-def generate(attack_cfg, model: Model, params: Params, x, y, key: jax.Array,
-             index=None, progress: bool = True) -> tuple[Adversarials, float]:
-    """Attacks every image of x (N, 28, 28, 1) with labels y (N,); returns them and the seconds.
+class Generated(NamedTuple):
+    """What `generate` returns: the examples, the attack's wall-clock seconds (targets included)
+    and the attack's per-example diagnostics {name: (N,)} (e.g. L-BFGS's "evals" and "c")."""
+    adversarials: Adversarials
+    seconds: float
+    diagnostics: dict[str, np.ndarray]
 
-    attack_cfg: name, params, target (random | next | all | untargeted), chunk_size.
+
+def generate(attack_cfg, logits_fn: LogitsFn, x, y, *, key: jax.Array, index=None,
+             progress: bool = True) -> Generated:
+    """Attacks every image of x (N, 28, 28, 1) in [0, 1] with labels y (N,) against the batched
+    logits_fn ((B, 28, 28, 1) -> (B, K), any JAX callable; e.g. `adv_jax.models.logits_fn`).
+
+    attack_cfg: name, params, target (random | next | all | untargeted), chunk_size. index (N,):
+    the images' positions in their split (default 0..N-1), stored with them.
     """
     attack = make_attack(attack_cfg.name, attack_cfg.params)
     chunk = attack_cfg.chunk_size or getattr(attack, "chunk_size", 1000)
@@ -54,23 +70,28 @@ def generate(attack_cfg, model: Model, params: Params, x, y, key: jax.Array,
     target_key, attack_key = jax.random.split(key)
     start = time.perf_counter()
     if attack_cfg.target == "all":
-        x_adv, target = attack_all_targets(attack, model, params, x, y, attack_key, chunk)
+        x_adv, target, diagnostics = attack_all_targets(attack, logits_fn, x, y, key=attack_key,
+                                                        chunk_size=chunk, progress=progress)
     else:
-        logits = jnp.concatenate([model.apply(params, x[i:i + 10000]) for i in range(0, len(x), 10000)])
-        target = choose_targets(attack_cfg.target, logits, y, target_key)
-        x_adv = attack_batch(attack, model, params, x, y, target, attack_key, chunk, progress=progress)
+        target = choose_targets(attack_cfg.target, batched_logits(logits_fn, x), y, key=target_key)
+        x_adv, diagnostics = attack_batch(attack, logits_fn, x, y, target, key=attack_key,
+                                          chunk_size=chunk, progress=progress)
     x_adv = jax.block_until_ready(x_adv)
     seconds = time.perf_counter() - start
-    success = is_adversarial(model.apply(params, x_adv), y, target)
+    success = is_adversarial(batched_logits(logits_fn, x_adv), y, target)
     index = np.arange(len(x)) if index is None else np.asarray(index)
-    return Adversarials(*(np.asarray(a) for a in (x, x_adv, y, target, index, success))), seconds
+    adversarials = Adversarials(*(np.asarray(a) for a in (x, x_adv, y, target, index, success)))
+    return Generated(adversarials, seconds, diagnostics)
 
 
-def summarize(adv: Adversarials, seconds: float) -> dict[str, float]:
-    """Flat metrics: success rate, mean and median per-pixel RMS distortion over successes, speed."""
+def summarize(generated: Generated) -> dict[str, float]:
+    """Flat metrics: success rate, mean and median per-pixel RMS distortion over successes, the
+    largest pixel change, speed; with diagnostics "evals", their mean and max (evaluations per
+    example), and with "c", its mean over the examples where some c succeeded (c > 0)."""
+    adv, seconds, diagnostics = generated
     distortion = adv.distortion()[adv.success]
     n = len(adv.y)
-    return {
+    metrics = {
         "attack/num_examples": n,
         "attack/success_rate": float(adv.success.mean()) if n else float("nan"),
         "attack/mean_distortion": float(distortion.mean()) if distortion.size else float("nan"),
@@ -79,3 +100,10 @@ def summarize(adv: Adversarials, seconds: float) -> dict[str, float]:
         "attack/seconds": seconds,
         "attack/examples_per_second": n / seconds if seconds > 0 else float("nan"),
     }
+    if "evals" in diagnostics and n:
+        metrics["attack/evals_mean"] = float(np.mean(diagnostics["evals"]))
+        metrics["attack/evals_max"] = int(np.max(diagnostics["evals"]))
+    if "c" in diagnostics:
+        c = np.asarray(diagnostics["c"])
+        metrics["attack/c_mean"] = float(c[c > 0].mean()) if (c > 0).any() else float("nan")
+    return metrics

@@ -150,8 +150,13 @@ class MinimalEpsilon:
     search_steps: int = 10
 
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
+        return self.with_diagnostics(logits_fn, x, label, target, key)[0]
+
+    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
+        """The attack and {"epsilon": the smallest successful epsilon found (inf: none)}."""
         def attempt(epsilon):
             x_adv = self.attack.perturb(logits_fn, x, label, target, key, epsilon)
             return x_adv, is_adversarial(logits_fn(x_adv), label, target)
 
-        return smallest_success(attempt, self.max_epsilon, self.search_steps)
+        x_adv, epsilon = smallest_success(attempt, self.max_epsilon, self.search_steps)
+        return x_adv, {"epsilon": epsilon}

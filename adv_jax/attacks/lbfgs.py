@@ -30,10 +30,11 @@ form (no evaluation), and solves at nearby c need few iterations. Distortion sat
 the solves converge (on FC100, 15 evaluations per solve is within 0.1% of cold solves run to a
 1e-6 tolerance, and 10 evaluations with 3 pairs within 0.3% at twice the speed), hence the defaults.
 
-Batching: `attack_batch` vmaps `__call__` over examples, and vmapped code cannot skip work per
+Batching: `attack_batch` vmaps the attack over examples, and vmapped code cannot skip work per
 example, so the attack is ONE loop whose trips each make exactly one function evaluation per
 example, and each example advances its own state machine: an L-BFGS step, a backtracking step,
-or the end of its solve and the start of the next. A batch then costs the largest per-example
+or the end of its solve and the start of the next (`_trip`: evaluate, `_armijo`, `_solve_ends`,
+`_finish_solve` and `_restart`, `_next_line`, which projects the trial onto the box). A batch then costs the largest per-example
 evaluation count (at most c_steps * max_evals, plus extra_solves * extra_evals for an example the
 first c_steps solves did not fool), not a sum over iterations of the slowest line
 search. Trips run in rounds of `_TRIPS_PER_ROUND` inside a `lax.while_loop` that stops once every
@@ -50,18 +51,16 @@ pass from 1.5 s to 1.0 s at the same mean distortion (0.05311).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from adv_jax.attacks.common import UNTARGETED, LogitsFn, attack_batch, is_adversarial, rms_distortion
+from adv_jax.attacks.common import LogitsFn, is_adversarial
 
-__all__ = ["LOSSES", "LBFGSAttack", "attack_all_targets", "attack_loss", "choose_targets"]
+__all__ = ["LOSSES", "LBFGSAttack", "attack_loss"]
 
 LOSSES = ("xent", "margin")
-TARGET_MODES = ("random", "next", "untargeted", "all")
 _ARMIJO = 1e-4  # sufficient decrease: f(z') <= f(z) + _ARMIJO * g.(z' - z)
 _MAX_BACKTRACKS = 12  # a line search failing this often ends the solve
 _CURVATURE_EPS = 1e-8  # keep a pair only if s.y > _CURVATURE_EPS * y.y (positive curvature)
@@ -199,6 +198,50 @@ def _next_c(search: _Search, point: _Point, x: jax.Array, solve_done: jax.Array)
         best_dist2=jnp.where(better, dist2, search.best_dist2), evals=search.evals)
 
 
+class _Problem(NamedTuple):
+    """What stays fixed during one example's attack: x (n,), the first point (z = x) and the
+    scale gamma of H0 for an empty memory."""
+    x: jax.Array
+    start: _Point
+    gamma0: jax.Array
+
+
+class _State(NamedTuple):
+    search: _Search
+    point: _Point
+    memory: _Memory
+    line: _LineSearch
+
+
+def _project(z: jax.Array) -> jax.Array:
+    """The projection onto the box [0, 1]^n."""
+    return jnp.clip(z, 0.0, 1.0)
+
+
+def _armijo(point: _Point, trial: _Point) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Whether the trial point decreases the objective enough, the slope along the arc at this
+    step and the decrease (both feed the backtracking interpolation)."""
+    slope = jnp.dot(point.grad, trial.z - point.z)
+    decrease = trial.value - point.value
+    accept = jnp.isfinite(trial.value) & (decrease <= _ARMIJO * jnp.minimum(slope, 0.0))
+    return accept, slope, decrease
+
+
+def _next_line(point: _Point, memory: _Memory, line: _LineSearch, new_step: jax.Array,
+               solve_done: jax.Array, slope: jax.Array, decrease: jax.Array,
+               evals: jax.Array) -> _LineSearch:
+    """A new direction at step 1 (after an accepted step or a finished solve), else a backtrack
+    to the minimizer of the quadratic through f(0), slope, f(step), within [0.1, 0.5] step."""
+    quadratic = -slope * line.step / (2.0 * (decrease - slope))
+    shorter = jnp.clip(jnp.nan_to_num(quadratic, nan=0.5 * line.step),
+                       0.1 * line.step, 0.5 * line.step)
+    direction = jnp.where(new_step, _direction(point, memory), line.direction)
+    step = jnp.where(new_step, 1.0, shorter)
+    return _LineSearch(direction, step, _project(point.z + step * direction),
+                       jnp.where(new_step, 0, line.backtracks + 1),
+                       jnp.where(solve_done, 0, evals))
+
+
 @dataclasses.dataclass(frozen=True)
 class LBFGSAttack:
     """Box-constrained L-BFGS minimum-distortion attack (Szegedy et al. 2014), one example.
@@ -235,149 +278,115 @@ class LBFGSAttack:
             raise ValueError("LBFGSAttack needs c_init > 0, c_steps, max_evals, memory, extra_evals "
                              f">= 1 and extra_solves >= 0: {self}")
 
-    def _active(self, search: _Search) -> jax.Array:
-        """Solving still: within its c_steps solves, or past them with no success yet."""
-        unsolved = ~jnp.isfinite(search.best_dist2) & (search.solves < self.c_steps + self.extra_solves)
-        return (search.solves < self.c_steps) | unsolved
-
     def __call__(self, logits_fn: LogitsFn, x: jax.Array, label: jax.Array, target: jax.Array,
                  key: jax.Array | None = None) -> jax.Array:
         """x (28, 28, 1) in [0, 1] -> the closest success found, in [0, 1] (x where none)."""
-        return self.run(logits_fn, x, label, target, key)[0]
+        return self.with_diagnostics(logits_fn, x, label, target, key)[0]
 
-    def run(self, logits_fn: LogitsFn, x: jax.Array, label: jax.Array, target: jax.Array,
-            key: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """The attack plus diagnostics: {"evals": evaluations used, "c": largest successful c}."""
+    def with_diagnostics(self, logits_fn: LogitsFn, x: jax.Array, label: jax.Array,
+                         target: jax.Array, key: jax.Array | None = None
+                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The attack plus diagnostics: {"evals": evaluations used (int32), "c": the largest
+        successful c (0 where none succeeded or x already succeeds)}."""
         del key  # deterministic
         shape, x = x.shape, x.reshape(-1).astype(jnp.float32)
+        value_and_grad = self._value_and_grad(logits_fn, x, shape, label, target)
+        problem, state = self._start(value_and_grad, x)
 
+        def round_of_trips(state):
+            trip = lambda _, s: self._trip(value_and_grad, problem, s)  # noqa: E731
+            return jax.lax.fori_loop(0, _TRIPS_PER_ROUND, trip, state)
+
+        state = jax.lax.while_loop(lambda s: jnp.any(self._active(s.search)), round_of_trips, state)
+        x_adv = _project(state.search.best_z).reshape(shape)
+        return x_adv, {"evals": state.search.evals, "c": state.search.c_success}
+
+    def _value_and_grad(self, logits_fn: LogitsFn, x: jax.Array, shape, label, target):
+        """(z (n,), c) -> ((c ||z - x||^2 + loss, success), gradient in z)."""
         def objective(z, c):
             logits = logits_fn(z.reshape(shape))
             value = c * jnp.sum((z - x) ** 2) + attack_loss(logits, label, target, self.loss,
                                                             self.confidence)
             return value, is_adversarial(logits, label, target)
 
-        value_and_grad = jax.value_and_grad(objective, has_aux=True)
+        return jax.value_and_grad(objective, has_aux=True)
+
+    def _start(self, value_and_grad, x: jax.Array) -> tuple[_Problem, _State]:
+        """The first solve at c_init from z = x, its first trial step already taken."""
         # At z = x the norm term and its gradient vanish: one evaluation serves every c.
         (value0, hits0), grad0 = value_and_grad(x, jnp.float32(self.c_init))
         start = _Point(x, value0, grad0, hits0)
         gamma0 = 1.0 / jnp.maximum(jnp.linalg.norm(jnp.where(_free(x, grad0), grad0, 0.0)), _TINY)
-        fresh_memory = _Memory(jnp.zeros((self.memory, x.size)), jnp.zeros((self.memory, x.size)),
-                               jnp.zeros(self.memory), jnp.int32(0), gamma0)
-        d0 = _direction(start, fresh_memory)
+        memory = _Memory(jnp.zeros((self.memory, x.size)), jnp.zeros((self.memory, x.size)),
+                         jnp.zeros(self.memory), jnp.int32(0), gamma0)
+        d0 = _direction(start, memory)
         search = _Search(jnp.float32(self.c_init), jnp.float32(0.0), jnp.float32(jnp.inf),
                          jnp.where(hits0, self.c_steps, 0), x,
                          jnp.where(hits0, 0.0, jnp.inf).astype(jnp.float32), jnp.int32(0))
-        line = _LineSearch(d0, jnp.float32(1.0), jnp.clip(x + d0, 0.0, 1.0), jnp.int32(0), jnp.int32(0))
+        line = _LineSearch(d0, jnp.float32(1.0), _project(x + d0), jnp.int32(0), jnp.int32(0))
+        return _Problem(x, start, gamma0), _State(search, start, memory, line)
 
-        def trip(_, state):
-            search, point, memory, line = state
-            active = self._active(search)
-            (value, hits), grad = value_and_grad(line.trial, search.c)
-            slope = jnp.dot(point.grad, line.trial - point.z)  # along the arc, at this step
-            decrease = value - point.value
-            accept = jnp.isfinite(value) & (decrease <= _ARMIJO * jnp.minimum(slope, 0.0))
-            memory = _remember(memory, line.trial - point.z, grad - point.grad, accept & active)
-            point = _tree_where(accept, _Point(line.trial, value, grad, hits), point)
-            evals = line.evals + 1
-            budget = jnp.where(search.solves < self.c_steps, self.max_evals, self.extra_evals)
-            # Converged: the projected gradient is small next to the norm term's gradient 2 c r,
-            # which sets the scale of both terms at the optimum, whatever c is.
-            scale = 2.0 * search.c * jnp.max(jnp.abs(point.z - x))
-            solve_done = active & ((accept & (_projected_grad_norm(point) <= self.tolerance * scale))
-                                   | (~accept & (line.backtracks + 1 >= _MAX_BACKTRACKS))
-                                   | (evals >= budget))
-            c_before = search.c
-            search = _next_c(search, point, x, solve_done)._replace(evals=search.evals + active)
-            # No success in c_steps solves: search c afresh, with the larger budget.
-            again = solve_done & (search.solves == self.c_steps) & ~jnp.isfinite(search.best_dist2)
-            search = search._replace(c=jnp.where(again, self.c_init, search.c),
-                                     c_failure=jnp.where(again, jnp.inf, search.c_failure))
-            if self.warm_start:  # the next solve starts where this one ended, at the new c
-                dc, r = search.c - c_before, point.z - x  # dc = 0 where no solve ended
-                restart = point._replace(value=point.value + dc * jnp.sum(r * r),
-                                         grad=point.grad + 2.0 * dc * r)
-                point = _tree_where(solve_done, restart, point)
-                memory = memory._replace(rho=jnp.where(solve_done, 0.0, memory.rho))
-                # The search afresh starts afresh too, from x with an empty memory: a warm start
-                # from where c_steps failed solves ended can sit where steps stay tiny.
-                point = _tree_where(again, start, point)
-                memory = memory._replace(gamma=jnp.where(again, gamma0, memory.gamma))
-            else:  # restarts from x with an empty memory (rho = 0) at the new c.
-                point = _tree_where(solve_done, start, point)
-                memory = memory._replace(rho=jnp.where(solve_done, 0.0, memory.rho),
-                                         gamma=jnp.where(solve_done, gamma0, memory.gamma))
-            new_step = accept | solve_done
-            # Backtrack: minimizer of the quadratic through f(0), slope, f(step), in [0.1, 0.5] step.
-            quadratic = -slope * line.step / (2.0 * (decrease - slope))
-            shorter = jnp.clip(jnp.nan_to_num(quadratic, nan=0.5 * line.step),
-                               0.1 * line.step, 0.5 * line.step)
-            direction = jnp.where(new_step, _direction(point, memory), line.direction)
-            step = jnp.where(new_step, 1.0, shorter)
-            line = _LineSearch(direction, step, jnp.clip(point.z + step * direction, 0.0, 1.0),
-                               jnp.where(new_step, 0, line.backtracks + 1),
-                               jnp.where(solve_done, 0, evals))
-            return search, point, memory, line
+    def _active(self, search: _Search) -> jax.Array:
+        """Solving still: within its c_steps solves, or past them with no success yet."""
+        unsolved = ~jnp.isfinite(search.best_dist2) & (search.solves < self.c_steps + self.extra_solves)
+        return (search.solves < self.c_steps) | unsolved
 
-        def round_of_trips(state):
-            return jax.lax.fori_loop(0, _TRIPS_PER_ROUND, trip, state)
+    def _trip(self, value_and_grad, problem: _Problem, state: _State) -> _State:
+        """One evaluation per example: at the trial point, then an L-BFGS step, a backtrack, or
+        the end of the solve and the start of the next (masked once the example is done)."""
+        search, point, memory, line = state
+        active = self._active(search)
+        (value, hits), grad = value_and_grad(line.trial, search.c)
+        trial = _Point(line.trial, value, grad, hits)
+        accept, slope, decrease = _armijo(point, trial)
+        memory = _remember(memory, trial.z - point.z, grad - point.grad, accept & active)
+        point = _tree_where(accept, trial, point)
+        evals = line.evals + 1
+        solve_done = active & self._solve_ends(search, point, line, problem.x, accept, evals)
+        search = search._replace(evals=search.evals + active)
+        search, point, memory = self._finish_solve(search, point, memory, problem, solve_done)
+        line = _next_line(point, memory, line, accept | solve_done, solve_done, slope, decrease,
+                          evals)
+        return _State(search, point, memory, line)
 
-        state = jax.lax.while_loop(lambda s: jnp.any(self._active(s[0])), round_of_trips,
-                                   (search, start, fresh_memory, line))
-        search = state[0]
-        x_adv = jnp.clip(search.best_z, 0.0, 1.0).reshape(shape)
-        return x_adv, {"evals": search.evals, "c": search.c_success}
+    def _solve_ends(self, search: _Search, point: _Point, line: _LineSearch, x: jax.Array,
+                    accept: jax.Array, evals: jax.Array) -> jax.Array:
+        """Converged, the line search failed, or the solve's evaluations are spent."""
+        budget = jnp.where(search.solves < self.c_steps, self.max_evals, self.extra_evals)
+        # Converged: the projected gradient is small next to the norm term's gradient 2 c r,
+        # which sets the scale of both terms at the optimum, whatever c is.
+        scale = 2.0 * search.c * jnp.max(jnp.abs(point.z - x))
+        converged = accept & (_projected_grad_norm(point) <= self.tolerance * scale)
+        line_search_failed = ~accept & (line.backtracks + 1 >= _MAX_BACKTRACKS)
+        return converged | line_search_failed | (evals >= budget)
 
+    def _finish_solve(self, search: _Search, point: _Point, memory: _Memory, problem: _Problem,
+                      solve_done: jax.Array) -> tuple[_Search, _Point, _Memory]:
+        """Where a solve ended: records it, picks the next c, and restarts at that c."""
+        c_before = search.c
+        search = _next_c(search, point, problem.x, solve_done)
+        # No success in c_steps solves: search c afresh, with the larger budget.
+        again = solve_done & (search.solves == self.c_steps) & ~jnp.isfinite(search.best_dist2)
+        search = search._replace(c=jnp.where(again, self.c_init, search.c),
+                                 c_failure=jnp.where(again, jnp.inf, search.c_failure))
+        point, memory = self._restart(point, memory, problem, search.c - c_before, solve_done, again)
+        return search, point, memory
 
-def choose_targets(mode: str, logits: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
-    """Target labels (N,) int32 for logits (N, K) and true labels (N,).
-
-    random:     uniform over the K - 1 wrong labels (from `key`)
-    next:       the most likely wrong label (the second-highest logit when the model is right)
-    untargeted: -1 everywhere (leave the true label)
-    all:        not a single target: use `attack_all_targets`, which tries all K - 1 wrong labels
-                and keeps per example the closest success.
-    """
-    num_classes = logits.shape[-1]
-    labels = labels.astype(jnp.int32)
-    if mode == "random":
-        offset = jax.random.randint(key, labels.shape, 1, num_classes)
-        return (labels + offset) % num_classes
-    if mode == "next":
-        is_label = jnp.arange(num_classes) == labels[:, None]
-        return jnp.argmax(jnp.where(is_label, -jnp.inf, logits), -1).astype(jnp.int32)
-    if mode == "untargeted":
-        return jnp.full(labels.shape, UNTARGETED, jnp.int32)
-    if mode == "all":
-        raise ValueError("target mode 'all' has no single target per example; "
-                         "call attack_all_targets(attack, model, params, x, label, key)")
-    raise ValueError(f"unknown target mode {mode!r}; choose one of {list(TARGET_MODES)}")
-
-
-def attack_all_targets(attack, model, params, x: jax.Array, label: jax.Array, key: jax.Array,
-                       chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """Attacks each example toward each of the K - 1 wrong labels (a loop over the offsets
-    1..K-1, each a vmapped `attack_batch` over all examples) and keeps per example the closest
-    success. x (N, 28, 28, 1), label (N,) -> x_adv (N, 28, 28, 1) (x where all failed) and the
-    target it reaches (N,) (-1 where all failed)."""
-    chunk_size = chunk_size or getattr(attack, "chunk_size", 10000)
-    label = jnp.asarray(label, jnp.int32)
-    num_classes = model.num_classes
-    best_x, best_target = x, jnp.full(label.shape, UNTARGETED, jnp.int32)
-    best_dist = jnp.full(label.shape, jnp.inf)
-    for offset in range(1, num_classes):
-        target = (label + offset) % num_classes
-        x_adv = attack_batch(attack, model, params, x, label, target,
-                             jax.random.fold_in(key, offset), chunk_size)
-        x_adv, target_success, dist = _score(model, params, x, x_adv, label, target)
-        better = target_success & (dist < best_dist)
-        best_x = jnp.where(better[:, None, None, None], x_adv, best_x)
-        best_target = jnp.where(better, target, best_target)
-        best_dist = jnp.where(better, dist, best_dist)
-    return best_x, best_target
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _score(model, params, x, x_adv, label, target):
-    logits = model.apply(params, x_adv)
-    return x_adv, is_adversarial(logits, label, target), rms_distortion(x, x_adv)
+    def _restart(self, point: _Point, memory: _Memory, problem: _Problem, dc: jax.Array,
+                 solve_done: jax.Array, again: jax.Array) -> tuple[_Point, _Memory]:
+        """The next solve's first point and memory; dc = the change of c (0 where none ended)."""
+        if not self.warm_start:  # restarts from x with an empty memory (rho = 0) at the new c.
+            point = _tree_where(solve_done, problem.start, point)
+            return point, memory._replace(rho=jnp.where(solve_done, 0.0, memory.rho),
+                                          gamma=jnp.where(solve_done, problem.gamma0, memory.gamma))
+        # Warm: the next solve starts where this one ended; value and gradient at the new c in
+        # closed form.
+        r = point.z - problem.x
+        restart = point._replace(value=point.value + dc * jnp.sum(r * r),
+                                 grad=point.grad + 2.0 * dc * r)
+        point = _tree_where(solve_done, restart, point)
+        memory = memory._replace(rho=jnp.where(solve_done, 0.0, memory.rho))
+        # The search afresh starts afresh too, from x with an empty memory: a warm start from
+        # where c_steps failed solves ended can sit where steps stay tiny.
+        point = _tree_where(again, problem.start, point)
+        return point, memory._replace(gamma=jnp.where(again, problem.gamma0, memory.gamma))

@@ -21,8 +21,8 @@ from adv_jax.config import derive  # noqa: E402
 from adv_jax.data import Dataset, load_splits  # noqa: E402
 from adv_jax.logger import Logger  # noqa: E402
 from adv_jax.models import Model, Params  # noqa: E402
-from adv_jax.trained import train_or_load  # noqa: E402
 from adv_jax.train import evaluate  # noqa: E402
+from adv_jax.trained import train_or_load  # noqa: E402
 
 FIGURE_DPI = 80  # small PNGs: the figures are committed under results/figures/
 

@@ -96,7 +96,7 @@ def overlay(model, weights, x, pattern, target: int, max_rms: float):
         def attempt(m):
             candidate = jnp.clip(image + m * direction, 0.0, 1.0)
             return candidate, jnp.argmax(model.apply(weights, candidate[None])[0]) == target
-        return smallest_success(attempt, max_rms, 20)
+        return smallest_success(attempt, max_rms, 20)[0]
 
     x_over = jax.jit(jax.vmap(one))(jnp.asarray(x))
     success = jnp.argmax(model.apply(weights, x_over), -1) == target

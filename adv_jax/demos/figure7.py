@@ -17,7 +17,7 @@ from adv_jax.attacks.generate import generate, summarize
 from adv_jax.config import CONF_DIR, AttackConfig
 from adv_jax.demos.common import FIGURE_DPI, Context, DemoParams
 from adv_jax.figures import adversarial_grid
-from adv_jax.models import predict
+from adv_jax.models import logits_fn, predict
 
 
 @dataclasses.dataclass
@@ -64,8 +64,9 @@ def run(ctx: Context, params: Params) -> dict:
         model, weights, numbers = ctx.model(model_name, split, train, changes)
         test = ctx.splits(split)["test"]
         x, y = test.x[: params.columns], test.y[: params.columns]
-        adv, seconds = generate(attack_cfg, model, weights, x, y, jax.random.fold_in(key, 1),
-                                progress=False)
+        generated = generate(attack_cfg, logits_fn(model, weights), x, y,
+                             key=jax.random.fold_in(key, 1), progress=False)
+        adv = generated.adversarials
         predicted = np.asarray(predict(model, weights, jnp.asarray(adv.x_adv)))
         ctx.record(adversarial_grid(adv.x, adv.x_adv, ctx.run_dir / f"figure7_{name}.png",
                                     labels=adv.y, predicted=predicted, columns=params.columns,
@@ -84,7 +85,7 @@ def run(ctx: Context, params: Params) -> dict:
             columns=params.columns, magnify=1.0, row_names=("original", f"noise {stddev:.2f}"),
             dpi=FIGURE_DPI))
         realized = float(np.sqrt(np.mean((np.asarray(noisy(xs, stddev, noise)) - np.asarray(xs)) ** 2)))
-        summary = summarize(adv, seconds)
+        summary = summarize(generated)
         out[name] = {"model": numbers,
                      "adversarial": {k.split("/")[1]: v for k, v in summary.items()
                                      if k.split("/")[1] in ("success_rate", "mean_distortion",

@@ -15,9 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adv_jax.attacks import TemplateAddition, attack_batch, choose_targets, rms_distortion
+from adv_jax.attacks import (
+    TemplateAddition,
+    attack_batch,
+    choose_targets,
+    rms_distortion,
+)
 from adv_jax.attacks.essays import toy_logistic_example
 from adv_jax.demos.common import Context, DemoParams, grid, show
+from adv_jax.models import logits_fn
 
 
 @dataclasses.dataclass
@@ -35,7 +41,8 @@ class Params(DemoParams):
 
 def _attack(model, weights, x, label, target, template, max_rms, key):
     attack = TemplateAddition(template=template, max_rms=max_rms)
-    return attack_batch(attack, model, weights, jnp.asarray(x), label, target, key, 1000)
+    return attack_batch(attack, logits_fn(model, weights), jnp.asarray(x), label, target, key=key,
+                        chunk_size=1000, progress=False)[0]
 
 
 def run(ctx: Context, params: Params) -> dict:
@@ -48,7 +55,7 @@ def run(ctx: Context, params: Params) -> dict:
     for lam in params.weight_decays:
         model, weights, numbers = ctx.model(params.model, "full", "lbfgs", {"weight_decay": lam})
         models[lam] = (model, weights)
-        targets = choose_targets("random", model.apply(weights, x), y, jax.random.fold_in(key, 2))
+        targets = choose_targets("random", model.apply(weights, x), y, key=jax.random.fold_in(key, 2))
         row = {"weight_decay": lam, **numbers}
         for template in params.templates:
             x_adv = _attack(model, weights, x, y, targets, template, params.max_rms, key)

@@ -22,7 +22,7 @@ from adv_jax.attacks.generate import generate, summarize
 from adv_jax.data import load_splits
 from adv_jax.figures import adversarial_grid
 from adv_jax.logger import Logger
-from adv_jax.models import Model, Params, num_params, predict
+from adv_jax.models import Model, Params, logits_fn, num_params, predict
 from adv_jax.rundir import RunDirectory
 from adv_jax.train import evaluate
 from adv_jax.trained import train_or_load
@@ -54,13 +54,14 @@ def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: L
     n = len(test) if cfg.attack.num_examples is None else min(cfg.attack.num_examples, len(test))
     log.info("attacking %d test images with %s (target: %s)", n, cfg.attack.name, cfg.attack.target)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-    adv, seconds = generate(cfg.attack, model, params, test.x[:n], test.y[:n], key)
+    generated = generate(cfg.attack, logits_fn(model, params), test.x[:n], test.y[:n], key=key)
+    adv = generated.adversarials
     adv.save(run_dir / "adversarials.npz")
     columns = cfg.attack.figure_columns
     figure = adversarial_grid(adv.x, adv.x_adv, run_dir / "adversarials.png", labels=adv.y,
                               predicted=predict(model, params, adv.x_adv[:columns]), columns=columns)
     logger.image("adversarials", figure)
-    return summarize(adv, seconds), adv
+    return summarize(generated), adv
 
 
 def lipschitz_run(cfg, model: Model, params: Params, test, adv, run_dir: Path,

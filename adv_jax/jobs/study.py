@@ -34,7 +34,7 @@ from adv_jax.attacks.generate import Adversarials, generate, summarize
 from adv_jax.config import as_config, derive
 from adv_jax.data import Dataset, load_splits
 from adv_jax.figures_transfer import transfer_heatmap
-from adv_jax.models import predict
+from adv_jax.models import logits_fn, predict
 from adv_jax.rundir import RunDirectory, load_run
 from adv_jax.train import evaluate
 from adv_jax.trained import train_or_load_all
@@ -71,12 +71,13 @@ def model_run(cfg_m: DictConfig, trained, examples, model_dir: Path) -> tuple[An
     checkpoint.save_params(model_dir / checkpoint.PARAMS_FILE, params)
     splits = load_splits(cfg_m.data)
     key = jax.random.fold_in(jax.random.key(cfg_m.seed), 1)  # the same key as the single run's attack
-    adv, seconds = generate(cfg_m.attack, model, params, examples.x, examples.y, key)
+    generated = generate(cfg_m.attack, logits_fn(model, params), examples.x, examples.y, key=key)
+    adv = generated.adversarials
     adv.save(model_dir / "adversarials.npz")
     errors = evaluate(model, params, {s: splits[s] for s in CLEAN_SPLITS})
     metrics = {**{f"error/{s}": e for s, e in errors.items()},
                "error/train": evaluate(model, params, {"t": splits["train"]})["t"],
-               **train_metrics, **summarize(adv, seconds),
+               **train_metrics, **summarize(generated),
                "attack/mean_distortion_all": float(adv.distortion().mean())}
     run.finish(metrics)
     return model, params, adv, metrics

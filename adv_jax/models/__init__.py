@@ -107,9 +107,17 @@ def build_model(cfg: Any) -> Model:
     return Model(layers=tuple(Layer(**s) for s in specs))
 
 
-def logits_fn(model: Model, params: Params):
-    """A jittable function from images (B, 28, 28, 1) in [0, 1] to logits (B, num_classes)."""
-    return lambda x: model.apply(params, jnp.asarray(x, jnp.float32))
+def _float32_logits(model: Model, params: Params, x: jax.Array) -> jax.Array:
+    return model.apply(params, jnp.asarray(x, jnp.float32))
+
+
+def logits_fn(model: Model, params: Params) -> jax.tree_util.Partial:
+    """A jittable function from images (B, 28, 28, 1) in [0, 1] to logits (B, num_classes).
+
+    A pytree (`jax.tree_util.Partial`) whose leaves are the params, so the attacks' jitted loop
+    traces them as arguments: one compilation serves every params of the same model.
+    """
+    return jax.tree_util.Partial(_float32_logits, model, params)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-
 from adv_jax import lipschitz
 from adv_jax.reports import paper, provenance, settings
 from adv_jax.reports.aggregate import aggregate

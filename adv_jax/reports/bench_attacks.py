@@ -10,7 +10,6 @@ Times are medians of `repeats` runs after one warm-up (compilation) run.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from pathlib import Path
@@ -20,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import adv_jax
-from adv_jax.attacks import make_attack
+from adv_jax.attacks import attack_batch, make_attack
 from adv_jax.attacks.common import is_adversarial, rms_distortion
-from adv_jax.attacks.lbfgs import LBFGSAttack, choose_targets
 from adv_jax.attacks.scipy_reference import scipy_lbfgs_attack
+from adv_jax.attacks.targets import choose_targets
+from adv_jax.models import logits_fn
 from adv_jax.reports import bench_foolbox, paper, provenance
 from adv_jax.reports.timing import median_seconds
 
@@ -33,23 +33,11 @@ def flops_per_evaluation(params) -> float:
     return 6.0 * sum(p["w"].size for p in params if "w" in p)
 
 
-# TODO(attack API): a batched logits_fn and `generate` once the new attack API lands.
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def lbfgs_chunk(attack: LBFGSAttack, model, params, x, label, target):
-    logits_fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
-    return jax.vmap(attack.run, in_axes=(None, 0, 0, 0))(logits_fn, x, label, target)
-
-
 def lbfgs_all(attack, model, params, x, label, target):
-    """x_adv and per-example evaluation counts, in chunks of attack.chunk_size (one compilation)."""
-    size = attack.chunk_size
-    outs, evals = [], []
-    for i in range(0, len(x), size):
-        x_adv, info = lbfgs_chunk(attack, model, params, x[i:i + size], label[i:i + size],
-                                  target[i:i + size])
-        outs.append(x_adv)
-        evals.append(info["evals"])
-    return jax.block_until_ready(jnp.concatenate(outs)), jnp.concatenate(evals)
+    """x_adv and per-example evaluation counts, from the batch call's diagnostics."""
+    x_adv, diagnostics = attack_batch(attack, logits_fn(model, params), x, label, target,
+                                      key=jax.random.key(0), chunk_size=attack.chunk_size, progress=False)
+    return jax.block_until_ready(x_adv), jnp.asarray(diagnostics["evals"])
 
 
 def trips(evals: np.ndarray, chunk: int) -> int:
@@ -142,7 +130,7 @@ def report(run_dir: Path, examples: int, scipy_examples: int, repeats: int, comm
     run = bench_foolbox.load_model(run_dir)
     test = adv_jax.load_splits(run.config.data)["test"]
     x_all, y_all = jnp.asarray(test.x), jnp.asarray(test.y)
-    t_all = choose_targets("random", run.model.apply(run.params, x_all), y_all, jax.random.key(0))
+    t_all = choose_targets("random", run.model.apply(run.params, x_all), y_all, key=jax.random.key(0))
     attack = make_attack("lbfgs", adv_jax.compose(["attack=lbfgs", *attack_overrides]).attack.params)
     x, y, t = x_all[:examples], y_all[:examples], t_all[:examples]
     lines = [*provenance.header("Attack benchmark: FC100-100-10 trained on P1", command),

@@ -89,9 +89,9 @@ def comparison_row(run, name: str, settings: str, ours, theirs, epsilons, x, y, 
 
     forward = jax.jit(run.logits_fn)
     fmodel = fb.JAXModel(forward, bounds=(0.0, 1.0))
-    # TODO(attack API): ours(logits_fn, ...) through `generate` once the new attack API lands.
-    our_s, our_adv = median_seconds(lambda: attack_batch(
-        ours, run.model, run.params, x, y, jnp.full_like(y, -1), jax.random.key(0)), repeats)
+    our_s, (our_adv, _) = median_seconds(lambda: attack_batch(
+        ours, run.logits_fn, x, y, jnp.full_like(y, -1), key=jax.random.key(0),
+        chunk_size=getattr(ours, "chunk_size", 1000), progress=False), repeats)
     their_s, (_, their_adv, _) = median_seconds(lambda: theirs(fmodel, x, y, epsilons=epsilons), repeats)
     our_ok, their_ok = succeeded(forward, our_adv, y), succeeded(forward, their_adv, y)
     both = our_ok & their_ok

@@ -89,7 +89,7 @@ def bench_attacks(counts: list[int], widths: list[int], width_examples: int, rep
     from adv_jax.attacks.generate import generate
     from adv_jax.config import compose
     from adv_jax.data import load_splits
-    from adv_jax.models import build_model
+    from adv_jax.models import build_model, logits_fn
     from adv_jax.train import train_model
 
     cfg = compose(["model=fc100", "train=adam", "train.epochs=5"])
@@ -102,12 +102,13 @@ def bench_attacks(counts: list[int], widths: list[int], width_examples: int, rep
         for name, attack_cfg in attacks.items():
             # Warm-up on one chunk: the same compiled shape as every chunk of the timed calls.
             chunk = attack_cfg.chunk_size or getattr(make_attack(name, attack_cfg.params), "chunk_size", 1000)
-            generate(attack_cfg, model, params, x[:chunk], y[:chunk], jax.random.key(0), progress=False)
+            fn = logits_fn(model, params)
+            generate(attack_cfg, fn, x[:chunk], y[:chunk], key=jax.random.key(0), progress=False)
             times, success = [], None
             for r in range(repeats):
-                adv, seconds = generate(attack_cfg, model, params, x, y, jax.random.key(r), progress=False)
-                times.append(seconds)
-                success = float(adv.success.mean())
+                made = generate(attack_cfg, fn, x, y, key=jax.random.key(r), progress=False)
+                times.append(made.seconds)
+                success = float(made.adversarials.success.mean())
             rows.append({"attack": name, "width": width, "examples": n, "seconds": median(times),
                          "examples_per_second": n / median(times), "success_rate": success})
             print(json.dumps(rows[-1]), flush=True)

@@ -55,10 +55,8 @@ def measured_lower_bounds(run: adv_jax.Run, known: dict, measure: dict) -> dict[
         return json.loads(cache.read_text())
     test = adv_jax.load_splits(run.config.data, run.config.model.classes)["test"]
     key = jax.random.key(run.config.seed)
-    # TODO(attack API): generate(attack_cfg, run.logits_fn, x, y, key=...) once it lands.
-    adv, _ = generate(adv_jax.compose(["attack=lbfgs"]).attack, run.model, run.params,
-                      test.x[:pair_images], test.y[:pair_images], jax.random.fold_in(key, 1),
-                      progress=False)
+    adv = generate(adv_jax.compose(["attack=lbfgs"]).attack, run.logits_fn, test.x[:pair_images],
+                   test.y[:pair_images], key=jax.random.fold_in(key, 1), progress=False).adversarials
     ok = adv.success
     bounds = lipschitz.measure(run.model, run.params, test.x, (adv.x[ok], adv.x_adv[ok]),
                                key=jax.random.fold_in(key, 2),

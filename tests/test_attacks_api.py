@@ -1,0 +1,127 @@
+"""The attack API for any model: `generate` and `attack_batch` against a flax.linen MLP written
+here (images and hidden-layer vectors), diagnostics from the batch call and in `summarize`, one
+compilation for repeated batches of one shape, and light imports (no Hydra, matplotlib, W&B)."""
+
+import collections
+import dataclasses
+import subprocess
+import sys
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import OmegaConf
+
+from adv_jax.attacks import PGD, LBFGSAttack, attack_batch, run_attack
+from adv_jax.attacks.generate import Generated, generate, summarize
+from adv_jax.config import AttackConfig
+from adv_jax.models import Model, logits_fn
+from adv_jax.models.layers import Layer
+
+
+class MLP(nn.Module):
+    """784-32-10 sigmoid MLP on (B, 28, 28, 1), or 32-10 on hidden vectors (B, 32)."""
+    hidden: int = 32
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape((x.shape[0], -1))
+        if self.hidden:
+            x = nn.sigmoid(nn.Dense(self.hidden)(x))
+        return nn.Dense(10)(x)
+
+
+def flax_logits_fn(shape, hidden=32, seed=0):
+    """A batched logits_fn (B, *shape) -> (B, 10) of a random flax MLP, weights scaled up so that
+    its predictions vary from image to image."""
+    module = MLP(hidden)
+    variables = module.init(jax.random.key(seed), jnp.zeros((1, *shape)))
+    variables = jax.tree_util.tree_map(lambda w: 4.0 * w, variables)
+    return lambda x: module.apply(variables, x)
+
+
+def attack_cfg(name, target, **params):
+    return OmegaConf.structured(AttackConfig(name=name, target=target, params=params))
+
+
+def test_generate_attacks_a_flax_model_inside_the_box_and_the_ball():
+    fn = flax_logits_fn((28, 28, 1))
+    x = jax.random.uniform(jax.random.key(1), (12, 28, 28, 1))
+    y = jnp.argmax(fn(x), -1)
+    lbfgs = generate(attack_cfg("lbfgs", "random", c_steps=4), fn, x, y, key=jax.random.key(2),
+                     progress=False)
+    assert isinstance(lbfgs, Generated)
+    adv = lbfgs.adversarials
+    assert adv.success.all() and np.all(adv.target != adv.y)
+    assert adv.x_adv.min() >= 0.0 and adv.x_adv.max() <= 1.0
+    np.testing.assert_array_equal(np.argmax(fn(jnp.asarray(adv.x_adv)), -1), adv.target)
+    assert set(lbfgs.diagnostics) == {"evals", "c"} and lbfgs.diagnostics["evals"].shape == (12,)
+    metrics = summarize(lbfgs)
+    assert metrics["attack/success_rate"] == 1.0 and metrics["attack/mean_distortion"] > 0
+    assert 0 < metrics["attack/evals_mean"] <= metrics["attack/evals_max"]
+    assert metrics["attack/c_mean"] > 0
+
+    pgd = generate(attack_cfg("pgd", "untargeted", epsilon=0.2, steps=10), fn, x, y,
+                   key=jax.random.key(3), progress=False)
+    adv = pgd.adversarials
+    assert adv.success.mean() >= 0.9
+    assert adv.x_adv.min() >= 0.0 and adv.x_adv.max() <= 1.0
+    assert np.abs(adv.x_adv - adv.x).max() <= 0.2 + 1e-6  # inside the L-inf ball
+    assert pgd.diagnostics == {} and "attack/evals_mean" not in summarize(pgd)
+
+
+def test_attack_batch_on_hidden_vectors_and_all_targets():
+    """(B, 32) inputs, as adversarial training's hidden-layer attacks; target mode "all"."""
+    fn = flax_logits_fn((32,), hidden=0)
+    h = jax.random.uniform(jax.random.key(4), (6, 32))
+    y = jnp.argmax(fn(h), -1)
+    h_adv, diagnostics = attack_batch(LBFGSAttack(c_steps=4), fn, h, y, jnp.full(6, -1),
+                                      key=jax.random.key(5), chunk_size=4, progress=False)
+    assert h_adv.shape == (6, 32) and diagnostics["evals"].shape == (6,)
+    assert bool(jnp.all(jnp.argmax(fn(h_adv), -1) != y))
+    every = generate(attack_cfg("lbfgs", "all", c_steps=3), flax_logits_fn((28, 28, 1)),
+                     jnp.full((2, 28, 28, 1), 0.5), jnp.array([0, 1]), key=jax.random.key(6),
+                     progress=False)
+    assert every.adversarials.success.all() and every.diagnostics["evals"].shape == (2,)
+
+
+TRACES = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class Counted:
+    """Counts how often JAX traces `inner` (Python in a traced function runs only then)."""
+    inner: Any
+
+    def __call__(self, logits_fn, x, label, target, key):
+        return self.with_diagnostics(logits_fn, x, label, target, key)[0]
+
+    def with_diagnostics(self, logits_fn, x, label, target, key):
+        TRACES[self] += 1
+        return run_attack(self.inner, logits_fn, x, label, target, key)
+
+
+def test_the_attack_loop_compiles_once_for_batches_of_one_shape():
+    """Three chunks (the last padded), twice, the second time with other params of the model."""
+    model = Model(layers=(Layer("dense", features=16, activation="sigmoid"), Layer("dense", features=10)))
+    x = jax.random.uniform(jax.random.key(7), (10, 28, 28, 1))
+    y, target = jnp.arange(10) % 10, (jnp.arange(10) + 3) % 10
+    for attack in (LBFGSAttack(c_steps=2, max_evals=3), PGD(epsilon=0.1, steps=3)):
+        counted = Counted(attack)
+        for seed, images in enumerate((x, 1.0 - x)):
+            fn = logits_fn(model, model.init(jax.random.key(seed)))
+            x_adv, _ = attack_batch(counted, fn, images, y, target, key=jax.random.key(8),
+                                    chunk_size=4, progress=False)
+        assert TRACES[counted] == 1, (attack, TRACES[counted])
+        plain, _ = attack_batch(attack, fn, images, y, target, key=jax.random.key(8), chunk_size=4,
+                                progress=False)
+        np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(plain))
+
+
+def test_attacks_and_models_import_without_hydra_matplotlib_or_wandb():
+    code = ("import sys, adv_jax.attacks, adv_jax.attacks.generate, adv_jax.models\n"
+            "print(sorted(m for m in ('hydra', 'matplotlib', 'wandb') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
