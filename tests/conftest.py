@@ -1,9 +1,15 @@
 """Shared fixtures. Tests read the local MNIST copy at ../shared/data/mnist, found relative to
-the repository (or wherever ADV_JAX_MNIST_DIR points), and never touch the network."""
+the repository (or wherever ADV_JAX_MNIST_DIR points), and never touch the network.
+
+Speed: trained tiny models are shared through one model cache for the whole run (every xdist
+worker and every subprocess), and so are compiled XLA programs (JAX's persistent compilation
+cache, in a directory made for this run and removed after it)."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,32 @@ os.environ["ADV_JAX_MNIST_DIR"] = str(MNIST_DIR)
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+_CREATED: list[str] = []
+
+
+def pytest_configure(config):
+    """Runs first in the controller, before xdist starts its workers, which inherit the directory
+    (as do the subprocesses tests start)."""
+    if "ADV_JAX_TEST_SHARED" not in os.environ:
+        shared = tempfile.mkdtemp(prefix="adv_jax_tests_")
+        _CREATED.append(shared)
+        os.environ["ADV_JAX_TEST_SHARED"] = shared
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(shared) / "xla"))
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_unconfigure(config):
+    for path in _CREATED:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_cache() -> Path:
+    """One model cache for every test of the run: a tiny model trained by one test is loaded by
+    the next (cache entries are written atomically, so workers can share it)."""
+    return Path(os.environ["ADV_JAX_TEST_SHARED"]) / "models"
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
@@ -30,12 +62,17 @@ def mnist_dir() -> Path:
 
 
 @pytest.fixture
-def tiny_overrides(tmp_path, mnist_dir) -> list[str]:
+def tiny_overrides(shared_cache, mnist_dir) -> list[str]:
     """Overrides for a seconds-long real run: 2000 P1 images, 3 epochs (or 100 L-BFGS steps, the
-    default optimizer's), no W&B, private cache."""
+    default optimizer's), no W&B, the run's shared model cache."""
     return [f"data.mnist_dir={mnist_dir}", "data.train_limit=2000", "train.epochs=3",
-            "train.lbfgs_steps=100",
-            "wandb.mode=disabled", f"cache_dir={tmp_path / 'cache'}"]
+            "train.lbfgs_steps=100", "wandb.mode=disabled", f"cache_dir={shared_cache}"]
+
+
+@pytest.fixture
+def private_overrides(tiny_overrides, tmp_path) -> list[str]:
+    """tiny_overrides with a cache of the test's own (for tests of the cache itself)."""
+    return [o for o in tiny_overrides if not o.startswith("cache_dir=")] + [f"cache_dir={tmp_path / 'cache'}"]
 
 
 def on_fake_cpu_devices(job_source: str, out_dir: Path, count: int = 4) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from adv_jax.reports.aggregate import aggregate
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 REPO = CONF_DIR.parent
+SHARED_CACHE = Path(os.environ["ADV_JAX_TEST_SHARED"]) / "models"  # tests/conftest.py
 
 
 def _debug(name: str, tmp_path, mnist_dir, extra=()) -> list[str]:
@@ -25,7 +27,7 @@ def _debug(name: str, tmp_path, mnist_dir, extra=()) -> list[str]:
     out = [f"experiment={name}", f"data.mnist_dir={mnist_dir}", "data.train_limit=1000", "train=adam",
            "train.epochs=2", "train.learning_rate=0.01", "experiment.num_examples=20",
            "attack=fgsm_min", "attack.params.search_steps=6", "wandb.mode=disabled",
-           f"cache_dir={tmp_path / 'cache'}", *extra]
+           f"cache_dir={SHARED_CACHE}", *extra]
     for key, entry in cfg.experiment.models.items():
         hidden = OmegaConf.load(CONF_DIR / "model" / f"{entry.model}.yaml").get("hidden") or []
         if hidden:

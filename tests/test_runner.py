@@ -31,8 +31,8 @@ def test_full_and_train_errors_reuse_the_halves(mnist_dir, limit):
     assert (errors["train"] == errors["p2"]) == (limit is None)
 
 
-def test_run_writes_a_self_describing_directory_and_loads_back(tmp_path, tiny_overrides):
-    cfg = compose(["model=fc100"] + tiny_overrides)
+def test_run_writes_a_self_describing_directory_and_loads_back(tmp_path, private_overrides):
+    cfg = compose(["model=fc100"] + private_overrides)
     metrics = adv_jax.run(cfg, tmp_path / "run")
     for name in RUN_FILES:
         assert (tmp_path / "run" / name).exists(), name
@@ -48,7 +48,8 @@ def test_run_writes_a_self_describing_directory_and_loads_back(tmp_path, tiny_ov
     assert float(jnp.mean(predictions != test.y)) == pytest.approx(metrics["error/test"], abs=1e-6)
 
 
-def test_second_run_hits_the_cache_with_identical_params(tmp_path, tiny_overrides):
+def test_second_run_hits_the_cache_with_identical_params(tmp_path, private_overrides):
+    tiny_overrides = private_overrides
     cfg = compose(["model=fc10"] + tiny_overrides)
     first = adv_jax.run(cfg, tmp_path / "a")
     second = adv_jax.run(cfg, tmp_path / "b")
