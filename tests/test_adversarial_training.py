@@ -1,3 +1,6 @@
+"""Adversarial training (adv_jax.adversarial_training): dropout, refreshing the pools of
+adversarial examples at layer inputs, training with them, config checks and the experiment's models."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

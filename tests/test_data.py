@@ -1,3 +1,6 @@
+"""MNIST loading (adv_jax.data): IDX parsing, checksum and shape errors, the disjoint deterministic
+splits, train limits and classes, and failing fast when TFDS has no network."""
+
 import gzip
 import hashlib
 

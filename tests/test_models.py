@@ -1,3 +1,6 @@
+"""Models (adv_jax.models): parameter counts and logit shapes per config, the layer list driving
+the forward pass, weight decay, per-layer lambdas, bad-setting errors, and hashability for jit."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,3 +1,6 @@
+"""The single-run job (adv_jax.jobs.single): split errors, run directories, caching and cache keys,
+checkpoints, wandb offline, the sweep script and attack runs."""
+
 import json
 import os
 import subprocess

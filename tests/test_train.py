@@ -1,3 +1,6 @@
+"""Training (adv_jax.train) on real MNIST subsets: error reached, bitwise reproducibility, L-BFGS,
+weight decay, NaN detection, and autoencoder pretraining then freezing."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -103,49 +103,62 @@ def overlay(model, weights, x, pattern, target: int, max_rms: float):
     return x_over, success
 
 
-def run(ctx: Context, params: Params) -> dict:
-    model, weights, numbers = ctx.model(params.model, "full", params.train)
+def _dense_layers(model, name: str) -> list[int]:
+    """Indices of the model's layers, all of which must be dense (else ValueError)."""
     dense = [i for i, layer in enumerate(model.layers) if layer.kind == "dense"]
     if len(dense) != len(model.layers):
-        raise ValueError(f"effective_weights needs a fully connected model; {params.model} has "
+        raise ValueError(f"effective_weights needs a fully connected model; {name} has "
                          f"{[layer.kind for layer in model.layers]}")
-    test = ctx.splits("full")["test"]
-    x = jnp.asarray(test.x)
-    radius = float(np.mean(np.linalg.norm(test.x.reshape(len(test.x), -1), axis=1)))
-    class_means = np.stack([test.x[test.y == c].mean(0) for c in range(10)])
-    global_mean = test.x.mean(0)
-    key = jax.random.key(ctx.cfg.seed)
+    return dense
 
-    layers, patterns, averages = [], [], []
-    for layer in dense:
-        act = np.asarray(activities(model, weights, layer, x))  # (N, units)
-        pattern = np.asarray(max_activating_inputs(model, weights, layer, radius,
-                                                   params.ascent_steps, jax.random.fold_in(key, layer)))
-        average = activity_weighted_average(act, test.x)
-        alive = act.sum(0) > 0
-        per_class = np.stack([act[test.y == c].mean(0) for c in range(10)])  # (10, units)
-        preferred = per_class.argmax(0)
-        target_images = class_means[preferred]
-        r_pattern = _correlation(pattern, target_images)[alive]
-        r_average = _correlation(average, target_images)[alive]
-        # The same without the shape every digit shares: corr(p - mean image, class mean - mean image)
-        rc_pattern = _correlation(pattern - global_mean, target_images - global_mean)[alive]
-        rc_average = _correlation(average - global_mean, target_images - global_mean)[alive]
-        achieved = np.asarray(jnp.diag(_pre_activations(model, weights, layer, jnp.asarray(pattern))))
-        layers.append({
-            "layer": layer, "units": int(len(alive)), "active_units": int(alive.sum()),
-            "corr_effective_weights": float(r_pattern.mean()),
-            "corr_activity_average": float(r_average.mean()),
-            "fraction_units_average_higher": float(np.mean(r_average > r_pattern)),
-            "corr_centered_effective_weights": float(rc_pattern.mean()),
-            "corr_centered_activity_average": float(rc_average.mean()),
-            "mean_max_pre_activation": float(achieved.mean()),
-            "mean_test_pre_activation": float(np.asarray(
-                _pre_activations(model, weights, layer, x[:1000])).mean()),
-        })
-        patterns.append(pattern)
-        averages.append(average)
 
+def _preferred_class_means(act: np.ndarray, y: np.ndarray, class_means: np.ndarray) -> np.ndarray:
+    """act (N, units), y (N,), class_means (10, 28, 28, 1) -> (units, 28, 28, 1): per neuron, the
+    mean test image of the class it is most active on."""
+    per_class = np.stack([act[y == c].mean(0) for c in range(10)])  # (10, units)
+    return class_means[per_class.argmax(0)]
+
+
+def _correlation_stats(pattern, average, target_images, global_mean, alive) -> dict:
+    """Mean correlations over alive units (units,) of pattern and average (units, 28, 28, 1) with
+    target_images (units, 28, 28, 1), plain and centered on global_mean (28, 28, 1)."""
+    r_pattern = _correlation(pattern, target_images)[alive]
+    r_average = _correlation(average, target_images)[alive]
+    # The same without the shape every digit shares: corr(p - mean image, class mean - mean image)
+    rc_pattern = _correlation(pattern - global_mean, target_images - global_mean)[alive]
+    rc_average = _correlation(average - global_mean, target_images - global_mean)[alive]
+    return {
+        "corr_effective_weights": float(r_pattern.mean()),
+        "corr_activity_average": float(r_average.mean()),
+        "fraction_units_average_higher": float(np.mean(r_average > r_pattern)),
+        "corr_centered_effective_weights": float(rc_pattern.mean()),
+        "corr_centered_activity_average": float(rc_average.mean()),
+    }
+
+
+def _measure_layer(model, weights, layer: int, x, test, class_means, global_mean, radius, steps,
+                   key):
+    """One dense layer on the test images x (N, 28, 28, 1) -> (row dict, pattern, average), the
+    latter two (units, 28, 28, 1): max-activating inputs and activity-weighted averages."""
+    act = np.asarray(activities(model, weights, layer, x))  # (N, units)
+    pattern = np.asarray(max_activating_inputs(model, weights, layer, radius, steps, key))
+    average = activity_weighted_average(act, test.x)
+    alive = act.sum(0) > 0
+    target_images = _preferred_class_means(act, test.y, class_means)
+    achieved = np.asarray(jnp.diag(_pre_activations(model, weights, layer, jnp.asarray(pattern))))
+    row = {
+        "layer": layer, "units": int(len(alive)), "active_units": int(alive.sum()),
+        **_correlation_stats(pattern, average, target_images, global_mean, alive),
+        "mean_max_pre_activation": float(achieved.mean()),
+        "mean_test_pre_activation": float(np.asarray(
+            _pre_activations(model, weights, layer, x[:1000])).mean()),
+    }
+    return row, pattern, average
+
+
+def _plot_layers(ctx: Context, params: Params, dense, patterns, averages, radius: float) -> None:
+    """Figure effective_weights: per layer k, patterns[k] and averages[k] (units, 28, 28, 1) of
+    its first `shown` neurons in two rows."""
     shown = params.shown
     fig, axes = grid(2 * len(dense), shown)
     for k, layer in enumerate(dense):
@@ -159,19 +172,13 @@ def run(ctx: Context, params: Params) -> dict:
                  fontsize=8)
     ctx.save(fig, "effective_weights")
 
-    # The overlay trick with the output neuron of overlay_target.
-    out = dense[-1]
-    source = np.where((test.y == params.overlay_source) & (np.asarray(
-        jnp.argmax(model.apply(weights, x), -1)) == test.y))[0][: params.overlay_examples]
-    pattern = jnp.asarray(patterns[-1][params.overlay_target])
-    x_over, success = overlay(model, weights, test.x[source], pattern, params.overlay_target,
-                              params.overlay_max_rms)
-    success = np.asarray(success)
-    distortion = np.sqrt(np.mean((np.asarray(x_over) - test.x[source]) ** 2, axis=(1, 2, 3)))
-    probs = np.asarray(jax.nn.softmax(model.apply(weights, x_over), -1))
+
+def _plot_overlay(ctx: Context, params: Params, originals, pattern, x_over, probs, distortion):
+    """Figure effective_weights_overlay: up to 6 columns of original (S, 28, 28, 1), the pattern
+    (28, 28, 1), and the overlaid x_over (S, ...) titled by probs (S, 10) and distortion (S,)."""
     fig, axes = grid(3, 6, size=1.5)
-    for c in range(min(6, len(source))):
-        show(axes[0, c], test.x[source[c]], f"{params.overlay_source}")
+    for c in range(min(6, len(originals))):
+        show(axes[0, c], originals[c], f"{params.overlay_source}")
         show(axes[1, c], pattern, signed=True)
         show(axes[2, c], x_over[c])
         axes[2, c].set_xlabel(f"-> {probs[c].argmax()} (p {probs[c].max():.2f})\n"
@@ -181,14 +188,54 @@ def run(ctx: Context, params: Params) -> dict:
                  "(smallest multiple that flips it)", fontsize=9)
     ctx.save(fig, "effective_weights_overlay")
 
+
+def _overlay_trick(ctx: Context, params: Params, model, weights, test, x, output_patterns,
+                   out: int) -> dict:
+    """Correctly classified overlay_source test digits (of x (N, 28, 28, 1)) plus the smallest
+    multiple of output_patterns[overlay_target] (of (10, 28, 28, 1)) that flips them; draws them."""
+    source = np.where((test.y == params.overlay_source) & (np.asarray(
+        jnp.argmax(model.apply(weights, x), -1)) == test.y))[0][: params.overlay_examples]
+    pattern = jnp.asarray(output_patterns[params.overlay_target])
+    x_over, success = overlay(model, weights, test.x[source], pattern, params.overlay_target,
+                              params.overlay_max_rms)
+    success = np.asarray(success)
+    distortion = np.sqrt(np.mean((np.asarray(x_over) - test.x[source]) ** 2, axis=(1, 2, 3)))
+    probs = np.asarray(jax.nn.softmax(model.apply(weights, x_over), -1))
+    _plot_overlay(ctx, params, test.x[source], pattern, x_over, probs, distortion)
+    return {"examples": int(len(source)), "success_rate": float(success.mean()),
+            "median_distortion": float(np.median(distortion[success])) if success.any() else None,
+            "mean_probability_of_target": float(probs[success, params.overlay_target].mean())
+            if success.any() else None, "output_layer": out}
+
+
+def run(ctx: Context, params: Params) -> dict:
+    """Per-layer correlations, the two figures and the overlay trick on test images (N, 28, 28, 1)."""
+    model, weights, numbers = ctx.model(params.model, "full", params.train)
+    dense = _dense_layers(model, params.model)
+    test = ctx.splits("full")["test"]
+    x = jnp.asarray(test.x)
+    radius = float(np.mean(np.linalg.norm(test.x.reshape(len(test.x), -1), axis=1)))
+    class_means = np.stack([test.x[test.y == c].mean(0) for c in range(10)])
+    global_mean = test.x.mean(0)
+    key = jax.random.key(ctx.cfg.seed)
+
+    layers, patterns, averages = [], [], []
+    for layer in dense:
+        row, pattern, average = _measure_layer(model, weights, layer, x, test, class_means,
+                                               global_mean, radius, params.ascent_steps,
+                                               jax.random.fold_in(key, layer))
+        layers.append(row)
+        patterns.append(pattern)
+        averages.append(average)
+
+    _plot_layers(ctx, params, dense, patterns, averages, radius)
+    # The overlay trick with the output neuron of overlay_target.
+    overlay_numbers = _overlay_trick(ctx, params, model, weights, test, x, patterns[-1], dense[-1])
     return {
         "model": numbers,
         "input_norm_bound": radius,
         "layers": layers,
-        "overlay": {"examples": int(len(source)), "success_rate": float(success.mean()),
-                    "median_distortion": float(np.median(distortion[success])) if success.any() else None,
-                    "mean_probability_of_target": float(probs[success, params.overlay_target].mean())
-                    if success.any() else None, "output_layer": out},
+        "overlay": overlay_numbers,
         "claim_average_correlates_more": bool(all(
             r["corr_activity_average"] > r["corr_effective_weights"] for r in layers)),
     }
