@@ -10,7 +10,10 @@ from adv_jax import checkpoint
 from adv_jax.config import compose
 from adv_jax.data import Dataset, load_splits
 from adv_jax.models import build_model, error_rate
-from adv_jax.train import TrainingDiverged, train_model
+from adv_jax.train import (
+    EpochPlan, TrainingDiverged, TrainState, make_epoch, make_loss, make_optimizer, make_train_step,
+    run_epochs, train_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,22 @@ def test_autoencoder_layer_is_pretrained_then_frozen(small):
     pretrained_only, _ = train_model(model, cfg_no_classifier.model, cfg_no_classifier.train, train, key)
     np.testing.assert_array_equal(params[0]["w"], pretrained_only[0]["w"])  # then frozen
     assert error_rate(model, params, jnp.asarray(test.x), jnp.asarray(test.y)) < 0.25
+
+
+def test_the_train_step_is_traced_once_for_every_epoch(mnist_dir):
+    """One compilation serves all epochs: the step (and so the loss) is traced exactly once."""
+    cfg = compose(["model=fc10", "train=adam", f"data.mnist_dir={mnist_dir}", "data.train_limit=512"])
+    model, data = build_model(cfg.model), load_splits(cfg.data)["train"]
+    loss, traces = make_loss(model, cfg.train), []
+
+    def counted(*args):
+        traces.append(1)
+        return loss(*args)
+
+    plan = EpochPlan.for_data(len(data), 128)
+    optimizer = make_optimizer(cfg.train, 3 * plan.steps)
+    epoch = jax.jit(make_epoch(make_train_step(counted, optimizer), plan), donate_argnums=0)
+    params = model.init(jax.random.key(0))
+    state, history = run_epochs(epoch, TrainState(params, optimizer.init(params)), jax.random.key(1),
+                                jnp.asarray(data.x), jnp.asarray(data.y), 3)
+    assert len(traces) == 1 and len(history) == 3 and history[-1] < history[0]
