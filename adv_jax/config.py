@@ -3,14 +3,17 @@
 Hydra merges `conf/<group>/<name>.yaml` into these dataclasses, so a misspelled key or a value of
 the wrong type fails at start-up with a message naming it. Importing this module registers the
 schema as `base_config` in Hydra's ConfigStore. `compose(overrides)` builds a config without the
-command line (tests, notebooks).
+command line (tests, notebooks); it and `check_command_line` (scripts/sweep.py) suggest the closest
+key for a misspelled one (`train.epoch=3`: did you mean 'epochs'?).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import (
     ConfigStore,  # light: hydra's config store, not its app
@@ -136,12 +139,19 @@ class LipschitzConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # offline (no account needed) | online | disabled
-    project: str = "adv_jax"
-    entity: Optional[str] = None
-    group: Optional[str] = None
+    """W&B logging (adv_jax/logger.py, docs/wandb.md). mode, project and entity default to W&B's own
+    WANDB_MODE, WANDB_PROJECT and WANDB_ENTITY, so those work as W&B users expect; an explicit
+    `wandb=offline` or `wandb.mode=...` override still wins."""
+
+    mode: str = "${oc.env:WANDB_MODE,offline}"  # offline (no account needed) | online | disabled
+    project: str = "${oc.env:WANDB_PROJECT,adv_jax}"
+    entity: Optional[str] = "${oc.env:WANDB_ENTITY,null}"
+    group: Optional[str] = None  # null: a multirun job's sweep directory name
     tags: List[str] = field(default_factory=list)
     init_timeout: float = 60.0  # seconds before online mode gives up on the server
+    # Log config.yaml, metrics.json, params.msgpack, adversarials.npz and lipschitz.json as one
+    # artifact of the run when it finishes; null = only when online.
+    log_artifacts: Optional[bool] = None
 
 
 @dataclass
@@ -212,15 +222,74 @@ ConfigStore.instance().store(name="base_config", node=Config)
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """The config `scripts/sweep.py` would see with these command-line overrides. Inside a running
-    Hydra app (a sweep job) it composes through that app's Hydra."""
+    Hydra app (a sweep job) it composes through that app's Hydra. An override of a key the schema
+    lacks fails with a did-you-mean."""
+    from hydra.errors import ConfigCompositionException
+
+    try:
+        return _hydra_compose(list(overrides or []), config_name)
+    except ConfigCompositionException as e:
+        hint = misspelled_key(getattr(e.__cause__, "full_key", None) or "")
+        if hint is None:
+            raise
+        raise ConfigCompositionException(f"{e}\n{hint}") from e.__cause__
+
+
+def _hydra_compose(overrides: list[str], config_name: str) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return hydra_compose(config_name, overrides=list(overrides or []))
+        return hydra_compose(config_name, overrides=overrides)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides or []))
+        return hydra_compose(config_name, overrides=overrides)
+
+
+def _is_typed(node: Any) -> bool:
+    """A node whose keys the schema fixes (a dataclass), unlike a free-form dict or list."""
+    return isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node))
+
+
+def misspelled_key(dotted: str) -> str | None:
+    """A message naming the closest keys when a dataclass node of the schema lacks `dotted`'s last
+    part; None when the key exists, or lies under a free-form node (attack.params) or none at all."""
+    node: Any = OmegaConf.structured(Config)
+    *parents, leaf = dotted.split(".")
+    # `.keys()`, not `in node`: a DictConfig hides its ??? (MISSING) keys from `in`, e.g. model.name.
+    for name in parents:
+        if not _is_typed(node) or name not in node.keys():
+            return None
+        node = OmegaConf.select(node, name)
+    if not dotted or not _is_typed(node) or leaf in node.keys():
+        return None
+    keys = [str(k) for k in node.keys()]
+    where = ".".join(parents) or "the config"
+    close = difflib.get_close_matches(leaf, keys, n=3)
+    if close:
+        return f"unknown key {dotted!r}: did you mean {' or '.join(map(repr, close))}?"
+    return f"unknown key {dotted!r}: {where} has {keys}"
+
+
+def override_keys(args: Sequence[str]) -> list[str]:
+    """The config keys that command-line overrides set, leaving out flags, Hydra's own keys, and
+    `+key`/`++key`/`~key` (appends and deletions Hydra checks itself)."""
+    keys = []
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if arg.startswith("-") or "=" not in arg or key[:1] in ("+", "~") or "/" in key or "@" in key:
+            continue
+        if key.split(".")[0] != "hydra":
+            keys.append(key)
+    return keys
+
+
+def check_command_line(args: Sequence[str]) -> None:
+    """Exits with a did-you-mean when an override names a key the schema lacks: Hydra's own error,
+    printed before any of our code runs, names the key only."""
+    hints = [hint for key in override_keys(args) if (hint := misspelled_key(key))]
+    if hints:
+        raise SystemExit("Error: " + "\n".join(hints))
 
 
 def as_config(cfg: Any) -> DictConfig:

@@ -1,9 +1,11 @@
 """One small logging interface with three backends: local files, W&B, and nothing.
 
 Every run logs to `<run dir>/metrics.jsonl` (one JSON object per call); W&B is added unless
-`wandb.mode=disabled`. Default W&B mode is offline: no account or network needed, runs land in
-`<run dir>/wandb/` and upload later with `wandb sync`. `open_logger` always closes the W&B run,
-marking it failed on an exception, so one failed job does not break a multirun.
+`wandb.mode=disabled`. Default W&B mode is WANDB_MODE's, else offline: no account or network
+needed, runs land in `<run dir>/wandb/` and upload later with `wandb sync`. `open_logger` always
+closes the W&B run, marking it failed on an exception, so one failed job does not break a
+multirun. A multirun job's W&B run is grouped by its sweep and named by its overrides; online
+mode first checks the server is reachable. docs/wandb.md has the conventions.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import re
+import socket
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -19,6 +26,8 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 WANDB_MODES = ("offline", "online", "disabled")
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+REACH_TIMEOUT_S = 3.0  # the online check's TCP connect; a reachable server answers in well under 1 s
 
 
 class Logger:
@@ -56,16 +65,64 @@ class FileLogger(Logger):
                      "rows": [list(r) for r in rows]})
 
 
+def wandb_mode(cfg: Any) -> str:
+    """cfg.wandb.mode, checked: it may come from the environment (WANDB_MODE)."""
+    mode = cfg.wandb.mode
+    if mode not in WANDB_MODES:
+        source = " (from the environment variable WANDB_MODE)" if os.environ.get("WANDB_MODE") == mode else ""
+        raise ValueError(f"wandb.mode={mode!r}{source} is not allowed: one of {list(WANDB_MODES)}")
+    return mode
+
+
+def check_reachable(base_url: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Fails within `timeout` when the W&B server (or the proxy to it) takes no TCP connection:
+    wandb.init would otherwise wait out init_timeout and then only advise a longer one."""
+    url = urllib.parse.urlparse(base_url)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_url = urllib.parse.urlparse(proxy)
+        host, port = proxy_url.hostname or "", proxy_url.port or 80
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(
+            f"W&B online: cannot reach {host}:{port} ({e}); use wandb=offline (sync later with "
+            f"`wandb sync`) or wandb=disabled") from None
+
+
+def hydra_job_identity(run_dir: str | Path) -> tuple[str | None, str | None]:
+    """(the sweep directory's name, the job's overrides) when run_dir is the output directory of
+    a Hydra multirun job, else (None, None): a sweep's W&B runs are grouped by sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, None
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN or Path(hydra.runtime.output_dir).resolve() != Path(run_dir).resolve():
+        return None, None
+    return Path(hydra.sweep.dir).name, hydra.job.override_dirname or None
+
+
 class WandbLogger(Logger):
-    def __init__(self, cfg: Any, run_dir: str | Path, name: str | None = None):
+    """A W&B run in <run_dir>/wandb/; on a successful close, `artifact_files` of run_dir (those
+    that exist) are logged as one artifact of type "run" when wandb.log_artifacts says so."""
+
+    def __init__(self, cfg: Any, run_dir: str | Path, name: str | None = None,
+                 artifact_files: Sequence[str] = ()):
         import wandb
 
-        if cfg.wandb.mode not in WANDB_MODES:
-            raise ValueError(f"unknown wandb.mode {cfg.wandb.mode!r}; choose one of {list(WANDB_MODES)}")
+        mode = wandb_mode(cfg)
+        if mode == "online":
+            check_reachable(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+        sweep, job_overrides = hydra_job_identity(run_dir)
         self._wandb = wandb
+        self.run_dir = Path(run_dir)
+        self.artifact_files = tuple(artifact_files) if _log_artifacts(cfg, mode) else ()
         self.run = wandb.init(
-            project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
-            tags=list(cfg.wandb.tags), name=name, mode=cfg.wandb.mode, dir=str(run_dir),
+            project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group or sweep,
+            tags=list(cfg.wandb.tags), name=job_overrides or name, mode=mode, dir=str(run_dir),
             config=OmegaConf.to_container(cfg, resolve=True),
             settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout),
             reinit="finish_previous",
@@ -83,8 +140,29 @@ class WandbLogger(Logger):
     def table(self, name, columns, rows):
         self.run.log({name: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
 
+    def log_run_artifact(self) -> None:
+        files = [self.run_dir / f for f in self.artifact_files if (self.run_dir / f).is_file()]
+        if not files:
+            return
+        # Artifact names allow letters, digits, '-', '_' and '.'; the run id keeps them unique.
+        name = re.sub(r"[^\w.-]+", "-", f"{self.run.name or 'run'}-{self.run.id}")[-128:]
+        artifact = self._wandb.Artifact(name, type="run")
+        for path in files:
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+        log.info("W&B artifact %s: %s", name, ", ".join(p.name for p in files))
+
     def close(self, failed=False):
-        self.run.finish(exit_code=1 if failed else 0)
+        try:
+            if not failed:
+                self.log_run_artifact()
+        finally:
+            self.run.finish(exit_code=1 if failed else 0)
+
+
+def _log_artifacts(cfg: Any, mode: str) -> bool:
+    flag = cfg.wandb.log_artifacts
+    return mode == "online" if flag is None else bool(flag)
 
 
 class MultiLogger(Logger):
@@ -116,11 +194,13 @@ class MultiLogger(Logger):
 
 
 @contextlib.contextmanager
-def open_logger(cfg: Any, run_dir: str | Path, name: str | None = None) -> Iterator[Logger]:
-    """File logging always, plus W&B unless cfg.wandb.mode is 'disabled'; always closed."""
+def open_logger(cfg: Any, run_dir: str | Path, name: str | None = None,
+                artifact_files: Sequence[str] = ()) -> Iterator[Logger]:
+    """File logging always, plus W&B unless cfg.wandb.mode is 'disabled'; always closed. After a
+    successful run, W&B may log run_dir's `artifact_files` (see WandbLogger)."""
     backends: list[Logger] = [FileLogger(run_dir)]
-    if cfg.wandb.mode != "disabled":
-        backends.append(WandbLogger(cfg, run_dir, name))
+    if wandb_mode(cfg) != "disabled":
+        backends.append(WandbLogger(cfg, run_dir, name, artifact_files))
     logger = MultiLogger(*backends)
     failed = True
     try:

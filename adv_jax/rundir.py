@@ -34,6 +34,7 @@ from adv_jax.models import Model, Params, build_model, logits_fn
 log = logging.getLogger(__name__)
 CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.json"
 ATTEMPT_RECORDS = ("metrics.jsonl", "wandb")  # cleared when an unfinished run is redone
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, checkpoint.PARAMS_FILE, "adversarials.npz", "lipschitz.json")
 
 
 class RunDirectoryInUse(RuntimeError):
@@ -110,7 +111,7 @@ class RunDirectory:
         handler = attach_log_file(self.path)
         try:
             self.start()
-            with open_logger(self.cfg, self.path, name=self.path.name) as logger:
+            with open_logger(self.cfg, self.path, name=self.path.name, artifact_files=RUN_FILES) as logger:
                 metrics = work(self, logger)
                 logger.summary(metrics)
                 return self.finish(metrics)

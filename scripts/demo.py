@@ -7,6 +7,8 @@ Examples:
   python scripts/demo.py demo=linear data.train_limit=5000 demo.params.test_limit=1000
 """
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -21,4 +23,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    adv_jax.config.check_command_line(sys.argv[1:])  # Hydra's own error lacks a did-you-mean
     main()

@@ -5,6 +5,8 @@ Examples:
   python scripts/sweep.py -m model=fc10 model.weight_decay=1e-4,1e-2,1 data=full
 """
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -19,4 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    adv_jax.config.check_command_line(sys.argv[1:])  # Hydra's own error lacks a did-you-mean
     main()

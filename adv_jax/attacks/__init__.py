@@ -22,6 +22,8 @@ arrays as traced arguments, so one compilation serves every parameter set of a s
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -80,4 +82,31 @@ def make_attack(name: str, params: dict[str, Any] | None = None) -> Attack:
     try:
         return ATTACKS[name](**dict(params or {}))
     except TypeError as e:
-        raise ValueError(f"bad attack.params for {name!r}: {e}") from e
+        raise ValueError(bad_params_message(name, dict(params or {}), e)) from e
+
+
+def parameter_names(build: Callable[..., Any]) -> list[str]:
+    """The keyword parameters an ATTACKS entry takes; a `**inner_params` wrapper (the `*_min`
+    forms) adds those of the inner attack it forwards them to."""
+    names, forwards = [], False
+    for parameter in inspect.signature(build).parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            forwards = True
+        else:
+            names.append(parameter.name)
+    if forwards and inspect.isfunction(build):
+        for inner in inspect.getclosurevars(build).nonlocals.values():
+            if inspect.isclass(inner):
+                names += parameter_names(inner)
+    return names
+
+
+def bad_params_message(name: str, params: dict[str, Any], error: TypeError) -> str:
+    """Names each unknown parameter with a did-you-mean, and lists the valid ones."""
+    valid = parameter_names(ATTACKS[name])
+    problems = []
+    for key in (k for k in params if k not in valid):
+        close = difflib.get_close_matches(key, valid, n=1)
+        problems.append(f"unknown {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"bad attack.params for {name!r}: {'; '.join(problems) or error}; "
+            f"valid parameters: {', '.join(valid)}")
