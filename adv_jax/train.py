@@ -191,7 +191,7 @@ def check_finite(losses: np.ndarray, epoch: int, first_loss: float | None = None
 
 
 def run_epochs(epoch, state, key: jax.Array, x, y, epochs: int, *, desc: str = "train",
-               on_epoch=None, before_epoch=None, check=check_finite) -> tuple[Any, list]:
+               on_epoch=None, before_epoch=None) -> tuple[Any, list]:
     """The host loop: `epochs` calls of the jitted `epoch`, each epoch's losses checked; returns
     the final state and each epoch's mean loss. `before_epoch(i, state) -> state` may change it."""
     history, first = [], None
@@ -200,8 +200,8 @@ def run_epochs(epoch, state, key: jax.Array, x, y, epochs: int, *, desc: str = "
             state = before_epoch(i, state)
         state, losses = epoch(state, jax.random.fold_in(key, i), x, y)
         losses = np.asarray(losses)
-        first = losses[..., 0] if first is None else first
-        check(losses, i, first)
+        first = losses[0] if first is None else first
+        check_finite(losses, i, first)
         history.append(losses.mean(-1))
         bar.set_postfix(loss=f"{np.mean(history[-1]):.4f}")
         if on_epoch:
