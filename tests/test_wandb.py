@@ -60,13 +60,31 @@ def wandb_records(run_dir: Path) -> list:
     return records
 
 
+def eventually(read, seconds: float = 30.0):
+    """read() once it returns something: W&B's service process may still be writing the run's
+    file for a moment after `finish()` returns, longer on a loaded machine."""
+    deadline = time.monotonic() + seconds
+    while not (found := read()) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return found
+
+
 def run_record(run_dir: Path):
-    return next(r.run for r in wandb_records(run_dir) if r.HasField("run"))
+    runs = eventually(lambda: [r.run for r in wandb_records(run_dir) if r.HasField("run")])
+    assert runs, f"no run record in {run_dir / 'wandb'}"
+    return runs[0]
 
 
-def run_artifacts(run_dir: Path) -> list:
-    """Artifacts of type "run" (W&B logs tables as artifacts of type "run_table")."""
-    return [r.artifact for r in wandb_records(run_dir) if r.HasField("artifact") and r.artifact.type == "run"]
+def run_artifacts(run_dir: Path, expected: bool = True) -> list:
+    """Artifacts of type "run" (W&B logs tables as artifacts of type "run_table"). expected=False:
+    once the file holds its run record, whatever artifacts it has by then (none, if right)."""
+    def read():
+        return [r.artifact for r in wandb_records(run_dir) if r.HasField("artifact") and r.artifact.type == "run"]
+
+    if not expected:
+        run_record(run_dir)
+        return read()
+    return eventually(read)
 
 
 def test_wandb_mode_disabled_from_the_environment_writes_no_wandb_files(monkeypatch, tmp_path, tiny):
@@ -132,12 +150,12 @@ def test_artifacts_are_off_offline_by_default_and_after_a_failure(tmp_path):
     assert cfg.wandb.log_artifacts is None
     with open_logger(cfg, tmp_path / "a", artifact_files=["config.yaml"]):
         (tmp_path / "a" / "config.yaml").write_text("seed: 0\n")
-    assert run_artifacts(tmp_path / "a") == []
+    assert run_artifacts(tmp_path / "a", expected=False) == []
     cfg.wandb.log_artifacts = True
     with pytest.raises(RuntimeError), open_logger(cfg, tmp_path / "b", artifact_files=["config.yaml"]):
         (tmp_path / "b" / "config.yaml").write_text("seed: 0\n")
         raise RuntimeError("the job failed")
-    assert run_artifacts(tmp_path / "b") == []
+    assert run_artifacts(tmp_path / "b", expected=False) == []
 
 
 def closed_loopback_port() -> int:
