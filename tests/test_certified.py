@@ -195,3 +195,15 @@ def test_certified_distortion_is_never_above_what_lbfgs_or_pgd_found(trained_run
         _, per = lipschitz.bracket_summary(run.model, run.params, adv._asdict())
         assert np.all(per["global"] <= per["local"]) and np.all(per["local"] <= per["attack"] * (1 + 1e-9))
         assert np.mean(per["local"] > per["global"]) > 0.5  # the local bound is tighter
+
+
+def test_rank_correlations_say_which_bound_orders_the_runs_by_distortion():
+    from adv_jax.reports.lipschitz_compare import correlation_line, rank_correlations
+
+    # The product misorders runs 1 and 2; the tightest bound orders all four by distortion.
+    entries = [{"upper": u, "certified": c, "metrics": {"attack/mean_distortion": d}}
+               for u, c, d in ((10, 8, 0.02), (20, 5, 0.04), (15, 4, 0.05), (30, 2, 0.09))]
+    rho = rank_correlations(entries)
+    assert rho["certified"] == pytest.approx(-1.0) and rho["product"] == pytest.approx(0.8)
+    assert "product 0.800, tightest certified bound -1.000" in correlation_line(entries)
+    assert rank_correlations(entries[:2]) == {"product": None, "certified": None}
