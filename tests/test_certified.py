@@ -207,3 +207,21 @@ def test_rank_correlations_say_which_bound_orders_the_runs_by_distortion():
     assert rho["certified"] == pytest.approx(-1.0) and rho["product"] == pytest.approx(0.8)
     assert "product 0.800, tightest certified bound -1.000" in correlation_line(entries)
     assert rank_correlations(entries[:2]) == {"product": None, "certified": None}
+
+
+def test_an_unknown_method_is_refused_before_the_run_and_a_conv_net_keeps_the_product():
+    from adv_jax.validate import ConfigError, check
+
+    with pytest.raises(ConfigError, match=r"lipschitz.methods\[1\]='lipsd'"):
+        check(compose(["lipschitz.methods=[product,lipsd]"]))
+    model = adv_jax.build_model(compose(["model=conv"]).model)
+    found = lipschitz.certified_bounds(model, model.init(jax.random.key(0)), lipschitz.METHODS)
+    assert list(found["bounds"]) == ["product"] and set(found["skipped"]) == {"eclipse_fast", "lipsdp"}
+    assert "dense layers only" in found["skipped"]["lipsdp"]
+
+
+def test_lipsdp_above_the_size_limit_is_skipped_with_its_reason():
+    model, params = _model((20, 30, 30, 3), "sigmoid", 4)
+    found = lipschitz.certified_bounds(model, params, lipschitz.METHODS, lipsdp_max_size=50)
+    assert "lipsdp" not in found["bounds"] and "size 80" in found["skipped"]["lipsdp"]
+    assert found["bounds"]["eclipse_fast"] <= found["bounds"]["product"]
