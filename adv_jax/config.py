@@ -135,6 +135,13 @@ class LipschitzConfig:
 
     images: int = 1000  # test images whose local Jacobian norm is measured (0 = skip)
     power_iters: int = 50
+    # Certified upper bounds (adv_jax/lipschitz.py METHODS): product, eclipse_fast, lipsdp.
+    # lipsdp needs the `lipschitz` extra (cvxpy, SCS) and is skipped, with the reason logged and
+    # stored, above lipsdp_max_size (LMI dimension: reduced input + hidden units).
+    methods: List[str] = field(default_factory=lambda: ["product", "eclipse_fast"])
+    lipsdp_max_size: int = 400
+    lipsdp_solver: str = "SCS"  # a cvxpy solver name
+    local: bool = True  # the bracket's local bound (slopes bounded on the attack's L2 ball)
 
 
 @dataclass

@@ -30,7 +30,10 @@ Lower bounds of the logits' Lipschitz constant, which must sit below the product
 from __future__ import annotations
 
 import functools
+import importlib.util
+import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -38,14 +41,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adv_jax import certify, lipsdp
 from adv_jax.models.layers import ACTIVATION_LIPSCHITZ, Layer, apply_layer
 
 __all__ = [
-    "circular_conv", "conv_operator_norm", "dense_operator_norm", "jacobian_norm", "layer_table",
-    "lipschitz_penalty", "max_jacobian_norm", "maxpool_lipschitz", "network_bound",
+    "DEFAULT_METHODS", "METHODS", "bracket_summary", "certified_bounds", "circular_conv",
+    "conv_operator_norm", "dense_operator_norm", "jacobian_norm", "layer_table", "lipschitz_penalty",
+    "max_jacobian_norm", "maxpool_lipschitz", "measure", "network_bound", "pair_lipschitz",
     "pair_ratio_bound",
 ]
 
+log = logging.getLogger(__name__)
 Array = jax.Array
 Padding = Union[str, Sequence[tuple[int, int]]]  # "CIRCULAR" | "SAME" | "VALID" | ((lo, hi), (lo, hi))
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -298,31 +304,146 @@ def pair_ratio_bound(logits_fn_batch: Callable[[Array], Array], x: Array, x_adv:
     return jnp.max(jnp.where(dist > 0, out / jnp.where(dist > 0, dist, 1.0), 0.0))
 
 
+# ----------------------------------------------------------------------------- certified bounds
+
+METHODS = ("product", "eclipse_fast", "lipsdp")
+DEFAULT_METHODS = ("product", "eclipse_fast")
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def _lipsdp_or_reason(chain, max_size: int, solver: str) -> tuple[float | None, str | None]:
+    reason = lipsdp.too_large(chain, max_size)
+    if reason is None and importlib.util.find_spec("cvxpy") is None:
+        reason = "cvxpy is not installed (pip install -e '.[lipschitz]')"
+    return (None, reason) if reason else (lipsdp.lipsdp(chain, solver)["bound"], None)
+
+
+def certified_bounds(model, params, methods: Sequence[str] = DEFAULT_METHODS, *,
+                     lipsdp_max_size: int = lipsdp.DEFAULT_MAX_SIZE, lipsdp_solver: str = "SCS",
+                     product: float | None = None) -> dict[str, Any]:
+    """{"bounds": {method: L2 Lipschitz constant of the logits}, "seconds": {method: s},
+    "skipped": {method: why}} for `methods` (of METHODS). ECLipsE-Fast and LipSDP need a dense
+    network (adv_jax/certify.py, adv_jax/lipsdp.py); `product` may be given (the layer table's)."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown Lipschitz methods {unknown}; choose from {list(METHODS)}")
+    out: dict[str, Any] = {"bounds": {}, "seconds": {}, "skipped": {}}
+    if "product" in methods:
+        table = None if product is not None else (lambda: network_bound(layer_table(model, params, model.input_shape)))
+        value, seconds = (product, 0.0) if table is None else _timed(table)
+        out["bounds"]["product"], out["seconds"]["product"] = float(value), seconds
+    with jax.enable_x64(True):
+        try:
+            chain = certify.dense_chain(model, params)
+        except certify.NotDense as err:
+            out["skipped"].update({m: str(err) for m in methods if m != "product"})
+            return out
+        runs = {"eclipse_fast": lambda: (float(certify.eclipse_fast(chain)), None),
+                "lipsdp": lambda: _lipsdp_or_reason(chain, lipsdp_max_size, lipsdp_solver)}
+        for method in (m for m in methods if m != "product"):
+            (value, reason), seconds = _timed(runs[method])
+            if reason:
+                log.info("Lipschitz method %s skipped: %s", method, reason)
+                out["skipped"][method] = reason
+            else:
+                out["bounds"][method], out["seconds"][method] = value, seconds
+    return out
+
+
+def pair_lipschitz(model, params, certified: float | None = None) -> Array:
+    """(K, K) certified constants of x -> z_j - z_t (float64): the smallest of ECLipsE-Fast's per
+    pair, the product's per pair and sqrt(2) x `certified` (|z_j - z_t| <= sqrt(2) ||z||)."""
+    chain = certify.dense_chain(model, params)
+    p, _, _ = certify.output_gram(chain)
+    pairs = jnp.minimum(certify.pair_constants(p), certify.product_pair_constants(chain))
+    return pairs if certified is None else jnp.minimum(pairs, math.sqrt(2) * certified)
+
+
+def bracket_summary(model, params, attacked: dict[str, np.ndarray], certified: float | None = None,
+                    local: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Certified lower bounds on the distortion of each successful attacked example, beside the
+    attack's (`certify.bracket`). attacked: x, x_adv, y, target, success (N, ...). Returns
+    (summary of means in per-pixel RMS = L2 / sqrt(pixels), per-example L2 arrays)."""
+    ok = np.asarray(attacked["success"], bool)
+    with jax.enable_x64(True):
+        chain = certify.dense_chain(model, params)
+        per = certify.bracket(chain, *(jnp.asarray(np.asarray(attacked[k])[ok])
+                                       for k in ("x", "x_adv", "y", "target")),
+                              pair_lipschitz(model, params, certified), local)
+        per = certify.as_numpy(per)
+    scale = 1 / math.sqrt(math.prod(model.input_shape))
+    best = per.get("local", per["global"])
+    summary = {"examples": int(ok.sum()), "mean_attack_rms": float(per["attack"].mean() * scale) if ok.any() else None,
+               "mean_lower_rms_global": float(per["global"].mean() * scale) if ok.any() else None,
+               "mean_lower_rms_local": float(per["local"].mean() * scale) if local and ok.any() else None}
+    summary["ratio"] = (summary["mean_attack_rms"] / float(best.mean() * scale)
+                        if ok.any() and best.mean() > 0 else None)
+    return summary, per
+
+
 # ----------------------------------------------------------------------------- one network
 
+def _measured_lower_bounds(model, params, test_x, pairs, key, images: int,
+                           power_iters: int) -> tuple[dict[str, float], dict[str, float]]:
+    """({name: lower bound}, {name: seconds}) for "jacobian" and "pair_ratio" (see `measure`)."""
+    apply = lambda x: model.apply(params, x)  # noqa: E731
+    values, seconds = {}, {}
+    if images and test_x is not None:
+        single = lambda x: apply(x[None])[0]  # noqa: E731
+        values["jacobian"], seconds["jacobian"] = _timed(lambda: float(max_jacobian_norm(
+            single, jnp.asarray(test_x[:images]), key, power_iters)))
+    if pairs is not None:
+        x, x_adv = (np.asarray(a) for a in pairs)
+        moved = np.any((x_adv != x).reshape(len(x), -1), axis=1)
+        if moved.any():
+            values["pair_ratio"], seconds["pair_ratio"] = _timed(lambda: float(pair_ratio_bound(
+                apply, jnp.asarray(x[moved]), jnp.asarray(x_adv[moved]))))
+    return values, seconds
+
+
 def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | None, *, key: Array,
-            images: int, power_iters: int) -> dict[str, Any]:
+            images: int, power_iters: int, methods: Sequence[str] = DEFAULT_METHODS,
+            lipsdp_max_size: int = lipsdp.DEFAULT_MAX_SIZE, lipsdp_solver: str = "SCS",
+            attacked: dict[str, np.ndarray] | None = None, local: bool = True) -> dict[str, Any]:
     """Upper and lower Lipschitz bounds of one trained network: what lipschitz.json holds.
 
     test_x (N, 28, 28, 1): the Jacobian bound is the max over its first `images` (none if 0 or
     test_x is None), `power_iters` iterations each, from `key`. pairs (x, x_adv), each (P, ...):
     adversarial pairs for the pair-ratio bound; pairs with x_adv == x carry no slope and are
-    dropped, and with none left there is no pair bound. Returns {"layers": layer_table rows,
-    "lipschitz/upper_bound", "lipschitz/layer<i>" per layer, and where measured
-    "lipschitz/jacobian_lower_bound", "lipschitz/pair_ratio_lower_bound"}, all Python floats.
+    dropped, and with none left there is no pair bound. methods: certified upper bounds to
+    compute (`certified_bounds`). attacked (x, x_adv, y, target, success arrays): the attack's
+    examples, for the certified distortion bracket of a dense network (`bracket_summary`).
+
+    Returns {"layers": layer_table rows, "lipschitz/upper_bound" (the product),
+    "lipschitz/layer<i>" per layer, where measured "lipschitz/jacobian_lower_bound" and
+    "lipschitz/pair_ratio_lower_bound"; "bounds" {method: value}, "certified" (the smallest),
+    "certified_method", "lipschitz/certified", "lipschitz/bound/<method>", "lower_bounds"
+    {name: value}, "seconds" {name: s}, "skipped" {method: why}, and with `attacked` "bracket"
+    and "certified/*" means}, all Python floats; L2 norms, logits per unit pixel distance.
     """
+    start = time.perf_counter()
     table = layer_table(model, params, model.input_shape)
     out: dict[str, Any] = {"layers": table, "lipschitz/upper_bound": network_bound(table)}
     out.update({f"lipschitz/layer{row['index']}": row["bound"] for row in table})
-    apply = lambda x: model.apply(params, x)  # noqa: E731
-    if images and test_x is not None:
-        single = lambda x: apply(x[None])[0]  # noqa: E731
-        out["lipschitz/jacobian_lower_bound"] = float(max_jacobian_norm(
-            single, jnp.asarray(test_x[:images]), key, power_iters))
-    if pairs is not None:
-        x, x_adv = (np.asarray(a) for a in pairs)
-        moved = np.any((x_adv != x).reshape(len(x), -1), axis=1)
-        if moved.any():
-            out["lipschitz/pair_ratio_lower_bound"] = float(pair_ratio_bound(
-                apply, jnp.asarray(x[moved]), jnp.asarray(x_adv[moved])))
+    product_seconds = time.perf_counter() - start
+    lower, lower_seconds = _measured_lower_bounds(model, params, test_x, pairs, key, images, power_iters)
+    out.update({f"lipschitz/{name}_lower_bound": value for name, value in lower.items()})
+    found = certified_bounds(model, params, methods, lipsdp_max_size=lipsdp_max_size,
+                             lipsdp_solver=lipsdp_solver, product=out["lipschitz/upper_bound"])
+    found["seconds"].update({"product": product_seconds} if "product" in methods else {})
+    best = min(found["bounds"], key=found["bounds"].get, default=None)
+    out.update(bounds=found["bounds"], certified=found["bounds"].get(best), certified_method=best,
+               lower_bounds=lower, seconds={**found["seconds"], **lower_seconds}, skipped=found["skipped"])
+    out.update({f"lipschitz/bound/{m}": v for m, v in found["bounds"].items()})
+    if best is not None:
+        out["lipschitz/certified"] = found["bounds"][best]
+    if attacked is not None and "eclipse_fast" not in found["skipped"] and np.any(attacked["success"]):
+        (summary, _), seconds = _timed(lambda: bracket_summary(model, params, attacked, out["certified"], local))
+        out["bracket"] = {**summary, "seconds": seconds}
+        out.update({f"certified/{k}": v for k, v in summary.items() if v is not None})
     return out

@@ -99,6 +99,14 @@ def check_attack_params(name: str, params: Any, prefix: str = "attack.params") -
         raise ConfigError(str(e)) from None
 
 
+def check_lipschitz(lipschitz: DictConfig) -> None:
+    from adv_jax.lipschitz import METHODS  # jax: only where a run is checked
+
+    for i, method in enumerate(lipschitz.methods):
+        _require(method in METHODS, f"lipschitz.methods[{i}]", method, f"one of {list(METHODS)}")
+    _count("lipschitz.lipsdp_max_size", lipschitz.lipsdp_max_size)
+
+
 def check(cfg: DictConfig) -> None:
     """Raises ConfigError on the first value a run could not honour."""
     from adv_jax.attacks.targets import TARGET_MODES
@@ -115,6 +123,7 @@ def check(cfg: DictConfig) -> None:
     _count("attack.chunk_size", cfg.attack.chunk_size, optional=True)
     _count("lipschitz.images", cfg.lipschitz.images, minimum=0)
     _count("lipschitz.power_iters", cfg.lipschitz.power_iters)
+    check_lipschitz(cfg.lipschitz)
     exp = cfg.experiment
     _count("experiment.num_examples", exp.num_examples, optional=True)
     for i, stddev in enumerate(exp.noise_stddevs):

@@ -14,7 +14,7 @@ PACKAGE = REPO / "adv_jax"
 # Low to high; a module may import its own layer and those below it, never one above.
 LAYERS = [
     {"devices", "config", "logger", "figures", "figures_transfer", "data", "transfer"},
-    {"models", "attacks", "lipschitz", "validate"},
+    {"models", "attacks", "lipschitz", "certify", "lipsdp", "validate"},
     {"checkpoint", "adversarial_training", "train"},
     {"ensemble", "trained"},
     {"rundir", "demos"},

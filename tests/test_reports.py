@@ -135,7 +135,7 @@ def test_lipschitz_comparison_over_a_synthesized_sweep(sweep, tmp_path):
     assert x_key == "model.weight_decay" and [e["upper"] for e in entries] == [40.0, 4.0, 0.5]
     lines = table.splitlines()
     assert lines[0].startswith("| run | model.weight_decay | L_1 | product (upper) |")  # cache_dir ignored
-    assert lines[2].startswith("| 1 | 0.0001 | 40 | 40 | 20 | 10 | 2 |")
+    assert lines[2].startswith("| 1 | 0.0001 | 40 | 40 | 40 (product) | 20 | 10 | 2 |")  # no params: product only
     assert lower_bound(entries[0]) == 20.0
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     invalid = {**entries[0], "jacobian": 41.0, "pairs": 0.0}  # above the product; no pairs

@@ -2,12 +2,15 @@
 
 Per run: config.yaml, metrics.json and lipschitz.json (the per-layer table `adv_jax.run`
 writes); a run made before the bounds were wired in (no lipschitz.json) gets its table
-recomputed from params.msgpack, without lower bounds. Columns: the config keys that differ
-between the runs; L_k = ||W_k|| x activation slope; their product (the network's upper bound);
-the empirical lower bounds (largest local Jacobian norm over test images; largest
-||f(x') - f(x)|| / ||x' - x|| over the attack's pairs; one above the product is flagged invalid);
-gap = product / the larger valid lower bound; test error; the attack's mean per-pixel RMS
-distortion over its successes and its success rate.
+recomputed from params.msgpack, without lower bounds; one made before the certified bounds gets
+the product and ECLipsE-Fast recomputed. Columns: the config keys that differ between the runs;
+L_k = ||W_k|| x activation slope; their product; the tightest certified bound of the run's
+lipschitz.json `bounds` (adv_jax/certify.py, adv_jax/lipsdp.py) and its method; the empirical
+lower bounds (largest local Jacobian norm over test images; largest ||f(x') - f(x)|| / ||x' - x||
+over the attack's pairs; one above the tightest bound is flagged invalid); gap = tightest / the
+larger valid lower bound; test error; the attack's mean per-pixel RMS distortion over its
+successes and its success rate. `rank_correlations`: does the product or the tightest bound
+order the runs as their mean distortion does (Spearman)?
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ PREFERRED_X = ("model.weight_decay", "model.hidden", "train.lipschitz_penalty")
 
 
 def load_entry(run_dir: str | Path) -> dict[str, Any]:
-    """{'path', 'config' (flat dotted keys), 'metrics', 'layers', 'upper', 'jacobian', 'pairs'}."""
+    """{'path', 'config' (flat dotted keys), 'metrics', 'layers', 'upper', 'bounds' (method ->
+    certified value), 'certified' (the smallest), 'certified_method', 'jacobian', 'pairs'}."""
     run = read_run(run_dir)
     metrics, stored = run["metrics"], run["lipschitz"]
     if stored is not None:
@@ -34,7 +38,10 @@ def load_entry(run_dir: str | Path) -> dict[str, Any]:
         metrics = {**stored, **metrics}
     else:
         layers, upper = recompute_table(run["path"])
+    bounds = (stored or {}).get("bounds") or recompute_certified(run["path"], upper)
+    best = min(bounds, key=bounds.get)
     return dict(path=run["path"], config=run["config"], metrics=metrics, layers=layers, upper=upper,
+                bounds=bounds, certified=bounds[best], certified_method=best,
                 jacobian=metrics.get("lipschitz/jacobian_lower_bound"),
                 pairs=metrics.get("lipschitz/pair_ratio_lower_bound"))
 
@@ -46,6 +53,32 @@ def recompute_table(run_dir: Path) -> tuple[list[dict], float]:
     return table, lipschitz.network_bound(table)
 
 
+def recompute_certified(run_dir: Path, product: float) -> dict[str, float]:
+    """{method: bound} for a run whose lipschitz.json predates the certified bounds: the product
+    and, for a dense network, ECLipsE-Fast (cheap), from params.msgpack (only the product
+    without one)."""
+    if not (run_dir / "params.msgpack").exists():
+        return {"product": product}
+    run = load_run(run_dir)
+    found = lipschitz.certified_bounds(run.model, run.params, lipschitz.DEFAULT_METHODS, product=product)
+    return found["bounds"]
+
+
+def rank_correlations(entries: Sequence[dict]) -> dict[str, float | None]:
+    """Spearman rank correlation across runs of the mean adversarial distortion with the
+    product and with the tightest certified bound (None with fewer than 3 runs that have both).
+    A bound that tracks robustness well is strongly negative: a smaller constant, a larger
+    distortion."""
+    from scipy.stats import spearmanr
+
+    rows = [e for e in entries if e["metrics"].get("attack/mean_distortion") is not None]
+    if len(rows) < 3:
+        return {"product": None, "certified": None}
+    distortion = [e["metrics"]["attack/mean_distortion"] for e in rows]
+    return {name: float(spearmanr([e[key] for e in rows], distortion)[0])
+            for name, key in (("product", "upper"), ("certified", "certified"))}
+
+
 def varying_keys(entries: Sequence[dict]) -> list[str]:
     """Config keys (dotted) whose values are not the same in every entry, in config order."""
     return [key for key in entries[0]["config"] if not key.startswith(IGNORED_PREFIXES)
@@ -53,9 +86,10 @@ def varying_keys(entries: Sequence[dict]) -> list[str]:
 
 
 def consistent(entry: dict, value: float | None) -> bool:
-    """A lower bound may not exceed the product. One that does is a measurement failure (e.g. the
-    float32 power iteration underflowing on a collapsed network whose bound is ~1e-16)."""
-    return value is None or value <= entry["upper"] * (1 + 1e-5)
+    """A lower bound may not exceed the tightest certified bound. One that does is a measurement
+    failure (e.g. the float32 power iteration underflowing on a collapsed network whose bound is
+    ~1e-16)."""
+    return value is None or value <= entry["certified"] * (1 + 1e-5)
 
 
 def lower_bound(entry: dict) -> float | None:
@@ -67,24 +101,27 @@ def lower_bound(entry: dict) -> float | None:
 def bound_cell(entry: dict, value: float | None) -> str:
     if value == 0:
         return "- (no pairs)"  # every success was the clean image itself
-    return fmt(value) + ("" if consistent(entry, value) else " (> upper: invalid)")
+    return fmt(value) + ("" if consistent(entry, value) else " (> certified: invalid)")
 
 
 def comparison_table(entries: Sequence[dict], keys: Sequence[str],
                      run_ids: Sequence[str] | None = None) -> str:
-    """One row per run: varying keys, L_k, product, lower bounds, gap, error, distortion."""
+    """One row per run: varying keys, L_k, product, tightest certified bound (its method), lower
+    bounds, gap (tightest certified / larger valid lower bound), error, distortion."""
     depth = max(len(e["layers"]) for e in entries)
     run_ids = run_ids or [e["path"].name.split("_", 1)[0] for e in entries]
     columns = (["run", *keys] + [f"L_{k + 1}" for k in range(depth)]
-               + ["product (upper)", "Jacobian (lower)", "pairs (lower)", "gap upper/lower",
+               + ["product (upper)", "tightest certified", "Jacobian (lower)", "pairs (lower)",
+                  "gap certified/lower",
                   "test error %", "mean distortion", "attack success"])
     rows = []
     for run_id, e in zip(run_ids, entries):
         m, low = e["metrics"], lower_bound(e)
         bounds = [fmt(row["bound"]) for row in e["layers"]] + ["-"] * (depth - len(e["layers"]))
         rows.append([run_id, *(fmt(e["config"].get(k)) for k in keys), *bounds, fmt(e["upper"]),
+                     f"{fmt(e['certified'])} ({e['certified_method']})",
                      bound_cell(e, e["jacobian"]), bound_cell(e, e["pairs"]),
-                     fmt(e["upper"] / low if low else None),
+                     fmt(e["certified"] / low if low else None),
                      fmt(100 * m["error/test"]) if "error/test" in m else "-",
                      fmt(m.get("attack/mean_distortion")), fmt(m.get("attack/success_rate"))])
     return markdown(columns, rows).rstrip("\n")
@@ -113,4 +150,15 @@ def compare_text(paths: Sequence[str | Path], x_key: str | None = None, plot_pat
                  title: str | None = None) -> str:
     """The comparison table followed by the list of its run directories."""
     table, entries, _ = compare(paths, x_key, plot_path, title)
-    return table + "\n\nRuns:\n" + "\n".join(f"- {e['path']}" for e in entries) + "\n"
+    return (table + "\n\n" + correlation_line(entries) + "\n\nRuns:\n"
+            + "\n".join(f"- {e['path']}" for e in entries) + "\n")
+
+
+def correlation_line(entries: Sequence[dict]) -> str:
+    """One sentence: the Spearman correlations of `rank_correlations`."""
+    rho = rank_correlations(entries)
+    if rho["product"] is None:
+        return "Spearman rank correlation with mean distortion: fewer than 3 runs with an attack."
+    return (f"Spearman rank correlation with mean distortion across runs: product {rho['product']:.3f}, "
+            f"tightest certified bound {rho['certified']:.3f} (-1: the bound orders the runs "
+            f"exactly as their robustness).")

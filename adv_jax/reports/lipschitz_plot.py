@@ -48,6 +48,7 @@ def bounds_panel(ax, xs: list[float], rows: list[dict]) -> None:
         kind = rows[0]["layers"][k]["kind"] if k < len(rows[0]["layers"]) else ""
         ax.plot(xs, ys, "o--", lw=1, label=f"L_{k + 1} ({kind})")
     ax.plot(xs, [e["upper"] for e in rows], "ks-", lw=2, label="product (upper bound)")
+    ax.plot(xs, [e["certified"] for e in rows], "D-", color="tab:red", lw=2, label="tightest certified (upper)")
     for name, field, style in (("Jacobian", "jacobian", "v:"), ("pair ratio", "pairs", "^:")):
         # 0: no pairs to measure; above the product: a failed measurement (see `consistent`)
         ys = [e[field] if e[field] and consistent(e, e[field]) else math.nan for e in rows]
