@@ -201,12 +201,16 @@ def test_rank_correlations_say_which_bound_orders_the_runs_by_distortion():
     from adv_jax.reports.lipschitz_compare import correlation_line, rank_correlations
 
     # The product misorders runs 1 and 2; the tightest bound orders all four by distortion.
-    entries = [{"upper": u, "certified": c, "metrics": {"attack/mean_distortion": d}}
+    entries = [{"upper": u, "certified": c, "metrics": {"attack/mean_distortion": d, "attack/success_rate": 1.0}}
                for u, c, d in ((10, 8, 0.02), (20, 5, 0.04), (15, 4, 0.05), (30, 2, 0.09))]
     rho = rank_correlations(entries)
     assert rho["certified"] == pytest.approx(-1.0) and rho["product"] == pytest.approx(0.8)
     assert "product 0.800, tightest certified bound -1.000" in correlation_line(entries)
-    assert rank_correlations(entries[:2]) == {"product": None, "certified": None}
+    assert rank_correlations(entries[:2]) == {"product": None, "certified": None, "runs": 2}
+    collapsed = {"upper": 1e-13, "certified": 1e-13, "metrics": {"attack/mean_distortion": 0.0,
+                                                                 "attack/success_rate": 0.1}}
+    assert rank_correlations(entries + [collapsed]) == rho  # its distortion means nothing
+    assert "(1 collapsed left out)" in correlation_line(entries + [collapsed])
 
 
 def test_an_unknown_method_is_refused_before_the_run_and_a_conv_net_keeps_the_product():
