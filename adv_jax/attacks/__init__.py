@@ -3,9 +3,10 @@
 Per example (`common.py`): `attack(logits_fn, x, label, target, key) -> x_adv`, logits_fn one
 input (*shape) -> logits (K,), pixels in [0, 1], target -1 = untargeted. An attack that reports
 per-example diagnostics also has `attack.with_diagnostics(same arguments) -> (x_adv, {name:
-scalar})` (LBFGSAttack: evals, c; MinimalEpsilon: epsilon; TemplateAddition: multiple;
-DeepFool, FoolingImage: steps; DDN, FMN: evals, norm); `run_attack` calls either kind. `make_attack(name, params)`
-builds one from `conf/attack/NAME.yaml`'s `params`.
+scalar})`: every registered attack reports "evals" (gradient evaluations, i.e. backward passes,
+per example) and some more (LBFGSAttack: c; MinimalEpsilon: epsilon; TemplateAddition:
+multiple; DeepFool, FoolingImage: steps; DDN, FMN: norm); `run_attack` calls either kind.
+`make_attack(name, params)` builds one from `conf/attack/NAME.yaml`'s `params`.
 
 Batched, against any JAX callable `logits_fn` (B, *shape) -> (B, K) (an adv_jax model through
 `adv_jax.models.logits_fn(model, params)`, a flax or equinox model, a hidden layer's head):
