@@ -25,7 +25,8 @@ adversarial, the paper's epsilon is the boundary estimate alone, which can stall
 model the estimate is exact and puts the iterate on the boundary itself (a tie, for hundreds of
 steps), and where the box clips the step, the iterate settles at a fixed point short of the
 boundary (as on MNIST digits, whose background pixels sit at 0); ours also grows epsilon by
-(1 + gamma) per step there, so it always reaches the boundary; if no iterate is adversarial,
+(1 + gamma) per step there, so the radius keeps growing until an iterate crosses; if no
+iterate is adversarial,
 the last iterate is returned (foolbox: x itself). Defaults: steps 1000 (the DDN paper's MNIST
 setting; foolbox's default is 100), gamma 0.05.
 
