@@ -5,7 +5,6 @@ foolbox rows when foolbox is installed; without it, the note that says they are 
 import re
 
 import numpy as np
-import pytest
 
 from adv_jax.reports import bench_minnorm, settings
 
