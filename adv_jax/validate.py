@@ -16,7 +16,7 @@ SPLITS = ("full", "p1", "p2")
 POSITIVE_ATTACK_PARAMS = (
     "epsilon", "max_epsilon", "steps", "max_evals", "memory", "c_steps", "search_steps", "c_init",
     "learning_rate", "tolerance", "relative_step_size", "binary_search_steps", "max_rms",
-    "initial_const", "extra_evals",
+    "initial_const", "extra_evals", "init_epsilon", "max_step",
 )
 
 

@@ -69,7 +69,39 @@ def test_generate_attacks_a_flax_model_inside_the_box_and_the_ball():
     assert adv.success.mean() >= 0.9
     assert adv.x_adv.min() >= 0.0 and adv.x_adv.max() <= 1.0
     assert np.abs(adv.x_adv - adv.x).max() <= 0.2 + 1e-6  # inside the L-inf ball
-    assert pgd.diagnostics == {} and "attack/evals_mean" not in summarize(pgd)
+    assert set(pgd.diagnostics) == {"evals"} and summarize(pgd)["attack/evals_max"] == 10
+
+
+# Every registered attack at a small size, and the gradient evaluations it must report per
+# example (None: it stops early; checked against its own step count or bound instead).
+SMALL = {"fgsm": ({}, 1), "pgd": ({"steps": 3}, 3), "fgsm_min": ({"search_steps": 2}, 3),
+         "pgd_min": ({"steps": 3, "search_steps": 2}, 9),
+         "cw": ({"steps": 4, "binary_search_steps": 2}, 8), "ddn": ({"steps": 5}, 5),
+         "fmn": ({"steps": 5}, 5), "template": ({}, 1), "deepfool": ({"steps": 3}, None),
+         "fooling": ({"steps": 4}, None), "lbfgs": ({"c_steps": 2, "max_evals": 3}, None)}
+
+
+def test_every_attack_reports_its_gradient_evaluations_in_the_metrics():
+    from adv_jax.attacks import ATTACKS
+
+    assert set(SMALL) == set(ATTACKS)
+    fn = flax_logits_fn((28, 28, 1))
+    x = jax.random.uniform(jax.random.key(9), (4, 28, 28, 1))
+    y = jnp.argmax(fn(x), -1)
+    for name, (params, evals) in SMALL.items():
+        made = generate(attack_cfg(name, "untargeted", **params), fn, x, y, key=jax.random.key(0),
+                        progress=False)
+        got, metrics = made.diagnostics["evals"], summarize(made)
+        if evals is None and "steps" in made.diagnostics:  # DeepFool: a Jacobian (10) per step
+            evals = made.diagnostics["steps"] * (10 if name == "deepfool" else 1)
+        elif evals is None:  # L-BFGS: at most c_steps * max_evals, plus its rescue solves
+            assert np.all((got >= 1) & (got <= 2 * 3 + 10 * 50)), got
+            evals = got
+        np.testing.assert_array_equal(got, evals, err_msg=name)
+        assert metrics["attack/evals_mean"] == np.mean(evals) and metrics["attack/evals_max"] == np.max(evals)
+    every = generate(attack_cfg("pgd", "all", steps=3), fn, x[:2], y[:2], key=jax.random.key(0),
+                     progress=False)
+    np.testing.assert_array_equal(every.diagnostics["evals"], 9 * 3)  # summed over the 9 targets
 
 
 def test_attack_batch_on_hidden_vectors_and_all_targets():

@@ -162,7 +162,9 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                 "lipschitz": {"title", "models", "measure", "sweep_common", "sweeps", "sweeps_intro", "notes"},
                 "transfer": {"default", "cross_training_set", "cross_model"},
                 "adversarial_training": {"title", "reference", "paper", "notes"},
-                "demos": {"title", "notes", "sections"}}[name]
+                "demos": {"title", "notes", "sections"},
+                "bench_minnorm": {"title", "examples", "seed", "repeats", "target_modes", "common",
+                                  "models", "attacks", "foolbox", "notes"}}[name]
     assert required <= conf.keys()
     if name == "models":
         for row in conf["rows"]:

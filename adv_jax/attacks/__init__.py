@@ -3,9 +3,10 @@
 Per example (`common.py`): `attack(logits_fn, x, label, target, key) -> x_adv`, logits_fn one
 input (*shape) -> logits (K,), pixels in [0, 1], target -1 = untargeted. An attack that reports
 per-example diagnostics also has `attack.with_diagnostics(same arguments) -> (x_adv, {name:
-scalar})` (LBFGSAttack: evals, c; MinimalEpsilon: epsilon; TemplateAddition: multiple;
-DeepFool, FoolingImage: steps); `run_attack` calls either kind. `make_attack(name, params)`
-builds one from `conf/attack/NAME.yaml`'s `params`.
+scalar})`: every registered attack reports "evals" (gradient evaluations, i.e. backward passes,
+per example) and some more (LBFGSAttack: c; MinimalEpsilon: epsilon; TemplateAddition:
+multiple; DeepFool, FoolingImage: steps; DDN, FMN: norm); `run_attack` calls either kind.
+`make_attack(name, params)` builds one from `conf/attack/NAME.yaml`'s `params`.
 
 Batched, against any JAX callable `logits_fn` (B, *shape) -> (B, K) (an adv_jax model through
 `adv_jax.models.logits_fn(model, params)`, a flax or equinox model, a hidden layer's head):
@@ -43,11 +44,12 @@ from adv_jax.attacks.deepfool import DeepFool
 from adv_jax.attacks.essays import FoolingImage, TemplateAddition
 from adv_jax.attacks.gradient import FGSM, PGD, MinimalEpsilon
 from adv_jax.attacks.lbfgs import LBFGSAttack
+from adv_jax.attacks.minnorm import DDN, FMN
 from adv_jax.attacks.targets import TARGET_MODES, attack_all_targets, choose_targets
 
 __all__ = [
-    "ATTACKS", "TARGET_MODES", "UNTARGETED", "Attack", "CarliniWagnerL2", "DeepFool", "FGSM",
-    "FoolingImage", "LBFGSAttack", "LogitsFn", "MinimalEpsilon", "PGD", "TemplateAddition",
+    "ATTACKS", "TARGET_MODES", "UNTARGETED", "Attack", "CarliniWagnerL2", "DDN", "DeepFool", "FGSM",
+    "FMN", "FoolingImage", "LBFGSAttack", "LogitsFn", "MinimalEpsilon", "PGD", "TemplateAddition",
     "attack_all_targets", "attack_batch", "batched_logits", "choose_targets", "is_adversarial",
     "make_attack", "rms_distortion", "run_attack", "single_example",
 ]
@@ -70,6 +72,8 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "pgd_min": _minimal(PGD),
     "cw": CarliniWagnerL2,
     "deepfool": DeepFool,
+    "ddn": DDN,
+    "fmn": FMN,
     "template": TemplateAddition,
     "fooling": FoolingImage,
 }

@@ -59,6 +59,11 @@ class CarliniWagnerL2:
     abort_early: bool = False  # stop a round once the loss stops falling (checked every steps/10)
 
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
+        return self.with_diagnostics(logits_fn, x, label, target, key)[0]
+
+    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
+        """x_adv and {"evals": Adam steps over all rounds (steps * binary_search_steps unless
+        abort_early stops rounds early)}."""
         del key  # deterministic
         w_start = to_tanh_space(x)
         optimizer = optax.adam(self.learning_rate)
@@ -72,27 +77,27 @@ class CarliniWagnerL2:
             return value, (x_adv, success)
 
         def one_round(search_step, carry):
-            const, low, high, best, best_l2, last = carry
+            const, low, high, best, best_l2, last, evals = carry
             # In the last round of a long search, retry the smallest successful constant.
             if self.binary_search_steps >= 10:
                 last_round = search_step == self.binary_search_steps - 1
                 const = jnp.where(last_round, jnp.minimum(high, 1e10), const)
-            found, best, best_l2, last = self._minimize(loss, optimizer, w_start, const, x,
-                                                        best, best_l2)
+            found, best, best_l2, last, steps = self._minimize(loss, optimizer, w_start, const, x,
+                                                               best, best_l2)
             high = jnp.where(found, jnp.minimum(high, const), high)
             low = jnp.where(found, low, jnp.maximum(low, const))
             const = jnp.where(jnp.isinf(high), const * 10.0, (low + high) / 2.0)
-            return const, low, high, best, best_l2, last
+            return const, low, high, best, best_l2, last, evals + steps
 
         start = (jnp.float32(self.initial_const), jnp.float32(0.0), jnp.float32(jnp.inf),
-                 x, jnp.float32(jnp.inf), x)
-        _, _, _, best, best_l2, last = jax.lax.fori_loop(
+                 x, jnp.float32(jnp.inf), x, jnp.int32(0))
+        _, _, _, best, best_l2, last, evals = jax.lax.fori_loop(
             0, self.binary_search_steps, one_round, start)
-        return jnp.where(jnp.isfinite(best_l2), best, last)
+        return jnp.where(jnp.isfinite(best_l2), best, last), {"evals": evals}
 
     def _minimize(self, loss, optimizer, w_start, const, x, best, best_l2):
         """`steps` Adam steps from w_start at one constant; keeps the closest success seen.
-        Returns (found a success, best, best squared L2, last iterate)."""
+        Returns (found a success, best, best squared L2, last iterate, steps taken)."""
         value_and_grad = jax.value_and_grad(loss, has_aux=True)
         check_every = max(1, -(-self.steps // 10))
 
@@ -114,7 +119,7 @@ class CarliniWagnerL2:
         def going(carry):
             return (carry[0] < self.steps) & ~carry[-1]
 
-        carry = (0, w_start, optimizer.init(w_start), jnp.bool_(False), best, best_l2,
+        carry = (jnp.int32(0), w_start, optimizer.init(w_start), jnp.bool_(False), best, best_l2,
                  jnp.float32(jnp.inf), x, jnp.bool_(False))
-        _, _, _, found, best, best_l2, _, last, _ = jax.lax.while_loop(going, step, carry)
-        return found, best, best_l2, last
+        steps, _, _, found, best, best_l2, _, last, _ = jax.lax.while_loop(going, step, carry)
+        return found, best, best_l2, last, steps

@@ -46,7 +46,8 @@ class DeepFool:
         return self.with_diagnostics(logits_fn, x, label, target, key)[0]
 
     def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
-        """The last iterate and {"steps": DeepFool steps taken (int32)}."""
+        """The last iterate, {"steps": DeepFool steps taken (int32), "evals": backward passes,
+        K (one Jacobian) per step}."""
         del key  # deterministic
         targeted = target >= 0
 
@@ -72,4 +73,5 @@ class DeepFool:
         done = is_adversarial(logits_fn(x), label, target)
         carry = (0, x, jnp.zeros_like(x), done)
         steps, x_adv, _, _ = jax.lax.while_loop(going, step, carry)
-        return x_adv, {"steps": steps}
+        num_classes = jax.eval_shape(logits_fn, x).shape[0]
+        return x_adv, {"steps": steps, "evals": steps * num_classes}

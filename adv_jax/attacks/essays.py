@@ -110,7 +110,7 @@ class TemplateAddition:
 
     def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
         """The attack and {"multiple": the smallest successful a (0: x already succeeds; inf:
-        none up to max_rms)}."""
+        none up to max_rms), "evals": 1 (the template's gradient)}."""
         del key  # deterministic
         logits = logits_fn(x)
         targeted = target >= 0
@@ -124,7 +124,8 @@ class TemplateAddition:
 
         best, multiple = smallest_success(attempt, self.max_rms, self.search_steps)
         already = is_adversarial(logits, label, target)
-        return jnp.where(already, x, best), {"multiple": jnp.where(already, 0.0, multiple)}
+        diagnostics = {"multiple": jnp.where(already, 0.0, multiple), "evals": jnp.int32(1)}
+        return jnp.where(already, x, best), diagnostics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +146,7 @@ class FoolingImage:
         return self.with_diagnostics(logits_fn, x, label, target, key)[0]
 
     def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
-        """The image and {"steps": Adam steps taken (int32)}."""
+        """The image and {"steps": Adam steps taken (int32), "evals": the same (one gradient each)}."""
         if self.start == "noise":
             x = jax.random.uniform(key, x.shape, x.dtype)
         elif self.start == "blank":
@@ -167,7 +168,7 @@ class FoolingImage:
 
         carry = (0, x, optimizer.init(x), log_probability(x))
         steps, image, _, _ = jax.lax.while_loop(going, step, carry)
-        return image, {"steps": steps}
+        return image, {"steps": steps, "evals": steps}
 
 
 def _affine_prefix(model: LayeredModel, stop: int) -> None:

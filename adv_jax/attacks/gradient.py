@@ -15,6 +15,9 @@ inside an epsilon-ball around x intersected with the box [0, 1]:
                   bisection over eps inside jit. Its output's per-pixel RMS distortion is
                   comparable with the paper's minimum-distortion L-BFGS examples.
 
+Each reports {"evals": gradient evaluations} from `with_diagnostics`: FGSM 1, PGD `steps`,
+MinimalEpsilon (1 + search_steps) times its attack's.
+
 Units: pixels in [0, 1]. `epsilon` is the largest per-pixel change for norm="linf" and the
 Euclidean norm of the whole (28, 28, 1) perturbation for norm="l2" (its per-pixel RMS is
 epsilon / 28). All loops are `lax.fori_loop`s, so a batch vmapped by `attack_batch` is one
@@ -85,6 +88,15 @@ class FGSM:
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
         return self.perturb(logits_fn, x, label, target, key, self.epsilon)
 
+    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
+        """The attack and {"evals": 1}."""
+        return self(logits_fn, x, label, target, key), {"evals": jnp.int32(self.gradient_evals)}
+
+    @property
+    def gradient_evals(self) -> int:
+        """Forward and backward passes of one `perturb`."""
+        return 1
+
     def perturb(self, logits_fn, x, label, target, key, epsilon) -> jax.Array:
         """The attack at a given (possibly traced) epsilon; x (28, 28, 1) -> x_adv."""
         del key  # deterministic
@@ -108,6 +120,15 @@ class PGD:
 
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
         return self.perturb(logits_fn, x, label, target, key, self.epsilon)
+
+    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
+        """The attack and {"evals": steps}."""
+        return self(logits_fn, x, label, target, key), {"evals": jnp.int32(self.gradient_evals)}
+
+    @property
+    def gradient_evals(self) -> int:
+        """Forward and backward passes of one `perturb`."""
+        return self.steps
 
     def perturb(self, logits_fn, x, label, target, key, epsilon) -> jax.Array:
         """The attack at a given (possibly traced) epsilon; x (28, 28, 1) -> x_adv."""
@@ -153,10 +174,12 @@ class MinimalEpsilon:
         return self.with_diagnostics(logits_fn, x, label, target, key)[0]
 
     def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
-        """The attack and {"epsilon": the smallest successful epsilon found (inf: none)}."""
+        """The attack and {"epsilon": the smallest successful epsilon found (inf: none),
+        "evals": gradient evaluations, (1 + search_steps) times the attack's}."""
         def attempt(epsilon):
             x_adv = self.attack.perturb(logits_fn, x, label, target, key, epsilon)
             return x_adv, is_adversarial(logits_fn(x_adv), label, target)
 
         x_adv, epsilon = smallest_success(attempt, self.max_epsilon, self.search_steps)
-        return x_adv, {"epsilon": epsilon}
+        evals = (1 + self.search_steps) * self.attack.gradient_evals
+        return x_adv, {"epsilon": epsilon, "evals": jnp.int32(evals)}

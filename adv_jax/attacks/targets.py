@@ -58,7 +58,8 @@ def attack_all_targets(attack: Attack, logits_fn: LogitsFn, x: jax.Array, label:
 
     logits_fn: batched, (B, *shape) -> (B, K); x (N, *shape) in [0, 1], label (N,). Returns x_adv
     (N, *shape) (x where all failed), the target it reaches (N,) (-1 where all failed) and the
-    kept attack's diagnostics {name: (N,)} (the first target's where all failed).
+    kept attack's diagnostics {name: (N,)} (the first target's where all failed), except "evals",
+    summed over the K - 1 targets (what the example cost).
     """
     chunk_size = chunk_size or getattr(attack, "chunk_size", 10000)
     label = jnp.asarray(label, jnp.int32)
@@ -76,5 +77,6 @@ def attack_all_targets(attack: Attack, logits_fn: LogitsFn, x: jax.Array, label:
         best_target = jnp.where(better, target, best_target)
         best_dist = jnp.where(better, dist, best_dist)
         best_diagnostics = diagnostics if best_diagnostics is None else {
-            k: np.where(better, v, best_diagnostics[k]) for k, v in diagnostics.items()}
+            k: best_diagnostics[k] + v if k == "evals" else np.where(better, v, best_diagnostics[k])
+            for k, v in diagnostics.items()}
     return best_x, best_target, best_diagnostics or {}

@@ -1,0 +1,42 @@
+"""Minimum-norm attacks (adv_jax's and foolbox 3.3.4's DDN and L2 FMN) on FC10(1e-4), FC100 (P1)
+and the conv net: success, distortion, speed, AttackBench optimality -> results/bench_minnorm.md.
+
+    ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bench_minnorm.py [--examples 500]
+        [--runs runs/models] [--run fc100_p1=DIR ...] [--config FILE] [--out FILE]
+
+Models: conf/report/bench_minnorm.yaml (run directories <runs>/<name>, or --run NAME=DIR; a run
+not finished there is trained first). foolbox rows need `pip install -e '.[bench]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from adv_jax.reports import bench_minnorm, provenance, settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=Path("runs/models"))
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
+                        help="the run directory of the model NAME of the config")
+    parser.add_argument("--examples", type=int, default=None, help="default: the config's (500)")
+    parser.add_argument("--config", type=Path, default=None, help="default: conf/report/bench_minnorm.yaml")
+    parser.add_argument("--out", type=Path, default=Path("results/bench_minnorm.md"))
+    args = parser.parse_args(argv)
+    conf = settings.load("bench_minnorm", args.config)
+    if args.examples is not None:
+        conf["examples"] = args.examples
+    run_dirs = dict(item.split("=", 1) for item in args.run)
+    command = provenance.command("scripts/bench_minnorm.py", sys.argv[1:] if argv is None else argv,
+                                 provenance.MNIST_ENV)
+    text = bench_minnorm.report(conf, args.runs, {k: Path(v) for k, v in run_dirs.items()}, command)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
