@@ -321,7 +321,7 @@ def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | No
             single, jnp.asarray(test_x[:images]), key, power_iters))
     if pairs is not None:
         x, x_adv = (np.asarray(a) for a in pairs)
-        moved = np.any((x_adv != x).reshape(len(x), -1), axis=1)
+        moved = np.any(x_adv != x, axis=tuple(range(1, x.ndim)))  # (P,); P = 0 when no success
         if moved.any():
             out["lipschitz/pair_ratio_lower_bound"] = float(pair_ratio_bound(
                 apply, jnp.asarray(x[moved]), jnp.asarray(x_adv[moved])))
