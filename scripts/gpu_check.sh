@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=wheels
-NEEDED=(hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 hydra-joblib-launcher==1.2.0 joblib PyYAML)
+NEEDED=(hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 hydra-joblib-launcher==1.2.0 joblib cloudpickle PyYAML packaging)
 MODE=()
 OUT=results/gpu.md
 case "${1:-}" in
