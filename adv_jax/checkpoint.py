@@ -106,7 +106,7 @@ def model_identity(cfg: Any, data=None) -> dict:
     identity = {
         "version": CACHE_VERSION,
         "model": _changed_fields(cfg.model, ModelConfig),
-        "data": {"source": "idx" if cfg.data.mnist_dir else "tfds", "split": cfg.data.split,
+        "data": {"source": getattr(cfg.data, "source", "idx"), "split": cfg.data.split,
                  "split_seed": cfg.data.split_seed, "train_limit": cfg.data.train_limit},
         "train": train,
         "seed": cfg.seed,

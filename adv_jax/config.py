@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -28,9 +29,14 @@ class DataConfig:
     split: str = "p1"  # training split: full (60000) | p1 | p2 (disjoint random halves of 30000)
     split_seed: int = 0  # the P1/P2 partition; independent of the training seed
     train_limit: Optional[int] = None  # keep only the first N training images (quick runs)
-    # Directory holding the four MNIST IDX .gz files; null means "download with tfds".
+    source: str = "idx"  # idx: the four IDX files (mnist_dir, else downloaded) | tfds
+    # Directory holding the four MNIST IDX .gz files; null means "download them into download_dir".
     mnist_dir: Optional[str] = "${oc.env:ADV_JAX_MNIST_DIR,null}"
-    tfds_dir: Optional[str] = None  # tfds data_dir (default ~/tensorflow_datasets)
+    # Base URL under which the four files are found; null means the public mirrors in turn.
+    mnist_url: Optional[str] = "${oc.env:ADV_JAX_MNIST_URL,null}"
+    # Where downloaded files are kept and reused; oc.select so that a DataConfig alone resolves too.
+    download_dir: Optional[str] = "${oc.select:cache_dir,${oc.env:ADV_JAX_CACHE_DIR,'~/.cache/adv_jax'}}/mnist"
+    tfds_dir: Optional[str] = None  # tfds data_dir (default ~/tensorflow_datasets), data.source=tfds
 
 
 @dataclass
@@ -225,6 +231,9 @@ class Config:
 
 
 ConfigStore.instance().store(name="base_config", node=Config)
+# conf/hydra/launcher/ray.yaml shares its name with hydra-ray-launcher's schema, on purpose: the
+# plugin's schema then checks our settings. Hydra 1.3 still does that, with a warning each run.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
@@ -328,7 +337,8 @@ def derive(cfg: DictConfig, model: str, split: str, *, model_changes: Any = None
 
 # Keys that change where and how a run is recorded or computed, never its results: resuming
 # ignores them, and so do Hydra's job directory names (conf/config.yaml).
-RESULT_NEUTRAL = ("data.mnist_dir", "data.tfds_dir", "cache_dir", "wandb", "cpu_devices",
+RESULT_NEUTRAL = ("data.source", "data.mnist_dir", "data.mnist_url", "data.download_dir", "data.tfds_dir",
+                  "cache_dir", "wandb", "cpu_devices",
                   "train.cache", "attack.chunk_size")
 
 

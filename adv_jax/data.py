@@ -1,4 +1,5 @@
-"""MNIST from a local directory of IDX files or from tensorflow-datasets, and the paper's splits.
+"""MNIST from a local directory of IDX files, downloaded IDX files, or tensorflow-datasets, and the
+paper's splits.
 
 Images are float32 in [0, 1] shaped (N, 28, 28, 1); labels are int32 (N,). Splits:
   full: all 60000 training images;  p1, p2: the two disjoint halves of 30000 (a random
@@ -17,6 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from adv_jax.download import DEFAULT_MIRRORS, HOW_TO_FIX, DownloadError, fetch_mnist
+
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte.gz",
     "train_y": "train-labels-idx1-ubyte.gz",
@@ -27,8 +30,7 @@ _IDX_DTYPES = {0x08: np.uint8}
 _EXPECTED_SHAPES = {"train_x": (60000, 28, 28), "train_y": (60000,),
                     "test_x": (10000, 28, 28), "test_y": (10000,)}
 SPLITS = ("full", "p1", "p2", "test")
-_HOW_TO_POINT = ("Point adv_jax at a local copy of the four IDX .gz files with "
-                 "data.mnist_dir=/path/to/mnist or the environment variable ADV_JAX_MNIST_DIR.")
+SOURCES = ("idx", "tfds")
 
 
 class DataError(RuntimeError):
@@ -76,7 +78,7 @@ def _read_checksums(directory: Path) -> dict[str, str]:
 
 def _read_idx_file(path: Path, checksums: dict[str, str]) -> np.ndarray:
     if not path.exists():
-        raise DataError(f"{path}: missing. {_HOW_TO_POINT}")
+        raise DataError(f"{path}: missing. {HOW_TO_FIX}")
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
@@ -94,7 +96,7 @@ def load_idx_dir(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """The four IDX arrays (uint8 images, uint8 labels), checked against SHA256SUMS if present."""
     directory = Path(directory).expanduser()
     if not directory.is_dir():
-        raise DataError(f"data.mnist_dir={str(directory)!r} is not a directory. {_HOW_TO_POINT}")
+        raise DataError(f"data.mnist_dir={str(directory)!r} is not a directory. {HOW_TO_FIX}")
     checksums = _read_checksums(directory)
     arrays = {key: _read_idx_file(directory / name, checksums) for key, name in IDX_FILES.items()}
     for key, shape in _EXPECTED_SHAPES.items():
@@ -118,25 +120,44 @@ def load_tfds(data_dir: str | None = None) -> dict[str, np.ndarray]:
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise DataError(f"tensorflow-datasets cannot be imported ({e}). Install it with "
-                        f"pip install -e '.[tfds]', or: {_HOW_TO_POINT}") from e
+                        f"pip install -e '.[tfds]', or: {HOW_TO_FIX}") from e
     builder = tfds.builder("mnist", data_dir=data_dir)
     if not builder.is_prepared() and not _network_reachable():
         raise DataError("MNIST is not in the tfds data directory and the network is unreachable "
-                        f"(tfds would retry for minutes). {_HOW_TO_POINT}")
+                        f"(tfds would retry for minutes). {HOW_TO_FIX}")
     try:
         ds = tfds.load("mnist", data_dir=data_dir, batch_size=-1, as_supervised=True)
         ds = tfds.as_numpy(ds)
     except Exception as e:  # tfds raises many types; all mean "no data"
         raise DataError(f"tfds could not load MNIST ({type(e).__name__}: {e}). tfds needs "
-                        f"TensorFlow: pip install -e '.[tfds]'. Or: {_HOW_TO_POINT}") from e
+                        f"TensorFlow: pip install -e '.[tfds]'. Or: {HOW_TO_FIX}") from e
     (train_x, train_y), (test_x, test_y) = ds["train"], ds["test"]
     return {"train_x": train_x[..., 0], "train_y": train_y, "test_x": test_x[..., 0], "test_y": test_y}
 
 
+def load_raw(source: str = "idx", mnist_dir: str | None = None, tfds_dir: str | None = None,
+             download_dir: str | None = None, mnist_url: str | None = None) -> dict[str, np.ndarray]:
+    """The four uint8 arrays: tfds, or IDX files from `mnist_dir`, else downloaded into
+    `download_dir` from `mnist_url` (default: the public mirrors) once and reused after."""
+    if source == "tfds":
+        return load_tfds(tfds_dir)
+    if source != "idx":
+        raise DataError(f"unknown data.source {source!r}; choose one of {list(SOURCES)}")
+    if mnist_dir:
+        return load_idx_dir(mnist_dir)
+    if not download_dir:
+        raise DataError(f"data.download_dir is unset, so MNIST has nowhere to go. {HOW_TO_FIX}")
+    try:
+        return load_idx_dir(fetch_mnist(download_dir, mnist_url or DEFAULT_MIRRORS))
+    except DownloadError as e:
+        raise DataError(str(e)) from e
+
+
 @functools.lru_cache(maxsize=4)
-def load_mnist(mnist_dir: str | None = None, tfds_dir: str | None = None) -> dict[str, Dataset]:
-    """{"train": 60000 images, "test": 10000} from `mnist_dir` if given, else from tfds."""
-    raw = load_idx_dir(mnist_dir) if mnist_dir else load_tfds(tfds_dir)
+def load_mnist(mnist_dir: str | None = None, tfds_dir: str | None = None, source: str = "idx",
+               download_dir: str | None = None, mnist_url: str | None = None) -> dict[str, Dataset]:
+    """{"train": 60000 images, "test": 10000} from the source `load_raw` picks."""
+    raw = load_raw(source, mnist_dir, tfds_dir, download_dir, mnist_url)
     return {
         split: Dataset((raw[f"{split}_x"][..., None] / np.float32(255)).astype(np.float32),
                        raw[f"{split}_y"].astype(np.int32))
@@ -170,7 +191,8 @@ def load_splits(data_cfg, classes=None) -> dict[str, Dataset]:
 
     `classes` (e.g. [0, 1, 2, 3]) keeps only those digits and relabels them 0..len-1.
     """
-    mnist = load_mnist(_absolute(data_cfg.mnist_dir), data_cfg.tfds_dir)
+    mnist = load_mnist(_absolute(data_cfg.mnist_dir), data_cfg.tfds_dir, getattr(data_cfg, "source", "idx"),
+                       _absolute(getattr(data_cfg, "download_dir", None)), getattr(data_cfg, "mnist_url", None))
     n_train = len(mnist["train"])
     out = {s: _select(mnist["train"], split_indices(s, data_cfg.split_seed, n_train), classes)
            for s in ("full", "p1", "p2")}

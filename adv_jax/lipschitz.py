@@ -399,7 +399,7 @@ def _measured_lower_bounds(model, params, test_x, pairs, key, images: int,
             single, jnp.asarray(test_x[:images]), key, power_iters)))
     if pairs is not None:
         x, x_adv = (np.asarray(a) for a in pairs)
-        moved = np.any((x_adv != x).reshape(len(x), -1), axis=1)
+        moved = np.any(x_adv != x, axis=tuple(range(1, x.ndim)))  # (P,); P = 0 when no success
         if moved.any():
             values["pair_ratio"], seconds["pair_ratio"] = _timed(lambda: float(pair_ratio_bound(
                 apply, jnp.asarray(x[moved]), jnp.asarray(x_adv[moved]))))

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 SPLITS = ("full", "p1", "p2")
+SOURCES = ("idx", "tfds")  # where MNIST comes from (adv_jax/data.py)
 # Attack hyperparameters that must be > 0; every other numeric one must be >= 0.
 POSITIVE_ATTACK_PARAMS = (
     "epsilon", "max_epsilon", "steps", "max_evals", "memory", "c_steps", "search_steps", "c_init",
@@ -112,6 +113,7 @@ def check(cfg: DictConfig) -> None:
     from adv_jax.attacks.targets import TARGET_MODES
 
     _require(cfg.data.split in SPLITS, "data.split", cfg.data.split, f"one of {list(SPLITS)}")
+    _require(cfg.data.source in SOURCES, "data.source", cfg.data.source, f"one of {list(SOURCES)}")
     _count("data.train_limit", cfg.data.train_limit, optional=True)
     check_model(cfg.model)
     check_train(cfg.train)

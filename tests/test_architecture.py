@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "adv_jax"
 # Low to high; a module may import its own layer and those below it, never one above.
 LAYERS = [
-    {"devices", "config", "logger", "figures", "figures_transfer", "data", "transfer"},
+    {"devices", "config", "logger", "figures", "figures_transfer", "download", "data",
+     "transfer"},
     {"models", "attacks", "lipschitz", "certify", "lipsdp", "validate"},
     {"checkpoint", "adversarial_training", "train"},
     {"ensemble", "trained"},

@@ -229,3 +229,11 @@ def test_penalty_is_the_log_bound_and_its_gradient_lowers_it(conv_model):
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     stepped = jax.tree_util.tree_map(lambda p, g: p - 1e-3 * g, params, grads)
     assert float(penalty_and_grad(stepped)[0]) < float(penalty)
+
+
+def test_an_attack_with_no_success_leaves_no_pair_bound():
+    model = Model(layers=(Layer("dense", features=10),))
+    params = model.init(jax.random.key(3))
+    none = np.zeros((0, 28, 28, 1), np.float32)  # adv.x[adv.success] when nothing succeeded
+    out = lip.measure(model, params, None, (none, none), key=jax.random.key(0), images=0, power_iters=1)
+    assert "lipschitz/pair_ratio_lower_bound" not in out and out["lipschitz/upper_bound"] > 0

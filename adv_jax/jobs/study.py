@@ -145,7 +145,8 @@ def group_id(cfg: DictConfig) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     for k in ("seed", "wandb", "cache_dir"):
         container.pop(k, None)
-    container["data"].pop("mnist_dir", None)
+    for k in ("mnist_dir", "source", "mnist_url", "download_dir"):  # where MNIST came from
+        container["data"].pop(k, None)
     return hashlib.sha256(json.dumps(container, sort_keys=True).encode()).hexdigest()[:12]
 
 

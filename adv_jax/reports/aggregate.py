@@ -21,7 +21,8 @@ from adv_jax.reports.runs import find_studies
 from adv_jax.reports.tables import markdown, mean_std
 
 log = logging.getLogger(__name__)
-_PLUMBING = ("data.mnist_dir=", "cache_dir=", "wandb.mode=", "hydra.")  # overrides not worth showing
+# Overrides not worth showing:
+_PLUMBING = ("data.mnist_dir=", "data.mnist_url=", "data.download_dir=", "cache_dir=", "wandb.mode=", "hydra.")
 
 
 def paper_reference(experiment: str) -> dict[str, Any] | None:

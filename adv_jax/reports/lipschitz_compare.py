@@ -24,7 +24,8 @@ from adv_jax.reports.runs import find_runs, read_run
 from adv_jax.reports.tables import fmt, markdown
 from adv_jax.rundir import load_run
 
-IGNORED_PREFIXES = ("data.mnist_dir", "data.tfds_dir", "cache_dir", "wandb.", "hydra.")
+IGNORED_PREFIXES = ("data.source", "data.mnist_dir", "data.mnist_url", "data.download_dir", "data.tfds_dir",
+                    "cache_dir", "wandb.", "hydra.")
 PREFERRED_X = ("model.weight_decay", "model.hidden", "train.lipschitz_penalty")
 
 

@@ -1,0 +1,36 @@
+"""scripts/gpu_check.sh --cpu-short: the GPU check's code at tiny sizes on a CPU, as on the GPU
+image, where wandb is not installed (a stand-in `wandb` that fails to import shadows the real one,
+so a job that imports it with wandb=disabled fails). It writes its report where told, never
+results/gpu.md."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_short_mode_writes_every_section_without_wandb(tmp_path, mnist_dir):
+    no_wandb = tmp_path / "no_wandb" / "wandb"
+    no_wandb.mkdir(parents=True)
+    (no_wandb / "__init__.py").write_text("raise ImportError('wandb is not installed on the GPU image')\n")
+    committed = (REPO / "results" / "gpu.md").read_text()
+    env = dict(os.environ, PYTHONPATH=str(no_wandb.parent), ADV_JAX_MNIST_DIR=str(mnist_dir),
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))  # this python
+    out = tmp_path / "gpu.md"
+    done = subprocess.run([str(REPO / "scripts" / "gpu_check.sh"), "--cpu-short", str(out)], env=env,
+                          capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads(out.with_suffix(".json").read_text())
+    assert measured["mode"] == "cpu_short" and measured["devices"]
+    assert [r["k"] for r in measured["training"]] == [1, 2]
+    assert all(r["seconds"] > 0 and r["final_loss"] > 0 for r in measured["training"])
+    assert measured["attack"]["examples"] == 20 and 0 <= measured["attack"]["success_rate"] <= 1
+    (sweep,) = measured["sweeps"]
+    assert "error" not in sweep and sweep["jobs"] == 2, sweep.get("error")
+    assert "Error of the column's model" in measured["study"]["matrix"]
+    text = out.read_text()
+    assert "gpu_check.sh --cpu-short" in text and "## A 2-job sweep sharing the device" in text
+    assert (REPO / "results" / "gpu.md").read_text() == committed
