@@ -44,10 +44,12 @@ from adv_jax.attacks.essays import FoolingImage, TemplateAddition
 from adv_jax.attacks.gradient import FGSM, PGD, MinimalEpsilon
 from adv_jax.attacks.lbfgs import LBFGSAttack
 from adv_jax.attacks.targets import TARGET_MODES, attack_all_targets, choose_targets
+from adv_jax.attacks.transfer_enhancing import MomentumIterative, preset
 
 __all__ = [
     "ATTACKS", "TARGET_MODES", "UNTARGETED", "Attack", "CarliniWagnerL2", "DeepFool", "FGSM",
-    "FoolingImage", "LBFGSAttack", "LogitsFn", "MinimalEpsilon", "PGD", "TemplateAddition",
+    "FoolingImage", "LBFGSAttack", "LogitsFn", "MinimalEpsilon", "MomentumIterative", "PGD",
+    "TemplateAddition",
     "attack_all_targets", "attack_batch", "batched_logits", "choose_targets", "is_adversarial",
     "make_attack", "rms_distortion", "run_attack", "single_example",
 ]
@@ -72,6 +74,10 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "deepfool": DeepFool,
     "template": TemplateAddition,
     "fooling": FoolingImage,
+    "mi_fgsm": preset("mi_fgsm"),
+    "di_fgsm": preset("di_fgsm"),
+    "ti_fgsm": preset("ti_fgsm"),
+    "mi_di_ti": preset("mi_di_ti"),
 }
 
 
