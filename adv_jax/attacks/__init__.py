@@ -15,6 +15,9 @@ Batched, against any JAX callable `logits_fn` (B, *shape) -> (B, K) (an adv_jax 
       *, key, chunk_size=None) -> (x_adv, target, diagnostics)                     (targets.py)
   generate(attack_cfg, logits_fn, x, y, *, key, index=None, progress=True) -> Generated
       (adversarials, seconds, diagnostics); summarize(generated) -> flat metrics (generate.py)
+Transfer studies: `MomentumIterative` (MI/DI/TI-FGSM, transfer_enhancing.py), `Ensemble`
+(several models as one logits_fn, ensemble_source.py), `AcrossBudgets` (budgets.py), gradient
+alignment and boundary distances (analysis.py).
 A pytree logits_fn (`jax.tree_util.Partial`, as `adv_jax.models.logits_fn` returns) passes its
 arrays as traced arguments, so one compilation serves every parameter set of a shape. Distortion
 = per-pixel RMS (`rms_distortion`).
