@@ -101,8 +101,9 @@ class MomentumIterative:
     def gradient(self, logits_fn: LogitsFn, x_adv, label, target, key) -> jax.Array:
         """The DI- and TI-transformed gradient of the objective at x_adv (same shape)."""
         def objective(image):
-            diverse = diverse_input(image, key, self.diversity_probability, self.resize_max)
-            return attack_objective(logits_fn, diverse, label, target)
+            if self.diversity_probability > 0:  # static: no transform is traced when DI is off
+                image = diverse_input(image, key, self.diversity_probability, self.resize_max)
+            return attack_objective(logits_fn, image, label, target)
 
         kernel = gaussian_kernel(self.kernel_size, self.kernel_sigma)
         return smooth_gradient(jax.grad(objective)(x_adv), kernel)
