@@ -67,35 +67,41 @@ def cross_mean(cells: dict, attack: str, norm: str, budget, rate: str = "rate_al
     return np.nanmean(np.stack(rows), axis=0) if rows else np.array([np.nan])
 
 
-def curves_table(first: dict, cells: dict, norm: str) -> str:
-    """Rows = attacks, columns = budgets: mean cross-transfer rate (all examples), mean ± std over runs."""
+def curves_table(first: dict, cells: dict, norm: str, rate: str = "rate_all") -> str:
+    """Rows = attacks, columns = budgets: mean cross-transfer rate, mean ± std over runs."""
     budgets = first["budgets"][norm]
-    body = [[attack["label"], *(mean_std(cross_mean(cells, a, norm, b)) for b in budgets)]
+    body = [[attack["label"], *(mean_std(cross_mean(cells, a, norm, b, rate)) for b in budgets)]
             for a, attack in first["attacks"].items()]
     return markdown(["attack \\ budget", *(f"{b:g}" for b in budgets)], body)
 
 
-def against_baseline(first: dict, cells: dict, norm: str) -> list[str]:
-    """Sentences, from the numbers: where each attack beats PGD at the same budget and source ->
-    target pair (mean over runs of the difference exceeds its std), where it loses, where it ties."""
+def baseline_differences(cells: dict, attack: str, norm: str, budget, rate: str) -> np.ndarray:
+    """(cross pairs, runs) differences attack - PGD at one budget."""
+    diffs = []
+    for k, v in cells.items():
+        if k[:3] == (attack, norm, budget) and not v["white_box"] and (BASELINE, norm, budget, *k[3:]) in cells:
+            diffs.append(np.array(v[rate], float) - np.array(cells[(BASELINE, norm, budget, *k[3:])][rate], float))
+    return np.stack(diffs) if diffs else np.zeros((0, 1))
+
+
+def against_baseline(first: dict, cells: dict, norm: str, rate: str = "rate_all") -> list[str]:
+    """Sentences, from the numbers: per attack and budget, on how many cross pairs it is above
+    PGD (the mean over runs of the difference exceeds its std), below, or level; the verdict
+    'beats' needs more pairs above than below AND a positive mean difference."""
     lines = []
     for a, attack in first["attacks"].items():
-        if a == BASELINE:
-            continue
-        for b in first["budgets"][norm]:
-            diffs = []
-            for k, v in cells.items():
-                if k[:3] == (a, norm, b) and not v["white_box"] and (BASELINE, norm, b, *k[3:]) in cells:
-                    diffs.append(np.array(v["rate_all"]) - np.array(cells[(BASELINE, norm, b, *k[3:])]["rate_all"]))
-            if not diffs:
+        for b in first["budgets"][norm] if a != BASELINE else []:
+            d = baseline_differences(cells, a, norm, b, rate)
+            if not d.size:
                 continue
-            d = np.stack(diffs)
             spread = d.std(axis=1, ddof=1) if d.shape[1] > 1 else np.zeros(len(d))
             wins, losses = int(np.sum(d.mean(1) > spread)), int(np.sum(d.mean(1) < -spread))
-            verdict = "beats" if wins > losses else "does not beat"
-            lines.append(f"- {norm} {b:g}: {attack['label']} {verdict} PGD: higher on {wins}, lower on {losses}, "
-                         f"within one std on {len(d) - wins - losses} of {len(d)} cross pairs; mean difference "
-                         f"{d.mean():+.1f} pp (PGD {cross_mean(cells, BASELINE, norm, b).mean():.1f}%).")
+            mean = float(np.nanmean(d))
+            verdict = ("beats" if wins > losses and mean > 0 else
+                       "is beaten by" if losses > wins and mean < 0 else "is level with")
+            lines.append(f"- {norm} {b:g}: {attack['label']} {verdict} PGD: above on {wins}, below on {losses}, "
+                         f"level on {len(d) - wins - losses} of {len(d)} cross pairs; mean difference "
+                         f"{mean:+.1f} pp (PGD {np.nanmean(cross_mean(cells, BASELINE, norm, b, rate)):.1f}%).")
     return lines
 
 
@@ -125,14 +131,16 @@ def analysis_tables(first: dict, results: list[dict]) -> str:
     body, quart = [], []
     for (s, t), ps in pairs.items():
         name = f"{models[s]} -> {models[t]}"
-        col = lambda k: [p[k] for p in ps]  # noqa: E731
-        body.append([name, mean_std(col("mean_cosine"), digits=3), mean_std(col("median_along"), digits=2),
-                     mean_std(col("median_random"), digits=2), mean_std(col("median_own"), digits=2),
-                     mean_std(col("median_along_over_own"), digits=2), mean_std(col("transfer_rate"))])
+        col = {k: [p[k] for p in ps] for k in ps[0] if not k.startswith("by_")}
+        body.append([name, mean_std(col["mean_cosine"], digits=3), mean_std(col["median_along"], digits=2),
+                     mean_std(col["median_random"], digits=2), mean_std(col["random_not_found"]),
+                     mean_std(col["median_own"], digits=2), mean_std(col["median_along_over_own"], digits=2),
+                     mean_std(col["transfer_rate"])])
         quart.append([name, *(mean_std([p["by_cosine"][q]["rate"] for p in ps]) for q in range(4)),
                       *(mean_std([p["by_along"][q]["rate"] for p in ps]) for q in range(4))])
     return (markdown(["source -> target", "mean grad. cosine", "median dist. along source dir.",
-                      "median dist. random dir.", "median own min. dist.", "median along / own",
+                      "median dist. random dir.", "random dir.: no change within 20 (%)",
+                      "median own min. dist.", "median along / own",
                       "transfer rate (%)"], body)
             + "\nTransfer rate (%) per quartile (Q1 lowest) of the gradient cosine, and of the distance "
               "along the source's direction:\n\n"
@@ -196,7 +204,8 @@ def report(paths: Sequence[str | Path], command: str, run_command: str, notes: S
     lines = provenance.header("Transfer-enhancing attacks and ensemble sources on the cross-training-set models",
                               command)
     lines += [f"Runs: `{run_command}`; {len(runs)} run(s) (seeds {sorted(r['seed'] for r in results)}): "
-              + ", ".join(f"`{r}`" for r in runs) + ".", "", *notes, ""]
+              + ", ".join(f"`{r}`" for r in runs) + "; job seconds per run (models cached): "
+              + ", ".join(f"{r['seconds']:.0f}" for r in results) + ".", "", *notes, ""]
     lines += ["## Clean accuracy (%) on the attacked test images", "",
               markdown(["model", "accuracy"], [[label, mean_std([r["clean_accuracy"][k] for r in results])]
                                                for k, label in first["models"].items()])]
@@ -204,11 +213,17 @@ def report(paths: Sequence[str | Path], command: str, run_command: str, notes: S
               "Mean over the cross (source, target) pairs, target not among the source's models, of the "
               "rate over all attacked examples; mean ± std over runs.", ""]
     for norm in first["budgets"]:
-        lines += [f"### {norm}", "", curves_table(first, cells, norm), f"![{norm}]({link_prefix}/{figures[norm].name})", ""]
-    lines += ["## Against plain PGD at the same budget", ""]
-    for norm in first["budgets"]:
-        lines += against_baseline(first, cells, norm)
-    lines += ["", "Ensemble sources (PGD from the ensemble vs PGD from each of its members alone, same target):", ""]
+        lines += [f"### {norm}", "", curves_table(first, cells, norm),
+                  "Over the images the source fooled and the target classified correctly when clean:", "",
+                  curves_table(first, cells, norm, "rate_conditional"),
+                  f"![{norm}]({link_prefix}/{figures[norm].name})", ""]
+    for rate, what in (("rate_all", "all attacked images"),
+                       ("rate_conditional", "images the source fooled and the target got right when clean")):
+        lines += [f"## Against plain PGD at the same budget: rate over {what}", ""]
+        for norm in first["budgets"]:
+            lines += against_baseline(first, cells, norm, rate)
+        lines += [""]
+    lines += ["Ensemble sources (PGD from the ensemble vs PGD from each of its members alone, same target):", ""]
     for norm in first["budgets"]:
         lines += ensemble_lines(first, cells, norm)
     lines += ["", "## Matrices", "",
