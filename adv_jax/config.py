@@ -186,6 +186,47 @@ class ExperimentModel:
 
 
 @dataclass
+class TransferAttack:
+    """One attack of a transfer-attacks study (adv_jax/jobs/transfer_attacks.py)."""
+
+    attack: str = MISSING  # a file name in conf/attack/ (pgd, mi_fgsm, di_fgsm, ti_fgsm, mi_di_ti, lbfgs)
+    label: Optional[str] = None  # its name in tables (default: its key)
+    params: Dict[str, Any] = field(default_factory=dict)  # changes to that file's params
+    norms: List[str] = field(default_factory=lambda: ["linf", "l2"])  # run at transfer.budgets[norm]
+    # A minimum-norm attack (L-BFGS): run once per source, its perturbation then rescaled to each
+    # budget, x + eps * delta / |delta|, clipped to [0, 1]; also reported at its own size.
+    minimum_norm: bool = False
+
+
+@dataclass
+class EnsembleSource:
+    """A source made of several experiment models (Liu et al. 2017): adv_jax/attacks/ensemble_source.py."""
+
+    members: List[str] = field(default_factory=list)  # keys of experiment.models
+    reduction: str = "logits"  # logits: mean logits | loss: mean of the members' losses (exact)
+    label: Optional[str] = None
+
+
+@dataclass
+class TransferAttacksConfig:
+    """experiment.job=transfer_attacks: attacks x budgets x sources x target models."""
+
+    attacks: Dict[str, TransferAttack] = field(default_factory=dict)
+    # Budgets per norm, in one batched run: linf = largest per-pixel change; l2 = Euclidean norm
+    # of the whole perturbation (per-pixel RMS = l2 / 28).
+    budgets: Dict[str, List[float]] = field(default_factory=lambda: {"linf": [0.1], "l2": [1.5]})
+    target: str = "untargeted"  # untargeted | random | next (attack.target modes, "all" excluded)
+    ensembles: Dict[str, EnsembleSource] = field(default_factory=dict)
+    analysis_examples: int = 200  # images for gradient alignment and boundary distances (0: none)
+    random_directions: int = 4  # random directions per image for the boundary distance
+    max_distance: float = 20.0  # L2 range of the boundary line search
+    direction_attack: Optional[str] = None  # key of the minimum_norm attack whose directions are followed
+    reference_attack: Optional[str] = None  # key of the attack whose per-example transfer the analysis explains
+    reference_norm: str = "l2"
+    reference_budget: int = -1  # index into budgets[reference_norm]
+
+
+@dataclass
 class ExperimentConfig:
     """A transfer study: models x their adversarials (conf/experiment/*.yaml); "none" = plain run."""
 
@@ -201,6 +242,8 @@ class ExperimentConfig:
     # with those seeds find them cached.
     train_together: bool = True
     ensemble_seeds: List[int] = field(default_factory=list)
+    job: str = "matrix"  # matrix: adv_jax/jobs/study.py | transfer_attacks: adv_jax/jobs/transfer_attacks.py
+    transfer: TransferAttacksConfig = field(default_factory=TransferAttacksConfig)
 
 
 @dataclass

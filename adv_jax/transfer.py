@@ -156,3 +156,31 @@ def clean_table(names: Sequence[str], splits: Sequence[str], errors: Sequence[di
     body = [[n, t, *(pct(e[s], 2) for s in splits), pct(ok), f"{d:.3f}"]
             for n, t, e, d, ok in zip(names, trained_on, errors, distortion, success)]
     return columns, body
+
+
+def transfer_rates(y: np.ndarray, target: np.ndarray, source_fooled: np.ndarray,
+                   clean_prediction: np.ndarray, adversarial_prediction: np.ndarray) -> dict:
+    """How often examples made on a source fool a target model, with each rate's denominator.
+
+    y, target (-1 = untargeted), source_fooled (the source's own attack succeeded: it predicts
+    target, or anything but y untargeted), and the TARGET model's predictions on the clean and
+    the adversarial images, all (N,). Counts and percents:
+      all:         target errs on x_adv (prediction != y), over all N attacked examples
+      conditional: the same, over the examples the source fooled AND the target classified
+                   correctly when clean (n_conditional of them; nan when there are none)
+      hit_all, hit_conditional (targeted only): the target predicts the source's target label,
+                   over the same two denominators
+    """
+    y, target = np.asarray(y), np.asarray(target)
+    errs = np.asarray(adversarial_prediction) != y
+    kept = np.asarray(source_fooled, bool) & (np.asarray(clean_prediction) == y)
+    ratio = lambda hits, n: 100.0 * hits / n if n else float("nan")  # noqa: E731
+    out = {"n": int(len(y)), "errors": int(errs.sum()), "rate_all": ratio(errs.sum(), len(y)),
+           "n_conditional": int(kept.sum()), "errors_conditional": int((errs & kept).sum()),
+           "rate_conditional": ratio((errs & kept).sum(), kept.sum())}
+    if np.any(target >= 0):
+        hits = np.asarray(adversarial_prediction) == target
+        out.update(hits=int(hits.sum()), hit_all=ratio(hits.sum(), len(y)),
+                   hits_conditional=int((hits & kept).sum()),
+                   hit_conditional=ratio((hits & kept).sum(), kept.sum()))
+    return out

@@ -16,6 +16,9 @@ Batched, against any JAX callable `logits_fn` (B, *shape) -> (B, K) (an adv_jax 
       *, key, chunk_size=None) -> (x_adv, target, diagnostics)                     (targets.py)
   generate(attack_cfg, logits_fn, x, y, *, key, index=None, progress=True) -> Generated
       (adversarials, seconds, diagnostics); summarize(generated) -> flat metrics (generate.py)
+Transfer studies: `MomentumIterative` (MI/DI/TI-FGSM, transfer_enhancing.py), `Ensemble`
+(several models as one logits_fn, ensemble_source.py), `AcrossBudgets` (budgets.py), gradient
+alignment and boundary distances (analysis.py).
 A pytree logits_fn (`jax.tree_util.Partial`, as `adv_jax.models.logits_fn` returns) passes its
 arrays as traced arguments, so one compilation serves every parameter set of a shape. Distortion
 = per-pixel RMS (`rms_distortion`).
@@ -46,10 +49,12 @@ from adv_jax.attacks.gradient import FGSM, PGD, MinimalEpsilon
 from adv_jax.attacks.lbfgs import LBFGSAttack
 from adv_jax.attacks.minnorm import DDN, FMN
 from adv_jax.attacks.targets import TARGET_MODES, attack_all_targets, choose_targets
+from adv_jax.attacks.transfer_enhancing import MomentumIterative, preset
 
 __all__ = [
     "ATTACKS", "TARGET_MODES", "UNTARGETED", "Attack", "CarliniWagnerL2", "DDN", "DeepFool", "FGSM",
-    "FMN", "FoolingImage", "LBFGSAttack", "LogitsFn", "MinimalEpsilon", "PGD", "TemplateAddition",
+    "FMN", "FoolingImage", "LBFGSAttack", "LogitsFn", "MinimalEpsilon", "MomentumIterative", "PGD",
+    "TemplateAddition",
     "attack_all_targets", "attack_batch", "batched_logits", "choose_targets", "is_adversarial",
     "make_attack", "rms_distortion", "run_attack", "single_example",
 ]
@@ -76,6 +81,10 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "fmn": FMN,
     "template": TemplateAddition,
     "fooling": FoolingImage,
+    "mi_fgsm": preset("mi_fgsm"),
+    "di_fgsm": preset("di_fgsm"),
+    "ti_fgsm": preset("ti_fgsm"),
+    "mi_di_ti": preset("mi_di_ti"),
 }
 
 

@@ -69,7 +69,10 @@ def smallest_success(attempt: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
 def single_example(batch_logits_fn: LogitsFn) -> LogitsFn:
-    """Turns a (B, *shape) -> (B, K) function into the per-example one attacks take."""
+    """Turns a (B, *shape) -> (B, K) function into the per-example one attacks take; an ensemble
+    (ensemble_source.Ensemble, anything with `per_example`) into the ensemble of its members'."""
+    if hasattr(batch_logits_fn, "per_example"):
+        return batch_logits_fn.per_example(single_example)
     return lambda x: batch_logits_fn(x[None])[0]
 
 

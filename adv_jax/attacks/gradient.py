@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from adv_jax.attacks.common import LogitsFn, is_adversarial, smallest_success
+from adv_jax.attacks.ensemble_source import member_averaged
 
 __all__ = ["FGSM", "PGD", "MinimalEpsilon", "attack_objective", "cross_entropy", "project"]
 
@@ -52,11 +53,14 @@ def cross_entropy(logits: jax.Array, cls: jax.Array) -> jax.Array:
 
 def attack_objective(logits_fn: LogitsFn, x: jax.Array, label: jax.Array,
                      target: jax.Array) -> jax.Array:
-    """J(x) to maximize: CE on the label (untargeted, target = -1) or -CE on the target."""
-    logits = logits_fn(x)
-    away = cross_entropy(logits, label)
-    toward = cross_entropy(logits, jnp.maximum(target, 0))
-    return jnp.where(target >= 0, -toward, away)
+    """J(x) to maximize: CE on the label (untargeted, target = -1) or -CE on the target; for an
+    ensemble with reduction "loss", the mean of its members' J (ensemble_source.py)."""
+    def objective(logits):
+        away = cross_entropy(logits, label)
+        toward = cross_entropy(logits, jnp.maximum(target, 0))
+        return jnp.where(target >= 0, -toward, away)
+
+    return member_averaged(objective, logits_fn, x)[0]
 
 
 def _l2_norm(v: jax.Array) -> jax.Array:

@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 
 from adv_jax.attacks.common import LogitsFn, is_adversarial
+from adv_jax.attacks.ensemble_source import member_averaged
 
 __all__ = ["LOSSES", "LBFGSAttack", "attack_loss"]
 
@@ -304,10 +305,9 @@ class LBFGSAttack:
     def _value_and_grad(self, logits_fn: LogitsFn, x: jax.Array, shape, label, target):
         """(z (n,), c) -> ((c ||z - x||^2 + loss, success), gradient in z)."""
         def objective(z, c):
-            logits = logits_fn(z.reshape(shape))
-            value = c * jnp.sum((z - x) ** 2) + attack_loss(logits, label, target, self.loss,
-                                                            self.confidence)
-            return value, is_adversarial(logits, label, target)
+            loss = lambda logits: attack_loss(logits, label, target, self.loss, self.confidence)  # noqa: E731
+            value, logits = member_averaged(loss, logits_fn, z.reshape(shape))
+            return c * jnp.sum((z - x) ** 2) + value, is_adversarial(logits, label, target)
 
         return jax.value_and_grad(objective, has_aux=True)
 

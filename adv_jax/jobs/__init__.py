@@ -2,6 +2,8 @@
 
   single   one model: train or load, evaluate, attack, Lipschitz bounds   (adv_jax/jobs/single.py)
   study    a transfer study, conf/experiment/*.yaml                       (adv_jax/jobs/study.py)
+  transfer_attacks  attacks x budgets x sources, experiment.job=transfer_attacks
+                                                           (adv_jax/jobs/transfer_attacks.py)
   demo     a demonstration, conf/demo/*.yaml                              (adv_jax/jobs/demo.py)
 
 Each is `run(cfg, run_dir) -> metrics` over the one run-directory lifecycle of adv_jax/rundir.py.
@@ -17,13 +19,14 @@ from typing import Any
 from adv_jax import devices, validate
 from adv_jax.config import as_config
 
-JOBS = ("single", "study", "demo")
+JOBS = ("single", "study", "transfer_attacks", "demo")
 
 
 def job_name(cfg) -> str:
-    """study when an experiment is set, demo when a demonstration is, else single."""
+    """study (or transfer_attacks, by experiment.job) when an experiment is set, demo when a
+    demonstration is, else single."""
     if cfg.experiment.name != "none":
-        return "study"
+        return "transfer_attacks" if cfg.experiment.job == "transfer_attacks" else "study"
     return "demo" if cfg.demo.name != "none" else "single"
 
 
