@@ -60,9 +60,11 @@ def wandb_records(run_dir: Path) -> list:
     return records
 
 
-def eventually(read, seconds: float = 30.0):
-    """read() once it returns something: W&B's service process may still be writing the run's
-    file for a moment after `finish()` returns, longer on a loaded machine."""
+def eventually(read, seconds: float = 15.0):
+    """read() once it returns something. W&B's service process writes the run's file on its own
+    schedule, even after `finish()` returns: `wandb.teardown()` stops the service, which flushes
+    it (the next run starts a new one)."""
+    wandb.teardown()
     deadline = time.monotonic() + seconds
     while not (found := read()) and time.monotonic() < deadline:
         time.sleep(0.25)
