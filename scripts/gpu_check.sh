@@ -35,4 +35,10 @@ fi
 export ADV_JAX_MNIST_DIR PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TQDM_DISABLE=1 XLA_PYTHON_CLIENT_PREALLOCATE=false WANDB_MODE=disabled
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+if [[ ${#MODE[@]} -gt 0 ]]; then
+  # CPU-short: compilation dominates at tiny sizes; a persistent cache lets the sweep's and the
+  # study's processes reuse programs compiled earlier (the GPU check measures without one).
+  export JAX_COMPILATION_CACHE_DIR="$WORK/jax_cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+fi
 timeout 480 python -m adv_jax.reports.gpu "${MODE[@]}" --out "$OUT" --work "$WORK"

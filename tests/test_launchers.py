@@ -44,7 +44,7 @@ def test_ray_launcher_is_local_unless_given_an_address(monkeypatch):
 
 def multirun(tmp_path: Path, name: str, launcher: list[str]) -> dict[int, dict]:
     """metrics.json of a 2-job sweep (seeds 0 and 1), by job number, from its own model cache."""
-    overrides = ["data.train_limit=500", "train=adam", "train.epochs=1", "attack=none",
+    overrides = ["model=fc10", "data.train_limit=300", "train=adam", "train.epochs=1", "attack=none",
                  "lipschitz.images=0", "wandb=disabled", "cpu_devices=1", "seed=0,1",
                  f"cache_dir={tmp_path / name / 'cache'}", f"hydra.sweep.dir={tmp_path / name / 'sweep'}"]
     env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1", RAY_AUTH_MODE="disabled")

@@ -26,13 +26,20 @@ COMMAND = "scripts/gpu_check.sh"
 SIZES = {
     "gpu": {"ks": [1, 16, 64], "epochs": 5, "train_limit": None, "attack_examples": 10000,
             "sweep_examples": 1000, "study_examples": 1000, "study_limit": None, "timeout_s": 120},
-    "cpu_short": {"ks": [1, 2], "epochs": 2, "train_limit": 500, "attack_examples": 20,
-                  "sweep_examples": 10, "study_examples": 10, "study_limit": 500, "timeout_s": 120},
+    "cpu_short": {"ks": [1, 2], "epochs": 1, "train_limit": 300, "attack_examples": 5,
+                  "sweep_examples": 5, "study_examples": 5, "study_limit": 300, "timeout_s": 120},
 }
-TINY_ATTACK = ["attack.params.c_steps=2", "attack.params.max_evals=3", "attack.params.extra_solves=0"]
+# cpu_short only: one solve of a few evaluations per example, and FC8-8-10 in place of the
+# FC100-100-10 / FC123-456-10 widths (the same code paths, a fraction of the compile and run time).
+TINY_ATTACK = ["attack.params.c_steps=1", "attack.params.max_evals=2", "attack.params.extra_solves=0"]
+TINY_MODEL = ["model.hidden=[8,8]"]
+# cpu_short's sweep jobs: one CPU device, as in this process, so that they reuse its compiled
+# programs through the persistent cache gpu_check.sh --cpu-short sets (same shapes, same device).
+TINY_SWEEP = ["cpu_devices=1"]
+TINY_STUDY = [f"experiment.models.{key}.hidden=[8,8]" for key in ("fc100_p1", "fc123_p1", "fc100_p2")]
 
 
-def train_together(ks: list[int], epochs: int, train_limit: int | None) -> list[dict]:
+def train_together(ks: list[int], epochs: int, train_limit: int | None, tiny: bool = False) -> list[dict]:
     """Seconds (compilation included) to train K FC100s together on P1/P2, for each K; K=1 is
     the one-model baseline."""
     import jax
@@ -43,7 +50,7 @@ def train_together(ks: list[int], epochs: int, train_limit: int | None) -> list[
     from adv_jax.models import build_model
 
     limit = [f"data.train_limit={train_limit}"] if train_limit else []
-    cfg = compose(["model=fc100", "train=adam", f"train.epochs={epochs}"] + limit)
+    cfg = compose(["model=fc100", "train=adam", f"train.epochs={epochs}"] + limit + (TINY_MODEL if tiny else []))
     halves = [load_splits(compose([f"data={s}"] + limit).data)["train"] for s in ("p1", "p2")]
     model, rows = build_model(cfg.model), []
     for k in ks:
@@ -70,11 +77,12 @@ def attack_fc100(examples: int, epochs: int, train_limit: int | None, tiny: bool
 
     limit = [f"data.train_limit={train_limit}"] if train_limit else []
     cfg = compose(["model=fc100", "train=adam", f"train.epochs={epochs}", "attack=lbfgs"] + limit
-                  + (TINY_ATTACK if tiny else []))
+                  + (TINY_ATTACK + TINY_MODEL if tiny else []))
     splits, model = load_splits(cfg.data), build_model(cfg.model)
     params, _ = train_model(model, cfg.model, cfg.train, splits["train"], jax.random.key(0))
     fn, test = logits_fn(model, params), splits["test"]
-    generate(cfg.attack, fn, test.x[:10], test.y[:10], key=jax.random.key(1), progress=False)
+    warm = min(10, examples)
+    generate(cfg.attack, fn, test.x[:warm], test.y[:warm], key=jax.random.key(1), progress=False)
     made = generate(cfg.attack, fn, test.x[:examples], test.y[:examples], key=jax.random.key(0),
                     progress=False)
     adv = made.adversarials
@@ -110,7 +118,7 @@ def shared_device_sweeps(sizes: dict, work: Path, tiny: bool) -> list[dict]:
     limit = [f"data.train_limit={sizes['train_limit']}"] if sizes["train_limit"] else []
     args = ["-m", "model=fc100", "train=adam", f"train.epochs={sizes['epochs']}", "attack=lbfgs",
             f"attack.num_examples={sizes['sweep_examples']}", "lipschitz.images=0", "seed=0,1"]
-    args += limit + (TINY_ATTACK if tiny else [])
+    args += limit + (TINY_ATTACK + TINY_MODEL + TINY_SWEEP if tiny else [])
     joblib = ["hydra/launcher=joblib_local", "hydra.launcher.n_jobs=2"]
     rows = [run_sweep(args + joblib, work, "joblib", sizes["timeout_s"])]
     return rows if tiny else [run_sweep(args, work, "basic", sizes["timeout_s"])] + rows
@@ -125,7 +133,7 @@ def cross_training_set(sizes: dict, work: Path, tiny: bool) -> dict:
     limit = [f"data.train_limit={sizes['study_limit']}"] if sizes["study_limit"] else []
     cfg = compose(["experiment=cross_training_set", "train=adam", f"train.epochs={sizes['epochs']}",
                    f"experiment.num_examples={sizes['study_examples']}", "wandb=disabled",
-                   f"cache_dir={work / 'study' / 'cache'}"] + limit + (TINY_ATTACK if tiny else []))
+                   f"cache_dir={work / 'study' / 'cache'}"] + limit + (TINY_ATTACK + TINY_STUDY if tiny else []))
     start = time.perf_counter()
     adv_jax.run(cfg, str(work / "study" / "run"))
     matrix = work / "study" / "run" / "matrix.md"
@@ -139,7 +147,7 @@ def measure(mode: str, work: Path) -> dict:
     sizes, tiny = SIZES[mode], mode == "cpu_short"
     return {"mode": mode, "sizes": sizes, "devices": [str(d) for d in jax.devices()],
             "machine": machine(),
-            "training": train_together(sizes["ks"], sizes["epochs"], sizes["train_limit"]),
+            "training": train_together(sizes["ks"], sizes["epochs"], sizes["train_limit"], tiny),
             "attack": attack_fc100(sizes["attack_examples"], sizes["epochs"], sizes["train_limit"], tiny),
             "sweeps": shared_device_sweeps(sizes, work, tiny),
             "study": cross_training_set(sizes, work, tiny)}
