@@ -78,7 +78,9 @@ SMALL = {"fgsm": ({}, 1), "pgd": ({"steps": 3}, 3), "fgsm_min": ({"search_steps"
          "pgd_min": ({"steps": 3, "search_steps": 2}, 9),
          "cw": ({"steps": 4, "binary_search_steps": 2}, 8), "ddn": ({"steps": 5}, 5),
          "fmn": ({"steps": 5}, 5), "template": ({}, 1), "deepfool": ({"steps": 3}, None),
-         "fooling": ({"steps": 4}, None), "lbfgs": ({"c_steps": 2, "max_evals": 3}, None)}
+         "fooling": ({"steps": 4}, None), "lbfgs": ({"c_steps": 2, "max_evals": 3}, None),
+         "mi_fgsm": ({"steps": 3}, 3), "di_fgsm": ({"steps": 2}, 2), "ti_fgsm": ({"steps": 2}, 2),
+         "mi_di_ti": ({"steps": 3}, 3)}
 
 
 def test_every_attack_reports_its_gradient_evaluations_in_the_metrics():

@@ -57,8 +57,10 @@ def test_each_ingredient_switched_off_is_iterative_fgsm(norm, switched_off):
                                    atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["mi_fgsm", "di_fgsm", "ti_fgsm", "mi_di_ti"])
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+# Each preset once, each norm twice, DI (the slowest to compile) in both norms, and TI in both
+# (alone in l2, in mi_di_ti in linf); the momentum attack also checked to fool most examples.
+@pytest.mark.parametrize("name, norm", [("mi_fgsm", "linf"), ("ti_fgsm", "l2"), ("di_fgsm", "l2"),
+                                        ("mi_di_ti", "linf")])
 def test_presets_stay_in_the_box_and_the_ball_and_depend_only_on_the_key(name, norm):
     attack = make_attack(name, {"epsilon": BUDGET[norm], "norm": norm})
     plain = run(iterative_fgsm(norm))
@@ -70,11 +72,9 @@ def test_presets_stay_in_the_box_and_the_ball_and_depend_only_on_the_key(name, n
     assert not np.allclose(run(attack), plain, atol=1e-4)  # the ingredient changes the attack
     if name != "mi_fgsm" and name != "ti_fgsm":  # DI draws from the key
         assert not np.array_equal(run(attack, key=0), run(attack, key=1))
-
-
-def test_momentum_attacks_fool_more_than_they_leave():
-    fooled = jnp.argmax(FN(run(make_attack("mi_fgsm", {"epsilon": 0.1}))), -1) != LABELS
-    assert float(fooled.mean()) >= 0.5
+    if name == "mi_fgsm":  # momentum attacks fool more than they leave (epsilon 0.1, L-inf)
+        fooled = jnp.argmax(FN(run(attack)), -1) != LABELS
+        assert float(fooled.mean()) >= 0.5
 
 
 def test_gaussian_kernel_sums_to_one_and_smoothing_a_spike_gives_the_kernel():
@@ -90,9 +90,9 @@ def test_gaussian_kernel_sums_to_one_and_smoothing_a_spike_gives_the_kernel():
 
 @pytest.mark.parametrize("inner", [PGD(steps=3), MomentumIterative(momentum=1.0, steps=3)])
 def test_budgets_in_one_batch_equal_one_run_per_budget(inner):
-    budgets = (0.05, 0.1, 0.2)
+    budgets = (0.05, 0.2)
     x_adv = run(AcrossBudgets(inner, budgets))
-    assert x_adv.shape == (N, 3, 28, 28, 1)
+    assert x_adv.shape == (N, 2, 28, 28, 1)
     for e, epsilon in enumerate(budgets):
         np.testing.assert_allclose(x_adv[:, e], run(type(inner)(**{**inner.__dict__, "epsilon": epsilon})),
                                    atol=1e-6)
@@ -111,8 +111,10 @@ def test_an_ensemble_of_one_model_is_that_model():
     for reduction, same_logits in (("logits", FN(IMAGES)), ("loss", jax.nn.log_softmax(FN(IMAGES)))):
         alone = ensemble_of([FN], reduction)
         np.testing.assert_allclose(alone(IMAGES), same_logits, atol=1e-6)
-        for attack in (make_attack("mi_fgsm", {"norm": "l2", "epsilon": 2.0, "steps": 4}),
-                       LBFGSAttack(c_steps=2, max_evals=4)):
+        attacks = [make_attack("mi_fgsm", {"norm": "l2", "epsilon": 2.0, "steps": 4})]
+        if reduction == "loss":  # log-softmax logits: the attack must not see the shift
+            attacks.append(LBFGSAttack(c_steps=2, max_evals=4))
+        for attack in attacks:
             np.testing.assert_allclose(run(attack, alone, TARGETED), run(attack, FN, TARGETED), atol=1e-4)
 
 

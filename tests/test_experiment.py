@@ -13,10 +13,14 @@ from omegaconf import OmegaConf
 import adv_jax
 from adv_jax import checkpoint
 from adv_jax.config import CONF_DIR, as_config, compose
+from adv_jax.jobs import job_name
 from adv_jax.jobs.study import model_config, recompute_rows
 from adv_jax.reports.aggregate import aggregate
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+# The cross-model studies (adv_jax/jobs/study.py); an experiment whose config selects another job
+# (experiment.job, e.g. transfer_attacks) has its own test (tests/test_transfer_attacks.py).
+STUDIES = [name for name in EXPERIMENTS if job_name(compose([f"experiment={name}"])) == "study"]
 REPO = CONF_DIR.parent
 SHARED_CACHE = Path(os.environ["ADV_JAX_TEST_SHARED"]) / "models"  # tests/conftest.py
 
@@ -52,7 +56,11 @@ def test_experiment_composes_and_its_models_are_plain_run_cache_entries(name):
             assert checkpoint.cache_key(model_cfg) == checkpoint.cache_key(plain_cfg)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_the_study_experiments_are_those_selecting_no_other_job():
+    assert "cross_model" in STUDIES and "transfer_attacks" in EXPERIMENTS and "transfer_attacks" not in STUDIES
+
+
+@pytest.mark.parametrize("name", STUDIES)
 def test_experiment_runs_in_debug_size(name, tmp_path, mnist_dir):
     overrides = _debug(name, tmp_path, mnist_dir)
     if name == "cross_model":  # one autoencoder epoch is enough to exercise the path

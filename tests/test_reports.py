@@ -161,6 +161,7 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
     required = {"models": {"title", "common", "rows", "notes"},
                 "lipschitz": {"title", "models", "measure", "sweep_common", "sweeps", "sweeps_intro", "notes"},
                 "transfer": {"default", "cross_training_set", "cross_model"},
+                "transfer_attacks": {"command", "notes"},
                 "adversarial_training": {"title", "reference", "paper", "notes"},
                 "demos": {"title", "notes", "sections"},
                 "bench_minnorm": {"title", "examples", "seed", "repeats", "target_modes", "common",

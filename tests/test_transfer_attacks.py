@@ -18,10 +18,10 @@ DEBUG = ["experiment=transfer_attacks", "train=adam", "train.learning_rate=0.02"
          "experiment.transfer.budgets.linf=[0.1,0.3]", "experiment.transfer.budgets.l2=[1.0,4.0]",
          "experiment.transfer.analysis_examples=6", "experiment.transfer.random_directions=2",
          "experiment.transfer.reference_budget=1",
-         "~experiment.transfer.attacks.mi", "~experiment.transfer.attacks.di", "~experiment.transfer.attacks.ti",
+         "~experiment.transfer.attacks.mi_di_ti", "~experiment.transfer.attacks.di", "~experiment.transfer.attacks.ti",
          "~experiment.transfer.ensembles.ens_not_fc100_p1", "~experiment.transfer.ensembles.ens_not_fc123_p1",
          "~experiment.transfer.ensembles.ens_not_fc100_p2_logits",
-         "experiment.transfer.attacks.pgd.params.steps=3", "++experiment.transfer.attacks.mi_di_ti.params.steps=3",
+         "experiment.transfer.attacks.pgd.params.steps=3", "++experiment.transfer.attacks.mi.params.steps=3",
          "++experiment.transfer.attacks.lbfgs.params.c_steps=3", "experiment.transfer.attacks.lbfgs.params.max_evals=5",
          "experiment.models.fc100_p1.hidden=[8,8]", "experiment.models.fc100_p2.hidden=[8,8]",
          "experiment.models.fc123_p1.hidden=[8,12]"]
@@ -49,7 +49,7 @@ def test_the_job_at_a_debug_size(tiny_overrides, tmp_path):
     result = json.loads((tmp_path / "run" / "transfer.json").read_text())
     sources, targets = result["sources"], result["models"]
     assert set(sources) == {*targets, "ens_not_fc100_p2"}
-    per_source = {"pgd": 2 * 2, "mi_di_ti": 2 * 2, "lbfgs": 1 + 2 * 2}  # budgets x norms (+ own size)
+    per_source = {"pgd": 2 * 2, "mi": 2 * 2, "lbfgs": 1 + 2 * 2}  # budgets x norms (+ own size)
     assert len(result["cells"]) == sum(per_source.values()) * len(sources) * len(targets)
     for cell in result["cells"]:
         assert cell["n"] == 8 and 0 <= cell["n_conditional"] <= 8

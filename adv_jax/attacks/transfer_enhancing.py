@@ -98,6 +98,15 @@ class MomentumIterative:
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
         return self.perturb(logits_fn, x, label, target, key, self.epsilon)
 
+    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
+        """The attack and {"evals": steps}."""
+        return self(logits_fn, x, label, target, key), {"evals": jnp.int32(self.gradient_evals)}
+
+    @property
+    def gradient_evals(self) -> int:
+        """Forward and backward passes of one `perturb` (one gradient per step)."""
+        return self.steps
+
     def gradient(self, logits_fn: LogitsFn, x_adv, label, target, key) -> jax.Array:
         """The DI- and TI-transformed gradient of the objective at x_adv (same shape)."""
         def objective(image):
