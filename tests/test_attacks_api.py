@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from adv_jax.attacks import PGD, LBFGSAttack, attack_batch, run_attack
@@ -83,24 +84,34 @@ SMALL = {"fgsm": ({}, 1), "pgd": ({"steps": 3}, 3), "fgsm_min": ({"search_steps"
          "mi_di_ti": ({"steps": 3}, 3)}
 
 
-def test_every_attack_reports_its_gradient_evaluations_in_the_metrics():
+def test_every_registered_attack_is_checked_for_its_evaluations():
     from adv_jax.attacks import ATTACKS
 
     assert set(SMALL) == set(ATTACKS)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_attack_reports_its_gradient_evaluations_in_the_metrics(name):
+    params, evals = SMALL[name]
     fn = flax_logits_fn((28, 28, 1))
     x = jax.random.uniform(jax.random.key(9), (4, 28, 28, 1))
     y = jnp.argmax(fn(x), -1)
-    for name, (params, evals) in SMALL.items():
-        made = generate(attack_cfg(name, "untargeted", **params), fn, x, y, key=jax.random.key(0),
-                        progress=False)
-        got, metrics = made.diagnostics["evals"], summarize(made)
-        if evals is None and "steps" in made.diagnostics:  # DeepFool: a Jacobian (10) per step
-            evals = made.diagnostics["steps"] * (10 if name == "deepfool" else 1)
-        elif evals is None:  # L-BFGS: at most c_steps * max_evals, plus its rescue solves
-            assert np.all((got >= 1) & (got <= 2 * 3 + 10 * 50)), got
-            evals = got
-        np.testing.assert_array_equal(got, evals, err_msg=name)
-        assert metrics["attack/evals_mean"] == np.mean(evals) and metrics["attack/evals_max"] == np.max(evals)
+    made = generate(attack_cfg(name, "untargeted", **params), fn, x, y, key=jax.random.key(0),
+                    progress=False)
+    got, metrics = made.diagnostics["evals"], summarize(made)
+    if evals is None and "steps" in made.diagnostics:  # DeepFool: a Jacobian (10) per step
+        evals = made.diagnostics["steps"] * (10 if name == "deepfool" else 1)
+    elif evals is None:  # L-BFGS: at most c_steps * max_evals, plus its rescue solves
+        assert np.all((got >= 1) & (got <= 2 * 3 + 10 * 50)), got
+        evals = got
+    np.testing.assert_array_equal(got, evals, err_msg=name)
+    assert metrics["attack/evals_mean"] == np.mean(evals) and metrics["attack/evals_max"] == np.max(evals)
+
+
+def test_target_mode_all_sums_the_evaluations_over_targets():
+    fn = flax_logits_fn((28, 28, 1))
+    x = jax.random.uniform(jax.random.key(9), (4, 28, 28, 1))
+    y = jnp.argmax(fn(x), -1)
     every = generate(attack_cfg("pgd", "all", steps=3), fn, x[:2], y[:2], key=jax.random.key(0),
                      progress=False)
     np.testing.assert_array_equal(every.diagnostics["evals"], 9 * 3)  # summed over the 9 targets
