@@ -9,10 +9,10 @@ import numpy as np
 from adv_jax.reports import bench_minnorm, settings
 
 INF = np.inf
-FEW_STEPS = {"lbfgs": {"c_steps": 3, "max_evals": 5, "extra_solves": 2},
-             "cw": {"steps": 10, "binary_search_steps": 2}, "deepfool": {"steps": 5},
-             "pgd_min": {"steps": 3, "search_steps": 4}, "fgsm_min": {"search_steps": 4},
-             "ddn": {"steps": 20}, "fmn": {"steps": 20}}
+FEW_STEPS = {"lbfgs": {"c_steps": 2, "max_evals": 3, "extra_solves": 1},
+             "cw": {"steps": 5, "binary_search_steps": 1}, "deepfool": {"steps": 3},
+             "pgd_min": {"steps": 2, "search_steps": 3}, "fgsm_min": {"search_steps": 3},
+             "ddn": {"steps": 10}, "fmn": {"steps": 10}}
 
 
 def test_optimality_is_attackbench_score():
@@ -27,11 +27,15 @@ def test_optimality_is_attackbench_score():
 
 def tiny_conf(tiny_overrides, attacks=None) -> dict:
     conf = settings.load("bench_minnorm")
-    conf["examples"] = 6
-    conf["models"] = [{"name": "tiny", "label": "tiny FC10", "overrides": ["model=fc10", *tiny_overrides]}]
+    conf["examples"] = 3
+    # The tiny run: 500 images, 20 L-BFGS steps, no Jacobian lower bound, the product bound only.
+    overrides = [o for o in tiny_overrides if not o.startswith(("data.train_limit=", "train.lbfgs_steps="))]
+    conf["models"] = [{"name": "tiny", "label": "tiny FC10", "overrides": [
+        "model=fc10", *overrides, "data.train_limit=500", "train.lbfgs_steps=20", "lipschitz.images=0",
+        "lipschitz.methods=[product]"]}]
     conf["attacks"] = [{"name": name, "params": FEW_STEPS[name]} for name in attacks or FEW_STEPS]
     for entry in conf["foolbox"]:
-        entry["params"]["steps"] = 20
+        entry["params"]["steps"] = 10
     return conf
 
 
@@ -40,7 +44,9 @@ def scores_in(text: str) -> list[float]:
     return [float(m) for m in re.findall(r"^\| [^|]+\|(?: [^|]+ \|){5} ([0-9.]+) \|$", text, re.M)]
 
 
-def test_report_on_a_tiny_model(tmp_path, tiny_overrides):
+def test_report_on_a_tiny_model(tmp_path, tiny_overrides, monkeypatch):
+    """The whole report, then (the same run, loaded) without foolbox: the note that says its rows
+    are left out. One test, so the tiny model is trained and the attacks compiled once."""
     conf = tiny_conf(tiny_overrides)
     text = bench_minnorm.report(conf, tmp_path / "runs", {}, "python scripts/bench_minnorm.py")
     names = [*FEW_STEPS] + ([e["name"] for e in conf["foolbox"]] if bench_minnorm.foolbox_available() else [])
@@ -54,8 +60,7 @@ def test_report_on_a_tiny_model(tmp_path, tiny_overrides):
     assert len(scores) == 2 * len(names) and all(0.0 <= s <= 1.0 for s in scores)
     assert max(scores) > 0.5
 
-
-def test_report_without_foolbox_says_its_rows_are_left_out(tmp_path, tiny_overrides, monkeypatch):
+    # Without foolbox: its rows are left out, with the note that says so.
     monkeypatch.setattr(bench_minnorm, "foolbox_available", lambda: False)
     conf = tiny_conf(tiny_overrides, ["fgsm_min", "fmn"])
     conf["target_modes"] = ["untargeted"]

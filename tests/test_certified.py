@@ -157,20 +157,19 @@ def test_local_constants_hold_on_the_ball_and_never_exceed_the_global_ones():
         assert np.all(slopes.max(0) <= local[i] * (1 + 1e-7))
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, mnist_dir):
-    """A tiny FC32-32-10 on 2000 P1 images, attacked by L-BFGS, every certified method on."""
-    root = tmp_path_factory.mktemp("certified")
-    cfg = compose([f"data.mnist_dir={mnist_dir}", "data.train_limit=2000", "train=adam", "train.epochs=5",
-                   "train.learning_rate=1e-2", "wandb.mode=disabled", f"cache_dir={root / 'cache'}",
-                   "model=fc100", "model.hidden=[32,32]", "attack=lbfgs", "attack.num_examples=30",
-                   "lipschitz.images=30", "lipschitz.methods=[product,eclipse_fast,lipsdp]"])
-    metrics = adv_jax.run(cfg, root / "run")
-    return root / "run", metrics
+def test_a_trained_runs_lipschitz_json_and_certified_distortions(tmp_path, tiny_overrides):
+    """One tiny trained run (FC32-32-10 on 2000 P1 images, 3 epochs, the shared model cache),
+    attacked by L-BFGS, every certified method on: lipschitz.json names every bound and its time,
+    and the certified distortions are never above what L-BFGS or PGD-min found. One test, so the
+    run is made once (a module fixture is made again on every xdist worker that needs it)."""
+    cfg = compose([*tiny_overrides, "train=adam", "train.learning_rate=1e-2", "model=fc100",
+                   "model.hidden=[32,32]", "attack=lbfgs",
+                   "attack.num_examples=12", "lipschitz.images=12",
+                   "lipschitz.methods=[product,eclipse_fast,lipsdp]"])
+    run_dir = tmp_path / "run"
+    with jax.enable_x64(False):  # a run as the CLI makes it (L-BFGS is float32)
+        metrics = adv_jax.run(cfg, run_dir)
 
-
-def test_lipschitz_json_names_every_bound_and_its_time(trained_run):
-    run_dir, metrics = trained_run
     stored = json.loads((run_dir / "lipschitz.json").read_text())
     assert set(stored["bounds"]) == {"product", "eclipse_fast", "lipsdp"}
     assert stored["bounds"]["product"] == pytest.approx(stored["lipschitz/upper_bound"])
@@ -181,14 +180,11 @@ def test_lipschitz_json_names_every_bound_and_its_time(trained_run):
     bracket = stored["bracket"]
     assert 0 < bracket["mean_lower_rms_global"] <= bracket["mean_lower_rms_local"] <= bracket["mean_attack_rms"]
 
-
-def test_certified_distortion_is_never_above_what_lbfgs_or_pgd_found(trained_run):
-    run_dir, _ = trained_run
     run = adv_jax.load_run(run_dir)
     found = [Adversarials.load(run_dir / "adversarials.npz")]
     test = adv_jax.load_splits(run.config.data)["test"]
     pgd = compose(["attack=pgd_min", "attack.params.steps=20"]).attack
-    found.append(generate(pgd, run.logits_fn, test.x[:30], test.y[:30], key=jax.random.key(3),
+    found.append(generate(pgd, run.logits_fn, test.x[:12], test.y[:12], key=jax.random.key(3),
                           progress=False).adversarials)
     for adv in found:
         assert adv.success.sum() >= 10

@@ -7,6 +7,7 @@ foolbox is optional: without it its rows are left out, with a note saying so.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -63,9 +64,15 @@ def model_run(entry: dict, common: list[str], run_dir: Path) -> adv_jax.Run:
     return adv_jax.load_run(run_dir)
 
 
+@functools.lru_cache(maxsize=None)
+def attack_config(name: str):
+    """conf/attack/<name>.yaml, composed once per name (every model and target mode reads it)."""
+    return adv_jax.compose([f"attack={name}"]).attack
+
+
 def our_attack(entry: dict):
     """(attack, chunk size) of an adv_jax entry: conf/attack/<name>.yaml's params + entry params."""
-    cfg = adv_jax.compose([f"attack={entry['name']}"]).attack
+    cfg = attack_config(entry["name"])
     attack = make_attack(entry["name"], {**cfg.params, **entry.get("params", {})})
     return attack, cfg.chunk_size or getattr(attack, "chunk_size", 1000)
 
