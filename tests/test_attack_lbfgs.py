@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.optimize import minimize
 
+from closed_form import qp_distance
 from adv_jax.attacks.common import attack_batch, is_adversarial, rms_distortion
 from adv_jax.attacks.lbfgs import LBFGSAttack, attack_loss
 from adv_jax.attacks.scipy_reference import scipy_lbfgs_attack
@@ -77,19 +77,6 @@ def box_distance(d: np.ndarray, needed: float, x: np.ndarray) -> float:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if d @ r_of(mid) < needed else (lo, mid)
     return float(np.linalg.norm(r_of(hi)))
-
-
-def qp_distance(w, b, x, k, kappa=0.0) -> float:
-    """min |r| such that l_k >= l_j + kappa at x + r for all j != k (box ignored)."""
-    others = [j for j in range(w.shape[1]) if j != k]
-    a = (w[:, [k]] - w[:, others]).T.astype(np.float64)
-    c = kappa - (a @ x.reshape(-1).astype(np.float64) + (b[k] - b[others]))
-    gram = a @ a.T
-    result = minimize(lambda m: m @ gram @ m, np.zeros(len(others)), jac=lambda m: 2 * gram @ m,
-                      method="SLSQP", options={"ftol": 1e-14, "maxiter": 500},
-                      constraints=[{"type": "ineq", "fun": lambda m: gram @ m - c,
-                                    "jac": lambda m: gram}])
-    return float(np.linalg.norm(a.T @ result.x))
 
 
 def test_two_classes_box_inactive_matches_closed_form():

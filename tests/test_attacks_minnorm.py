@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.optimize import minimize
 
+from closed_form import qp_distance
 from adv_jax.attacks import make_attack
 from adv_jax.attacks.common import attack_batch, is_adversarial
 from adv_jax.attacks.minnorm import DDN, FMN, cosine_annealed
@@ -36,19 +36,6 @@ def affine_model(num_classes: int, seed: int):
     label = np.argmax(x.reshape(N, -1) @ w + b, 1).astype(np.int32)
     model = Model(layers=(Layer("dense", features=num_classes),))
     return model, ({"w": jnp.asarray(w), "b": jnp.asarray(b)},), w, b, x, label
-
-
-def qp_distance(w, b, x, k) -> float:
-    """min |r|_2 such that class k wins at x + r: r = A^T mu, A's rows w_k - w_j (j != k)."""
-    others = [j for j in range(w.shape[1]) if j != k]
-    a = (w[:, [k]] - w[:, others]).T.astype(np.float64)
-    c = -(a @ x.reshape(-1).astype(np.float64) + (b[k] - b[others]))
-    gram = a @ a.T
-    result = minimize(lambda m: m @ gram @ m, np.zeros(len(others)), jac=lambda m: 2 * gram @ m,
-                      method="SLSQP", options={"ftol": 1e-14, "maxiter": 500},
-                      constraints=[{"type": "ineq", "fun": lambda m: gram @ m - c,
-                                    "jac": lambda m: gram}])
-    return float(np.linalg.norm(a.T @ result.x))
 
 
 def run(attack, model, params, x, label, target, seed=0):

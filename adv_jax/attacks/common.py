@@ -35,6 +35,19 @@ Diagnostics = dict[str, jax.Array]
 UNTARGETED = -1
 
 
+class FixedBudget:
+    """Mixin for an attack with a budget `epsilon`, a
+    `perturb(logits_fn, x, label, target, key, epsilon) -> x_adv` and a fixed count of gradient
+    evaluations per example (`gradient_evals`): the per-example call at its own budget, and that
+    call with {"evals": gradient_evals}."""
+
+    def __call__(self, logits_fn, x, label, target, key) -> jax.Array:
+        return self.perturb(logits_fn, x, label, target, key, self.epsilon)
+
+    def with_diagnostics(self, logits_fn, x, label, target, key):
+        return self(logits_fn, x, label, target, key), {"evals": jnp.int32(self.gradient_evals)}
+
+
 def rms_distortion(x: jax.Array, x_adv: jax.Array) -> jax.Array:
     """Per-pixel RMS distance of one example, or of each example of a (B, ...) batch -> (B,)."""
     axes = tuple(range(1, x.ndim)) if x.ndim == 4 else None

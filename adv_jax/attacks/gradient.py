@@ -31,7 +31,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from adv_jax.attacks.common import LogitsFn, is_adversarial, smallest_success
+from adv_jax.attacks.common import FixedBudget, LogitsFn, is_adversarial, smallest_success
 from adv_jax.attacks.ensemble_source import member_averaged
 
 __all__ = ["FGSM", "PGD", "MinimalEpsilon", "attack_objective", "cross_entropy", "project"]
@@ -84,17 +84,10 @@ def _check_norm(norm: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class FGSM:
+class FGSM(FixedBudget):
     """Fast gradient sign method (Goodfellow et al. 2015): one L-inf step of size epsilon."""
 
     epsilon: float = 0.1  # largest per-pixel change
-
-    def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
-        return self.perturb(logits_fn, x, label, target, key, self.epsilon)
-
-    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
-        """The attack and {"evals": 1}."""
-        return self(logits_fn, x, label, target, key), {"evals": jnp.int32(self.gradient_evals)}
 
     @property
     def gradient_evals(self) -> int:
@@ -109,7 +102,7 @@ class FGSM:
 
 
 @dataclasses.dataclass(frozen=True)
-class PGD:
+class PGD(FixedBudget):
     """Projected gradient ascent (Madry et al. 2018) in an L-inf or L2 ball; returns the last
     iterate. Sign steps (L-inf) or L2-normalized steps, as foolbox's LinfPGD / L2PGD."""
 
@@ -121,13 +114,6 @@ class PGD:
 
     def __post_init__(self):
         _check_norm(self.norm)
-
-    def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
-        return self.perturb(logits_fn, x, label, target, key, self.epsilon)
-
-    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
-        """The attack and {"evals": steps}."""
-        return self(logits_fn, x, label, target, key), {"evals": jnp.int32(self.gradient_evals)}
 
     @property
     def gradient_evals(self) -> int:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adv_jax.attacks.common import LogitsFn
+from adv_jax.attacks.common import FixedBudget, LogitsFn
 from adv_jax.attacks.gradient import NORMS, attack_objective, project
 
 __all__ = ["PRESETS", "MomentumIterative", "diverse_input", "gaussian_kernel", "preset",
@@ -76,7 +76,7 @@ def _l2_norm(v: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class MomentumIterative:
+class MomentumIterative(FixedBudget):
     """MI / DI / TI / MI-DI-TI FGSM (module docstring); L-inf or L2, targeted or untargeted."""
 
     epsilon: float = 0.1  # ball radius: per-pixel (linf) or whole-image Euclidean (l2)
@@ -94,13 +94,6 @@ class MomentumIterative:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of {list(NORMS)}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size}")
-
-    def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
-        return self.perturb(logits_fn, x, label, target, key, self.epsilon)
-
-    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
-        """The attack and {"evals": steps}."""
-        return self(logits_fn, x, label, target, key), {"evals": jnp.int32(self.gradient_evals)}
 
     @property
     def gradient_evals(self) -> int:

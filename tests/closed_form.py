@@ -1,0 +1,24 @@
+"""Closed-form answers the attack tests compare against (imported by the test modules)."""
+
+import numpy as np
+from scipy.optimize import minimize
+
+
+def qp_step(w, b, x, k, kappa: float = 0.0) -> np.ndarray:
+    """The smallest r (L2) with logit_k >= logit_j + kappa at x + r for every j != k, for the
+    linear classifier logits = x w + b (box ignored). With A r >= c (rows w_k - w_j), the optimum
+    is r = A^T mu: a QP in K - 1 variables."""
+    others = [j for j in range(w.shape[1]) if j != k]
+    a = (w[:, [k]] - w[:, others]).T.astype(np.float64)
+    c = kappa - (a @ x.reshape(-1).astype(np.float64) + (b[k] - b[others]))
+    gram = a @ a.T
+    result = minimize(lambda m: m @ gram @ m, np.zeros(len(others)), jac=lambda m: 2 * gram @ m,
+                      method="SLSQP", options={"ftol": 1e-14, "maxiter": 500},
+                      constraints=[{"type": "ineq", "fun": lambda m: gram @ m - c,
+                                    "jac": lambda m: gram}])
+    return a.T @ result.x
+
+
+def qp_distance(w, b, x, k, kappa: float = 0.0) -> float:
+    """|qp_step|: the L2 distance from x to where class k wins by kappa."""
+    return float(np.linalg.norm(qp_step(w, b, x, k, kappa)))
