@@ -176,8 +176,9 @@ def split_indices(split: str, split_seed: int = 0, n_train: int = 60000) -> np.n
     return np.sort(order[:half] if split == "p1" else order[half:])
 
 
-def _select(data: Dataset, index: np.ndarray, classes) -> Dataset:
-    x, y = data.x[index], data.y[index]
+def _select(data: Dataset, index: np.ndarray | None, classes) -> Dataset:
+    """The examples at `index` (None: all, without a copy) of the digits in `classes`."""
+    x, y = (data.x, data.y) if index is None else (data.x[index], data.y[index])
     if classes:
         keep = np.isin(y, classes)
         remap = np.full(10, -1, np.int32)
@@ -186,17 +187,29 @@ def _select(data: Dataset, index: np.ndarray, classes) -> Dataset:
     return Dataset(x, y)
 
 
+@functools.lru_cache(maxsize=2)
+def _evaluation_splits(source: tuple, split_seed: int, classes: tuple | None) -> dict[str, Dataset]:
+    """full, p1, p2 and test of the MNIST `load_mnist(*source)` returns, read-only: shared by every
+    caller in the process (a half is a 94 MB copy, made once)."""
+    mnist = load_mnist(*source)
+    n_train = len(mnist["train"])
+    out = {s: _select(mnist["train"], None if s == "full" else split_indices(s, split_seed, n_train), classes)
+           for s in ("full", "p1", "p2")}
+    out["test"] = _select(mnist["test"], None, classes)
+    for data in out.values():
+        data.x.flags.writeable = data.y.flags.writeable = False
+    return out
+
+
 def load_splits(data_cfg, classes=None) -> dict[str, Dataset]:
     """Every evaluation split plus "train", the (possibly limited) split the model trains on.
+    The arrays are read-only (shared within the process).
 
     `classes` (e.g. [0, 1, 2, 3]) keeps only those digits and relabels them 0..len-1.
     """
-    mnist = load_mnist(_absolute(data_cfg.mnist_dir), data_cfg.tfds_dir, getattr(data_cfg, "source", "idx"),
-                       _absolute(getattr(data_cfg, "download_dir", None)), getattr(data_cfg, "mnist_url", None))
-    n_train = len(mnist["train"])
-    out = {s: _select(mnist["train"], split_indices(s, data_cfg.split_seed, n_train), classes)
-           for s in ("full", "p1", "p2")}
-    out["test"] = _select(mnist["test"], np.arange(len(mnist["test"])), classes)
+    source = (_absolute(data_cfg.mnist_dir), data_cfg.tfds_dir, getattr(data_cfg, "source", "idx"),
+              _absolute(getattr(data_cfg, "download_dir", None)), getattr(data_cfg, "mnist_url", None))
+    out = dict(_evaluation_splits(source, data_cfg.split_seed, tuple(classes) if classes else None))
     train = out[data_cfg.split] if data_cfg.split in out else None
     if train is None:
         raise ValueError(f"unknown data.split {data_cfg.split!r}; choose one of ['full', 'p1', 'p2']")

@@ -61,6 +61,13 @@ def use_cpu_devices(count: int | str = "auto") -> int:
 
 
 @functools.cache
+def run_once_compiler_options() -> dict | None:
+    """Compiler options for a program that runs once per process (initializers). On CPU, LLVM at
+    -O2 instead of -O3 compiles a model's initializer (threefry streams) about 3x faster, drawing
+    the same bits (-O1 and below do not)."""
+    return {"xla_backend_optimization_level": 2} if jax.default_backend() == "cpu" else None
+
+
 def batch_mesh() -> Mesh:
     """A 1-D mesh over all local devices, its axis named "batch"."""
     return Mesh(jax.local_devices(), (BATCH_AXIS,))

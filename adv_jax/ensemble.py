@@ -58,13 +58,6 @@ from adv_jax.train import (
 log = logging.getLogger(__name__)
 
 
-def _run_once_options() -> dict | None:
-    """Compiler options for a program that runs once. On CPU, LLVM at -O2 instead of -O3 compiles
-    the vmapped initializers (K threefry streams) in about 1 s instead of 5.5 s, drawing the same
-    bits as `Model.init`."""
-    return {"xla_backend_optimization_level": 2} if jax.default_backend() == "cpu" else None
-
-
 def default_vmap_size(members: int) -> int:
     """Members batched per step when not given, of a device's `members`: 1 on CPU, all of them on
     an accelerator."""
@@ -87,7 +80,7 @@ def init_members(model: Model, keys: jax.Array) -> tuple[Params, jax.Array]:
     with leaves (K, ...), and the members' fit keys (K,)."""
     # The same key use as train.train_model: init, (autoencoder), fit.
     init_keys, _, fit_keys = jnp.moveaxis(jax.vmap(lambda key: jax.random.split(key, 3))(keys), 1, 0)
-    return jax.jit(jax.vmap(model.init), compiler_options=_run_once_options())(init_keys), fit_keys
+    return jax.jit(jax.vmap(model.init), compiler_options=devices.run_once_compiler_options())(init_keys), fit_keys
 
 
 def check_members(losses: np.ndarray, epoch: int, first: np.ndarray) -> None:

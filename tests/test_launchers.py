@@ -1,6 +1,6 @@
 """The sweep launchers (conf/hydra/launcher/): every one composes, and a Ray multirun on a local
 Ray instance, started on loopback by the launcher's own ray.init and stopped when the sweep
-ends, writes the same metrics as the basic launcher."""
+ends, writes the same metrics as the same runs made in this process."""
 
 import json
 import os
@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+import adv_jax
 from adv_jax.config import CONF_DIR
+from adv_jax.config import compose as compose_run
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("train/seconds", "train/cached")  # how long and where from; everything else must agree
@@ -42,28 +44,33 @@ def test_ray_launcher_is_local_unless_given_an_address(monkeypatch):
     assert launcher_config("ray").ray.init.address == "127.0.0.1:6379"
 
 
-def multirun(tmp_path: Path, name: str, launcher: list[str]) -> dict[int, dict]:
-    """metrics.json of a 2-job sweep (seeds 0 and 1), by job number, from its own model cache."""
-    overrides = ["model=fc10", "data.train_limit=300", "train=adam", "train.epochs=1", "attack=none",
-                 "lipschitz.images=0", "wandb=disabled", "cpu_devices=1", "seed=0,1",
-                 f"cache_dir={tmp_path / name / 'cache'}", f"hydra.sweep.dir={tmp_path / name / 'sweep'}"]
+OVERRIDES = ["model=fc10", "data.train_limit=300", "train=adam", "train.epochs=1", "attack=none",
+             "lipschitz.images=0", "wandb=disabled", "cpu_devices=1"]
+
+
+def without_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+def ray_multirun(tmp_path: Path) -> dict[int, dict]:
+    """metrics.json of a 2-job sweep (seeds 0 and 1) on a local Ray of one worker, by job number."""
+    overrides = [*OVERRIDES, "seed=0,1", f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                 "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=1",
+                 "+hydra.launcher.ray.init._node_ip_address=127.0.0.1"]
     env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1", RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep.py"), "-m", *launcher, *overrides],
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep.py"), "-m", *overrides],
                           env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = {}
-    for path in (tmp_path / name / "sweep").glob("*/metrics.json"):
-        metrics = json.loads(path.read_text())
-        out[int(path.parent.name.split("_")[0])] = {k: v for k, v in metrics.items() if k not in TIMING}
-    return out
+    return {int(path.parent.name.split("_")[0]): without_timing(json.loads(path.read_text()))
+            for path in (tmp_path / "sweep").glob("*/metrics.json")}
 
 
-def test_a_ray_multirun_writes_the_basic_launchers_metrics(tmp_path):
+def test_a_ray_multirun_writes_the_metrics_of_the_same_runs_made_directly(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
-    ray = ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
-           "+hydra.launcher.ray.init._node_ip_address=127.0.0.1"]
-    on_ray = multirun(tmp_path, "ray", ray)
-    basic = multirun(tmp_path, "basic", [])
-    assert sorted(on_ray) == [0, 1] and on_ray == basic
+    on_ray = ray_multirun(tmp_path / "ray")
+    direct = {seed: without_timing(adv_jax.run(compose_run(
+        [*OVERRIDES, f"seed={seed}", f"cache_dir={tmp_path / 'direct' / 'cache'}"]), tmp_path / "direct" / str(seed)))
+        for seed in (0, 1)}
+    assert sorted(on_ray) == [0, 1] and on_ray == direct
     assert on_ray[0]["error/test"] != on_ray[1]["error/test"]  # two seeds, two models

@@ -1,4 +1,4 @@
-"""The transfer-attacks job (adv_jax/jobs/transfer_attacks.py) at a debug size: tiny data, 8-unit
+"""The transfer-attacks job (adv_jax/jobs/transfer_attacks.py) at a debug size: tiny data, 8-8-unit
 models, 2 budgets per norm, 8 examples; transfer.json's cells against their saved files, the
 denominators, the analysis, the figures; and the rates' definitions on hand-made predictions."""
 
@@ -24,7 +24,9 @@ DEBUG = ["experiment=transfer_attacks", "train=adam", "train.learning_rate=0.02"
          "experiment.transfer.attacks.pgd.params.steps=3", "++experiment.transfer.attacks.mi.params.steps=3",
          "++experiment.transfer.attacks.lbfgs.params.c_steps=3", "experiment.transfer.attacks.lbfgs.params.max_evals=5",
          "experiment.models.fc100_p1.hidden=[8,8]", "experiment.models.fc100_p2.hidden=[8,8]",
-         "experiment.models.fc123_p1.hidden=[8,12]"]
+         "experiment.models.fc123_p1.hidden=[8,8]",
+         # the shapes of the other two (their attacks share compiled programs), a model of its own:
+         "experiment.models.fc123_p1.weight_decay=1e-3"]
 
 
 def test_rates_state_their_denominators():

@@ -187,6 +187,7 @@ def test_a_multiruns_jobs_are_grouped_by_sweep_and_named_by_overrides(tmp_path, 
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
     assert [p.name.split("_")[0] for p in jobs] == ["0", "1"]
+    assert all((job / "run.log").read_text() for job in jobs)  # each job logs to its own directory
     records = [run_record(job) for job in jobs]
     assert [r.run_group for r in records] == ["sweep-7", "sweep-7"]
     assert [r.display_name for r in records] == [job.name.split("_", 1)[1] for job in jobs]

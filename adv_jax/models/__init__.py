@@ -48,6 +48,14 @@ class Model:
         return self.layers[-1].features
 
     def init(self, key: jax.Array) -> Params:
+        """Parameters for `key`: one compiled program per model (eager initializers compile
+        one program per layer shape, seconds each on CPU). Inside a trace (vmap, jit) it is
+        traced as part of the caller's program."""
+        if isinstance(key, jax.core.Tracer):
+            return self._init_layers(key)
+        return _init_program(self)(key)
+
+    def _init_layers(self, key: jax.Array) -> Params:
         params, shape = [], self.input_shape
         for layer, layer_key in zip(self.layers, jax.random.split(key, len(self.layers))):
             p, shape = init_layer(layer, layer_key, shape)
@@ -109,6 +117,11 @@ def build_model(cfg: Any) -> Model:
 
 def _float32_logits(model: Model, params: Params, x: jax.Array) -> jax.Array:
     return model.apply(params, jnp.asarray(x, jnp.float32))
+
+
+@functools.lru_cache(maxsize=64)
+def _init_program(model: Model):
+    return jax.jit(model._init_layers, compiler_options=devices.run_once_compiler_options())
 
 
 def logits_fn(model: Model, params: Params) -> jax.tree_util.Partial:
