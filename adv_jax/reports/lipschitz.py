@@ -196,7 +196,8 @@ def model_rows(conf: dict, runs: Path, run_missing: bool) -> tuple[list[tuple[st
     models_command = provenance.command("scripts/report_models.py", [], provenance.MNIST_ENV)
     found, missing = [], []
     for name in conf["models"]:
-        run_dir, command = runs / name, models_command
+        run_dir = runs / name
+        command = provenance.hydra_command("scripts/sweep.py", run_dir, provenance.MNIST_ENV) or models_command
         fallback = conf.get("fallbacks", {}).get(name)
         if fallback and not is_finished(run_dir):
             name, run_dir = fallback["name"], Path(fallback["run_dir"])
