@@ -100,13 +100,12 @@ class _Point(NamedTuple):
 
 
 class _Memory(NamedTuple):
-    """L-BFGS pairs in a ring buffer: s, y (m, n); rho = 1 / s.y (0 marks an empty slot, which the
-    two-loop recursion skips, so a reset only clears rho); head = the slot written next;
-    gamma = scale of H0 = gamma I."""
+    """L-BFGS pairs, oldest first: s, y (m, n), row m - 1 the newest; rho = 1 / s.y (0 marks an
+    empty slot, which the two-loop recursion skips, so a reset only clears rho); gamma = scale of
+    H0 = gamma I."""
     s: jax.Array
     y: jax.Array
     rho: jax.Array
-    head: jax.Array
     gamma: jax.Array
 
 
@@ -145,34 +144,32 @@ def _direction(point: _Point, memory: _Memory) -> jax.Array:
     free = _free(point.z, point.grad)
     s, y, rho = memory.s, memory.y, memory.rho
     m = rho.shape[0]
-    slots = (memory.head - 1 - jnp.arange(m)) % m  # newest first
     # fori_loops, not Python loops: unrolled, XLA fuses the elementwise chain of q into each
-    # consumer and recomputes it, O(m^2) passes over the memory.
+    # consumer and recomputes it, O(m^2) passes over the memory. The slot order is the same for
+    # every example (oldest first), so s[j] is a slice, not a per-example gather.
 
     def newest_first(i, carry):
         q, alphas = carry
-        j = slots[i]
+        j = m - 1 - i
         alpha = rho[j] * jnp.dot(s[j], q)
-        return q - alpha * jnp.where(free, y[j], 0.0), alphas.at[i].set(alpha)
+        return q - alpha * jnp.where(free, y[j], 0.0), alphas.at[j].set(alpha)
 
-    def oldest_first(i, r):
-        j = slots[m - 1 - i]
-        return r + (alphas[m - 1 - i] - rho[j] * jnp.dot(y[j], r)) * jnp.where(free, s[j], 0.0)
+    def oldest_first(j, r):
+        return r + (alphas[j] - rho[j] * jnp.dot(y[j], r)) * jnp.where(free, s[j], 0.0)
 
     q, alphas = jax.lax.fori_loop(0, m, newest_first, (jnp.where(free, point.grad, 0.0), jnp.zeros(m)))
     return -jax.lax.fori_loop(0, m, oldest_first, memory.gamma * q)
 
 
 def _remember(memory: _Memory, s: jax.Array, y: jax.Array, accept: jax.Array) -> _Memory:
-    """Writes the pair (s, y) over the oldest one if the step was accepted with positive
-    curvature. A masked select over the memory: on CPU far cheaper than a scatter to a
-    per-example slot or a shift of the memory."""
+    """Appends the pair (s, y), dropping the oldest, if the step was accepted with positive
+    curvature. A masked select of the shifted memory: it reads and writes the memory once, as
+    a select of one ring-buffer slot would, but keeps the slot order the same for every example."""
     sy, yy = jnp.dot(s, y), jnp.dot(y, y)
     keep = accept & (sy > _CURVATURE_EPS * yy)
-    slot = keep & (jnp.arange(memory.rho.shape[0]) == memory.head)
-    return _Memory(s=jnp.where(slot[:, None], s, memory.s), y=jnp.where(slot[:, None], y, memory.y),
-                   rho=jnp.where(slot, 1.0 / jnp.maximum(sy, _TINY), memory.rho),
-                   head=jnp.where(keep, (memory.head + 1) % memory.rho.shape[0], memory.head),
+    shift = lambda old, new: jnp.where(keep, jnp.concatenate([old[1:], new[None]]), old)  # noqa: E731
+    return _Memory(s=shift(memory.s, s), y=shift(memory.y, y),
+                   rho=shift(memory.rho, 1.0 / jnp.maximum(sy, _TINY)),
                    gamma=jnp.where(keep, sy / jnp.maximum(yy, _TINY), memory.gamma))
 
 
@@ -318,7 +315,7 @@ class LBFGSAttack:
         start = _Point(x, value0, grad0, hits0)
         gamma0 = 1.0 / jnp.maximum(jnp.linalg.norm(jnp.where(_free(x, grad0), grad0, 0.0)), _TINY)
         memory = _Memory(jnp.zeros((self.memory, x.size)), jnp.zeros((self.memory, x.size)),
-                         jnp.zeros(self.memory), jnp.int32(0), gamma0)
+                         jnp.zeros(self.memory), gamma0)
         d0 = _direction(start, memory)
         search = _Search(jnp.float32(self.c_init), jnp.float32(0.0), jnp.float32(jnp.inf),
                          jnp.where(hits0, self.c_steps, 0), x,
