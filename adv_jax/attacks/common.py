@@ -143,6 +143,8 @@ def _attack_chunk(attack: Attack, static, arrays, x, label, target, keys):
     condition across devices every trip and no wait for the other devices' slowest example."""
     def on_device(arrays, *rows):
         one = single_example(join_arrays(arrays, static))
+        if hasattr(attack, "attack_rows"):  # its own batching of a device's rows
+            return attack.attack_rows(one, *rows)
         return jax.vmap(lambda *a: run_attack(attack, one, *a))(*rows)
 
     rows, copied = PartitionSpec(devices.BATCH_AXIS), PartitionSpec()
