@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from adv_jax import devices
 from adv_jax.reports import bench_attacks, provenance
 
 
@@ -26,8 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-foolbox", action="store_true")
     parser.add_argument("--quick", action="store_true", help="section (a) only, printed")
     parser.add_argument("--out", type=Path, default=Path("results/bench_attacks.md"))
+    parser.add_argument("--cpu-devices", default="auto", help="as the config key cpu_devices")
     parser.add_argument("overrides", nargs="*", help="attack overrides, e.g. attack.params.c_steps=5")
     args = parser.parse_args(argv)
+    devices.use_cpu_devices(args.cpu_devices)  # before JAX's first operation, as adv_jax.run does
     command = provenance.command("scripts/bench_attacks.py", sys.argv[1:] if argv is None else argv,
                                  provenance.MNIST_ENV)
     text = bench_attacks.report(args.run_dir, args.examples, args.scipy, args.repeats, command,

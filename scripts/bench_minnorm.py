@@ -2,7 +2,7 @@
 and the conv net: success, distortion, speed, AttackBench optimality -> results/bench_minnorm.md.
 
     ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bench_minnorm.py [--examples 500]
-        [--runs runs/models] [--run fc100_p1=DIR ...] [--config FILE] [--out FILE]
+        [--runs runs/models] [--run fc100_p1=DIR ...] [--config FILE] [--models NAME,...] [--out FILE]
 
 Models: conf/report/bench_minnorm.yaml (run directories <runs>/<name>, or --run NAME=DIR; a run
 not finished there is trained first). foolbox rows need `pip install -e '.[bench]'`.
@@ -24,11 +24,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="the run directory of the model NAME of the config")
     parser.add_argument("--examples", type=int, default=None, help="default: the config's (500)")
     parser.add_argument("--config", type=Path, default=None, help="default: conf/report/bench_minnorm.yaml")
+    parser.add_argument("--models", default=None, help="comma-separated names of the config's models to run")
     parser.add_argument("--out", type=Path, default=Path("results/bench_minnorm.md"))
     args = parser.parse_args(argv)
     conf = settings.load("bench_minnorm", args.config)
     if args.examples is not None:
         conf["examples"] = args.examples
+    if args.models is not None:
+        left_out = [m["label"] for m in conf["models"] if m["name"] not in args.models.split(",")]
+        conf["models"] = [m for m in conf["models"] if m["name"] in args.models.split(",")]
+        conf["notes"] = [*conf.get("notes", []),
+                         f"Left out of this run (--models): {', '.join(left_out) or 'none'}."]
     run_dirs = dict(item.split("=", 1) for item in args.run)
     command = provenance.command("scripts/bench_minnorm.py", sys.argv[1:] if argv is None else argv,
                                  provenance.MNIST_ENV)

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from adv_jax import devices
 
@@ -137,8 +138,19 @@ def batched_logits(logits_fn: LogitsFn, x: jax.Array, batch_size: int = 10000) -
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _attack_chunk(attack: Attack, static, arrays, x, label, target, keys):
-    one = single_example(join_arrays(arrays, static))
-    return jax.vmap(lambda *a: run_attack(attack, one, *a))(x, label, target, keys)
+    """The chunk's rows vmapped, once per device on its own rows (a shard_map): an attack's
+    while_loop then stops when that device's examples are done, with no all-reduce of its
+    condition across devices every trip and no wait for the other devices' slowest example."""
+    def on_device(arrays, *rows):
+        one = single_example(join_arrays(arrays, static))
+        if hasattr(attack, "attack_rows"):  # its own batching of a device's rows
+            return attack.attack_rows(one, *rows)
+        return jax.vmap(lambda *a: run_attack(attack, one, *a))(*rows)
+
+    rows, copied = PartitionSpec(devices.BATCH_AXIS), PartitionSpec()
+    # check_vma off: per-example loops mix per-row values with the replicated parameters.
+    return jax.shard_map(on_device, mesh=devices.batch_mesh(), in_specs=(copied,) + (rows,) * 4,
+                         out_specs=rows, check_vma=False)(arrays, x, label, target, keys)
 
 
 def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array,

@@ -30,22 +30,24 @@ form (no evaluation), and solves at nearby c need few iterations. Distortion sat
 the solves converge (on FC100, 15 evaluations per solve is within 0.1% of cold solves run to a
 1e-6 tolerance, and 10 evaluations with 3 pairs within 0.3% at twice the speed), hence the defaults.
 
-Batching: `attack_batch` vmaps the attack over examples, and vmapped code cannot skip work per
-example, so the attack is ONE loop whose trips each make exactly one function evaluation per
-example, and each example advances its own state machine: an L-BFGS step, a backtracking step,
-or the end of its solve and the start of the next (`_trip`: evaluate, `_armijo`, `_solve_ends`,
-`_finish_solve` and `_restart`, `_next_line`, which projects the trial onto the box). A batch then costs the largest per-example
-evaluation count (at most c_steps * max_evals, plus extra_solves * extra_evals for an example the
-first c_steps solves did not fool), not a sum over iterations of the slowest line
-search. Trips run in rounds of `_TRIPS_PER_ROUND` inside a `lax.while_loop` that stops once every
-example has done its solves (a finished example only masks its updates until then).
-Rounds exist because a while_loop with a per-example condition selects its whole carry, L-BFGS
-memory included, on every trip; a fori_loop inside it does not.
+Batching: vmapped code cannot skip work per example, so the attack is ONE loop whose trips each
+make exactly one function evaluation per example, and each example advances its own state
+machine: its start (the first trip evaluates z = x), an L-BFGS step, a backtracking step, or the
+end of its solve and the start of the next (`_trip`: evaluate, `_armijo`, `_begin`,
+`_solve_ends`, `_finish_solve` and `_restart`, `_next_line`, which projects the trial onto the
+box). Trips run in rounds of `TRIPS_PER_ROUND` inside a `lax.while_loop`. Rounds exist because a
+while_loop with a per-example condition selects its whole carry, L-BFGS memory included, on
+every trip; a fori_loop inside it does not. `with_diagnostics` (one example, vmapped by a caller)
+stops once every example of the batch is done, so a batch costs its slowest example's
+evaluations. `attack_rows` (what `attack_batch` calls, per device) keeps `lanes` examples in
+flight instead: after each round a lane whose example is done writes its result and takes the
+next row, so a lane waits at most the rest of a round; same results, example by example.
 
 Speed on CPU: every trip reads and rewrites the memory (2 * memory * n floats per example), which
-costs more than the MLP's gradient unless a chunk's state stays in cache: use
-attack_batch(..., chunk_size=LBFGSAttack.chunk_size). On FC100, memory 5 -> 3 takes a 2000-image
-pass from 1.5 s to 1.0 s at the same mean distortion (0.05311).
+costs more than the MLP's gradient unless the lanes' state stays in cache (`lanes` = 64 per
+device). On FC100, memory 5 -> 3 takes a 2000-image pass from 1.5 s to 1.0 s at the same mean
+distortion (0.05311). The arithmetic it achieves against a fused forward+backward pass:
+results/bench_attacks.md, section (c).
 """
 
 from __future__ import annotations
@@ -59,13 +61,13 @@ import jax.numpy as jnp
 from adv_jax.attacks.common import LogitsFn, is_adversarial
 from adv_jax.attacks.ensemble_source import member_averaged
 
-__all__ = ["LOSSES", "LBFGSAttack", "attack_loss"]
+__all__ = ["LOSSES", "LBFGSAttack", "TRIPS_PER_ROUND", "attack_loss"]
 
 LOSSES = ("xent", "margin")
 _ARMIJO = 1e-4  # sufficient decrease: f(z') <= f(z) + _ARMIJO * g.(z' - z)
 _MAX_BACKTRACKS = 12  # a line search failing this often ends the solve
 _CURVATURE_EPS = 1e-8  # keep a pair only if s.y > _CURVATURE_EPS * y.y (positive curvature)
-_TRIPS_PER_ROUND = 8
+TRIPS_PER_ROUND = 8  # trips per while_loop round: a loop runs a multiple of this many
 _TINY = 1e-30
 
 
@@ -201,17 +203,24 @@ def _next_c(search: _Search, point: _Point, x: jax.Array, solve_done: jax.Array)
 
 class _Problem(NamedTuple):
     """What stays fixed during one example's attack: x (n,), the first point (z = x) and the
-    scale gamma of H0 for an empty memory."""
+    scale gamma of H0 for an empty memory (both set by the example's first trip)."""
     x: jax.Array
     start: _Point
     gamma0: jax.Array
 
 
 class _State(NamedTuple):
-    search: _Search
+    search: _Search  # solves = -1: a fresh example, whose next trip evaluates z = x
     point: _Point
     memory: _Memory
     line: _LineSearch
+    problem: _Problem
+
+
+def _where_rows(condition: jax.Array, a, b):
+    """Per row (leading axis) of every leaf: a where condition (rows,), else b."""
+    return jax.tree_util.tree_map(
+        lambda u, v: jnp.where(condition.reshape(-1, *(1,) * (u.ndim - 1)), u, v), a, b)
 
 
 def _project(z: jax.Array) -> jax.Array:
@@ -269,7 +278,8 @@ class LBFGSAttack:
     warm_start: bool = True
     extra_solves: int = 10
     extra_evals: int = 50
-    chunk_size: ClassVar[int] = 500  # examples per vmapped chunk whose memory fits in cache
+    chunk_size: ClassVar[int] = 10000  # examples per chunk (split over the devices): `attack_rows`
+    lanes: ClassVar[int] = 64  # examples in flight per device in `attack_rows`: their state in cache
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -292,15 +302,59 @@ class LBFGSAttack:
         del key  # deterministic
         shape, x = x.shape, x.reshape(-1).astype(jnp.float32)
         value_and_grad = self._value_and_grad(logits_fn, x, shape, label, target)
-        problem, state = self._start(value_and_grad, x)
 
         def round_of_trips(state):
-            trip = lambda _, s: self._trip(value_and_grad, problem, s)  # noqa: E731
-            return jax.lax.fori_loop(0, _TRIPS_PER_ROUND, trip, state)
+            trip = lambda _, s: self._trip(value_and_grad, s)  # noqa: E731
+            return jax.lax.fori_loop(0, TRIPS_PER_ROUND, trip, state)
 
-        state = jax.lax.while_loop(lambda s: jnp.any(self._active(s.search)), round_of_trips, state)
+        state = jax.lax.while_loop(lambda s: jnp.any(self._active(s.search)), round_of_trips,
+                                   self._fresh(x))
         x_adv = _project(state.search.best_z).reshape(shape)
         return x_adv, {"evals": state.search.evals, "c": state.search.c_success}
+
+    def attack_rows(self, logits_fn: LogitsFn, x: jax.Array, label: jax.Array, target: jax.Array,
+                    key: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """`with_diagnostics` on every row of x (P, 28, 28, 1), label, target (P,), the same
+        per example, with `lanes` examples in flight: a lane whose example is done takes the
+        next one at the end of a round, so no lane waits for the slowest example of a batch.
+        -> x_adv (P, 28, 28, 1), {"evals": (P,), "c": (P,)}. logits_fn: one example's."""
+        del key  # deterministic
+        rows, size = x.reshape(len(x), -1).astype(jnp.float32), len(x)
+        lanes = min(self.lanes, size)
+
+        def trip(state, lane_label, lane_target):
+            value_and_grad = self._value_and_grad(logits_fn, state.problem.x, x.shape[1:],
+                                                  lane_label, lane_target)
+            return self._trip(value_and_grad, state)
+
+        def round_of_trips(carry):
+            state, example, *rest = carry
+            state = jax.lax.fori_loop(0, TRIPS_PER_ROUND, lambda _, s: jax.vmap(trip)(
+                s, label[jnp.maximum(example, 0)], target[jnp.maximum(example, 0)]), state)
+            return self._refill(rows, state, example, *rest)
+
+        carry = (jax.vmap(self._fresh)(rows[:lanes]), jnp.arange(lanes), jnp.int32(lanes),
+                 (jnp.zeros_like(rows), jnp.zeros(size, jnp.int32), jnp.zeros(size)))
+        carry = jax.lax.while_loop(
+            lambda c: jnp.any(self._active(c[0].search)) | (c[2] < size), round_of_trips, carry)
+        best, evals, c = carry[3]
+        return best.reshape(x.shape), {"evals": evals, "c": c}
+
+    def _refill(self, rows: jax.Array, state: _State, example: jax.Array, taken: jax.Array,
+                out: tuple) -> tuple:
+        """After a round: the lanes whose example is done write its result to `out` (at row
+        `example`) and start the next untaken row (example -1: none left, the lane idles)."""
+        done = ~self._active(state.search) & (example >= 0)
+        at = jnp.where(done, example, len(rows))  # len(rows): out of bounds, dropped
+        search = state.search
+        out = tuple(o.at[at].set(v, mode="drop") for o, v in
+                    zip(out, (_project(search.best_z), search.evals, search.c_success)))
+        following = taken + jnp.cumsum(done) - 1
+        start = done & (following < len(rows))
+        fresh = jax.vmap(self._fresh)(rows[jnp.minimum(following, len(rows) - 1)], state.memory)
+        example = jnp.where(start, following, jnp.where(done, -1, example))
+        return (_where_rows(start, fresh, state), example,
+                jnp.minimum(taken + jnp.sum(done), len(rows)), out)
 
     def _value_and_grad(self, logits_fn: LogitsFn, x: jax.Array, shape, label, target):
         """(z (n,), c) -> ((c ||z - x||^2 + loss, success), gradient in z)."""
@@ -311,43 +365,60 @@ class LBFGSAttack:
 
         return jax.value_and_grad(objective, has_aux=True)
 
-    def _start(self, value_and_grad, x: jax.Array) -> tuple[_Problem, _State]:
-        """The first solve at c_init from z = x, its first trial step already taken."""
+    def _fresh(self, x: jax.Array, memory: _Memory | None = None) -> _State:
+        """An example not yet evaluated: its next trip evaluates z = x (the point's value inf, so
+        that trip's step is accepted), counted in no solve, and `_begin` sets up the first solve
+        at c_init from there. memory: pairs to reuse as storage (all cleared by rho = 0)."""
+        n, zero, one = x.size, jnp.float32(0.0), jnp.float32(1.0)
+        if memory is None:
+            memory = _Memory(*(jnp.zeros((self.memory, n)),) * 2, None, None, None)
+        memory = memory._replace(rho=jnp.zeros(self.memory), head=jnp.int32(0), gamma=one)
+        point = _Point(x, jnp.float32(jnp.inf), jnp.zeros(n), jnp.bool_(False))
+        search = _Search(jnp.float32(self.c_init), zero, jnp.float32(jnp.inf), jnp.int32(-1), x,
+                         jnp.float32(jnp.inf), jnp.int32(-1))
+        line = _LineSearch(jnp.zeros(n), one, x, jnp.int32(0), jnp.int32(-1))
+        return _State(search, point, memory, line, _Problem(x, point._replace(value=zero), one))
+
+    def _begin(self, state: _State, fresh: jax.Array) -> _State:
+        """Where this trip evaluated a fresh example's z = x: that point starts its first solve
+        (solves 0; none needed if x already succeeds) and sets the H0 scale of an empty memory."""
         # At z = x the norm term and its gradient vanish: one evaluation serves every c.
-        (value0, hits0), grad0 = value_and_grad(x, jnp.float32(self.c_init))
-        start = _Point(x, value0, grad0, hits0)
-        gamma0 = 1.0 / jnp.maximum(jnp.linalg.norm(jnp.where(_free(x, grad0), grad0, 0.0)), _TINY)
-        memory = _Memory(jnp.zeros((self.memory, x.size)), jnp.zeros((self.memory, x.size)),
-                         jnp.zeros(self.memory), jnp.int32(0), gamma0)
-        d0 = _direction(start, memory)
-        search = _Search(jnp.float32(self.c_init), jnp.float32(0.0), jnp.float32(jnp.inf),
-                         jnp.where(hits0, self.c_steps, 0), x,
-                         jnp.where(hits0, 0.0, jnp.inf).astype(jnp.float32), jnp.int32(0))
-        line = _LineSearch(d0, jnp.float32(1.0), _project(x + d0), jnp.int32(0), jnp.int32(0))
-        return _Problem(x, start, gamma0), _State(search, start, memory, line)
+        point, search = state.point, state.search
+        free_grad = jnp.where(_free(point.z, point.grad), point.grad, 0.0)
+        gamma0 = 1.0 / jnp.maximum(jnp.linalg.norm(free_grad), _TINY)
+        problem = _Problem(state.problem.x, _tree_where(fresh, point, state.problem.start),
+                           jnp.where(fresh, gamma0, state.problem.gamma0))
+        search = search._replace(
+            solves=jnp.where(fresh, jnp.where(point.hits, self.c_steps, 0), search.solves),
+            best_dist2=jnp.where(fresh & point.hits, 0.0, search.best_dist2))
+        memory = state.memory._replace(gamma=jnp.where(fresh, gamma0, state.memory.gamma))
+        return state._replace(search=search, memory=memory, problem=problem)
 
     def _active(self, search: _Search) -> jax.Array:
         """Solving still: within its c_steps solves, or past them with no success yet."""
         unsolved = ~jnp.isfinite(search.best_dist2) & (search.solves < self.c_steps + self.extra_solves)
         return (search.solves < self.c_steps) | unsolved
 
-    def _trip(self, value_and_grad, problem: _Problem, state: _State) -> _State:
+    def _trip(self, value_and_grad, state: _State) -> _State:
         """One evaluation per example: at the trial point, then an L-BFGS step, a backtrack, or
-        the end of the solve and the start of the next (masked once the example is done)."""
-        search, point, memory, line = state
-        active = self._active(search)
+        the end of the solve and the start of the next (masked once the example is done); for a
+        fresh example, at x, which starts its first solve."""
+        search, point, memory, line, problem = state
+        active, fresh = self._active(search), search.solves < 0
         (value, hits), grad = value_and_grad(line.trial, search.c)
         trial = _Point(line.trial, value, grad, hits)
         accept, slope, decrease = _armijo(point, trial)
         memory = _remember(memory, trial.z - point.z, grad - point.grad, accept & active)
-        point = _tree_where(accept, trial, point)
+        point = _tree_where(accept | fresh, trial, point)
+        begun = self._begin(_State(search, point, memory, line, problem), fresh)
+        search, memory, problem = begun.search, begun.memory, begun.problem
         evals = line.evals + 1
-        solve_done = active & self._solve_ends(search, point, line, problem.x, accept, evals)
+        solve_done = active & ~fresh & self._solve_ends(search, point, line, problem.x, accept, evals)
         search = search._replace(evals=search.evals + active)
         search, point, memory = self._finish_solve(search, point, memory, problem, solve_done)
-        line = _next_line(point, memory, line, accept | solve_done, solve_done, slope, decrease,
-                          evals)
-        return _State(search, point, memory, line)
+        line = _next_line(point, memory, line, accept | solve_done | fresh, solve_done, slope,
+                          decrease, evals)
+        return _State(search, point, memory, line, problem)
 
     def _solve_ends(self, search: _Search, point: _Point, line: _LineSearch, x: jax.Array,
                     accept: jax.Array, evals: jax.Array) -> jax.Array:
