@@ -39,7 +39,9 @@ def pytest_configure(config):
         _CREATED.append(shared)
         os.environ["ADV_JAX_TEST_SHARED"] = shared
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(shared) / "xla"))
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+        # Every program, however quick to compile: the workers and subprocesses share them all.
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def pytest_unconfigure(config):
