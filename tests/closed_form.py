@@ -1,7 +1,26 @@
-"""Closed-form answers the attack tests compare against (imported by the test modules)."""
+"""Closed-form answers the attack tests compare against, and the affine models they are known
+for (imported by the test modules)."""
 
+import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize
+
+from adv_jax.models import Model
+from adv_jax.models.layers import Layer
+
+N = 6  # examples per affine case
+
+
+def affine_model(num_classes: int, seed: int):
+    """A hand-built linear classifier and N images around 0.5, far enough from 0 and 1 that the
+    box stays inactive for the closest adversarial example: (model, params, w, b, x, label)."""
+    rng = np.random.default_rng(seed)
+    w = (rng.normal(size=(784, num_classes)) * 0.05).astype(np.float32)
+    b = (rng.normal(size=num_classes) * 0.1).astype(np.float32)
+    x = (0.5 + 0.1 * rng.uniform(-1, 1, size=(N, 28, 28, 1))).astype(np.float32)
+    label = np.argmax(x.reshape(N, -1) @ w + b, 1).astype(np.int32)
+    model = Model(layers=(Layer("dense", features=num_classes),))
+    return model, ({"w": jnp.asarray(w), "b": jnp.asarray(b)},), w, b, x, label
 
 
 def qp_step(w, b, x, k, kappa: float = 0.0) -> np.ndarray:

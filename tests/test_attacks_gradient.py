@@ -15,30 +15,16 @@ import numpy as np
 import optax
 import pytest
 
-from closed_form import qp_distance, qp_step
+from closed_form import N, affine_model, qp_distance, qp_step
 from adv_jax.attacks.carlini_wagner import CarliniWagnerL2, margin
 from adv_jax.attacks.common import attack_batch, is_adversarial
 from adv_jax.attacks.deepfool import DeepFool
 from adv_jax.attacks.gradient import FGSM, PGD, MinimalEpsilon, cross_entropy
 from adv_jax.config import compose
 from adv_jax.data import load_splits
-from adv_jax.models import Model, logits_fn
-from adv_jax.models.layers import Layer
+from adv_jax.models import logits_fn
 
-N = 6  # examples per affine case
 CW = CarliniWagnerL2(steps=200, binary_search_steps=6)
-
-
-def affine_model(num_classes: int, seed: int):
-    """A hand-built linear classifier and N images around 0.5, far enough from 0 and 1 that
-    the box stays inactive for the closest adversarial example."""
-    rng = np.random.default_rng(seed)
-    w = (rng.normal(size=(784, num_classes)) * 0.05).astype(np.float32)
-    b = (rng.normal(size=num_classes) * 0.1).astype(np.float32)
-    x = (0.5 + 0.1 * rng.uniform(-1, 1, size=(N, 28, 28, 1))).astype(np.float32)
-    label = np.argmax(x.reshape(N, -1) @ w + b, 1).astype(np.int32)
-    model = Model(layers=(Layer("dense", features=num_classes),))
-    return model, ({"w": jnp.asarray(w), "b": jnp.asarray(b)},), w, b, x, label
 
 
 def l2_distances(x_adv, x) -> np.ndarray:

@@ -14,28 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from closed_form import qp_distance
+from closed_form import N, affine_model, qp_distance
 from adv_jax.attacks import make_attack
 from adv_jax.attacks.common import attack_batch, is_adversarial
 from adv_jax.attacks.minnorm import DDN, FMN, cosine_annealed
 from adv_jax.config import compose
 from adv_jax.data import load_splits
-from adv_jax.models import Model, logits_fn
-from adv_jax.models.layers import Layer
+from adv_jax.models import logits_fn
 from adv_jax.validate import check
 
-N = 6  # examples per affine case
-
-
-def affine_model(num_classes: int, seed: int):
-    """A linear classifier and N images around 0.5 (the box stays inactive)."""
-    rng = np.random.default_rng(seed)
-    w = (rng.normal(size=(784, num_classes)) * 0.05).astype(np.float32)
-    b = (rng.normal(size=num_classes) * 0.1).astype(np.float32)
-    x = (0.5 + 0.1 * rng.uniform(-1, 1, size=(N, 28, 28, 1))).astype(np.float32)
-    label = np.argmax(x.reshape(N, -1) @ w + b, 1).astype(np.int32)
-    model = Model(layers=(Layer("dense", features=num_classes),))
-    return model, ({"w": jnp.asarray(w), "b": jnp.asarray(b)},), w, b, x, label
 
 
 def run(attack, model, params, x, label, target, seed=0):

@@ -13,7 +13,6 @@ from hydra import compose, initialize_config_dir
 
 import adv_jax
 from adv_jax.config import CONF_DIR
-from adv_jax.config import compose as compose_run
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("train/seconds", "train/cached")  # how long and where from; everything else must agree
@@ -69,7 +68,7 @@ def ray_multirun(tmp_path: Path) -> dict[int, dict]:
 def test_a_ray_multirun_writes_the_metrics_of_the_same_runs_made_directly(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
     on_ray = ray_multirun(tmp_path / "ray")
-    direct = {seed: without_timing(adv_jax.run(compose_run(
+    direct = {seed: without_timing(adv_jax.run(adv_jax.compose(
         [*OVERRIDES, f"seed={seed}", f"cache_dir={tmp_path / 'direct' / 'cache'}"]), tmp_path / "direct" / str(seed)))
         for seed in (0, 1)}
     assert sorted(on_ray) == [0, 1] and on_ray == direct

@@ -134,15 +134,10 @@ SECTIONS = {"units": units, "linear": linear, "effective_weights": effective_wei
             "bottleneck": bottleneck, "figure7": figure7}
 
 
-def demo_command(run_dir: Path) -> str:
-    """The `scripts/demo.py` command that made the run (its Hydra overrides)."""
-    return provenance.command("scripts/demo.py", list(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")))
-
-
 def section(name: str, title: str, run_dir: Path, figures_dir: Path) -> list[str]:
     """One demo's lines; copies its figures into figures_dir as demo_<figure>."""
     numbers = json.loads((run_dir / "numbers.json").read_text())
-    lines = [f"## {title}", "", f"`{demo_command(run_dir)}`", ""]
+    lines = [f"## {title}", "", f"`{provenance.hydra_command('scripts/demo.py', run_dir)}`", ""]
     for figure in numbers["figures"]:
         target = figures_dir / f"demo_{figure}"
         shutil.copyfile(run_dir / figure, target)

@@ -52,13 +52,18 @@ def _runs_below(path: Path) -> list[Path]:
     return [run for sub in subdirs for run in _runs_below(sub)]
 
 
-def find_studies(paths: Sequence[str | Path]) -> list[Path]:
-    """Transfer-study directories (with matrix.json) at or below `paths`; models/ excluded."""
+def find_results(paths: Sequence[str | Path], filename: str) -> list[Path]:
+    """Directories holding `filename` at or below `paths`; a study's models/ excluded."""
     found = []
     for p in map(Path, paths):
-        hits = [p / "matrix.json"] if (p / "matrix.json").exists() else sorted(p.rglob("matrix.json"))
+        hits = [p / filename] if (p / filename).exists() else sorted(p.rglob(filename))
         found += [h.parent for h in hits if "models" not in h.relative_to(p).parts[:-1]]
     return found
+
+
+def find_studies(paths: Sequence[str | Path]) -> list[Path]:
+    """Transfer-study directories (with matrix.json) at or below `paths`; models/ excluded."""
+    return find_results(paths, "matrix.json")
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from adv_jax.figures_transfer import budget_curves, quartile_bars
 from adv_jax.reports import provenance
+from adv_jax.reports.runs import find_results
 from adv_jax.reports.tables import markdown, mean_std
 
 BASELINE = "pgd"
@@ -23,11 +24,7 @@ BASELINE = "pgd"
 
 def find_transfer_runs(paths: Sequence[str | Path]) -> list[Path]:
     """Directories holding transfer.json at or below `paths` (models/ excluded)."""
-    found = []
-    for p in map(Path, paths):
-        hits = [p / "transfer.json"] if (p / "transfer.json").exists() else sorted(p.rglob("transfer.json"))
-        found += [h.parent for h in hits if "models" not in h.relative_to(p).parts[:-1]]
-    return found
+    return find_results(paths, "transfer.json")
 
 
 def cell_values(results: list[dict]) -> dict[tuple, dict[str, list[float]]]:
