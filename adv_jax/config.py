@@ -55,8 +55,10 @@ class ConvBlock:
 class AutoencoderConfig:
     """Unsupervised pretraining of the first hidden layer as a sparse autoencoder, then frozen."""
 
+    optimizer: str = "adam"  # adam (minibatch, `epochs`) | lbfgs (full batch, `lbfgs_steps` iterations)
     epochs: int = 30
     learning_rate: float = 1e-3
+    lbfgs_steps: int = 400
     sparsity_target: float = 0.05  # wanted mean activation rho of each hidden unit
     sparsity_weight: float = 3.0  # beta in beta * sum_j KL(rho || rho_hat_j)
     weight_decay: float = 1e-6  # lambda on encoder and decoder weights (paper's form)

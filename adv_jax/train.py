@@ -269,24 +269,22 @@ def lbfgs_stops(max_steps: int, chunk: int = 50) -> list[int]:
     return [min(stop, max_steps) for stop in range(chunk, max_steps + chunk, chunk)]
 
 
-def fit_lbfgs(model: Model, params: Params, data: Dataset, cfg, frozen_layers: tuple[int, ...] = (),
-              on_epoch=None) -> tuple[Params, list[float], int]:
-    """Full-batch L-BFGS (optax, zoom line search) until |grad| < cfg.lbfgs_tolerance, in jitted
-    chunks of 50 iterations; returns params, the loss after each chunk, and the iteration count."""
-    if pools_lib.enabled(cfg):
-        pools_lib.check_config(model, cfg)  # raises: pools and dropout need a minibatch optimizer
-    loss, optimizer = make_loss(model, cfg, frozen_layers), optax.lbfgs()
+def minimize_lbfgs(objective, params, batch: tuple, max_steps: int, tolerance: float, *,
+                   desc: str = "lbfgs", on_epoch=None) -> tuple[Any, list[float], int]:
+    """Full-batch L-BFGS (optax, zoom line search) of objective(params, batch) until |grad| <
+    tolerance or max_steps iterations, in jitted chunks of 50; returns params, the objective after
+    each chunk, and the iteration count. The classifier and the autoencoder both train through it."""
+    optimizer = optax.lbfgs()
 
     @jax.jit
-    def run_chunk(carry, stop, x, y):  # data as arguments: see fit_minibatch
-        objective = lambda p: loss(p, None, (), (x, y), None)  # noqa: E731
-        return lbfgs_chunk(objective, optimizer, cfg.lbfgs_tolerance)(carry, stop)
+    def run_chunk(carry, stop, batch):  # data as arguments: see fit_minibatch
+        return lbfgs_chunk(lambda p: objective(p, batch), optimizer, tolerance)(carry, stop)
 
-    x, y = jnp.asarray(data.x), jnp.asarray(data.y)
+    batch = tuple(jnp.asarray(b) for b in batch)
     carry, history = (params, optimizer.init(params)), []
-    with tqdm(total=cfg.lbfgs_steps, desc="lbfgs", unit="it", leave=False) as bar:
-        for i, stop in enumerate(lbfgs_stops(cfg.lbfgs_steps)):
-            carry, value, grad_norm, count = run_chunk(carry, stop, x, y)
+    with tqdm(total=max_steps, desc=desc, unit="it", leave=False) as bar:
+        for i, stop in enumerate(lbfgs_stops(max_steps)):
+            carry, value, grad_norm, count = run_chunk(carry, stop, batch)
             value, grad_norm = float(value), float(grad_norm)
             check_finite(np.array([value]), i, history[0] if history else None)
             history.append(value)
@@ -294,9 +292,20 @@ def fit_lbfgs(model: Model, params: Params, data: Dataset, cfg, frozen_layers: t
             bar.set_postfix(loss=f"{value:.4f}", grad=f"{grad_norm:.1e}")
             if on_epoch:
                 on_epoch(i, value)
-            if grad_norm < cfg.lbfgs_tolerance:
+            if grad_norm < tolerance:
                 break
     return carry[0], history, int(otu.tree_get(carry[1], "count"))
+
+
+def fit_lbfgs(model: Model, params: Params, data: Dataset, cfg, frozen_layers: tuple[int, ...] = (),
+              on_epoch=None) -> tuple[Params, list[float], int]:
+    """The classifier by full-batch L-BFGS until |grad| < cfg.lbfgs_tolerance (at most
+    cfg.lbfgs_steps iterations); returns params, the loss after each chunk, the iteration count."""
+    if pools_lib.enabled(cfg):
+        pools_lib.check_config(model, cfg)  # raises: pools and dropout need a minibatch optimizer
+    loss = make_loss(model, cfg, frozen_layers)
+    return minimize_lbfgs(lambda p, batch: loss(p, None, (), batch, None), params, (data.x, data.y),
+                          cfg.lbfgs_steps, cfg.lbfgs_tolerance, on_epoch=on_epoch)
 
 
 def train_classifier(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
@@ -324,8 +333,9 @@ def sparse_autoencoder_loss(encoder: dict, decoder: dict, x: jax.Array, cfg) -> 
 
 def pretrain_autoencoder(model: Model, params: Params, data: Dataset, key: jax.Array, ae_cfg,
                          train_cfg) -> Params:
-    """Trains the first layer as a sparse sigmoid autoencoder on images alone (no labels), through
-    the same train step and epoch loop as the classifier."""
+    """Trains the first layer as a sparse sigmoid autoencoder on images alone (no labels): by
+    minibatch Adam through the classifier's train step and epoch loop, or (ae_cfg.optimizer lbfgs)
+    by full-batch L-BFGS for ae_cfg.lbfgs_steps iterations, as the paper's era did."""
     first = model.layers[0]
     if first.kind != "dense" or first.activation != "sigmoid":
         raise ValueError("model.autoencoder needs a first dense sigmoid layer (e.g. hidden: [400])")
@@ -333,11 +343,16 @@ def pretrain_autoencoder(model: Model, params: Params, data: Dataset, key: jax.A
     init_key, fit_key = jax.random.split(key)
     decoder = {"w": jax.nn.initializers.glorot_normal()(init_key, (n_hidden, n_in)),
                "b": jnp.zeros(n_in)}
+    pair = (params[0], decoder)
+    if ae_cfg.optimizer == "lbfgs":
+        objective = lambda p, batch: sparse_autoencoder_loss(p[0], p[1], batch[0], ae_cfg)  # noqa: E731
+        pair, _, _ = minimize_lbfgs(objective, pair, (data.x,), ae_cfg.lbfgs_steps,
+                                    train_cfg.lbfgs_tolerance, desc="autoencoder")
+        return (pair[0],) + tuple(params[1:])
     loss = lambda p, decay, pools, batch, key: sparse_autoencoder_loss(p[0], p[1], batch[0], ae_cfg)  # noqa: E731
     optimizer = optax.adam(ae_cfg.learning_rate)
     plan = EpochPlan.for_data(len(data), train_cfg.batch_size)
     epoch = jax.jit(make_epoch(make_train_step(loss, optimizer), plan), donate_argnums=0)
-    pair = (params[0], decoder)
     state, _ = run_epochs(epoch, TrainState(pair, optimizer.init(pair)), fit_key,
                           jnp.asarray(data.x), jnp.asarray(data.y), ae_cfg.epochs, desc="autoencoder")
     return (state.params[0],) + tuple(params[1:])

@@ -10,9 +10,12 @@ of a study are, for each j:
   noise        x + N(0, d_j^2), d_j = mean RMS(x'_j - x)  paper: "Gaussian noise, same stddev"
   amplified    x + s (x'_j - x) / RMS(x'_j - x)            paper: "amplified to stddev 0.1", s = 0.1
 and, for each fixed s, one row x + N(0, s^2) (paper: "Gaussian noise, stddev 0.1").
-Noisy and amplified images are clipped to [0, 1] afterwards, so they stay images; clipping lowers
-their realized stddev (each row records it as `realized_stddev`). An example whose attack left it
-unchanged (RMS 0) has no direction and stays unchanged when amplified.
+The paper does not say whether it clipped noisy and amplified images to [0, 1], so every noise,
+amplified and fixed-noise row comes twice, from the same draw: clipped (the images stay images;
+clipping lowers the realized stddev, recorded as `realized_stddev`) and unclipped (what the model
+sees, pixels outside [0, 1] included). Clipped rows are the default reading (`block`,
+`structure_checks`). An example whose attack left it unchanged (RMS 0) has no direction and stays
+unchanged when amplified.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 PredictFn = Callable[[np.ndarray], np.ndarray]  # images (N, 28, 28, 1) -> labels (N,)
 KINDS = ("adversarial", "noise", "amplified", "fixed_noise")
+PERTURBED = KINDS[1:]  # the kinds that come clipped and unclipped
 
 
 class Row(NamedTuple):
@@ -34,8 +38,18 @@ class Row(NamedTuple):
     kind: str  # one of KINDS
     source: int | None  # index of the model the examples were made for (None: fixed noise)
     stddev: float  # intended per-pixel stddev (adversarial rows: their mean distortion)
-    realized_stddev: float  # mean per-pixel RMS of (images - clean images), after clipping
+    realized_stddev: float  # mean per-pixel RMS of (images - clean images), as fed (clipped or not)
     errors: np.ndarray  # (num_models,) error of each model on the row's images, in [0, 1]
+    clipped: bool | None = None  # noise and amplified rows: clipped to [0, 1]; adversarial: None
+
+
+def row_name(kind: str, source_name: str | None, stddev: float, clipped: bool | None) -> str:
+    """The printed name of a row; source_name is the model the examples were made for."""
+    name = {"adversarial": f"distorted for {source_name}",
+            "noise": f"Gaussian noise, same stddev as for {source_name}",
+            "amplified": f"distorted for {source_name}, amplified to stddev {stddev:g}",
+            "fixed_noise": f"Gaussian noise, stddev {stddev:g}"}[kind]
+    return name if clipped is None else f"{name}, {'clipped' if clipped else 'unclipped'}"
 
 
 def rms(x: np.ndarray, x_other: np.ndarray) -> np.ndarray:
@@ -49,10 +63,10 @@ def error_rates(predict_fns: Sequence[PredictFn], x: np.ndarray, y: np.ndarray) 
     return np.array([float(np.mean(np.asarray(f(x)) != np.asarray(y))) for f in predict_fns])
 
 
-def gaussian_noise(x: np.ndarray, stddev: float, *, key: jax.Array) -> np.ndarray:
-    """x + N(0, stddev^2) per pixel, clipped to [0, 1]."""
-    noise = stddev * jax.random.normal(key, np.shape(x), jnp.float32)
-    return np.clip(np.asarray(x, np.float32) + np.asarray(noise), 0.0, 1.0)
+def gaussian_noise(x: np.ndarray, stddev: float, *, key: jax.Array, clip: bool = True) -> np.ndarray:
+    """x + N(0, stddev^2) per pixel, clipped to [0, 1] if `clip`."""
+    noisy = np.asarray(x, np.float32) + np.asarray(stddev * jax.random.normal(key, np.shape(x), jnp.float32))
+    return np.clip(noisy, 0.0, 1.0) if clip else noisy
 
 
 def scale_perturbation(x: np.ndarray, x_adv: np.ndarray, stddev: float) -> np.ndarray:
@@ -65,9 +79,10 @@ def scale_perturbation(x: np.ndarray, x_adv: np.ndarray, stddev: float) -> np.nd
     return x + scale * r
 
 
-def amplify(x: np.ndarray, x_adv: np.ndarray, stddev: float) -> np.ndarray:
-    """The paper's amplified adversarials: `scale_perturbation`, then clipped to [0, 1]."""
-    return np.clip(scale_perturbation(x, x_adv, stddev), 0.0, 1.0).astype(np.float32)
+def amplify(x: np.ndarray, x_adv: np.ndarray, stddev: float, clip: bool = True) -> np.ndarray:
+    """The paper's amplified adversarials: `scale_perturbation`, then clipped to [0, 1] if `clip`."""
+    scaled = scale_perturbation(x, x_adv, stddev)
+    return (np.clip(scaled, 0.0, 1.0) if clip else scaled).astype(np.float32)
 
 
 def transfer_rows(predict_fns: Sequence[PredictFn], names: Sequence[str], x: np.ndarray,
@@ -75,36 +90,46 @@ def transfer_rows(predict_fns: Sequence[PredictFn], names: Sequence[str], x: np.
                   noise_stddevs: Sequence[float] = (0.1,), amplify_to: float | None = 0.1) -> list[Row]:
     """Every row of a study: clean images x (N, 28, 28, 1), labels y (N,), and x_adv[j] (N, ...)
     made for model j. Matched noise for row j uses key fold_in(key, j); fixed noise s_k uses
-    fold_in(key, m + k), m = number of models. Rows are ordered adversarial, noise, amplified
-    (one per model each), then the fixed-noise rows."""
+    fold_in(key, m + k), m = number of models; a clipped row and its unclipped twin share the draw.
+    Rows are ordered adversarial, noise, amplified (one per model each), then the fixed-noise rows;
+    within each perturbed kind the clipped rows come first."""
     m = len(predict_fns)
     errors = lambda images: error_rates(predict_fns, images, y)  # noqa: E731
-    adversarial, noise, amplified = [], [], []
-    for j, (name, xa) in enumerate(zip(names, x_adv)):
-        d = float(rms(x, xa).mean())
-        adversarial.append(Row(f"distorted for {name}", "adversarial", j, d, d, errors(xa)))
-        xn = gaussian_noise(x, d, key=jax.random.fold_in(key, j))
-        noise.append(Row(f"Gaussian noise, same stddev as for {name}", "noise", j, d,
-                         float(rms(x, xn).mean()), errors(xn)))
+
+    def perturbed(kind, source, stddev, make):  # make(clip) -> images
+        out = []
+        for clip in (True, False):
+            images = make(clip)
+            out.append(Row(row_name(kind, None if source is None else names[source], stddev, clip), kind,
+                           source, stddev, float(rms(x, images).mean()), errors(images), clip))
+        return out
+
+    distortion = [float(rms(x, xa).mean()) for xa in x_adv]
+    rows = [Row(row_name("adversarial", name, d, None), "adversarial", j, d, d, errors(xa))
+            for j, (name, xa, d) in enumerate(zip(names, x_adv, distortion))]
+    by_kind = {kind: [] for kind in PERTURBED}
+    for j, d in enumerate(distortion):
+        by_kind["noise"] += perturbed("noise", j, d, lambda clip, j=j, d=d: gaussian_noise(
+            x, d, key=jax.random.fold_in(key, j), clip=clip))
         if amplify_to is not None:
-            xs = amplify(x, xa, amplify_to)
-            amplified.append(Row(f"distorted for {name}, amplified to stddev {amplify_to:g}",
-                                 "amplified", j, amplify_to, float(rms(x, xs).mean()), errors(xs)))
-    fixed = []
+            by_kind["amplified"] += perturbed("amplified", j, amplify_to,
+                                              lambda clip, j=j: amplify(x, x_adv[j], amplify_to, clip))
     for k, s in enumerate(noise_stddevs):
-        xn = gaussian_noise(x, s, key=jax.random.fold_in(key, m + k))
-        fixed.append(Row(f"Gaussian noise, stddev {s:g}", "fixed_noise", None, float(s),
-                         float(rms(x, xn).mean()), errors(xn)))
-    return adversarial + noise + amplified + fixed
+        by_kind["fixed_noise"] += perturbed("fixed_noise", None, float(s), lambda clip, k=k, s=s: gaussian_noise(
+            x, s, key=jax.random.fold_in(key, m + k), clip=clip))
+    for kind in PERTURBED:
+        rows += sorted(by_kind[kind], key=lambda r: not r.clipped)  # stable: clipped rows first
+    return rows
 
 
-def block(rows: Sequence[Row], kind: str) -> np.ndarray:
-    """The (rows of that kind, num_models) error block, in [0, 1]."""
-    return np.array([r.errors for r in rows if r.kind == kind])
+def block(rows: Sequence[Row], kind: str, clipped: bool = True) -> np.ndarray:
+    """The (rows of that kind, num_models) error block, in [0, 1]: clipped or unclipped rows of a
+    perturbed kind."""
+    return np.array([r.errors for r in rows if r.kind == kind and r.clipped in (None, clipped)])
 
 
 def structure_checks(rows: Sequence[Row]) -> dict[str, bool]:
-    """The paper's qualitative claims, as booleans over the matrix.
+    """The paper's qualitative claims, as booleans over the matrix (clipped rows).
 
     diagonal_100: every model errs on all of its own adversarials.
     above_noise: every off-diagonal cell exceeds the matched-noise cell of its row and column.

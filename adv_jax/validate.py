@@ -57,6 +57,11 @@ def check_model(model: DictConfig) -> None:
     else:
         for i, lam in enumerate(decay):
             _non_negative(f"model.weight_decay[{i}]", lam)
+    if model.autoencoder is not None:
+        ae = model.autoencoder
+        _require(ae.optimizer in ("adam", "lbfgs"), "model.autoencoder.optimizer", ae.optimizer, "adam or lbfgs")
+        _count("model.autoencoder.epochs", ae.epochs)
+        _count("model.autoencoder.lbfgs_steps", ae.lbfgs_steps)
     if model.classes is not None:
         classes = list(model.classes)
         _require(len(classes) >= 2 and len(set(classes)) == len(classes)

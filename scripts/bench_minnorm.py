@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/models"))
     parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
                         help="the run directory of the model NAME of the config")
-    parser.add_argument("--examples", type=int, default=None, help="default: the config's (500)")
+    parser.add_argument("--examples", type=int, default=None,
+                        help="for every model (default: the config's, 500 or the model's own)")
     parser.add_argument("--config", type=Path, default=None, help="default: conf/report/bench_minnorm.yaml")
     parser.add_argument("--models", default=None, help="comma-separated names of the config's models to run")
     parser.add_argument("--out", type=Path, default=Path("results/bench_minnorm.md"))
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     conf = settings.load("bench_minnorm", args.config)
     if args.examples is not None:
         conf["examples"] = args.examples
+        conf["models"] = [{k: v for k, v in m.items() if k != "examples"} for m in conf["models"]]
     if args.models is not None:
         left_out = [m["label"] for m in conf["models"] if m["name"] not in args.models.split(",")]
         conf["models"] = [m for m in conf["models"] if m["name"] in args.models.split(",")]

@@ -37,8 +37,9 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 if [[ ${#MODE[@]} -gt 0 ]]; then
   # CPU-short: compilation dominates at tiny sizes; a persistent cache lets the sweep's and the
-  # study's processes reuse programs compiled earlier (the GPU check measures without one).
-  export JAX_COMPILATION_CACHE_DIR="$WORK/jax_cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+  # study's processes reuse programs compiled earlier (the GPU check measures without one). The
+  # test suite's own cache, where it runs inside one.
+  export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$WORK/jax_cache}" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
 fi
 timeout 480 python -m adv_jax.reports.gpu "${MODE[@]}" --out "$OUT" --work "$WORK"

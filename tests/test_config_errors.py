@@ -58,3 +58,8 @@ def test_a_min_attacks_parameters_include_its_inner_attacks():
     message = r"unknown 'stepz' \(did you mean 'steps'\?\); valid parameters: max_epsilon, search_steps, epsilon, .*steps"
     with pytest.raises(validate.ConfigError, match=message):
         validate.check(compose(["attack=pgd_min", "+attack.params.stepz=3"]))
+
+
+def test_an_unknown_autoencoder_optimizer_is_refused_naming_the_key():
+    with pytest.raises(validate.ConfigError, match=r"model.autoencoder.optimizer='sgd'.*adam or lbfgs"):
+        validate.check(compose(["model=ae400", "model.autoencoder.optimizer=sgd"]))

@@ -33,11 +33,9 @@ def _kernel(seed, k, c, d, dtype=jnp.float32):
     return jnp.asarray(np.random.default_rng(seed).normal(size=(k, k, c, d)), dtype)
 
 
-# (N, k, C, D, stride): k > N, 1x1, even k, every stride that divides N, C = D = 8.
-CIRCULAR_CASES = [
-    (4, 1, 3, 5, 1), (4, 5, 2, 3, 1), (4, 5, 2, 2, 2), (5, 3, 8, 8, 1), (6, 2, 3, 2, 2),
-    (6, 3, 4, 4, 3), (9, 2, 1, 3, 3), (12, 5, 3, 2, 3), (16, 3, 2, 2, 1), (16, 3, 3, 4, 2),
-]
+# (N, k, C, D, stride): 1x1, k > N, C = D = 8, even k, strides 1, 2 and 3, C = 1.
+CIRCULAR_CASES = [(4, 1, 3, 5, 1), (4, 5, 2, 2, 2), (5, 3, 8, 8, 1), (6, 2, 3, 2, 2), (9, 2, 1, 3, 3),
+                  (16, 3, 3, 4, 2)]
 
 
 @pytest.mark.parametrize("n, k, c, d, stride", CIRCULAR_CASES)
@@ -58,7 +56,7 @@ def test_fft_norm_in_float64_is_exact_to_1e_10(n, k, c, d, stride):
         assert float(got) == pytest.approx(expected, rel=1e-10)
 
 
-def _zero_padding_cases(count=10):
+def _zero_padding_cases(count=6):
     rng = np.random.default_rng(0)
     cases = []
     while len(cases) < count:

@@ -72,16 +72,18 @@ def test_nan_loss_stops_with_the_step_named(small):
         _train(["model=fc10", "train.epochs=1"], bad)
 
 
-def test_autoencoder_layer_is_pretrained_then_frozen(small):
+@pytest.mark.parametrize("pretraining", [["model.autoencoder.epochs=2"],
+                                         ["model.autoencoder.optimizer=lbfgs", "model.autoencoder.lbfgs_steps=30"]])
+def test_autoencoder_layer_is_pretrained_then_frozen(small, pretraining):
     train, test = small
-    cfg = compose(["model=ae400", "model.hidden=[64]", "model.autoencoder.epochs=2", "train.lbfgs_steps=60"])
+    ae = ["model=ae400", "model.hidden=[64]", *pretraining]
+    cfg = compose([*ae, "train.lbfgs_steps=60"])
     model = build_model(cfg.model)
     key = jax.random.key(0)
     params, _ = train_model(model, cfg.model, cfg.train, train, key)
     untrained = model.init(jax.random.split(key, 3)[0])
     assert not np.allclose(params[0]["w"], untrained[0]["w"])  # pretraining moved the encoder
-    cfg_no_classifier = compose(["model=ae400", "model.hidden=[64]", "model.autoencoder.epochs=2",
-                                 "train.lbfgs_steps=0"])
+    cfg_no_classifier = compose([*ae, "train.lbfgs_steps=0"])
     pretrained_only, _ = train_model(model, cfg_no_classifier.model, cfg_no_classifier.train, train, key)
     np.testing.assert_array_equal(params[0]["w"], pretrained_only[0]["w"])  # then frozen
     assert error_rate(model, params, jnp.asarray(test.x), jnp.asarray(test.y)) < 0.25

@@ -39,6 +39,9 @@ def test_gaussian_noise_is_deterministic_in_its_key_and_clipped():
     assert a.min() >= 0 and a.max() <= 1
     unclipped = transfer.gaussian_noise(np.full_like(x, 0.5), 0.1, key=jax.random.key(0))
     assert transfer.rms(np.full_like(x, 0.5), unclipped).mean() == pytest.approx(0.1, rel=0.01)
+    raw = transfer.gaussian_noise(x, 0.1, key=jax.random.key(0), clip=False)  # the same draw
+    np.testing.assert_array_equal(np.clip(raw, 0, 1), a)
+    assert raw.min() < 0 and raw.max() > 1
 
 
 def test_structure_checks_read_the_blocks():
@@ -78,16 +81,24 @@ def test_matrix_of_tiny_models_on_real_mnist(tiny_models):
     fns = [lambda im, m=m, p=p: np.asarray(predict(m, p, im)) for m, p in models]
     rows = transfer.transfer_rows(fns, ["A", "B"], x, y, [a.x_adv for a in advs],
                                   key=jax.random.key(2), noise_stddevs=[0.1, 0.3])
-    assert [r.kind for r in rows] == ["adversarial"] * 2 + ["noise"] * 2 + ["amplified"] * 2 + ["fixed_noise"] * 2
+    kinds = [(r.kind, r.clipped) for r in rows]
+    assert kinds == [("adversarial", None)] * 2 + [(k, c) for k in transfer.PERTURBED for c in (True, False)
+                                                   for _ in range(2)]
     np.testing.assert_array_equal(np.diag(transfer.block(rows, "adversarial")), [1.0, 1.0])
     for j, a in enumerate(advs):  # matched noise at each row's mean distortion, on the same images
-        assert rows[2 + j].stddev == pytest.approx(float(a.distortion().mean()), rel=1e-5)
-        assert rows[2 + j].realized_stddev <= rows[2 + j].stddev + 1e-6
-        assert rows[4 + j].stddev == 0.1
+        noise, unclipped = rows[2 + j], rows[4 + j]
+        assert noise.stddev == unclipped.stddev == pytest.approx(float(a.distortion().mean()), rel=1e-5)
+        assert noise.realized_stddev <= noise.stddev + 1e-6  # clipping only shortens the noise
+        assert unclipped.realized_stddev == pytest.approx(unclipped.stddev, rel=0.05)
+        assert rows[6 + j].stddev == rows[8 + j].stddev == 0.1
+        assert rows[8 + j].realized_stddev == pytest.approx(0.1, rel=1e-5)  # amplified, unclipped
+        assert rows[6 + j].realized_stddev < 0.1 and unclipped.name.endswith(", unclipped")
+    np.testing.assert_array_equal(transfer.block(rows, "noise", clipped=False),
+                                  [rows[4].errors, rows[5].errors])
     clean = transfer.error_rates(fns, x, y)
     again = transfer.transfer_rows(fns, ["A", "B"], x, y, [a.x_adv for a in advs], key=jax.random.key(2))
     np.testing.assert_array_equal(rows[2].errors, again[2].errors)  # keys make noise rows repeatable
-    assert np.all(clean <= 1) and rows[-1].name == "Gaussian noise, stddev 0.3"
+    assert np.all(clean <= 1) and rows[-1].name == "Gaussian noise, stddev 0.3, unclipped"
     columns, body = transfer.matrix_table(["A", "B"], rows)
     md = transfer.markdown(columns, body)
     assert md.count("\n") == len(rows) + 2 and "| distorted for A | 100.0 |" in md

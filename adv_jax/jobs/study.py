@@ -9,7 +9,7 @@ are fed to every model.
 
 <run_dir>/
   config.yaml  metrics.json  run.log  wandb/          as for any run (metrics.json is written last)
-  matrix.json   model names, run directories, rows (kind, source, stddev, errors in percent),
+  matrix.json   model names, run directories, rows (kind, source, stddev, clipped, errors in percent),
                 the adversarial block `matrix` (percent) and `distortion`, clean errors, checks
   matrix.csv  matrix.md  heatmap.png
   models/<key>/ config.yaml  params.msgpack  adversarials.npz  metrics.json
@@ -174,8 +174,8 @@ def write_results(cfg: DictConfig, run_dir: Path, rows, model_metrics: dict[str,
         "matrix": (100 * adv).round(4).tolist(),
         "distortion": [r.stddev for r in rows if r.kind == "adversarial"],
         "rows": [{"name": r.name, "kind": r.kind, "source": r.source, "stddev": r.stddev,
-                  "realized_stddev": r.realized_stddev, "errors": (100 * r.errors).round(4).tolist()}
-                 for r in rows],
+                  "clipped": r.clipped, "realized_stddev": r.realized_stddev,
+                  "errors": (100 * r.errors).round(4).tolist()} for r in rows],
         "clean": {k: {s: 100 * model_metrics[k][f"error/{s}"] for s in (*CLEAN_SPLITS, "train")}
                   for k in keys},
         "models_metrics": model_metrics,
@@ -225,11 +225,14 @@ def _summary(result: dict) -> dict[str, Any]:
     m = len(result["models"])
     off = ~np.eye(m, dtype=bool)
     out: dict[str, Any] = {"experiment/seconds": result["seconds"]}
-    for kind in ("adversarial", "noise", "amplified"):
-        block = np.array([r["errors"] for r in result["rows"] if r["kind"] == kind])
+    for kind, clipped in (("adversarial", None), ("noise", True), ("amplified", True),
+                          ("noise", False), ("amplified", False)):
+        block = np.array([r["errors"] for r in result["rows"]
+                          if r["kind"] == kind and r.get("clipped", True) in (None, clipped)])
+        name = kind if clipped is not False else f"{kind}_unclipped"
         if block.size:
-            out[f"transfer/{kind}/diagonal"] = float(np.diag(block).mean())
-            out[f"transfer/{kind}/off_diagonal"] = float(block[off].mean()) if m > 1 else float("nan")
+            out[f"transfer/{name}/diagonal"] = float(np.diag(block).mean())
+            out[f"transfer/{name}/off_diagonal"] = float(block[off].mean()) if m > 1 else float("nan")
     for check, ok in result["checks"].items():
         out[f"check/{check}"] = ok
     for key, label in zip(result["keys"], result["models"]):

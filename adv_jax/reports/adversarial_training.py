@@ -47,7 +47,8 @@ def collect(runs: Sequence[Path], reference: str) -> tuple[list[str], dict[str, 
     ref = keys.index(reference) if reference in keys else None
     table: dict[str, dict[str, list]] = {k: {} for k in keys}
     for run, res in zip(runs, results):
-        noise = {r["source"]: r["errors"] for r in res["rows"] if r["kind"] == "noise"}
+        noise = {r["source"]: r["errors"] for r in res["rows"]
+                 if r["kind"] == "noise" and r.get("clipped", True)}  # files before unclipped rows: clipped
         for j, key in enumerate(keys):
             values = {"seed": res["seed"], **model_values(run / "models" / key, res["models_metrics"][key])}
             if ref is not None:

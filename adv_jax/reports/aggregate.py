@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from adv_jax.reports import paper, provenance, settings
+from adv_jax.transfer import row_name
 from adv_jax.reports.runs import find_studies
 from adv_jax.reports.tables import markdown, mean_std
 
@@ -26,7 +27,8 @@ _PLUMBING = ("data.mnist_dir=", "data.mnist_url=", "data.download_dir=", "cache_
 
 
 def paper_reference(experiment: str) -> dict[str, Any] | None:
-    """The paper's numbers for a study, rows keyed like `_row_key`: {"source", "clean" (split ->
+    """The paper's numbers for a study, rows keyed like `_row_key` without its `clipped` (both
+    readings are compared with the same number): {"source", "clean" (split ->
     per model), "distortion" (per model), "rows" (key -> per column)}. None if the paper has none.
     The paper's one matched-noise row (Table 4, "same stddev") is listed for every source."""
     if experiment == "cross_training_set":
@@ -45,16 +47,17 @@ def paper_reference(experiment: str) -> dict[str, Any] | None:
 
 
 def _row_key(row: dict) -> tuple:
-    return (row["kind"], row["stddev"] if row["kind"] == "fixed_noise" else row["source"])
+    """(kind, source or fixed stddev, clipped); rows written before the unclipped twins were
+    clipped."""
+    clipped = None if row["kind"] == "adversarial" else row.get("clipped", True)
+    return (row["kind"], row["stddev"] if row["kind"] == "fixed_noise" else row["source"], clipped)
 
 
 def _row_name(key: tuple, models: Sequence[str], amplify_to: float | None) -> str:
-    kind, which = key
+    kind, which, clipped = key
     if kind == "fixed_noise":
-        return f"Gaussian noise, stddev {which:g}"
-    name = models[which]
-    return {"adversarial": f"distorted for {name}", "noise": f"Gaussian noise, same stddev as {name}",
-            "amplified": f"distorted for {name}, amplified to stddev {amplify_to:g}"}[kind]
+        return row_name(kind, None, which, clipped)
+    return row_name(kind, models[which], amplify_to if kind == "amplified" else 0.0, clipped)
 
 
 def group_table(results: list[dict], reference: dict | None = None) -> str:
@@ -69,7 +72,7 @@ def group_table(results: list[dict], reference: dict | None = None) -> str:
               for k in keys}
     prow = (reference or {}).get("rows", {})
     body = [[_row_name(k, models, amplify_to),
-             *(mean_std(cells[k][:, j], prow[k][j] if k in prow else None) for j in range(len(models))),
+             *(mean_std(cells[k][:, j], prow[k[:2]][j] if k[:2] in prow else None) for j in range(len(models))),
              mean_std(stddev[k], (reference or {}).get("distortion", [None] * len(models))[k[1]]
                    if k[0] == "adversarial" and reference else None, 3)] for k in keys]
     return markdown(["examples \\ fed to", *models, "stddev"], body)
@@ -97,7 +100,7 @@ def comparison_table(runs: list[Path], results: list[dict]) -> str:
         off = ~np.eye(m, dtype=bool)
         means = []
         for kind in ("adversarial", "noise", "amplified"):
-            block = np.array([r["errors"] for r in res["rows"] if r["kind"] == kind])
+            block = np.array([r["errors"] for r in res["rows"] if _row_key(r)[::2] in ((kind, None), (kind, True))])
             means.append(f"{block[off].mean():.1f}" if block.size and m > 1 else "-")
         diag = np.diag(np.array(res["matrix"])).mean()
         test = " / ".join(f"{res['clean'][k]['test']:.2f}" for k in res["keys"])
@@ -108,6 +111,29 @@ def comparison_table(runs: list[Path], results: list[dict]) -> str:
     return markdown(["run", "seed", "overrides", "clean test error per model", "diag.",
                      "off-diag. adv.", "off-diag. noise", "off-diag. ampl.", "checks hold",
                      "seconds"], body)
+
+
+def asymmetry_table(members: list[dict], reference: dict | None, pair: tuple[int, int] = (0, 1)) -> str:
+    """Per seed, transfer between models `pair` both ways (percent) and its difference; then the
+    seeds' range and whether the paper's pair lies inside it (Table 4: the two P1 models)."""
+    a, b = pair
+    names = members[0]["models"]
+    ab = np.array([res["matrix"][a][b] for res in members])  # b fed a's adversarials
+    ba = np.array([res["matrix"][b][a] for res in members])
+    body = [[res["seed"], f"{x:.1f}", f"{y:.1f}", f"{x - y:+.1f}"] for res, x, y in zip(members, ab, ba)]
+    columns = ["seed", f"{names[a]} -> {names[b]}", f"{names[b]} -> {names[a]}", "difference"]
+    text = (f"Transfer between {names[a]} and {names[b]}, per seed (error of the second model on the "
+            "first's adversarials, percent):\n\n" + markdown(columns, body))
+    prow = (reference or {}).get("rows", {})
+    if ("adversarial", a) in prow and ("adversarial", b) in prow:
+        p_ab, p_ba = prow[("adversarial", a)][b], prow[("adversarial", b)][a]
+        inside = lambda v, xs: "inside" if xs.min() <= v <= xs.max() else "outside"  # noqa: E731
+        text += (f"\nSeeds' range: {ab.min():.1f}-{ab.max():.1f} one way, {ba.min():.1f}-{ba.max():.1f} "
+                 f"the other, differences {(ab - ba).min():+.1f} to {(ab - ba).max():+.1f}. The paper's "
+                 f"{p_ab:g} lies {inside(p_ab, ab)} the first range, its {p_ba:g} {inside(p_ba, ba)} the "
+                 f"second, and its difference {p_ab - p_ba:+.1f} {inside(p_ab - p_ba, ab - ba)} the "
+                 "seeds' differences.\n")
+    return text
 
 
 def aggregate(paths: Sequence[str | Path], with_paper: bool = True) -> tuple[str, dict]:
@@ -135,6 +161,7 @@ def aggregate(paths: Sequence[str | Path], with_paper: bool = True) -> tuple[str
             + clean_table(members, splits, reference)
             + "\nError (percent) of the column's model on the row's images:\n\n"
             + group_table(members, reference)
+            + ("\n" + asymmetry_table(members, reference) if first["experiment"] == "cross_training_set" else "")
             + "\nChecks (runs where each holds): "
             + ", ".join(f"{k} {sum(res['checks'][k] for res in members)}/{len(members)}"
                         for k in first["checks"]) + "\n")

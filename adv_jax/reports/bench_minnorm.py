@@ -137,9 +137,10 @@ def table(measured: dict[str, dict]) -> tuple[str, dict[str, float]]:
     return markdown(COLUMNS, rows), dict(zip(names, map(float, scores)))
 
 
-def model_section(label: str, run: adv_jax.Run, conf: dict, with_foolbox: bool):
-    """(markdown lines, {target mode: {attack: optimality}}) of one model."""
-    x, y = correctly_classified(run, conf["examples"])
+def model_section(label: str, run: adv_jax.Run, conf: dict, with_foolbox: bool, examples: int):
+    """(markdown lines, {target mode: {attack: optimality}}) of one model on its first `examples`
+    correctly classified test images."""
+    x, y = correctly_classified(run, examples)
     logits = batched_logits(run.logits_fn, x)
     lines, scores = [f"## {label}", "", f"{len(y)} correctly classified test images.", ""], {}
     for mode in conf["target_modes"]:
@@ -164,7 +165,8 @@ def report(conf: dict, runs: Path, run_dirs: dict[str, Path], command: str) -> s
     sections, scores = [], {}
     for entry in conf["models"]:
         run = model_run(entry, conf["common"], Path(run_dirs.get(entry["name"], runs / entry["name"])))
-        lines, scores[entry["label"]] = model_section(entry["label"], run, conf, with_foolbox)
+        examples = entry.get("examples", conf["examples"])
+        lines, scores[entry["label"]] = model_section(entry["label"], run, conf, with_foolbox, examples)
         sections += lines
     missing = [] if with_foolbox or not conf.get("foolbox") else [
         "foolbox is not installed: its rows are left out (`pip install -e '.[bench]'`).", ""]
