@@ -65,8 +65,10 @@ def test_experiment_runs_in_debug_size(name, tmp_path, mnist_dir):
     overrides = _debug(name, tmp_path, mnist_dir)
     if name == "cross_model":  # one autoencoder epoch is enough to exercise the path
         overrides.append("+experiment.models.ae400.model_overrides.autoencoder.epochs=1")
-    if name == "adversarial_training":  # small pools: the refresh path, not its scale
-        overrides += ["train.adversarial.pool_size=200", "train.adversarial.refresh_size=50"]
+    if name == "adversarial_training":  # small pools: the refresh path, not its scale; the
+        # per-layer pools' model covers the input pool's path (layer 0)
+        overrides += ["train.adversarial.pool_size=200", "train.adversarial.refresh_size=50",
+                      "~experiment.models.input_pool"]
     run_dir = tmp_path / "run"
     summary = adv_jax.run(compose(overrides), run_dir)
     result = json.loads((run_dir / "matrix.json").read_text())

@@ -116,7 +116,8 @@ def test_paper_numbers_are_those_of_reference_md_and_feed_the_transfer_tables():
 
 def test_models_report_reads_every_finished_row_and_names_the_missing(tmp_path):
     conf = settings.load("models")
-    first, second = conf["rows"][3], conf["rows"][9]  # fc100_full (Table 1), conv_p1 (no paper)
+    by_name = {row["name"]: row for row in conf["rows"]}
+    first, second = by_name["fc100_full"], by_name["conv_p1"]  # Table 1; no paper
     for row, split, opt in ((first, "full", "lbfgs"), (second, "p1", "adam")):
         write_run(tmp_path / row["name"],
                   {"model": {"name": row["name"].split("_")[0], "weight_decay": 0.0},

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from adv_jax import transfer
 from adv_jax.reports import paper, provenance, settings
-from adv_jax.transfer import row_name
 from adv_jax.reports.runs import find_studies
 from adv_jax.reports.tables import markdown, mean_std
 
@@ -56,8 +56,8 @@ def _row_key(row: dict) -> tuple:
 def _row_name(key: tuple, models: Sequence[str], amplify_to: float | None) -> str:
     kind, which, clipped = key
     if kind == "fixed_noise":
-        return row_name(kind, None, which, clipped)
-    return row_name(kind, models[which], amplify_to if kind == "amplified" else 0.0, clipped)
+        return transfer.row_name(kind, None, which, clipped)
+    return transfer.row_name(kind, models[which], amplify_to if kind == "amplified" else 0.0, clipped)
 
 
 def group_table(results: list[dict], reference: dict | None = None) -> str:
@@ -106,11 +106,34 @@ def comparison_table(runs: list[Path], results: list[dict]) -> str:
         test = " / ".join(f"{res['clean'][k]['test']:.2f}" for k in res["keys"])
         checks = ", ".join(k for k, ok in res["checks"].items() if ok) or "none"
         shown = [o for o in res["overrides"] if not o.startswith(_PLUMBING)]
+        trained = [m.get("train/seconds", 0.0) for m in res["models_metrics"].values() if not m.get("train/cached")]
         body.append([str(path), res["seed"], " ".join(shown) or "-", test, f"{diag:.1f}",
-                     *means, checks, f"{res['seconds']:.0f}"])
+                     *means, checks, f"{res['seconds']:.0f}",
+                     f"{len(trained)}: {sum(trained):.0f}" if trained else "0"])
     return markdown(["run", "seed", "overrides", "clean test error per model", "diag.",
                      "off-diag. adv.", "off-diag. noise", "off-diag. ampl.", "checks hold",
-                     "seconds"], body)
+                     "seconds", "models trained here: their training seconds"], body)
+
+
+def clipping_comparison(members: list[dict], reference: dict | None) -> str:
+    """Which reading of the perturbed rows is nearer the paper: per kind, the mean |ours - paper|
+    (percentage points, seed means) over the cells that have a paper number, clipped vs unclipped."""
+    prow = (reference or {}).get("rows", {})
+    gaps = {}
+    for row in members[0]["rows"]:
+        key = _row_key(row)
+        if key[2] is None or key[:2] not in prow:
+            continue
+        mean = np.mean([[r["errors"] for r in res["rows"] if _row_key(r) == key][0] for res in members], 0)
+        paper_cells = np.array(prow[key[:2]], float)
+        gaps.setdefault((key[0], key[2]), []).extend(np.abs(mean - paper_cells).tolist())
+    kinds = [k for k in transfer.PERTURBED if (k, True) in gaps and (k, False) in gaps]
+    if not kinds:
+        return ""
+    body = [[k.replace("_", " "), f"{np.mean(gaps[(k, True)]):.2f}", f"{np.mean(gaps[(k, False)]):.2f}",
+             "clipped" if np.mean(gaps[(k, True)]) < np.mean(gaps[(k, False)]) else "unclipped"] for k in kinds]
+    return ("Clipped or not: mean |ours - paper| (percentage points) over each kind's cells with a "
+            "paper number:\n\n" + markdown(["rows", "clipped", "unclipped", "nearer the paper"], body))
 
 
 def asymmetry_table(members: list[dict], reference: dict | None, pair: tuple[int, int] = (0, 1)) -> str:
@@ -125,7 +148,7 @@ def asymmetry_table(members: list[dict], reference: dict | None, pair: tuple[int
     text = (f"Transfer between {names[a]} and {names[b]}, per seed (error of the second model on the "
             "first's adversarials, percent):\n\n" + markdown(columns, body))
     prow = (reference or {}).get("rows", {})
-    if ("adversarial", a) in prow and ("adversarial", b) in prow:
+    if len(members) > 1 and ("adversarial", a) in prow and ("adversarial", b) in prow:
         p_ab, p_ba = prow[("adversarial", a)][b], prow[("adversarial", b)][a]
         inside = lambda v, xs: "inside" if xs.min() <= v <= xs.max() else "outside"  # noqa: E731
         text += (f"\nSeeds' range: {ab.min():.1f}-{ab.max():.1f} one way, {ba.min():.1f}-{ba.max():.1f} "
@@ -161,6 +184,7 @@ def aggregate(paths: Sequence[str | Path], with_paper: bool = True) -> tuple[str
             + clean_table(members, splits, reference)
             + "\nError (percent) of the column's model on the row's images:\n\n"
             + group_table(members, reference)
+            + ("\n" + clipping_comparison(members, reference) if reference else "")
             + ("\n" + asymmetry_table(members, reference) if first["experiment"] == "cross_training_set" else "")
             + "\nChecks (runs where each holds): "
             + ", ".join(f"{k} {sum(res['checks'][k] for res in members)}/{len(members)}"
