@@ -63,8 +63,8 @@ def test_the_study_experiments_are_those_selecting_no_other_job():
 @pytest.mark.parametrize("name", STUDIES)
 def test_experiment_runs_in_debug_size(name, tmp_path, mnist_dir):
     overrides = _debug(name, tmp_path, mnist_dir)
-    if name == "cross_model":  # one autoencoder epoch is enough to exercise the path
-        overrides.append("+experiment.models.ae400.model_overrides.autoencoder.epochs=1")
+    if name == "cross_model":  # a few autoencoder L-BFGS steps are enough to exercise the path
+        overrides.append("+experiment.models.ae400.model_overrides.autoencoder.lbfgs_steps=5")
     if name == "adversarial_training":  # small pools: the refresh path, not its scale; the
         # per-layer pools' model covers the input pool's path (layer 0)
         overrides += ["train.adversarial.pool_size=200", "train.adversarial.refresh_size=50",

@@ -72,7 +72,7 @@ def test_nan_loss_stops_with_the_step_named(small):
         _train(["model=fc10", "train.epochs=1"], bad)
 
 
-@pytest.mark.parametrize("pretraining", [["model.autoencoder.epochs=2"],
+@pytest.mark.parametrize("pretraining", [["model.autoencoder.optimizer=adam", "model.autoencoder.epochs=2"],
                                          ["model.autoencoder.optimizer=lbfgs", "model.autoencoder.lbfgs_steps=30"]])
 def test_autoencoder_layer_is_pretrained_then_frozen(small, pretraining):
     train, test = small
