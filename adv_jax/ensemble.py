@@ -142,7 +142,7 @@ def fit_members_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, op
 
 def fit_members_lbfgs(loss, params, lambdas, xs, ys, data_index, cfg, mesh: Mesh, members: int,
                       on_epoch=None) -> tuple[Any, list[list[float]], np.ndarray]:
-    """`train.fit_lbfgs` for K members at once, split over `mesh`'s devices: the one L-BFGS chunk
+    """`train.minimize_lbfgs` for K members at once, split over `mesh`'s devices: the one L-BFGS chunk
     of adv_jax/train.py vmapped, so each member stops at its own tolerance (a vmapped while_loop
     leaves a finished member unchanged while the others go on). `members` of the K are real, the
     rest padding, which neither stops nor reports anything. Returns params (all K), each real

@@ -7,7 +7,7 @@ Loss (per example mean, then the paper's decay summed over layers):
   train_step(state, batch, key) -> (state, metrics)   one optimizer step; `make_train_step`
   epoch(state, key, x, y) -> (state, losses)          one jitted `lax.scan` over minibatches, the
                                                       data on device; `make_epoch`
-  fit_minibatch / fit_lbfgs                           the host loops (progress, divergence check)
+  fit_minibatch / minimize_lbfgs                      the host loops (progress, divergence check)
   train_model                                         init -> AE pretraining -> classifier
 
 Single models, ensembles (adv_jax/ensemble.py vmaps or shards `epoch` and `lbfgs_chunk` over
@@ -332,10 +332,12 @@ def sparse_autoencoder_loss(encoder: dict, decoder: dict, x: jax.Array, cfg) -> 
 
 
 def pretrain_autoencoder(model: Model, params: Params, data: Dataset, key: jax.Array, ae_cfg,
-                         train_cfg) -> Params:
+                         train_cfg) -> tuple[Params, dict[str, float]]:
     """Trains the first layer as a sparse sigmoid autoencoder on images alone (no labels): by
     minibatch Adam through the classifier's train step and epoch loop, or (ae_cfg.optimizer lbfgs)
-    by full-batch L-BFGS for ae_cfg.lbfgs_steps iterations, as the paper's era did."""
+    by full-batch L-BFGS for at most ae_cfg.lbfgs_steps iterations (stopping early below
+    train_cfg.lbfgs_tolerance), as the paper's era did. Returns params and the autoencoder's
+    metrics (its optimizer steps and final objective)."""
     first = model.layers[0]
     if first.kind != "dense" or first.activation != "sigmoid":
         raise ValueError("model.autoencoder needs a first dense sigmoid layer (e.g. hidden: [400])")
@@ -346,16 +348,18 @@ def pretrain_autoencoder(model: Model, params: Params, data: Dataset, key: jax.A
     pair = (params[0], decoder)
     if ae_cfg.optimizer == "lbfgs":
         objective = lambda p, batch: sparse_autoencoder_loss(p[0], p[1], batch[0], ae_cfg)  # noqa: E731
-        pair, _, _ = minimize_lbfgs(objective, pair, (data.x,), ae_cfg.lbfgs_steps,
-                                    train_cfg.lbfgs_tolerance, desc="autoencoder")
-        return (pair[0],) + tuple(params[1:])
+        pair, history, steps = minimize_lbfgs(objective, pair, (data.x,), ae_cfg.lbfgs_steps,
+                                              train_cfg.lbfgs_tolerance, desc="autoencoder")
+        return (pair[0],) + tuple(params[1:]), {"train/autoencoder_steps": steps,
+                                                "train/autoencoder_loss": history[-1]}
     loss = lambda p, decay, pools, batch, key: sparse_autoencoder_loss(p[0], p[1], batch[0], ae_cfg)  # noqa: E731
     optimizer = optax.adam(ae_cfg.learning_rate)
     plan = EpochPlan.for_data(len(data), train_cfg.batch_size)
     epoch = jax.jit(make_epoch(make_train_step(loss, optimizer), plan), donate_argnums=0)
-    state, _ = run_epochs(epoch, TrainState(pair, optimizer.init(pair)), fit_key,
-                          jnp.asarray(data.x), jnp.asarray(data.y), ae_cfg.epochs, desc="autoencoder")
-    return (state.params[0],) + tuple(params[1:])
+    state, history = run_epochs(epoch, TrainState(pair, optimizer.init(pair)), fit_key,
+                                jnp.asarray(data.x), jnp.asarray(data.y), ae_cfg.epochs, desc="autoencoder")
+    return (state.params[0],) + tuple(params[1:]), {"train/autoencoder_steps": ae_cfg.epochs * plan.steps,
+                                                    "train/autoencoder_loss": float(np.mean(history[-1]))}
 
 
 def evaluate(model: Model, params: Params, splits: dict[str, Dataset]) -> dict[str, float]:
@@ -382,13 +386,13 @@ def train_model(model: Model, model_cfg, train_cfg, data: Dataset, key: jax.Arra
     """init -> optional autoencoder pretraining -> classifier training. Returns params, metrics."""
     init_key, ae_key, fit_key = jax.random.split(key, 3)
     params = model.init(init_key)
-    start, frozen = time.perf_counter(), ()
+    start, frozen, ae_metrics = time.perf_counter(), (), {}
     if model_cfg.autoencoder is not None:
-        params = pretrain_autoencoder(model, params, data, ae_key, model_cfg.autoencoder, train_cfg)
+        params, ae_metrics = pretrain_autoencoder(model, params, data, ae_key, model_cfg.autoencoder, train_cfg)
         frozen = (0,)
     params, history, steps = train_classifier(model, params, data, fit_key, train_cfg, frozen, on_epoch)
     params = jax.block_until_ready(params)
     check_trained(model, params, data, history)
     final_loss = history[-1] if history else float("nan")
     return params, {"train/seconds": time.perf_counter() - start, "train/final_loss": final_loss,
-                    "train/steps": steps}
+                    "train/steps": steps, **ae_metrics}

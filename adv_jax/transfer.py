@@ -40,7 +40,7 @@ class Row(NamedTuple):
     stddev: float  # intended per-pixel stddev (adversarial rows: their mean distortion)
     realized_stddev: float  # mean per-pixel RMS of (images - clean images), as fed (clipped or not)
     errors: np.ndarray  # (num_models,) error of each model on the row's images, in [0, 1]
-    clipped: bool | None = None  # noise and amplified rows: clipped to [0, 1]; adversarial: None
+    clipped: bool | None = None  # PERTURBED kinds: clipped to [0, 1] or not; adversarial: None
 
 
 def row_name(kind: str, source_name: str | None, stddev: float, clipped: bool | None) -> str:
@@ -96,10 +96,9 @@ def transfer_rows(predict_fns: Sequence[PredictFn], names: Sequence[str], x: np.
     m = len(predict_fns)
     errors = lambda images: error_rates(predict_fns, images, y)  # noqa: E731
 
-    def perturbed(kind, source, stddev, make):  # make(clip) -> images
+    def perturbed(kind, source, stddev, unclipped):  # the twins of one draw
         out = []
-        for clip in (True, False):
-            images = make(clip)
+        for clip, images in ((True, np.clip(unclipped, 0.0, 1.0)), (False, unclipped)):
             out.append(Row(row_name(kind, None if source is None else names[source], stddev, clip), kind,
                            source, stddev, float(rms(x, images).mean()), errors(images), clip))
         return out
@@ -109,17 +108,28 @@ def transfer_rows(predict_fns: Sequence[PredictFn], names: Sequence[str], x: np.
             for j, (name, xa, d) in enumerate(zip(names, x_adv, distortion))]
     by_kind = {kind: [] for kind in PERTURBED}
     for j, d in enumerate(distortion):
-        by_kind["noise"] += perturbed("noise", j, d, lambda clip, j=j, d=d: gaussian_noise(
-            x, d, key=jax.random.fold_in(key, j), clip=clip))
+        by_kind["noise"] += perturbed("noise", j, d, gaussian_noise(x, d, key=jax.random.fold_in(key, j),
+                                                                    clip=False))
         if amplify_to is not None:
             by_kind["amplified"] += perturbed("amplified", j, amplify_to,
-                                              lambda clip, j=j: amplify(x, x_adv[j], amplify_to, clip))
+                                              amplify(x, x_adv[j], amplify_to, clip=False))
     for k, s in enumerate(noise_stddevs):
-        by_kind["fixed_noise"] += perturbed("fixed_noise", None, float(s), lambda clip, k=k, s=s: gaussian_noise(
-            x, s, key=jax.random.fold_in(key, m + k), clip=clip))
+        by_kind["fixed_noise"] += perturbed("fixed_noise", None, float(s), gaussian_noise(
+            x, s, key=jax.random.fold_in(key, m + k), clip=False))
     for kind in PERTURBED:
         rows += sorted(by_kind[kind], key=lambda r: not r.clipped)  # stable: clipped rows first
     return rows
+
+
+def reads_as(row: dict, clipped: bool = True) -> bool:
+    """Whether a matrix.json row (a dict) belongs to the clipped (or unclipped) reading:
+    adversarial rows belong to both; rows written before the unclipped twins were clipped."""
+    return row["kind"] == "adversarial" or row.get("clipped", True) == clipped
+
+
+def saved_block(rows: Sequence[dict], kind: str, clipped: bool = True) -> np.ndarray:
+    """`block` of matrix.json rows: their errors in percent, (rows of that kind, num_models)."""
+    return np.array([r["errors"] for r in rows if r["kind"] == kind and reads_as(r, clipped)])
 
 
 def block(rows: Sequence[Row], kind: str, clipped: bool = True) -> np.ndarray:

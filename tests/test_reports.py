@@ -12,6 +12,7 @@ import yaml
 import adv_jax
 from adv_jax.config import compose
 from adv_jax.reports import (
+    aggregate,
     bench,
     models,
     paper,
@@ -23,6 +24,7 @@ from adv_jax.reports import (
 )
 from adv_jax.reports.aggregate import paper_reference
 from adv_jax.reports.lipschitz_compare import compare, lower_bound
+from adv_jax.transfer import reads_as
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -187,3 +189,36 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
     if name == "lipschitz":
         model_rows = {row["name"] for row in settings.load("models")["rows"]}
         assert set(conf["models"]) <= model_rows | conf["fallbacks"].keys()
+
+
+def _study(seed: int, unclipped_twins: bool = True, p1_pair=(20.0, 10.0)) -> dict:
+    """A cross_training_set matrix.json's rows: three models; fixed noise 0.1 clipped (5% error)
+    and, unless written before the twins existed, unclipped (the paper's 2.6/2.8/2.7)."""
+    adv = [[100.0, p1_pair[0], 5.0], [p1_pair[1], 100.0, 5.0], [8.0, 8.0, 100.0]]
+    rows = [{"kind": "adversarial", "source": j, "stddev": 0.06, "clipped": None, "errors": e}
+            for j, e in enumerate(adv)]
+    rows.append({"kind": "fixed_noise", "source": None, "stddev": 0.1, "errors": [5.0, 5.0, 5.0]})
+    if unclipped_twins:
+        rows[-1]["clipped"] = True
+        rows.append({"kind": "fixed_noise", "source": None, "stddev": 0.1, "clipped": False,
+                     "errors": list(paper.TABLE4_NOISE[0.1])})
+    return {"seed": seed, "models": ["A", "B", "C"], "matrix": adv, "rows": rows}
+
+
+def test_old_and_new_matrix_files_share_their_clipped_rows_and_the_readings_are_compared():
+    old, new = _study(0, unclipped_twins=False), _study(1)
+    assert reads_as(old["rows"][3]) and not reads_as(old["rows"][3], clipped=False)
+    assert [k for k in aggregate.shared_rows([new, old])] == [
+        ("adversarial", 0, None), ("adversarial", 1, None), ("adversarial", 2, None), ("fixed_noise", 0.1, True)]
+    table = aggregate.clipping_comparison([new], paper_reference("cross_training_set"))
+    assert "| fixed noise | 2.30 | 0.00 | unclipped |" in table  # mean |5 - (2.6, 2.8, 2.7)|
+    assert aggregate.clipping_comparison([new, old], paper_reference("cross_training_set")) == ""
+
+
+def test_the_asymmetry_table_lists_every_seed_and_places_the_papers_pair():
+    runs = [_study(0, p1_pair=(20.0, 10.0)), _study(1, p1_pair=(30.0, 5.0))]
+    text = aggregate.asymmetry_table(runs, paper_reference("cross_training_set"))
+    assert "| 0 | 20.0 | 10.0 | +10.0 |" in text and "| 1 | 30.0 | 5.0 | +25.0 |" in text
+    assert "The paper's 26.2 lies inside the first range, its 6.25 inside the second" in text
+    assert "its difference +19.9 inside the seeds' differences" in text
+    assert "Seeds' range" not in aggregate.asymmetry_table(runs[:1], paper_reference("cross_training_set"))

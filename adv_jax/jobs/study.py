@@ -141,8 +141,11 @@ def recompute_rows(run_dir: str | Path) -> list[transfer.Row]:
 
 
 def group_id(cfg: DictConfig) -> str:
-    """Identifies runs that differ only in their seed (aggregate.py averages over those)."""
+    """Identifies runs that differ only in their seed (aggregate.py averages over those): the
+    config and every model's own (its conf/model entry's contents, which the config only names)."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    container["model_configs"] = {key: OmegaConf.to_container(model_config(cfg, key).model, resolve=True)
+                                  for key in cfg.experiment.models}
     for k in ("seed", "wandb", "cache_dir"):
         container.pop(k, None)
     for k in ("mnist_dir", "source", "mnist_url", "download_dir"):  # where MNIST came from
@@ -225,11 +228,10 @@ def _summary(result: dict) -> dict[str, Any]:
     m = len(result["models"])
     off = ~np.eye(m, dtype=bool)
     out: dict[str, Any] = {"experiment/seconds": result["seconds"]}
-    for kind, clipped in (("adversarial", None), ("noise", True), ("amplified", True),
+    for kind, clipped in (("adversarial", True), ("noise", True), ("amplified", True),
                           ("noise", False), ("amplified", False)):
-        block = np.array([r["errors"] for r in result["rows"]
-                          if r["kind"] == kind and r.get("clipped", True) in (None, clipped)])
-        name = kind if clipped is not False else f"{kind}_unclipped"
+        block = transfer.saved_block(result["rows"], kind, clipped)
+        name = kind if clipped else f"{kind}_unclipped"
         if block.size:
             out[f"transfer/{name}/diagonal"] = float(np.diag(block).mean())
             out[f"transfer/{name}/off_diagonal"] = float(block[off].mean()) if m > 1 else float("nan")

@@ -19,6 +19,7 @@ from adv_jax.reports.aggregate import aggregate
 from adv_jax.reports.runs import find_studies
 from adv_jax.reports.tables import markdown, mean_std
 from adv_jax.rundir import load_run
+from adv_jax.transfer import reads_as
 
 # How the paper states each of its numbers (section 4.2): an upper bound, about, or exactly.
 PAPER_FORMS = {"pool": "< {:g}", "dropout": "about {:g}", "weight_decay": "{:g}"}
@@ -47,8 +48,7 @@ def collect(runs: Sequence[Path], reference: str) -> tuple[list[str], dict[str, 
     ref = keys.index(reference) if reference in keys else None
     table: dict[str, dict[str, list]] = {k: {} for k in keys}
     for run, res in zip(runs, results):
-        noise = {r["source"]: r["errors"] for r in res["rows"]
-                 if r["kind"] == "noise" and r.get("clipped", True)}  # files before unclipped rows: clipped
+        noise = {r["source"]: r["errors"] for r in res["rows"] if r["kind"] == "noise" and reads_as(r)}
         for j, key in enumerate(keys):
             values = {"seed": res["seed"], **model_values(run / "models" / key, res["models_metrics"][key])}
             if ref is not None:

@@ -60,22 +60,29 @@ def _row_name(key: tuple, models: Sequence[str], amplify_to: float | None) -> st
     return transfer.row_name(kind, models[which], amplify_to if kind == "amplified" else 0.0, clipped)
 
 
+def shared_rows(results: list[dict]) -> dict[tuple, list[dict]]:
+    """Row key -> that row of every run, for the rows every run of a group has (a group may mix
+    files written before and after the unclipped twins), in the first run's order."""
+    by_run = [{_row_key(r): r for r in res["rows"]} for res in results]
+    return {k: [rows[k] for rows in by_run] for k in by_run[0] if all(k in rows for rows in by_run)}
+
+
 def group_table(results: list[dict], reference: dict | None = None) -> str:
     """Mean ± std (sample std over runs) of every cell of one group; the paper's value in brackets."""
     first = results[0]
     models = first["models"]
     amplify_to = next((r["stddev"] for r in first["rows"] if r["kind"] == "amplified"), None)
-    keys = [_row_key(r) for r in first["rows"]]
-    cells = {k: np.array([[r["errors"] for r in res["rows"] if _row_key(r) == k][0] for res in results])
-             for k in keys}
-    stddev = {k: np.array([[r["stddev"] for r in res["rows"] if _row_key(r) == k][0] for res in results])
-              for k in keys}
     prow = (reference or {}).get("rows", {})
-    body = [[_row_name(k, models, amplify_to),
-             *(mean_std(cells[k][:, j], prow[k[:2]][j] if k[:2] in prow else None) for j in range(len(models))),
-             mean_std(stddev[k], (reference or {}).get("distortion", [None] * len(models))[k[1]]
-                   if k[0] == "adversarial" and reference else None, 3)] for k in keys]
-    return markdown(["examples \\ fed to", *models, "stddev"], body)
+    body = []
+    for k, rows in shared_rows(results).items():
+        cells = np.array([r["errors"] for r in rows])
+        paper_distortion = (reference or {}).get("distortion", [None] * len(models))[k[1]] \
+            if k[0] == "adversarial" and reference else None
+        body.append([_row_name(k, models, amplify_to),
+                     *(mean_std(cells[:, j], prow[k[:2]][j] if k[:2] in prow else None) for j in range(len(models))),
+                     mean_std([r["stddev"] for r in rows], paper_distortion, 3),
+                     mean_std([r.get("realized_stddev", r["stddev"]) for r in rows], None, 3)])
+    return markdown(["examples \\ fed to", *models, "stddev", "realized stddev"], body)
 
 
 def clean_table(results: list[dict], splits: Sequence[str], reference: dict | None = None) -> str:
@@ -100,19 +107,20 @@ def comparison_table(runs: list[Path], results: list[dict]) -> str:
         off = ~np.eye(m, dtype=bool)
         means = []
         for kind in ("adversarial", "noise", "amplified"):
-            block = np.array([r["errors"] for r in res["rows"] if _row_key(r)[::2] in ((kind, None), (kind, True))])
+            block = transfer.saved_block(res["rows"], kind)
             means.append(f"{block[off].mean():.1f}" if block.size and m > 1 else "-")
         diag = np.diag(np.array(res["matrix"])).mean()
         test = " / ".join(f"{res['clean'][k]['test']:.2f}" for k in res["keys"])
         checks = ", ".join(k for k, ok in res["checks"].items() if ok) or "none"
         shown = [o for o in res["overrides"] if not o.startswith(_PLUMBING)]
-        trained = [m.get("train/seconds", 0.0) for m in res["models_metrics"].values() if not m.get("train/cached")]
+        trained = [metrics.get("train/seconds", 0.0) for metrics in res["models_metrics"].values()
+                   if not metrics.get("train/cached")]
         body.append([str(path), res["seed"], " ".join(shown) or "-", test, f"{diag:.1f}",
                      *means, checks, f"{res['seconds']:.0f}",
-                     f"{len(trained)}: {sum(trained):.0f}" if trained else "0"])
+                     f"{len(trained)} model(s), {sum(trained):.0f} s" if trained else "none"])
     return markdown(["run", "seed", "overrides", "clean test error per model", "diag.",
                      "off-diag. adv.", "off-diag. noise", "off-diag. ampl.", "checks hold",
-                     "seconds", "models trained here: their training seconds"], body)
+                     "seconds", "trained in the run"], body)
 
 
 def clipping_comparison(members: list[dict], reference: dict | None) -> str:
@@ -120,11 +128,10 @@ def clipping_comparison(members: list[dict], reference: dict | None) -> str:
     (percentage points, seed means) over the cells that have a paper number, clipped vs unclipped."""
     prow = (reference or {}).get("rows", {})
     gaps = {}
-    for row in members[0]["rows"]:
-        key = _row_key(row)
+    for key, rows in shared_rows(members).items():
         if key[2] is None or key[:2] not in prow:
             continue
-        mean = np.mean([[r["errors"] for r in res["rows"] if _row_key(r) == key][0] for res in members], 0)
+        mean = np.mean([r["errors"] for r in rows], 0)
         paper_cells = np.array(prow[key[:2]], float)
         gaps.setdefault((key[0], key[2]), []).extend(np.abs(mean - paper_cells).tolist())
     kinds = [k for k in transfer.PERTURBED if (k, True) in gaps and (k, False) in gaps]
@@ -141,6 +148,8 @@ def asymmetry_table(members: list[dict], reference: dict | None, pair: tuple[int
     seeds' range and whether the paper's pair lies inside it (Table 4: the two P1 models)."""
     a, b = pair
     names = members[0]["models"]
+    if len(names) <= max(pair):
+        return ""
     ab = np.array([res["matrix"][a][b] for res in members])  # b fed a's adversarials
     ba = np.array([res["matrix"][b][a] for res in members])
     body = [[res["seed"], f"{x:.1f}", f"{y:.1f}", f"{x - y:+.1f}"] for res, x, y in zip(members, ab, ba)]

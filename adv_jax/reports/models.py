@@ -45,7 +45,7 @@ def noisy_test_errors(run_dir: Path, stddev: float) -> tuple[float, float]:
     """The run's test error (fraction) on x + N(0, stddev^2) per pixel, clipped to [0, 1] and
     unclipped, from one draw (key 0, `transfer.gaussian_noise`)."""
     run = adv_jax.load_run(run_dir)
-    test = load_splits(run.config.data)["test"]
+    test = load_splits(run.config.data, run.config.model.classes)["test"]
     return tuple(float(np.mean(np.asarray(predict(run.model, run.params, transfer.gaussian_noise(
         test.x, stddev, key=jax.random.key(0), clip=clip))) != test.y)) for clip in (True, False))
 
@@ -66,7 +66,8 @@ def report(conf: dict, runs: Path, command: str) -> str:
     missing = [f"`{runs / r['name']}`" for r in conf["rows"] if r not in finished]
     lines = [*provenance.header(conf["title"], command),
              f"Run directories: `{runs}/<row>`; every number below is read from their "
-             "`metrics.json`.", "", *settings.paragraphs(conf["notes"][:1]),
+             "`metrics.json`, except the noisy test errors, computed from their params.", "",
+             *settings.paragraphs(conf["notes"][:1]),
              markdown(COLUMNS, [table_row(r, runs / r["name"]) for r in finished]),
              *settings.paragraphs(conf["notes"][1:])]
     if missing:
