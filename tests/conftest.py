@@ -44,18 +44,6 @@ def pytest_configure(config):
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
-# The modules that take longest, longest first: with `--dist loadscope` each module runs on one
-# worker, and starting the long ones first keeps one worker from finishing a long module alone.
-LONGEST_FIRST = ("test_experiment.py", "test_ensemble.py", "test_lipschitz_runs.py", "test_demos.py",
-                 "test_certified.py", "test_runner.py", "test_gpu_check.py", "test_transfer_attacks.py",
-                 "test_attack_lbfgs.py", "test_train.py", "test_launchers.py", "test_bench_minnorm.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
-
-
 def pytest_unconfigure(config):
     for path in _CREATED:
         shutil.rmtree(path, ignore_errors=True)
