@@ -121,10 +121,16 @@ def transfer_rows(predict_fns: Sequence[PredictFn], names: Sequence[str], x: np.
     return rows
 
 
+def saved_clipped(row: dict) -> bool | None:
+    """`Row.clipped` of a matrix.json row (a dict): None for adversarial rows; rows written before
+    the unclipped twins existed were clipped."""
+    return None if row["kind"] == "adversarial" else row.get("clipped", True)
+
+
 def reads_as(row: dict, clipped: bool = True) -> bool:
-    """Whether a matrix.json row (a dict) belongs to the clipped (or unclipped) reading:
-    adversarial rows belong to both; rows written before the unclipped twins were clipped."""
-    return row["kind"] == "adversarial" or row.get("clipped", True) == clipped
+    """Whether a matrix.json row belongs to the clipped (or unclipped) reading; adversarial rows
+    belong to both."""
+    return saved_clipped(row) in (None, clipped)
 
 
 def saved_block(rows: Sequence[dict], kind: str, clipped: bool = True) -> np.ndarray:

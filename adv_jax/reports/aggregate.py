@@ -47,10 +47,9 @@ def paper_reference(experiment: str) -> dict[str, Any] | None:
 
 
 def _row_key(row: dict) -> tuple:
-    """(kind, source or fixed stddev, clipped); rows written before the unclipped twins were
-    clipped."""
-    clipped = None if row["kind"] == "adversarial" else row.get("clipped", True)
-    return (row["kind"], row["stddev"] if row["kind"] == "fixed_noise" else row["source"], clipped)
+    """(kind, source or fixed stddev, clipped as `transfer.saved_clipped` reads it)."""
+    return (row["kind"], row["stddev"] if row["kind"] == "fixed_noise" else row["source"],
+            transfer.saved_clipped(row))
 
 
 def _row_name(key: tuple, models: Sequence[str], amplify_to: float | None) -> str:

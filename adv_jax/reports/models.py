@@ -46,8 +46,9 @@ def noisy_test_errors(run_dir: Path, stddev: float) -> tuple[float, float]:
     unclipped, from one draw (key 0, `transfer.gaussian_noise`)."""
     run = adv_jax.load_run(run_dir)
     test = load_splits(run.config.data, run.config.model.classes)["test"]
-    return tuple(float(np.mean(np.asarray(predict(run.model, run.params, transfer.gaussian_noise(
-        test.x, stddev, key=jax.random.key(0), clip=clip))) != test.y)) for clip in (True, False))
+    noisy = transfer.gaussian_noise(test.x, stddev, key=jax.random.key(0), clip=False)
+    return tuple(float(np.mean(np.asarray(predict(run.model, run.params, images)) != test.y))
+                 for images in (np.clip(noisy, 0.0, 1.0), noisy))
 
 
 def table_row(row: dict, run_dir: Path) -> list[str]:
