@@ -65,9 +65,12 @@ def layer_input_shape(model: Model, k: int) -> tuple[int, ...]:
 def check_config(model: Model, cfg) -> None:
     """Clear errors for settings this training mode cannot honour."""
     adv, drop = cfg.adversarial, cfg.dropout
-    if cfg.optimizer == "lbfgs":
-        raise ValueError("train.adversarial / train.dropout need a minibatch optimizer "
-                         "(train=adam or train=sgd), not full-batch lbfgs")
+    if cfg.optimizer == "lbfgs" and (drop.input or drop.hidden):
+        raise ValueError("train.dropout needs a minibatch optimizer (train=adam or train=sgd), "
+                         "not full-batch lbfgs")
+    if cfg.optimizer == "lbfgs" and adv.layers and not adv.start_epoch < adv.lbfgs_restarts:
+        raise ValueError(f"train.adversarial.start_epoch={adv.start_epoch}: with train=lbfgs the pools "
+                         f"join at that restart, so it must be below lbfgs_restarts={adv.lbfgs_restarts}")
     for name, rate in (("input", drop.input), ("hidden", drop.hidden)):
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"train.dropout.{name}={rate}: a drop rate must be in [0, 1)")
@@ -147,6 +150,20 @@ def mixed_cross_entropy(model: Model, params: Params, pools: tuple[Pool, ...], x
                                jax.random.fold_in(key, 2 * j + 2), drop.input, drop.hidden, start=k)
         total += optax.softmax_cross_entropy_with_integer_labels(logits, pool.y[rows]).sum()
         count += adv.batch_size
+    return total / count
+
+
+def full_batch_cross_entropy(model: Model, params: Params, layers, pools: tuple[Pool, ...],
+                             x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean CE over all clean images (x (N, ...), y (N,)) and every entry of every pool (pool j
+    at layer layers[j]): the deterministic loss term of pooled full-batch L-BFGS."""
+    total = optax.softmax_cross_entropy_with_integer_labels(model.apply(params, x), y).sum()
+    count = len(y)
+    for k, pool in zip(layers, pools):
+        points = pool_points(model, params, k, pool, jnp.arange(len(pool.y)))
+        total += optax.softmax_cross_entropy_with_integer_labels(
+            model.apply(params, points, start=k), pool.y).sum()
+        count += len(pool.y)
     return total / count
 
 

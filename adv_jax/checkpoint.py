@@ -111,6 +111,8 @@ def model_identity(cfg: Any, data=None) -> dict:
         "train": train,
         "seed": cfg.seed,
     }
+    if getattr(cfg.data, "validation", 0):  # only when set: older cache keys stay valid
+        identity["data"]["validation"] = cfg.data.validation
     if data is not None:
         identity["data"]["fingerprint"] = data_fingerprint(data)
     return identity

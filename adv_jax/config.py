@@ -31,6 +31,9 @@ class DataConfig:
     split: str = "p1"  # training split: full (60000) | p1 | p2 (disjoint random halves of 30000)
     split_seed: int = 0  # the P1/P2 partition; independent of the training seed
     train_limit: Optional[int] = None  # keep only the first N training images (quick runs)
+    # Hold out N random images of the training split (fixed by split_seed) as "validation": the
+    # model never trains on them, and hyperparameter searches select on error/validation.
+    validation: int = 0
     source: str = "idx"  # idx: the four IDX files (mnist_dir, else downloaded) | tfds
     # Directory holding the four MNIST IDX .gz files; null means "download them into download_dir".
     mnist_dir: Optional[str] = "${oc.env:ADV_JAX_MNIST_DIR,null}"
@@ -106,6 +109,9 @@ class AdversarialConfig:
     attack: str = "fgsm_min"  # a key of adv_jax.attacks.ATTACKS (minimum-norm ones: lbfgs, fgsm_min, pgd_min, deepfool)
     attack_params: Dict[str, Any] = field(default_factory=dict)
     target: str = "random"  # random | next | untargeted (see attacks.targets.choose_targets)
+    # train=lbfgs: this many L-BFGS restarts of ceil(lbfgs_steps / lbfgs_restarts) iterations; the
+    # pools are filled before restart start_epoch and refresh_size entries refreshed before each later one.
+    lbfgs_restarts: int = 4
 
 
 @dataclass
@@ -275,6 +281,9 @@ class Config:
     cpu_devices: Any = "auto"
     # Trained models are cached here, keyed by everything that determines them.
     cache_dir: str = "${oc.env:ADV_JAX_CACHE_DIR,'~/.cache/adv_jax'}"
+    # A metric of the run (e.g. error/validation) that scripts/sweep.py returns to Hydra, for a
+    # sweeper that optimizes it (conf/hydra/sweeper/optuna_tpe.yaml); null = return nothing.
+    objective: Optional[str] = None
 
 
 ConfigStore.instance().store(name="base_config", node=Config)
@@ -346,12 +355,15 @@ def misspelled_key(dotted: str) -> str | None:
 
 
 def override_keys(args: Sequence[str]) -> list[str]:
-    """The config keys that command-line overrides set, leaving out flags, Hydra's own keys, and
-    `+key`/`++key`/`~key` (appends and deletions Hydra checks itself)."""
+    """The config keys that command-line overrides set, leaving out flags, Hydra's own keys,
+    config-group choices (search=..., a conf/ directory) and `+key`/`++key`/`~key` (appends and
+    deletions Hydra checks itself)."""
     keys = []
     for arg in args:
         key = arg.split("=", 1)[0]
         if arg.startswith("-") or "=" not in arg or key[:1] in ("+", "~") or "/" in key or "@" in key:
+            continue
+        if (CONF_DIR / key).is_dir():
             continue
         if key.split(".")[0] != "hydra":
             keys.append(key)
@@ -397,7 +409,7 @@ def derive(cfg: DictConfig, model: str, split: str, *, model_changes: Any = None
 # ignores them, and so do Hydra's job directory names (conf/config.yaml).
 RESULT_NEUTRAL = ("data.source", "data.mnist_dir", "data.mnist_url", "data.download_dir", "data.tfds_dir",
                   "cache_dir", "wandb", "cpu_devices",
-                  "train.cache", "attack.chunk_size")
+                  "train.cache", "attack.chunk_size", "objective")
 
 
 def result_config(cfg: Any) -> dict:
@@ -411,6 +423,16 @@ def result_config(cfg: Any) -> dict:
             node = node.get(name) or {}
         node.pop(leaf, None)
     return out
+
+
+def objective_value(cfg: Any, metrics: dict) -> float | None:
+    """The run's `objective` metric (a float for an optimizing Hydra sweeper), or None when the
+    config names none."""
+    if cfg.objective is None:
+        return None
+    if cfg.objective not in metrics:
+        raise KeyError(f"objective={cfg.objective!r} is not among the run's metrics: {sorted(metrics)}")
+    return float(metrics[cfg.objective])
 
 
 def to_yaml(cfg: Any) -> str:

@@ -213,10 +213,23 @@ def load_splits(data_cfg, classes=None) -> dict[str, Dataset]:
     train = out[data_cfg.split] if data_cfg.split in out else None
     if train is None:
         raise ValueError(f"unknown data.split {data_cfg.split!r}; choose one of ['full', 'p1', 'p2']")
+    if getattr(data_cfg, "validation", 0):
+        train, out["validation"] = hold_out(train, data_cfg.validation, data_cfg.split_seed)
     if data_cfg.train_limit is not None:
         train = Dataset(train.x[: data_cfg.train_limit], train.y[: data_cfg.train_limit])
     out["train"] = train
     return out
+
+
+def hold_out(data: Dataset, count: int, split_seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(rest, held out): `count` images drawn at random (fixed by split_seed, independent of the
+    P1/P2 draw), both in their original order."""
+    if not 0 < count < len(data):
+        raise ValueError(f"data.validation={count}: hold out between 1 and {len(data) - 1} of the "
+                         f"split's {len(data)} images")
+    chosen = np.zeros(len(data), bool)
+    chosen[np.random.default_rng([split_seed, 1]).permutation(len(data))[:count]] = True
+    return _select(data, np.flatnonzero(~chosen), None), _select(data, np.flatnonzero(chosen), None)
 
 
 def _absolute(path: str | None) -> str | None:

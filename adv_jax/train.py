@@ -84,7 +84,8 @@ def freeze(params: Params, frozen_layers: tuple[int, ...]) -> Params:
 
 def make_loss(model: Model, cfg, frozen_layers: tuple[int, ...] = ()) -> LossFn:
     """The training loss of train config `cfg`: the classification loss, or with pools or dropout
-    (`adversarial_training.enabled`) their mixed-batch form."""
+    (`adversarial_training.enabled`) their mixed-batch form (full-batch L-BFGS: over every pool
+    entry)."""
     mixed = pools_lib.enabled(cfg)
 
     def loss(params, decay, pools, batch, key):
@@ -92,7 +93,10 @@ def make_loss(model: Model, cfg, frozen_layers: tuple[int, ...] = ()) -> LossFn:
         x, y = batch
         if not mixed:
             return classification_loss(model, params, x, y, cfg.decay_scale, cfg.lipschitz_penalty, decay)
-        ce = pools_lib.mixed_cross_entropy(model, params, pools, x, y, key, cfg)
+        if cfg.optimizer == "lbfgs":  # full batch: every pool entry, no sampling
+            ce = pools_lib.full_batch_cross_entropy(model, params, cfg.adversarial.layers, pools, x, y)
+        else:
+            ce = pools_lib.mixed_cross_entropy(model, params, pools, x, y, key, cfg)
         return ce + regularizer(model, params, cfg.decay_scale, cfg.lipschitz_penalty, decay)
 
     return loss
@@ -280,7 +284,7 @@ def minimize_lbfgs(objective, params, batch: tuple, max_steps: int, tolerance: f
     def run_chunk(carry, stop, batch):  # data as arguments: see fit_minibatch
         return lbfgs_chunk(lambda p: objective(p, batch), optimizer, tolerance)(carry, stop)
 
-    batch = tuple(jnp.asarray(b) for b in batch)
+    batch = jax.tree.map(jnp.asarray, batch)
     carry, history = (params, optimizer.init(params)), []
     with tqdm(total=max_steps, desc=desc, unit="it", leave=False) as bar:
         for i, stop in enumerate(lbfgs_stops(max_steps)):
@@ -297,22 +301,41 @@ def minimize_lbfgs(objective, params, batch: tuple, max_steps: int, tolerance: f
     return carry[0], history, int(otu.tree_get(carry[1], "count"))
 
 
-def fit_lbfgs(model: Model, params: Params, data: Dataset, cfg, frozen_layers: tuple[int, ...] = (),
-              on_epoch=None) -> tuple[Params, list[float], int]:
+def fit_lbfgs(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
+              frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
     """The classifier by full-batch L-BFGS until |grad| < cfg.lbfgs_tolerance (at most
-    cfg.lbfgs_steps iterations); returns params, the loss after each chunk, the iteration count."""
+    cfg.lbfgs_steps iterations); returns params, the loss after each chunk, the iteration count.
+    With pools, the iterations run as `adversarial.lbfgs_restarts` restarts, the pools filled or
+    refreshed between them (the loss changes there, so the L-BFGS memory starts afresh)."""
     if pools_lib.enabled(cfg):
-        pools_lib.check_config(model, cfg)  # raises: pools and dropout need a minibatch optimizer
+        pools_lib.check_config(model, cfg)  # raises for dropout: it needs a minibatch optimizer
     loss = make_loss(model, cfg, frozen_layers)
-    return minimize_lbfgs(lambda p, batch: loss(p, None, (), batch, None), params, (data.x, data.y),
-                          cfg.lbfgs_steps, cfg.lbfgs_tolerance, on_epoch=on_epoch)
+    objective = lambda p, batch: loss(p, None, batch[2], batch[:2], None)  # noqa: E731
+    if not cfg.adversarial.layers:
+        return minimize_lbfgs(objective, params, (data.x, data.y, ()), cfg.lbfgs_steps,
+                              cfg.lbfgs_tolerance, on_epoch=on_epoch)
+    adv, x, y = cfg.adversarial, jnp.asarray(data.x), jnp.asarray(data.y)
+    refresh = jax.jit(pools_lib.make_refresh(model, cfg))
+    state, history, steps = TrainState(params, None), [], 0
+    per_restart = -(-cfg.lbfgs_steps // adv.lbfgs_restarts)
+    for r in range(adv.lbfgs_restarts):
+        if r == adv.start_epoch:
+            state = pools_lib.fill_pools(model, cfg, state, x, y, jax.random.fold_in(key, r))
+        elif r > adv.start_epoch:
+            state = refresh(state, x, y, jax.random.fold_in(key, r))
+        params, losses, count = minimize_lbfgs(objective, state.params, (x, y, state.pools),
+                                               per_restart, cfg.lbfgs_tolerance, desc=f"lbfgs {r}")
+        state, history, steps = state._replace(params=params), history + losses, steps + count
+        if on_epoch:
+            on_epoch(r, losses[-1])
+    return state.params, history, steps
 
 
 def train_classifier(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
                      frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
     """Trains `params` on `data` with cfg.optimizer; layers in `frozen_layers` keep their weights."""
     if cfg.optimizer == "lbfgs":
-        return fit_lbfgs(model, params, data, cfg, frozen_layers, on_epoch)
+        return fit_lbfgs(model, params, data, key, cfg, frozen_layers, on_epoch)
     return fit_minibatch(model, params, data, key, cfg, frozen_layers, on_epoch)
 
 

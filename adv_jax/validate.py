@@ -13,6 +13,10 @@ from omegaconf import DictConfig
 
 SPLITS = ("full", "p1", "p2")
 SOURCES = ("idx", "tfds")  # where MNIST comes from (adv_jax/data.py)
+SPLIT_SIZES = {"full": 60000, "p1": 30000, "p2": 30000}
+# What a sweeper may minimize (config `objective`); never error/test: selection on the test set
+# would make the test error a biased estimate.
+OBJECTIVES = ("error/validation", "error/train", "attack/mean_distortion")
 # Attack hyperparameters that must be > 0; every other numeric one must be >= 0.
 POSITIVE_ATTACK_PARAMS = (
     "epsilon", "max_epsilon", "steps", "max_evals", "memory", "c_steps", "search_steps", "c_init",
@@ -79,7 +83,7 @@ def check_train(train: DictConfig) -> None:
     _non_negative("train.lipschitz_penalty", train.lipschitz_penalty)
     _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "a number in [0, 1)")
     adv = train.adversarial
-    for name in ("pool_size", "batch_size", "refreshes_per_epoch", "refresh_size"):
+    for name in ("pool_size", "batch_size", "refreshes_per_epoch", "refresh_size", "lbfgs_restarts"):
         _count(f"train.adversarial.{name}", adv[name])
     _count("train.adversarial.start_epoch", adv.start_epoch, minimum=0)
     for name in ("input", "hidden"):
@@ -120,6 +124,12 @@ def check(cfg: DictConfig) -> None:
     _require(cfg.data.split in SPLITS, "data.split", cfg.data.split, f"one of {list(SPLITS)}")
     _require(cfg.data.source in SOURCES, "data.source", cfg.data.source, f"one of {list(SOURCES)}")
     _count("data.train_limit", cfg.data.train_limit, optional=True)
+    _count("data.validation", cfg.data.validation, minimum=0)
+    _require(cfg.data.validation < SPLIT_SIZES[cfg.data.split], "data.validation", cfg.data.validation,
+             f"fewer than the {SPLIT_SIZES[cfg.data.split]} images of data.split={cfg.data.split}")
+    _require(cfg.objective in (None, *OBJECTIVES), "objective", cfg.objective, f"null or one of {list(OBJECTIVES)}")
+    _require(cfg.objective != "error/validation" or cfg.data.validation > 0, "objective", cfg.objective,
+             "error/validation needs held-out images (data.validation > 0)")
     check_model(cfg.model)
     check_train(cfg.train)
     if cfg.attack.name != "none":

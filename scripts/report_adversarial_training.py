@@ -1,7 +1,7 @@
-"""Writes results/adversarial_training.md from finished `experiment=adversarial_training` runs.
+"""Writes results/adversarial_training_regularizers.md from finished `experiment=adversarial_training` runs.
 
     python scripts/sweep.py -m experiment=adversarial_training seed=0,1,2 hydra.sweep.dir=multirun/adversarial_training
-    python scripts/report_adversarial_training.py multirun/adversarial_training [--out results/adversarial_training.md]
+    python scripts/report_adversarial_training.py multirun/adversarial_training [--out results/adversarial_training_regularizers.md]
 
 Title, notes and the paper's comparisons: conf/report/adversarial_training.yaml; the tables are
 described in adv_jax/reports/adversarial_training.py.

@@ -3,6 +3,7 @@
 Examples:
   python scripts/sweep.py model=fc100 attack=none
   python scripts/sweep.py -m model=fc10 model.weight_decay=1e-4,1e-2,1 data=full
+  python scripts/sweep.py -m experiment=adversarial_training_search   (an Optuna search)
 """
 
 import sys
@@ -16,8 +17,9 @@ import adv_jax.config  # registers the config schema (base_config) with Hydra
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    adv_jax.run(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+def main(cfg: DictConfig) -> float | None:
+    metrics = adv_jax.run(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    return adv_jax.config.objective_value(cfg, metrics)  # what an optimizing sweeper minimizes
 
 
 if __name__ == "__main__":

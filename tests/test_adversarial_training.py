@@ -4,6 +4,7 @@ adversarial examples at layer inputs, training with them, config checks and the 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from omegaconf import OmegaConf
 
@@ -13,7 +14,7 @@ from adv_jax.config import compose
 from adv_jax.data import Dataset, load_splits
 from adv_jax.jobs.study import model_config
 from adv_jax.models import build_model, error_rate
-from adv_jax.train import train_model
+from adv_jax.train import TrainState, train_model
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +98,34 @@ def test_pool_training_runs_and_learns(small):
     assert not np.allclose(params[0]["w"], runs["plain"][0][0]["w"])
 
 
+def test_pooled_lbfgs_refreshes_between_restarts_and_learns(small):
+    """The paper's optimizer with pools: full-batch L-BFGS in restarts, every pool entry in the loss."""
+    train, test = small
+    model_cfg = compose([]).model
+    model = build_model(model_cfg)
+    cfg = compose(["train=lbfgs", "train.lbfgs_steps=60", "train.adversarial.layers=[0,2]",
+                   "train.adversarial.pool_size=300", "train.adversarial.refresh_size=100",
+                   "train.adversarial.lbfgs_restarts=3", "train.adversarial.attack=fgsm",
+                   "train.adversarial.target=untargeted"]).train
+    params, metrics = train_model(model, model_cfg, cfg, train, jax.random.key(0))
+    assert metrics["train/steps"] <= 60 and np.isfinite(metrics["train/final_loss"])
+    assert error_rate(model, params, jnp.asarray(test.x), jnp.asarray(test.y)) < 0.25
+    # The loss is over the clean set and every pool entry: all 300 of each pool count.
+    pools = at.fill_pools(model, cfg, TrainState(params, None), jnp.asarray(train.x),
+                          jnp.asarray(train.y), jax.random.key(1)).pools
+    layers = list(cfg.adversarial.layers)
+    clean_only = at.full_batch_cross_entropy(model, params, layers, (), train.x, train.y)
+    with_pools = at.full_batch_cross_entropy(model, params, layers, pools, train.x, train.y)
+    by_hand = [float(optax.softmax_cross_entropy_with_integer_labels(model.apply(
+        params, at.pool_points(model, params, k, pool, jnp.arange(300)), start=k), pool.y).sum())
+        for k, pool in zip(layers, pools)]
+    assert float(with_pools) == pytest.approx((float(clean_only) * len(train) + sum(by_hand)) / (len(train) + 600),
+                                              rel=1e-5)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["train=lbfgs", "train.dropout.hidden=0.5"], "minibatch optimizer"),
+    (["train=lbfgs", "train.adversarial.layers=[0]", "train.adversarial.start_epoch=4"], "lbfgs_restarts"),
     (["train.adversarial.layers=[3]"], "not a layer input"),
     (["model.activation=relu", "train.adversarial.layers=[1]"], "sigmoid"),
     (["train.dropout.input=1.0"], "drop rate"),

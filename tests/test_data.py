@@ -104,6 +104,19 @@ def test_load_splits_limit_and_classes(mnist_dir):
     assert len(four["test"]) == 980 + 1135 + 1032 + 1010
 
 
+def test_validation_images_are_held_out_of_the_training_split(mnist_dir):
+    cfg = OmegaConf.structured(DataConfig(split="p1", mnist_dir=str(mnist_dir), validation=1000))
+    splits = data.load_splits(cfg)
+    train, held = splits["train"], splits["validation"]
+    assert (len(train), len(held)) == (29000, 1000)
+    rows = lambda d: sorted(row.tobytes() for row in d.x.reshape(len(d), -1))  # noqa: E731
+    assert sorted(rows(train) + rows(held)) == rows(splits["p1"])  # a partition of P1
+    again = data.load_splits(cfg)["validation"]
+    np.testing.assert_array_equal(again.y, held.y)  # fixed by split_seed, not by the run's seed
+    with pytest.raises(ValueError, match="data.validation=30000"):
+        data.hold_out(splits["p1"], 30000)
+
+
 def test_tfds_without_network_fails_fast_with_advice(monkeypatch, tmp_path):
     pytest.importorskip("tensorflow_datasets")
     monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)

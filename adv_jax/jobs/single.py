@@ -37,12 +37,16 @@ def default_name(cfg) -> str:
 
 
 def split_errors(model: Model, params: Params, splits: dict, data_cfg) -> dict[str, float]:
-    """Error rate (fraction) on every EVAL_SPLITS split and on "train", each image evaluated once:
-    P1 and P2 partition the full training set, and an unlimited training split is one of them."""
+    """Error rate (fraction) on every EVAL_SPLITS split, on "train" and on "validation" (when
+    data.validation holds images out), each image evaluated once where it can be: P1 and P2
+    partition the full training set, and an unlimited training split is one of them."""
     errors = evaluate(model, params, {s: splits[s] for s in ("p1", "p2", "test")})
     n1, n2 = len(splits["p1"]), len(splits["p2"])
     errors["full"] = (errors["p1"] * n1 + errors["p2"] * n2) / (n1 + n2)
-    if data_cfg.train_limit is None or data_cfg.train_limit >= len(splits[data_cfg.split]):
+    if "validation" in splits:
+        errors["validation"] = evaluate(model, params, {"v": splits["validation"]})["v"]
+    if "validation" not in splits and (data_cfg.train_limit is None
+                                       or data_cfg.train_limit >= len(splits[data_cfg.split])):
         errors["train"] = errors[data_cfg.split]
     else:
         errors["train"] = evaluate(model, params, {"t": splits["train"]})["t"]
@@ -89,7 +93,7 @@ def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
     model, params, train_metrics = train_or_load(cfg, splits, logger,
                                                  save_to=run.path / checkpoint.PARAMS_FILE)
     errors = split_errors(model, params, splits, cfg.data)
-    metrics = {**{f"error/{s}": errors[s] for s in (*EVAL_SPLITS, "train")}, **train_metrics,
+    metrics = {**{f"error/{name}": value for name, value in errors.items()}, **train_metrics,
                "model/num_params": num_params(params), "data/train_size": len(splits["train"])}
     adv = None
     if cfg.attack.name != "none":

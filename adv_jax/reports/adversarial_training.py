@@ -1,4 +1,4 @@
-"""results/adversarial_training.md from finished `experiment=adversarial_training` runs.
+"""results/adversarial_training_regularizers.md from finished `experiment=adversarial_training` runs.
 
 Per regularizer (mean ± sample std over the runs, i.e. seeds): clean test error, the L-BFGS
 attack's success and mean per-pixel RMS distortion on the test set, each layer's Lipschitz upper

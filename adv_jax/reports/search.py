@@ -1,0 +1,188 @@
+"""A hyperparameter search's results file: the trials of an Optuna search (conf/search/*.yaml,
+each trial a run directory trial_<n>), the best by validation error, a slice figure, and the
+chosen recipe's test errors over seeds (a second sweep, the only one that reads the test set).
+
+    search:  <sweep dir>/trial_<n>/{config.yaml, metrics.json}   minimized metric: `objective`
+    chosen:  <sweep dir>/<job>/{config.yaml, metrics.json}       the best trial's overrides, seeds
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from adv_jax.config import CONF_DIR
+from adv_jax.reports import paper, provenance, settings
+from adv_jax.reports.runs import find_runs, read_run
+from adv_jax.reports.tables import fmt, markdown, mean_std
+
+
+def search_space(name: str) -> dict[str, str]:
+    """conf/search/<name>.yaml's hydra.sweeper.params: dotted key -> Optuna distribution."""
+    return dict(OmegaConf.load(CONF_DIR / "search" / f"{name}.yaml").hydra.sweeper.params)
+
+
+def trials(search_dir: Path, space: dict[str, str], objective: str) -> list[dict[str, Any]]:
+    """Finished trials in trial order: number, the searched values, the objective, the run."""
+    out = []
+    for run_dir in sorted(find_runs([search_dir]), key=lambda p: int(p.name.split("_")[-1])):
+        run = read_run(run_dir)
+        out.append({"trial": int(run_dir.name.split("_")[-1]), "run": run,
+                    "params": {k: run["config"][k] for k in space}, "value": run["metrics"][objective]})
+    return out
+
+
+def relevant(params: dict[str, Any]) -> dict[str, Any]:
+    """The searched values that shaped the model: no pool settings without pools, no minibatch
+    settings under L-BFGS and no L-BFGS settings under a minibatch optimizer."""
+    lbfgs, pools = params.get("train.optimizer") == "lbfgs", bool(params.get("train.adversarial.layers"))
+    minibatch_only = ("train.learning_rate", "train.schedule", "train.epochs", "train.adversarial.batch_size",
+                      "train.adversarial.refreshes_per_epoch")
+    keep = {}
+    for key, value in params.items():
+        if (key.startswith("train.adversarial.") and key != "train.adversarial.layers" and not pools
+                or lbfgs and key in minibatch_only
+                or not lbfgs and key in ("train.lbfgs_steps", "train.adversarial.lbfgs_restarts")):
+            continue
+        keep[key] = value
+    return keep
+
+
+def overrides(params: dict[str, Any]) -> list[str]:
+    """Command-line overrides that set every searched value of `params` (lists without spaces,
+    as Hydra reads them): with them, a run's config is the trial's, whatever did not apply."""
+    return [f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, list) else v}"
+            for k, v in params.items()]
+
+
+def chosen_command(search: str, params: dict[str, Any], seeds: Sequence[int], sweep_dir: Path) -> str:
+    """The multirun that trains the chosen recipe over `seeds` with the basic sweeper (the
+    search config's space switched off): what `chosen_dir` must hold."""
+    args = ["-m", f"search={search}", "hydra/sweeper=basic", "hydra.sweeper.params=null",
+            *overrides(params), f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={sweep_dir}",
+            "hydra.sweep.subdir=seed${seed}", "wandb=disabled"]
+    return provenance.command("scripts/sweep.py", args)
+
+
+def next_command(search_dir: Path, conf: dict, seeds: Sequence[int], chosen_dir: Path) -> str:
+    """chosen_command for the best finished trial under `search_dir`."""
+    rows = trials(search_dir, search_space(conf["search"]), conf["objective"])
+    if not rows:
+        raise FileNotFoundError(f"no finished trial under {search_dir}")
+    return chosen_command(conf["search"], min(rows, key=lambda r: r["value"])["params"], seeds, chosen_dir)
+
+
+def trial_table(rows: list[dict], objective: str, top: int) -> str:
+    """The `top` trials by objective, with every searched value that applied to them."""
+    keys = list(rows[0]["params"]) if rows else []
+    best = sorted(rows, key=lambda r: r["value"])[:top]
+    cells = [[r["trial"], f"{100 * r['value']:.2f}", f"{100 * r['run']['metrics']['error/train']:.2f}",
+              *[fmt(relevant(r["params"]).get(k)) for k in keys],
+              f"{r['run']['metrics']['train/seconds']:.0f}"] for r in best]
+    short = [k.removeprefix("train.").removeprefix("adversarial.") for k in keys]
+    return markdown(["trial", f"{objective} %", "train error %", *short, "train s"], cells)
+
+
+def best_by(rows: list[dict], key: str) -> str:
+    """The best objective among the trials of each value of `key` (what the search rules out)."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        groups.setdefault(fmt(r["params"][key]), []).append(r["value"])
+    return markdown([key, "trials", "best %", "median %"],
+                    [[v, len(g), f"{100 * min(g):.2f}", f"{100 * float(np.median(g)):.2f}"]
+                     for v, g in sorted(groups.items(), key=lambda kv: min(kv[1]))])
+
+
+def slice_figure(rows: list[dict], objective: str, path: Path) -> None:
+    """One panel per searched key: each trial's objective against that key's value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(rows[0]["params"])
+    cols = 4
+    fig, axes = plt.subplots(-(-len(keys) // cols), cols, figsize=(3.2 * cols, 2.6 * -(-len(keys) // cols)),
+                             squeeze=False)
+    values = np.array([100 * r["value"] for r in rows])
+    order = np.array([r["trial"] for r in rows])
+    for ax, key in zip(axes.flat, keys):
+        raw = [r["params"][key] for r in rows]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+            x = np.array(raw, float)
+            ax.set_xscale("log" if x.min() > 0 and x.max() / x.min() > 20 else "linear")
+        else:
+            labels = sorted({fmt(v) for v in raw})
+            x = np.array([labels.index(fmt(v)) for v in raw], float)
+            ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.scatter(x, values, c=order, cmap="viridis", s=12)
+        ax.set_title(key.removeprefix("train."), fontsize=8)
+        ax.set_ylim(values.min() - 0.1, min(values.max(), np.percentile(values, 90)) + 0.2)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel(f"{objective} (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def chosen_runs(chosen_dir: Path) -> list[dict]:
+    return sorted((read_run(p) for p in find_runs([chosen_dir])), key=lambda r: r["config"]["seed"])
+
+
+def summary(rows: list[dict], chosen: list[dict], objective: str, target: float) -> dict[str, Any]:
+    """results/<name>.json: the chosen recipe, its validation error and per-seed test errors (%)."""
+    best = min(rows, key=lambda r: r["value"])
+    test = [100 * r["metrics"]["error/test"] for r in chosen]
+    return {"trials": len(rows), "objective": objective, "best_trial": best["trial"],
+            "overrides": overrides(best["params"]), "validation_error": 100 * best["value"],
+            "seeds": [r["config"]["seed"] for r in chosen], "test_error_per_seed": test,
+            "test_error_mean": float(np.mean(test)) if test else None,
+            "paper_target": target, "below_target": bool(test) and float(np.mean(test)) < target}
+
+
+def report(search_dir: Path, chosen_dir: Path, command: str, conf: dict, figure: Path) -> tuple[str, dict]:
+    """The markdown and the JSON summary; writes the slice figure to `figure`."""
+    space, objective = search_space(conf["search"]), conf["objective"]
+    rows = trials(search_dir, space, objective)
+    if not rows:
+        raise FileNotFoundError(f"no finished trial under {search_dir}")
+    chosen, target = chosen_runs(chosen_dir), paper.ADVERSARIAL_TRAINING_TEST_ERROR[conf["paper"]]
+    result = summary(rows, chosen, objective, target)
+    slice_figure(rows, objective, figure)
+    space_table = markdown(["key", "searched over"], [[f"`{k}`", f"`{v}`"] for k, v in space.items()])
+    seeds = markdown(["seed", "validation error %", "test error %", "train error %"],
+                     [[r["config"]["seed"], f"{100 * r['metrics']['error/validation']:.2f}",
+                       f"{100 * r['metrics']['error/test']:.2f}", f"{100 * r['metrics']['error/train']:.2f}"]
+                      for r in chosen])
+    verdict = ("below" if result["below_target"] else "not below")
+    parts = [*provenance.header(conf["title"], command), *settings.paragraphs(conf.get("notes")),
+             f"Search: `{search_dir}`, {len(rows)} finished trials. Searched:", "", space_table, "",
+             f"**Best by validation error**: trial {result['best_trial']}, {objective} "
+             f"{result['validation_error']:.2f}%; recipe: `{' '.join(result['overrides'])}`.", "",
+             f"The {conf['top']} best trials (a value '-' did not apply to that trial):", "",
+             trial_table(rows, objective, conf["top"]), "",
+             *[line for key in conf["rules_out"] for line in (best_by(rows, key), "")],
+             f"![validation error against each searched value]({figure.name})", "",
+             f"**The chosen recipe on the test set**, touched once, {len(chosen)} seeds: `"
+             + chosen_command(conf["search"], min(rows, key=lambda r: r["value"])["params"],
+                              result["seeds"], chosen_dir) + "`: "
+             f"test error {mean_std(result['test_error_per_seed'], digits=2)}%, {verdict} the paper's "
+             f"{target:g}%.", "", seeds]
+    return "\n".join(parts) + "\n", result
+
+
+def write(search_dir: Path, chosen_dir: Path, command: str, conf: dict, out: Path) -> str:
+    """Writes `out` (markdown), its .json and its _slices.png beside it; returns the markdown."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text, result = report(search_dir, chosen_dir, command, conf, out.with_name(out.stem + "_slices.png"))
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({**result, "command": command}, indent=2) + "\n")
+    return text
+
+
+__all__: Sequence[str] = ["chosen_command", "next_command", "report", "search_space", "summary", "trials", "write"]

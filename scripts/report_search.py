@@ -1,0 +1,43 @@
+"""Writes a hyperparameter search's results file (adv_jax/reports/search.py) from its trials and
+the chosen recipe's seeds.
+
+    python scripts/sweep.py -m search=adversarial_training                     # the search
+    python scripts/report_search.py multirun/adversarial_training_search      # prints the next command:
+    python scripts/sweep.py -m search=adversarial_training hydra/sweeper=basic ... seed=0,1,2 \
+        hydra.sweep.dir=multirun/adversarial_training_chosen                   # the chosen recipe, 3 seeds
+    python scripts/report_search.py multirun/adversarial_training_search multirun/adversarial_training_chosen \
+        --out results/adversarial_training.md
+
+Also writes <out>.json and <out>_slices.png. Title, notes and the paper's number: conf/report/<--config>.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from adv_jax.reports import provenance, search, settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("search_dir", type=Path, help="the search's sweep directory (trial_<n>/ runs)")
+    parser.add_argument("chosen_dir", type=Path, nargs="?",
+                        help="the chosen recipe's sweep over seeds; without it, print the command that makes it")
+    parser.add_argument("--out", type=Path, help="markdown file (with chosen_dir)")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the chosen recipe (default 0,1,2)")
+    parser.add_argument("--config", default="adversarial_training_search",
+                        help="conf/report/<name>.yaml (default: adversarial_training_search)")
+    args = parser.parse_args(argv)
+    conf = settings.load(args.config)
+    if args.chosen_dir is None or args.out is None:
+        chosen = args.chosen_dir or args.search_dir.with_name(args.search_dir.name.replace("_search", "") + "_chosen")
+        print(search.next_command(args.search_dir, conf, [int(s) for s in args.seeds.split(",")], chosen))
+        return
+    command = provenance.command("scripts/report_search.py", sys.argv[1:] if argv is None else argv)
+    print(search.write(args.search_dir, args.chosen_dir, command, conf, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The Optuna search (conf/hydra/sweeper/optuna_tpe.yaml, conf/search/adversarial_training.yaml) at
+a debug size, end to end through scripts/sweep.py: trials minimize error/validation, the best is
+the smallest trial's, and an interrupted search resumes by reading its finished trials back."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from adv_jax import validate
+from adv_jax.config import compose
+from adv_jax.reports import search, settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CACHE = Path(os.environ["ADV_JAX_TEST_SHARED"]) / "models"  # tests/conftest.py
+# Fixed on the command line, these leave the search space: tiny models and data, short training.
+TINY = ["train.optimizer=adam", "train.adversarial.attack=fgsm", "data.train_limit=500", "data.validation=500", "model.hidden=[8,8]", "train.epochs=1",
+        "train.lbfgs_steps=10", "train.adversarial.pool_size=100", "train.adversarial.refresh_size=50",
+        "wandb.mode=disabled", f"cache_dir={SHARED_CACHE}"]
+
+
+def _search(sweep: Path, trials: int) -> None:
+    command = [sys.executable, str(REPO / "scripts" / "sweep.py"), "-m", "search=adversarial_training",
+               *TINY, f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(command, cwd=sweep.parent, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_search_minimizes_validation_error_and_resumes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "search"
+    _search(sweep, 3)
+    trials = sorted(sweep.glob("trial_*/metrics.json"))
+    values = [json.loads(p.read_text())["error/validation"] for p in trials]
+    assert len(values) == 3
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(min(values))
+    configs = [OmegaConf.load(p.parent / "config.yaml") for p in trials]
+    assert all(c.data.validation == 500 and c.objective == "error/validation" for c in configs)
+    assert len({json.dumps(OmegaConf.to_container(c.train), sort_keys=True) for c in configs}) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in trials}
+    _search(sweep, 4)  # as if the 3-trial search had been interrupted before its 4th trial
+    assert {p: p.stat().st_mtime_ns for p in trials} == stamps  # replayed, not retrained
+    assert len(list(sweep.glob("trial_*/metrics.json"))) == 4
+    _check_report(sweep, tmp_path)
+
+
+def _check_report(sweep: Path, tmp_path: Path) -> None:
+    """The results file of the search; its own trials stand in for the chosen recipe's seeds."""
+    out = tmp_path / "results" / "search.md"
+    text = search.write(sweep, sweep, "python scripts/report_search.py ...",
+                        settings.load("adversarial_training_search"), out)
+    result = json.loads(out.with_suffix(".json").read_text())
+    values = {int(p.parent.name.split("_")[1]): json.loads(p.read_text())["error/validation"]
+              for p in sweep.glob("trial_*/metrics.json")}
+    best = min(values, key=values.get)
+    assert result["trials"] == 4 and result["best_trial"] == best
+    assert result["validation_error"] == pytest.approx(100 * values[best])
+    assert len(result["test_error_per_seed"]) == 4 and "| trial |" in text
+    assert out.with_name("search_slices.png").read_bytes()[:4] == b"\x89PNG"
+    # The chosen overrides rebuild the best trial's training config.
+    again = compose(["search=adversarial_training", *TINY, *result["overrides"]]).train
+    trained = OmegaConf.load(sweep / f"trial_{best}" / "config.yaml").train
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(trained)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["objective=error/test"], "objective='error/test' is not allowed"),
+    (["objective=error/validation"], r"needs held-out images \(data.validation > 0\)"),
+    (["data.validation=30000"], "fewer than the 30000 images"),
+])
+def test_a_search_never_selects_on_the_test_set(overrides, message):
+    with pytest.raises(validate.ConfigError, match=message):
+        validate.check(compose(overrides))
