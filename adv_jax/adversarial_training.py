@@ -153,17 +153,25 @@ def mixed_cross_entropy(model: Model, params: Params, pools: tuple[Pool, ...], x
     return total / count
 
 
-def full_batch_cross_entropy(model: Model, params: Params, layers, pools: tuple[Pool, ...],
-                             x: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean CE over all clean images (x (N, ...), y (N,)) and every entry of every pool (pool j
-    at layer layers[j]): the deterministic loss term of pooled full-batch L-BFGS."""
+def frozen_points(model: Model, params: Params, layers, pools: tuple[Pool, ...]) -> tuple:
+    """((points, labels) per pool): every entry's point under `params`, held fixed for one
+    L-BFGS restart, so the restart's loss is one function of the parameters (a point that
+    moved with the layers below it, its gradient stopped, would hand the line search a
+    gradient that is not the loss's)."""
+    return tuple((pool_points(model, params, k, pool, jnp.arange(len(pool.y))), pool.y)
+                 for k, pool in zip(layers, pools))
+
+
+def full_batch_cross_entropy(model: Model, params: Params, layers, points: tuple, x: jax.Array,
+                             y: jax.Array) -> jax.Array:
+    """Mean CE over all clean images (x (N, ...), y (N,)) and every pool point (`frozen_points`;
+    pool j's points are inputs of layer layers[j]): the loss term of pooled full-batch L-BFGS."""
     total = optax.softmax_cross_entropy_with_integer_labels(model.apply(params, x), y).sum()
     count = len(y)
-    for k, pool in zip(layers, pools):
-        points = pool_points(model, params, k, pool, jnp.arange(len(pool.y)))
+    for k, (inputs, labels) in zip(layers, points):
         total += optax.softmax_cross_entropy_with_integer_labels(
-            model.apply(params, points, start=k), pool.y).sum()
-        count += len(pool.y)
+            model.apply(params, inputs, start=k), labels).sum()
+        count += len(labels)
     return total / count
 
 

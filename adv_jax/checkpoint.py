@@ -87,7 +87,21 @@ def _changed_fields(node: Any, schema: type) -> dict:
     """
     values = OmegaConf.to_container(node, resolve=True)
     defaults = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
-    return {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
+    return _changes(values, defaults)
+
+
+def _changes(values: dict, defaults: dict) -> dict:
+    """values' entries that differ from defaults, recursing into nested blocks (train.adversarial,
+    train.dropout): a field added to a nested dataclass keys nothing either."""
+    out = {}
+    for key, value in values.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            if nested := _changes(value, default):
+                out[key] = nested
+        elif key not in defaults or value != default:
+            out[key] = value
+    return out
 
 
 def data_fingerprint(data) -> str:

@@ -93,7 +93,7 @@ def make_loss(model: Model, cfg, frozen_layers: tuple[int, ...] = ()) -> LossFn:
         x, y = batch
         if not mixed:
             return classification_loss(model, params, x, y, cfg.decay_scale, cfg.lipschitz_penalty, decay)
-        if cfg.optimizer == "lbfgs":  # full batch: every pool entry, no sampling
+        if cfg.optimizer == "lbfgs":  # full batch: every pool point (pools = frozen_points)
             ce = pools_lib.full_batch_cross_entropy(model, params, cfg.adversarial.layers, pools, x, y)
         else:
             ce = pools_lib.mixed_cross_entropy(model, params, pools, x, y, key, cfg)
@@ -305,8 +305,9 @@ def fit_lbfgs(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
               frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
     """The classifier by full-batch L-BFGS until |grad| < cfg.lbfgs_tolerance (at most
     cfg.lbfgs_steps iterations); returns params, the loss after each chunk, the iteration count.
-    With pools, the iterations run as `adversarial.lbfgs_restarts` restarts, the pools filled or
-    refreshed between them (the loss changes there, so the L-BFGS memory starts afresh)."""
+    With pools: `adversarial.lbfgs_restarts` restarts of ceil(lbfgs_steps / lbfgs_restarts)
+    iterations, the pools filled or refreshed before each and their points then held fixed (the
+    loss changes between restarts, so each starts a fresh L-BFGS memory)."""
     if pools_lib.enabled(cfg):
         pools_lib.check_config(model, cfg)  # raises for dropout: it needs a minibatch optimizer
     loss = make_loss(model, cfg, frozen_layers)
@@ -323,7 +324,8 @@ def fit_lbfgs(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
             state = pools_lib.fill_pools(model, cfg, state, x, y, jax.random.fold_in(key, r))
         elif r > adv.start_epoch:
             state = refresh(state, x, y, jax.random.fold_in(key, r))
-        params, losses, count = minimize_lbfgs(objective, state.params, (x, y, state.pools),
+        points = pools_lib.frozen_points(model, state.params, adv.layers, state.pools) if state.pools else ()
+        params, losses, count = minimize_lbfgs(objective, state.params, (x, y, points),
                                                per_restart, cfg.lbfgs_tolerance, desc=f"lbfgs {r}")
         state, history, steps = state._replace(params=params), history + losses, steps + count
         if on_epoch:

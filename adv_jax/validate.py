@@ -16,7 +16,7 @@ SOURCES = ("idx", "tfds")  # where MNIST comes from (adv_jax/data.py)
 SPLIT_SIZES = {"full": 60000, "p1": 30000, "p2": 30000}
 # What a sweeper may minimize (config `objective`); never error/test: selection on the test set
 # would make the test error a biased estimate.
-OBJECTIVES = ("error/validation", "error/train", "attack/mean_distortion")
+OBJECTIVES = ("error/validation", "error/train")  # a single run's, minimized
 # Attack hyperparameters that must be > 0; every other numeric one must be >= 0.
 POSITIVE_ATTACK_PARAMS = (
     "epsilon", "max_epsilon", "steps", "max_evals", "memory", "c_steps", "search_steps", "c_init",
@@ -86,6 +86,9 @@ def check_train(train: DictConfig) -> None:
     for name in ("pool_size", "batch_size", "refreshes_per_epoch", "refresh_size", "lbfgs_restarts"):
         _count(f"train.adversarial.{name}", adv[name])
     _count("train.adversarial.start_epoch", adv.start_epoch, minimum=0)
+    _require(train.optimizer != "lbfgs" or not adv.layers or adv.start_epoch < adv.lbfgs_restarts,
+             "train.adversarial.start_epoch", adv.start_epoch,
+             f"with train=lbfgs, the restart the pools join: below lbfgs_restarts ({adv.lbfgs_restarts})")
     for name in ("input", "hidden"):
         rate = train.dropout[name]
         _require(0 <= rate < 1, f"train.dropout.{name}", rate, "a drop rate in [0, 1)")
@@ -130,6 +133,8 @@ def check(cfg: DictConfig) -> None:
     _require(cfg.objective in (None, *OBJECTIVES), "objective", cfg.objective, f"null or one of {list(OBJECTIVES)}")
     _require(cfg.objective != "error/validation" or cfg.data.validation > 0, "objective", cfg.objective,
              "error/validation needs held-out images (data.validation > 0)")
+    _require(cfg.objective is None or cfg.experiment.name == "none", "objective", cfg.objective,
+             "a single run's metric; a study (experiment=...) returns none")
     check_model(cfg.model)
     check_train(cfg.train)
     if cfg.attack.name != "none":

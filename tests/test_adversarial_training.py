@@ -14,7 +14,8 @@ from adv_jax.config import compose
 from adv_jax.data import Dataset, load_splits
 from adv_jax.jobs.study import model_config
 from adv_jax.models import build_model, error_rate
-from adv_jax.train import TrainState, train_model
+from adv_jax import train as train_lib
+from adv_jax.train import train_model
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,9 @@ def test_pool_training_runs_and_learns(small):
     assert not np.allclose(params[0]["w"], runs["plain"][0][0]["w"])
 
 
-def test_pooled_lbfgs_refreshes_between_restarts_and_learns(small):
-    """The paper's optimizer with pools: full-batch L-BFGS in restarts, every pool entry in the loss."""
+def test_pooled_lbfgs_refreshes_between_restarts_and_learns(small, monkeypatch):
+    """The paper's optimizer with pools: full-batch L-BFGS in restarts, a clean one first, then
+    every pool point in the loss, held fixed within a restart and refreshed between restarts."""
     train, test = small
     model_cfg = compose([]).model
     model = build_model(model_cfg)
@@ -107,20 +109,24 @@ def test_pooled_lbfgs_refreshes_between_restarts_and_learns(small):
                    "train.adversarial.pool_size=300", "train.adversarial.refresh_size=100",
                    "train.adversarial.lbfgs_restarts=3", "train.adversarial.attack=fgsm",
                    "train.adversarial.target=untargeted"]).train
+    restarts = []
+    real = train_lib.minimize_lbfgs
+    monkeypatch.setattr(train_lib, "minimize_lbfgs", lambda objective, params, batch, *a, **k: (
+        restarts.append((params, batch[2])) or real(objective, params, batch, *a, **k)))
     params, metrics = train_model(model, model_cfg, cfg, train, jax.random.key(0))
     assert metrics["train/steps"] <= 60 and np.isfinite(metrics["train/final_loss"])
     assert error_rate(model, params, jnp.asarray(test.x), jnp.asarray(test.y)) < 0.25
-    # The loss is over the clean set and every pool entry: all 300 of each pool count.
-    pools = at.fill_pools(model, cfg, TrainState(params, None), jnp.asarray(train.x),
-                          jnp.asarray(train.y), jax.random.key(1)).pools
-    layers = list(cfg.adversarial.layers)
-    clean_only = at.full_batch_cross_entropy(model, params, layers, (), train.x, train.y)
-    with_pools = at.full_batch_cross_entropy(model, params, layers, pools, train.x, train.y)
-    by_hand = [float(optax.softmax_cross_entropy_with_integer_labels(model.apply(
-        params, at.pool_points(model, params, k, pool, jnp.arange(300)), start=k), pool.y).sum())
-        for k, pool in zip(layers, pools)]
-    assert float(with_pools) == pytest.approx((float(clean_only) * len(train) + sum(by_hand)) / (len(train) + 600),
-                                              rel=1e-5)
+    assert [len(points) for _, points in restarts] == [0, 2, 2]  # clean, then both pools
+    (before, _), (after, _) = restarts[1][1][0], restarts[2][1][0]  # the image pool
+    changed = np.any(np.asarray(before != after).reshape(300, -1), axis=1).sum()
+    assert 0 < changed <= 100  # the refresh replaced at most refresh_size entries
+    # The restart's loss: clean images and every pool point, each counted once.
+    start, points = restarts[2]
+    loss = at.full_batch_cross_entropy(model, start, [0, 2], points, train.x, train.y)
+    by_hand = [optax.softmax_cross_entropy_with_integer_labels(model.apply(start, p, start=k), y).sum()
+               for k, (p, y) in zip([0, 2], points)]
+    clean = optax.softmax_cross_entropy_with_integer_labels(model.apply(start, train.x), train.y).sum()
+    assert float(loss) == pytest.approx(float(clean + sum(by_hand)) / (len(train) + 600), rel=1e-5)
 
 
 @pytest.mark.parametrize("overrides, message", [

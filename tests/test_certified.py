@@ -6,6 +6,7 @@ trained model never above what L-BFGS and PGD-min found; lipschitz.json carries 
 
 import itertools
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -160,7 +161,9 @@ def test_local_constants_hold_on_the_ball_and_never_exceed_the_global_ones():
 def test_a_trained_runs_lipschitz_json_and_certified_distortions(tmp_path, tiny_overrides):
     """One tiny trained run (FC32-32-10 on 2000 P1 images, 3 epochs, the shared model cache),
     attacked by L-BFGS, every certified method on: lipschitz.json names every bound and its time,
-    and the certified distortions are never above what L-BFGS or PGD-min found. One test, so the
+    the product bound is the layers' product and above the lower bounds, the table read back from
+    the saved parameters is the logged one, and the certified distortions are never above what
+    L-BFGS or PGD-min found. One test, so the
     run is made once (a module fixture is made again on every xdist worker that needs it)."""
     cfg = compose([*tiny_overrides, "train=adam", "train.learning_rate=1e-2", "model=fc100",
                    "model.hidden=[32,32]", "attack=lbfgs",
@@ -171,8 +174,13 @@ def test_a_trained_runs_lipschitz_json_and_certified_distortions(tmp_path, tiny_
         metrics = adv_jax.run(cfg, run_dir)
 
     stored = json.loads((run_dir / "lipschitz.json").read_text())
+    assert metrics["error/test"] < 0.3  # it did learn something: real data, real training
     assert set(stored["bounds"]) == {"product", "eclipse_fast", "lipsdp"}
     assert stored["bounds"]["product"] == pytest.approx(stored["lipschitz/upper_bound"])
+    upper = metrics["lipschitz/upper_bound"]
+    assert upper == pytest.approx(math.prod(row["bound"] for row in stored["layers"]), rel=1e-6)
+    for key in ("lipschitz/jacobian_lower_bound", "lipschitz/pair_ratio_lower_bound"):
+        assert 0 < metrics[key] <= upper * (1 + 1e-5), key
     assert stored["certified"] == min(stored["bounds"].values()) == metrics["lipschitz/certified"]
     assert set(stored["seconds"]) >= {"product", "eclipse_fast", "lipsdp", "jacobian", "pair_ratio"}
     low = max(stored["lower_bounds"].values())
@@ -181,6 +189,8 @@ def test_a_trained_runs_lipschitz_json_and_certified_distortions(tmp_path, tiny_
     assert 0 < bracket["mean_lower_rms_global"] <= bracket["mean_lower_rms_local"] <= bracket["mean_attack_rms"]
 
     run = adv_jax.load_run(run_dir)
+    again = lipschitz.layer_table(run.model, run.params, run.model.input_shape)  # from the saved params
+    assert [r["bound"] for r in again] == pytest.approx([r["bound"] for r in stored["layers"]], rel=1e-6)
     found = [Adversarials.load(run_dir / "adversarials.npz")]
     test = adv_jax.load_splits(run.config.data)["test"]
     pgd = compose(["attack=pgd_min", "attack.params.steps=20"]).attack

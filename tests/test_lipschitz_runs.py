@@ -23,8 +23,8 @@ def _overrides(mnist_dir, cache) -> list[str]:
             "lipschitz.power_iters=30"]
 
 
+# The fully connected case is tests/test_certified.py::test_a_trained_runs_lipschitz_json_and_certified_distortions.
 @pytest.mark.parametrize("model, attack", [
-    (["model=fc100", "model.hidden=[32,32]"], ["attack=lbfgs", "attack.num_examples=20"]),
     # conf/model/conv.yaml's layers at a quarter of the channels: the same code paths (conv, pool,
     # strided conv, FFT norms), a fraction of the steps' and the Jacobians' cost.
     (["model=conv", "model.conv=[{features:4,kernel:5,stride:1,pool:2},{features:8,kernel:3,stride:2}]",
