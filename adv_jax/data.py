@@ -229,7 +229,10 @@ def hold_out(data: Dataset, count: int, split_seed: int = 0) -> tuple[Dataset, D
                          f"split's {len(data)} images")
     chosen = np.zeros(len(data), bool)
     chosen[np.random.default_rng([split_seed, 1]).permutation(len(data))[:count]] = True
-    return _select(data, np.flatnonzero(~chosen), None), _select(data, np.flatnonzero(chosen), None)
+    parts = _select(data, np.flatnonzero(~chosen), None), _select(data, np.flatnonzero(chosen), None)
+    for part in parts:  # read-only, like every split load_splits returns
+        part.x.flags.writeable = part.y.flags.writeable = False
+    return parts
 
 
 def _absolute(path: str | None) -> str | None:

@@ -3,7 +3,7 @@
 Examples:
   python scripts/sweep.py model=fc100 attack=none
   python scripts/sweep.py -m model=fc10 model.weight_decay=1e-4,1e-2,1 data=full
-  python scripts/sweep.py -m experiment=adversarial_training_search   (an Optuna search)
+  python scripts/sweep.py -m search=adversarial_training   (an Optuna search, docs/runs.md)
 """
 
 import sys

@@ -50,18 +50,22 @@ def test_the_search_minimizes_validation_error_and_resumes(tmp_path):
 
 
 def _check_report(sweep: Path, tmp_path: Path) -> None:
-    """The results file of the search; its own trials stand in for the chosen recipe's seeds."""
-    out = tmp_path / "results" / "search.md"
-    text = search.write(sweep, sweep, "python scripts/report_search.py ...",
-                        settings.load("adversarial_training_search"), out)
-    result = json.loads(out.with_suffix(".json").read_text())
+    """The results file of the search; the best trial's own run stands in for the chosen recipe's
+    seeds, and another trial's is refused."""
     values = {int(p.parent.name.split("_")[1]): json.loads(p.read_text())["error/validation"]
               for p in sweep.glob("trial_*/metrics.json")}
     best = min(values, key=values.get)
+    out, conf = tmp_path / "results" / "search.md", settings.load("adversarial_training_search")
+    text = search.write(sweep, sweep / f"trial_{best}", "python scripts/report_search.py ...", conf, out)
+    result = json.loads(out.with_suffix(".json").read_text())
     assert result["trials"] == 3 and result["best_trial"] == best
     assert result["validation_error"] == pytest.approx(100 * values[best])
-    assert len(result["test_error_per_seed"]) == 3 and "| trial |" in text
+    test = json.loads((sweep / f"trial_{best}" / "metrics.json").read_text())["error/test"]
+    assert result["test_error_per_seed"] == [pytest.approx(100 * test)] and "| trial |" in text
     assert out.with_name("search_slices.png").read_bytes()[:4] == b"\x89PNG"
+    other = next(t for t in values if t != best)
+    with pytest.raises(ValueError, match=f"not trial {best}'s recipe"):
+        search.write(sweep, sweep / f"trial_{other}", "...", conf, tmp_path / "other.md")
     # The chosen overrides rebuild the best trial's training config.
     again = compose(["search=adversarial_training", *TINY, *result["overrides"]]).train
     trained = OmegaConf.load(sweep / f"trial_{best}" / "config.yaml").train

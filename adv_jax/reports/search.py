@@ -1,6 +1,7 @@
 """A hyperparameter search's results file: the trials of an Optuna search (conf/search/*.yaml,
 each trial a run directory trial_<n>), the best by validation error, a slice figure, and the
-chosen recipe's test errors over seeds (a second sweep, the only one that reads the test set).
+chosen recipe's test errors over seeds (a second sweep; the trials record a test error too, as
+every run does, but only the objective chooses).
 
     search:  <sweep dir>/trial_<n>/{config.yaml, metrics.json}   minimized metric: `objective`
     chosen:  <sweep dir>/<job>/{config.yaml, metrics.json}       the best trial's overrides, seeds
@@ -34,6 +35,11 @@ def trials(search_dir: Path, space: dict[str, str], objective: str) -> list[dict
         out.append({"trial": int(run_dir.name.split("_")[-1]), "run": run,
                     "params": {k: run["config"][k] for k in space}, "value": run["metrics"][objective]})
     return out
+
+
+def best_trial(rows: list[dict]) -> dict:
+    """The trial with the smallest objective (the first of equals)."""
+    return min(rows, key=lambda r: r["value"])
 
 
 def relevant(params: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +79,7 @@ def next_command(search_dir: Path, conf: dict, seeds: Sequence[int], chosen_dir:
     rows = trials(search_dir, search_space(conf["search"]), conf["objective"])
     if not rows:
         raise FileNotFoundError(f"no finished trial under {search_dir}")
-    return chosen_command(conf["search"], min(rows, key=lambda r: r["value"])["params"], seeds, chosen_dir)
+    return chosen_command(conf["search"], best_trial(rows)["params"], seeds, chosen_dir)
 
 
 def trial_table(rows: list[dict], objective: str, top: int) -> str:
@@ -88,10 +94,11 @@ def trial_table(rows: list[dict], objective: str, top: int) -> str:
 
 
 def best_by(rows: list[dict], key: str) -> str:
-    """The best objective among the trials of each value of `key` (what the search rules out)."""
+    """The best objective among the trials of each value of `key` (what the search rules out);
+    '-' gathers the trials the key did not apply to."""
     groups: dict[str, list[float]] = {}
     for r in rows:
-        groups.setdefault(fmt(r["params"][key]), []).append(r["value"])
+        groups.setdefault(fmt(relevant(r["params"]).get(key)), []).append(r["value"])
     return markdown([key, "trials", "best %", "median %"],
                     [[v, len(g), f"{100 * min(g):.2f}", f"{100 * float(np.median(g)):.2f}"]
                      for v, g in sorted(groups.items(), key=lambda kv: min(kv[1]))])
@@ -130,13 +137,23 @@ def slice_figure(rows: list[dict], objective: str, path: Path) -> None:
     plt.close(fig)
 
 
-def chosen_runs(chosen_dir: Path) -> list[dict]:
-    return sorted((read_run(p) for p in find_runs([chosen_dir])), key=lambda r: r["config"]["seed"])
+def chosen_runs(chosen_dir: Path, best: dict) -> list[dict]:
+    """The finished runs under `chosen_dir`, by seed; each must have the best trial's searched
+    values and held-out images, else the test errors would belong to another recipe."""
+    runs = sorted((read_run(p) for p in find_runs([chosen_dir])), key=lambda r: r["config"]["seed"])
+    expected = {**best["params"], "data.validation": best["run"]["config"]["data.validation"]}
+    for run in runs:
+        differ = [k for k, v in expected.items() if run["config"].get(k) != v]
+        if differ:
+            raise ValueError(f"{run['path']} is not trial {best['trial']}'s recipe (differs in "
+                             f"{', '.join(differ)}); train it with `scripts/report_search.py "
+                             "SEARCH_DIR`'s command")
+    return runs
 
 
 def summary(rows: list[dict], chosen: list[dict], objective: str, target: float) -> dict[str, Any]:
     """results/<name>.json: the chosen recipe, its validation error and per-seed test errors (%)."""
-    best = min(rows, key=lambda r: r["value"])
+    best = best_trial(rows)
     test = [100 * r["metrics"]["error/test"] for r in chosen]
     return {"trials": len(rows), "objective": objective, "best_trial": best["trial"],
             "overrides": overrides(best["params"]), "validation_error": 100 * best["value"],
@@ -151,7 +168,8 @@ def report(search_dir: Path, chosen_dir: Path, command: str, conf: dict, figure:
     rows = trials(search_dir, space, objective)
     if not rows:
         raise FileNotFoundError(f"no finished trial under {search_dir}")
-    chosen, target = chosen_runs(chosen_dir), paper.ADVERSARIAL_TRAINING_TEST_ERROR[conf["paper"]]
+    best = best_trial(rows)
+    chosen, target = chosen_runs(chosen_dir, best), paper.ADVERSARIAL_TRAINING_TEST_ERROR[conf["paper"]]
     result = summary(rows, chosen, objective, target)
     slice_figure(rows, objective, figure)
     space_table = markdown(["key", "searched over"], [[f"`{k}`", f"`{v}`"] for k, v in space.items()])
@@ -168,9 +186,8 @@ def report(search_dir: Path, chosen_dir: Path, command: str, conf: dict, figure:
              trial_table(rows, objective, conf["top"]), "",
              *[line for key in conf["rules_out"] for line in (best_by(rows, key), "")],
              f"![validation error against each searched value]({figure.name})", "",
-             f"**The chosen recipe on the test set**, touched once, {len(chosen)} seeds: `"
-             + chosen_command(conf["search"], min(rows, key=lambda r: r["value"])["params"],
-                              result["seeds"], chosen_dir) + "`: "
+             f"**The chosen recipe on the test set**, {len(chosen)} seeds: `"
+             + chosen_command(conf["search"], best["params"], result["seeds"], chosen_dir) + "`: "
              f"test error {mean_std(result['test_error_per_seed'], digits=2)}%, {verdict} the paper's "
              f"{target:g}%.", "", seeds]
     return "\n".join(parts) + "\n", result
