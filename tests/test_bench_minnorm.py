@@ -69,3 +69,7 @@ def test_report_on_a_tiny_model(tmp_path, tiny_overrides, monkeypatch):
     assert "foolbox is not installed" in text and "foolbox DDN" not in text
     assert "2 correctly classified test images." in text
     assert "### Targets: untargeted" in text and len(scores_in(text)) == 2
+
+
+def test_slow_rates_keep_their_digits():
+    assert [bench_minnorm.rate(v) for v in (0.3314, 3.14, 12.4, 1234.5)] == ["0.33", "3.1", "12", "1,234"]

@@ -133,8 +133,13 @@ def table(measured: dict[str, dict]) -> tuple[str, dict[str, float]]:
                      percent(float(np.isfinite(d).mean()), 1),
                      f"{fooled.mean():.4f}" if fooled.size else "-",
                      f"{np.median(fooled):.4f}" if fooled.size else "-",
-                     f"{len(d) / measured[name]['seconds']:,.0f}", f"{score:.3f}"])
+                     rate(len(d) / measured[name]["seconds"]), f"{score:.3f}"])
     return markdown(COLUMNS, rows), dict(zip(names, map(float, scores)))
+
+
+def rate(per_second: float) -> str:
+    """Examples per second: whole numbers from 10 up, two significant digits below (0.33, 3.1)."""
+    return f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.2g}"
 
 
 def model_section(label: str, run: adv_jax.Run, conf: dict, with_foolbox: bool, examples: int):
