@@ -71,7 +71,13 @@ def chosen_command(search: str, params: dict[str, Any], seeds: Sequence[int], sw
     args = ["-m", f"search={search}", "hydra/sweeper=basic", "hydra.sweeper.params=null",
             *overrides(params), f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={sweep_dir}",
             "hydra.sweep.subdir=seed${seed}", "wandb=disabled"]
-    return provenance.command("scripts/sweep.py", args)
+    return provenance.command("scripts/sweep.py", args, provenance.MNIST_ENV)
+
+
+def search_command(search: str, search_dir: Path) -> str:
+    """The multirun that made the trials (the sweeper, its budget and space: conf/search/<search>.yaml)."""
+    return provenance.command("scripts/sweep.py", ["-m", f"search={search}", f"hydra.sweep.dir={search_dir}",
+                                                   "wandb=disabled"], provenance.MNIST_ENV)
 
 
 def next_command(search_dir: Path, conf: dict, seeds: Sequence[int], chosen_dir: Path) -> str:
@@ -179,17 +185,23 @@ def report(search_dir: Path, chosen_dir: Path, command: str, conf: dict, figure:
                       for r in chosen])
     verdict = ("below" if result["below_target"] else "not below")
     parts = [*provenance.header(conf["title"], command), *settings.paragraphs(conf.get("notes")),
-             f"Search: `{search_dir}`, {len(rows)} finished trials. Searched:", "", space_table, "",
+             f"Search: `{search_command(conf['search'], search_dir)}`: {len(rows)} finished trials, "
+             f"{sum(r['run']['metrics']['train/seconds'] for r in rows) / 60:.0f} min of training in all. "
+             "Searched:", "", space_table.strip(), "",
              f"**Best by validation error**: trial {result['best_trial']}, {objective} "
              f"{result['validation_error']:.2f}%; recipe: `{' '.join(result['overrides'])}`.", "",
              f"The {conf['top']} best trials (a value '-' did not apply to that trial):", "",
-             trial_table(rows, objective, conf["top"]), "",
-             *[line for key in conf["rules_out"] for line in (best_by(rows, key), "")],
+             trial_table(rows, objective, conf["top"]).strip(), "",
+             f"Best and median {objective} of the trials by "
+             + ", ".join(f"`{k}`" for k in conf["rules_out"]) + " (what the search rules out):", "",
+             *[line for key in conf["rules_out"] for line in (best_by(rows, key).strip(), "")],
+             f"Each trial's {objective} against each searched value (colour: trial number, dark "
+             "first; the worst tenth of the trials lies above the panels):", "",
              f"![validation error against each searched value]({figure.name})", "",
              f"**The chosen recipe on the test set**, {len(chosen)} seeds: `"
              + chosen_command(conf["search"], best["params"], result["seeds"], chosen_dir) + "`: "
              f"test error {mean_std(result['test_error_per_seed'], digits=2)}%, {verdict} the paper's "
-             f"{target:g}%.", "", seeds]
+             f"{target:g}%.", "", seeds.strip()]
     return "\n".join(parts) + "\n", result
 
 
