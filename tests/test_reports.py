@@ -18,6 +18,7 @@ from adv_jax.reports import (
     paper,
     provenance,
     runs,
+    search,
     settings,
     tables,
     timing,
@@ -177,6 +178,7 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                 "transfer": {"default", "cross_training_set", "cross_model"},
                 "transfer_attacks": {"command", "notes"},
                 "adversarial_training": {"title", "reference", "paper", "notes"},
+                "adversarial_training_search": {"title", "search", "objective", "paper", "top", "rules_out", "notes"},
                 "demos": {"title", "notes", "sections"},
                 "bench_minnorm": {"title", "examples", "seed", "repeats", "target_modes", "common",
                                   "models", "attacks", "foolbox", "notes"}}[name]
@@ -186,6 +188,9 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
             assert row["paper"] is None or paper.clean_errors(row["paper"])
     if name == "adversarial_training":
         assert set(conf["paper"].values()) <= paper.ADVERSARIAL_TRAINING_TEST_ERROR.keys()
+    if name == "adversarial_training_search":
+        assert conf["paper"] in paper.ADVERSARIAL_TRAINING_TEST_ERROR
+        assert set(conf["rules_out"]) <= search.search_space(conf["search"]).keys()
     if name == "lipschitz":
         model_rows = {row["name"] for row in settings.load("models")["rows"]}
         assert set(conf["models"]) <= model_rows | conf["fallbacks"].keys()
