@@ -324,7 +324,7 @@ def fit_lbfgs(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
             state = pools_lib.fill_pools(model, cfg, state, x, y, jax.random.fold_in(key, r))
         elif r > adv.start_epoch:
             state = refresh(state, x, y, jax.random.fold_in(key, r))
-        points = pools_lib.frozen_points(model, state.params, adv.layers, state.pools) if state.pools else ()
+        points = pools_lib.frozen_points(model, state.params, adv.layers, state.pools)  # () when clean
         params, losses, count = minimize_lbfgs(objective, state.params, (x, y, points),
                                                per_restart, cfg.lbfgs_tolerance, desc=f"lbfgs {r}")
         state, history, steps = state._replace(params=params), history + losses, steps + count

@@ -157,9 +157,8 @@ def chosen_runs(chosen_dir: Path, best: dict) -> list[dict]:
     return runs
 
 
-def summary(rows: list[dict], chosen: list[dict], objective: str, target: float) -> dict[str, Any]:
-    """results/<name>.json: the chosen recipe, its validation error and per-seed test errors (%)."""
-    best = best_trial(rows)
+def summary(rows: list[dict], best: dict, chosen: list[dict], objective: str, target: float) -> dict[str, Any]:
+    """results/<name>.json: the chosen (`best`) recipe, its validation error and per-seed test errors (%)."""
     test = [100 * r["metrics"]["error/test"] for r in chosen]
     return {"trials": len(rows), "objective": objective, "best_trial": best["trial"],
             "overrides": overrides(best["params"]), "validation_error": 100 * best["value"],
@@ -176,7 +175,7 @@ def report(search_dir: Path, chosen_dir: Path, command: str, conf: dict, figure:
         raise FileNotFoundError(f"no finished trial under {search_dir}")
     best = best_trial(rows)
     chosen, target = chosen_runs(chosen_dir, best), paper.ADVERSARIAL_TRAINING_TEST_ERROR[conf["paper"]]
-    result = summary(rows, chosen, objective, target)
+    result = summary(rows, best, chosen, objective, target)
     slice_figure(rows, objective, figure)
     space_table = markdown(["key", "searched over"], [[f"`{k}`", f"`{v}`"] for k, v in space.items()])
     seeds = markdown(["seed", "validation error %", "test error %", "train error %"],
@@ -214,4 +213,4 @@ def write(search_dir: Path, chosen_dir: Path, command: str, conf: dict, out: Pat
     return text
 
 
-__all__: Sequence[str] = ["chosen_command", "next_command", "report", "search_space", "summary", "trials", "write"]
+__all__ = ["chosen_command", "next_command", "report", "search_space", "summary", "trials", "write"]
