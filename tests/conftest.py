@@ -15,7 +15,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adv_jax import devices
+# Tests check what the code computes, not how well XLA optimizes it, and most of a tiny test's
+# time is compiling: without LLVM's optimization passes and with XLA's loop emitters instead of
+# its newer fusion emitters, the suite compiles about 3x faster (docs/development.md). Set here,
+# before JAX starts, so the workers and the subprocesses tests start inherit it; an XLA_FLAGS
+# that names either flag is left as it is.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+_flags = os.environ.get("XLA_FLAGS", "")
+if not any(flag.split("=")[0] in _flags for flag in FAST_COMPILE_FLAGS):
+    os.environ["XLA_FLAGS"] = " ".join((*FAST_COMPILE_FLAGS, _flags)).strip()
+
+# Bytecode is cached (in the ignored __pycache__ folders) even where the environment says not to:
+# the workers and the subprocesses tests start would otherwise each compile adv_jax and the
+# tests from source again.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
+from adv_jax import devices  # noqa: E402  (after XLA_FLAGS)
 
 # One CPU device in test processes, whichever test starts JAX first (the default, one per core,
 # would otherwise hold or not depending on test order); XLA_FLAGS or JAX_NUM_CPU_DEVICES still win.

