@@ -213,4 +213,4 @@ def write(search_dir: Path, chosen_dir: Path, command: str, conf: dict, out: Pat
     return text
 
 
-__all__ = ["chosen_command", "next_command", "report", "search_space", "summary", "trials", "write"]
+__all__ = ["chosen_command", "next_command", "report", "search_command", "search_space", "summary", "trials", "write"]
