@@ -83,3 +83,26 @@ def test_non_overlapping_max_pool_is_reduce_windows_values_and_gradient(size, ke
     np.testing.assert_array_equal(apply_layer(pool, {}, x), reference(x))
     grad = jax.grad(lambda x: (apply_layer(pool, {}, x) ** 2).sum())(x)
     np.testing.assert_allclose(grad, jax.grad(lambda x: (reference(x) ** 2).sum())(x))
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding, channels", [
+    (28, 5, 1, "SAME", 1), (14, 3, 2, "SAME", 3), (13, 3, 2, "VALID", 2), (9, 4, 3, "SAME", 2)])
+def test_patch_matmul_conv_is_lax_conv_values_and_gradients(size, kernel, stride, padding, channels):
+    """The conv layer (a matmul of patches, adv_jax.models.layers._conv) against
+    lax.conv_general_dilated: values, the input's and the kernel's gradients, odd and even pads."""
+    from adv_jax.models.layers import apply_layer
+
+    layer = Layer("conv", features=5, kernel=kernel, stride=stride, padding=padding)
+    x = jax.random.normal(jax.random.key(size), (3, size, size, channels))
+    params = {"w": jax.random.normal(jax.random.key(1), (kernel, kernel, channels, 5)),
+              "b": jnp.arange(5.0)}
+
+    def reference(params, x):
+        return jax.lax.conv_general_dilated(x, params["w"], (stride, stride), padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["b"]
+
+    np.testing.assert_allclose(apply_layer(layer, params, x), reference(params, x), rtol=1e-5, atol=1e-5)
+    ours = jax.grad(lambda p, x: (apply_layer(layer, p, x) ** 2).sum(), argnums=(0, 1))(params, x)
+    theirs = jax.grad(lambda p, x: (reference(p, x) ** 2).sum(), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
