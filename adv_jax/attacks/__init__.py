@@ -48,13 +48,14 @@ from adv_jax.attacks.essays import FoolingImage, TemplateAddition
 from adv_jax.attacks.gradient import FGSM, PGD, MinimalEpsilon
 from adv_jax.attacks.lbfgs import LBFGSAttack
 from adv_jax.attacks.minnorm import DDN, FMN
+from adv_jax.attacks.refined import Refined
 from adv_jax.attacks.targets import TARGET_MODES, attack_all_targets, choose_targets
 from adv_jax.attacks.transfer_enhancing import MomentumIterative, preset
 
 __all__ = [
     "ATTACKS", "TARGET_MODES", "UNTARGETED", "Attack", "CarliniWagnerL2", "DDN", "DeepFool", "FGSM",
     "FMN", "FoolingImage", "LBFGSAttack", "LogitsFn", "MinimalEpsilon", "MomentumIterative", "PGD",
-    "TemplateAddition",
+    "Refined", "TemplateAddition",
     "attack_all_targets", "attack_batch", "batched_logits", "choose_targets", "is_adversarial",
     "make_attack", "rms_distortion", "run_attack", "single_example",
 ]
@@ -69,6 +70,14 @@ def _minimal(inner: type) -> Callable[..., MinimalEpsilon]:
     return build
 
 
+def _refined(first: str = "lbfgs", first_params: dict | None = None, refine: str = "fmn",
+             refine_params: dict | None = None) -> Refined:
+    """`first` (any registered attack), then `refine` (ddn or fmn) from its x_adv."""
+    if refine not in ("ddn", "fmn"):
+        raise ValueError(f"unknown refine {refine!r}; choose one of ['ddn', 'fmn']")
+    return Refined(make_attack(first, first_params), make_attack(refine, refine_params))
+
+
 ATTACKS: dict[str, Callable[..., Attack]] = {
     "lbfgs": LBFGSAttack,
     "fgsm": FGSM,
@@ -79,6 +88,7 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "deepfool": DeepFool,
     "ddn": DDN,
     "fmn": FMN,
+    "refined": _refined,
     "template": TemplateAddition,
     "fooling": FoolingImage,
     "mi_fgsm": preset("mi_fgsm"),

@@ -95,6 +95,16 @@ def keep_best(adversarial, norm, z, best_norm, best):
     return jnp.where(better, norm, best_norm), jnp.where(better, z, best)
 
 
+def starting_point(x, start, p: str, epsilon: float):
+    """(delta, epsilon) of the first step: zero and `epsilon`, or `start` - x and its p-norm
+    (`epsilon` where start is x, e.g. a first attack that failed)."""
+    if start is None:
+        return jnp.zeros_like(x), jnp.float32(epsilon)
+    delta = jnp.clip(start, 0.0, 1.0) - x
+    size = lp_norm(delta, p)
+    return delta, jnp.where(size > 0, size, epsilon).astype(jnp.float32)
+
+
 def finish(last, best, best_norm, steps: int):
     """x_adv (the kept adversarial, or the last iterate if none) and the diagnostics."""
     x_adv = jnp.where(jnp.isfinite(best_norm), best, last)
@@ -114,8 +124,9 @@ class DDN:
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
         return self.with_diagnostics(logits_fn, x, label, target, key)[0]
 
-    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
-        """x_adv and {"evals": steps, "norm": L2 norm of the kept adversarial (inf: none)}."""
+    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key, start=None):
+        """x_adv and {"evals": steps, "norm": L2 norm of the kept adversarial (inf: none)}.
+        start: an image to begin from (e.g. another attack's x_adv), radius its distance to x."""
         fallback = random_unit(key, x.shape)
         worst = lp_norm(jnp.maximum(x, 1.0 - x), "l2")
 
@@ -131,8 +142,9 @@ class DDN:
             delta = delta * epsilon / jnp.maximum(lp_norm(delta, "l2"), _TINY)  # onto the sphere
             return jnp.clip(x + delta, 0.0, 1.0) - x, epsilon, best_norm, best
 
-        start = (jnp.zeros_like(x), jnp.float32(self.init_epsilon), jnp.float32(jnp.inf), x)
-        delta, _, best_norm, best = jax.lax.fori_loop(0, self.steps, step, start)
+        delta, epsilon = starting_point(x, start, "l2", self.init_epsilon)
+        carry = (delta, epsilon, jnp.float32(jnp.inf), x)
+        delta, _, best_norm, best = jax.lax.fori_loop(0, self.steps, step, carry)
         return finish(x + delta, best, best_norm, self.steps)
 
 
@@ -153,8 +165,9 @@ class FMN:
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
         return self.with_diagnostics(logits_fn, x, label, target, key)[0]
 
-    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key):
-        """x_adv and {"evals": steps, "norm": `norm` of the kept adversarial (inf: none)}."""
+    def with_diagnostics(self, logits_fn: LogitsFn, x, label, target, key, start=None):
+        """x_adv and {"evals": steps, "norm": `norm` of the kept adversarial (inf: none)}.
+        start: an image to begin from (e.g. another attack's x_adv), radius its distance to x."""
         fallback = random_unit(key, x.shape)
         worst = lp_norm(jnp.maximum(x, 1.0 - x), self.norm)
 
@@ -173,8 +186,9 @@ class FMN:
                              epsilon, self.norm)
             return x_next - x, epsilon, best_norm, best
 
-        start = (jnp.zeros_like(x), jnp.float32(0.0), jnp.float32(jnp.inf), x)
-        delta, _, best_norm, best = jax.lax.fori_loop(0, self.steps, step, start)
+        delta, epsilon = starting_point(x, start, self.norm, 0.0)
+        carry = (delta, epsilon, jnp.float32(jnp.inf), x)
+        delta, _, best_norm, best = jax.lax.fori_loop(0, self.steps, step, carry)
         return finish(x + delta, best, best_norm, self.steps)
 
     def _next_epsilon(self, i, epsilon, adversarial, found, size, best_norm, loss, gradient):

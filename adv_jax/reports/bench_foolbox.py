@@ -68,10 +68,12 @@ def load_model(run_dir: Path) -> adv_jax.Run:
     return adv_jax.load_run(run_dir)
 
 
-def correctly_classified(run, count: int) -> tuple[jax.Array, jax.Array]:
-    """The first `count` test images (and labels) the run's model classifies correctly."""
-    test = adv_jax.load_splits(run.config.data)["test"]
-    x, y = jnp.asarray(test.x), jnp.asarray(test.y)
+def correctly_classified(run, count: int, split: str = "test") -> tuple[jax.Array, jax.Array]:
+    """The first `count` images (and labels) of `split` the run's model classifies correctly."""
+    splits = adv_jax.load_splits(run.config.data)
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}; choose one of {sorted(splits)}")
+    x, y = jnp.asarray(splits[split].x), jnp.asarray(splits[split].y)
     keep = np.flatnonzero(np.asarray(jnp.argmax(jax.jit(run.logits_fn)(x), -1) == y))[:count]
     return x[keep], y[keep]
 

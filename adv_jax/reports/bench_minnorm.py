@@ -107,7 +107,7 @@ def distances(logits_fn, x, y, target, x_adv) -> np.ndarray:
 def measure(conf: dict, logits_fn, x, y, target, with_foolbox: bool) -> dict[str, dict]:
     """{attack name: {"d": (N,), "seconds", "evals"}} for every attack of conf on x, y, target."""
     key, repeats = jax.random.key(conf["seed"]), conf["repeats"]
-    runs = [(e["name"], lambda e=e: run_ours(e, logits_fn, x, y, target, key, repeats))
+    runs = [(e.get("label", e["name"]), lambda e=e: run_ours(e, logits_fn, x, y, target, key, repeats))
             for e in conf["attacks"]]
     if with_foolbox:
         runs += [(e["name"], lambda e=e: run_foolbox(e, logits_fn, x, y, target, repeats))
@@ -144,10 +144,11 @@ def rate(per_second: float) -> str:
 
 def model_section(label: str, run: adv_jax.Run, conf: dict, with_foolbox: bool, examples: int):
     """(markdown lines, {target mode: {attack: optimality}}) of one model on its first `examples`
-    correctly classified test images."""
-    x, y = correctly_classified(run, examples)
+    correctly classified images of conf's `split` (default: the test set)."""
+    split = conf.get("split", "test")
+    x, y = correctly_classified(run, examples, split)
     logits = batched_logits(run.logits_fn, x)
-    lines, scores = [f"## {label}", "", f"{len(y)} correctly classified test images.", ""], {}
+    lines, scores = [f"## {label}", "", f"{len(y)} correctly classified {split} images.", ""], {}
     for mode in conf["target_modes"]:
         target = choose_targets(mode, logits, y, key=jax.random.key(conf["seed"]))
         print(f"{label}, {mode}:", flush=True)
