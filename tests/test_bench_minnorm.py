@@ -12,7 +12,9 @@ INF = np.inf
 FEW_STEPS = {"lbfgs": {"c_steps": 2, "max_evals": 3, "extra_solves": 1},
              "cw": {"steps": 5, "binary_search_steps": 1}, "deepfool": {"steps": 3},
              "pgd_min": {"steps": 2, "search_steps": 3}, "fgsm_min": {"search_steps": 3},
-             "ddn": {"steps": 10}, "fmn": {"steps": 10}}
+             "ddn": {"steps": 10}, "fmn": {"steps": 10},
+             "refined": {"first_params": {"c_steps": 2, "max_evals": 3, "extra_solves": 1},
+                         "refine_params": {"steps": 10}}}
 
 
 def test_optimality_is_attackbench_score():
@@ -65,9 +67,10 @@ def test_report_on_a_tiny_model(tmp_path, tiny_overrides, monkeypatch):
     conf = tiny_conf(tiny_overrides, ["fgsm_min", "fmn"])
     conf["target_modes"] = ["untargeted"]
     conf["models"][0]["examples"] = 2  # a model's own count beats the config's
+    conf["split"], conf["attacks"][1]["label"] = "p2", "fmn, 10 steps"  # held-out images, a label
     text = bench_minnorm.report(conf, tmp_path / "runs", {}, "python scripts/bench_minnorm.py")
     assert "foolbox is not installed" in text and "foolbox DDN" not in text
-    assert "2 correctly classified test images." in text
+    assert "2 correctly classified p2 images." in text and "| fmn, 10 steps |" in text
     assert "### Targets: untargeted" in text and len(scores_in(text)) == 2
 
 

@@ -181,7 +181,9 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                 "adversarial_training_search": {"title", "search", "objective", "paper", "top", "rules_out", "notes"},
                 "demos": {"title", "notes", "sections"},
                 "bench_minnorm": {"title", "examples", "seed", "repeats", "target_modes", "common",
-                                  "models", "attacks", "foolbox", "notes"}}[name]
+                                  "models", "attacks", "foolbox", "notes"},
+                "select_refined": {"title", "split", "examples", "seed", "repeats", "target_modes",
+                                   "common", "models", "attacks", "notes"}}[name]
     assert required <= conf.keys()
     if name == "models":
         for row in conf["rows"]:

@@ -1,6 +1,7 @@
 """Writes results/bench_minnorm.md: every minimum-norm attack of adv_jax, and foolbox 3.3.4's DDN
 and L2 FMN, on the same models, images and targets: success, distortion, speed and AttackBench's
-optimality score (`optimality`; settings: conf/report/bench_minnorm.yaml).
+optimality score (`optimality`; settings: conf/report/bench_minnorm.yaml). The images are the
+test set's, or those of the config's `split` (conf/report/select_refined.yaml: held-out P2).
 
 foolbox is optional: without it its rows are left out, with a note saying so.
 """
