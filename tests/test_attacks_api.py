@@ -79,7 +79,8 @@ SMALL = {"fgsm": ({}, 1), "pgd": ({"steps": 3}, 3), "fgsm_min": ({"search_steps"
          "fmn": ({"steps": 5}, 5), "template": ({}, 1), "deepfool": ({"steps": 3}, None),
          "fooling": ({"steps": 4}, None), "lbfgs": ({"c_steps": 2, "max_evals": 3}, None),
          "mi_fgsm": ({"steps": 3}, 3), "di_fgsm": ({"steps": 2}, 2), "ti_fgsm": ({"steps": 2}, 2),
-         "mi_di_ti": ({"steps": 3}, 3)}
+         "mi_di_ti": ({"steps": 3}, 3),
+         "refined": ({"first_params": {"c_steps": 2, "max_evals": 3}, "refine_params": {"steps": 5}}, None)}
 
 
 def test_every_registered_attack_is_checked_for_its_evaluations():
@@ -97,7 +98,9 @@ def test_every_attack_reports_its_gradient_evaluations_in_the_metrics(name):
     made = generate(attack_cfg(name, "untargeted", **params), fn, x, y, key=jax.random.key(0),
                     progress=False)
     got, metrics = made.diagnostics["evals"], summarize(made)
-    if evals is None and "steps" in made.diagnostics:  # DeepFool: a Jacobian (10) per step
+    if name == "refined":  # L-BFGS's own count, then the refinement's steps
+        evals = made.diagnostics["first_evals"] + 5
+    elif evals is None and "steps" in made.diagnostics:  # DeepFool: a Jacobian (10) per step
         evals = made.diagnostics["steps"] * (10 if name == "deepfool" else 1)
     elif evals is None:  # L-BFGS: at most c_steps * max_evals, plus its rescue solves
         assert np.all((got >= 1) & (got <= 2 * 3 + 10 * 50)), got
