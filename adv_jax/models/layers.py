@@ -88,10 +88,10 @@ def apply_layer(layer: Layer, params: LayerParams, x: Array) -> Array:
 
 def _conv(x: Array, w: Array, stride: int, padding: str) -> Array:
     """`lax.conv_general_dilated(x, w, (stride, stride), padding)` with x NHWC (B, H, W, C) and w
-    HWIO (k, k, C, O), as one matmul of the image's patches (B, H', W', k*k*C) with w: XLA's CPU
-    convolution keeps a slow layout for small channel counts inside loops (3x slower input
-    gradients in an attack's loop, 10x slower weight gradients in a training scan), a matmul not.
-    The patches hold k*k*C values per output position."""
+    HWIO (k, k, C, O), as one matmul of the image's patches (B, H', W', k*k*C) with w: inside a
+    loop XLA's CPU convolution keeps a slow layout for few channels, a matmul does not. On the conv
+    net (conf/model/conv.yaml, batch 100) an attack's step takes 6.7 ms against 30.5, a training
+    step 9.0 ms against 55.8. The patches hold k*k*C values per output position."""
     k = w.shape[0]
     pads = jax.lax.padtype_to_pads(x.shape[1:3], (k, k), (stride, stride), padding)
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
