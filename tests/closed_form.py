@@ -1,11 +1,13 @@
 """Closed-form answers the attack tests compare against, and the affine models they are known
 for (imported by the test modules)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize
 
-from adv_jax.models import Model
+from adv_jax.attacks.common import attack_batch
+from adv_jax.models import Model, logits_fn
 from adv_jax.models.layers import Layer
 
 N = 6  # examples per affine case
@@ -21,6 +23,14 @@ def affine_model(num_classes: int, seed: int):
     label = np.argmax(x.reshape(N, -1) @ w + b, 1).astype(np.int32)
     model = Model(layers=(Layer("dense", features=num_classes),))
     return model, ({"w": jnp.asarray(w), "b": jnp.asarray(b)},), w, b, x, label
+
+
+def run_batch(attack, model, params, x, label, target, seed=0):
+    """(x_adv (N, 28, 28, 1) as numpy, diagnostics {name: (N,)}) of the batched attack."""
+    x_adv, diagnostics = attack_batch(attack, logits_fn(model, params), jnp.asarray(x),
+                                      jnp.asarray(label), jnp.asarray(target, jnp.int32),
+                                      key=jax.random.key(seed), chunk_size=1000, progress=False)
+    return np.asarray(x_adv), diagnostics
 
 
 def qp_step(w, b, x, k, kappa: float = 0.0) -> np.ndarray:

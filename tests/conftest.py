@@ -79,6 +79,23 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
+@pytest.fixture(scope="module")
+def affine_digits(mnist_dir):
+    """Eight real test digits (many pixels exactly 0 or 1: the box binds), an affine model and
+    its predictions as the labels (every digit starts correctly classified):
+    (model, params, x (8, 28, 28, 1), labels (8,))."""
+    import jax.numpy as jnp
+
+    from adv_jax.config import compose
+    from adv_jax.data import load_splits
+    from closed_form import affine_model
+
+    test = load_splits(compose(["data.train_limit=10"]).data)["test"]
+    model, params, *_ = affine_model(10, seed=3)
+    x = test.x[:8]
+    return model, params, x, np.asarray(jnp.argmax(model.apply(params, x), -1), np.int32)
+
+
 @pytest.fixture
 def tiny_overrides(shared_cache, mnist_dir) -> list[str]:
     """Overrides for a seconds-long real run: 2000 P1 images, 3 epochs (or 100 L-BFGS steps, the

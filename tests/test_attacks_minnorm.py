@@ -15,22 +15,12 @@ import numpy as np
 import pytest
 
 from closed_form import N, affine_model, qp_distance
+from closed_form import run_batch as run
 from adv_jax.attacks import make_attack
-from adv_jax.attacks.common import attack_batch, is_adversarial
+from adv_jax.attacks.common import is_adversarial
 from adv_jax.attacks.minnorm import DDN, FMN, cosine_annealed
 from adv_jax.config import compose
-from adv_jax.data import load_splits
-from adv_jax.models import logits_fn
 from adv_jax.validate import check
-
-
-
-def run(attack, model, params, x, label, target, seed=0):
-    """(x_adv (N, 28, 28, 1), diagnostics {name: (N,)}) of the batched attack."""
-    x_adv, diagnostics = attack_batch(attack, logits_fn(model, params), jnp.asarray(x),
-                                      jnp.asarray(label), jnp.asarray(target, jnp.int32),
-                                      key=jax.random.key(seed), chunk_size=1000, progress=False)
-    return np.asarray(x_adv), diagnostics
 
 
 def norms(x_adv, x, p: str) -> np.ndarray:
@@ -73,25 +63,15 @@ def test_multi_class_l2_distance_matches_the_qp():
             assert np.all(ratio >= 0.999) and np.all(ratio <= upper), (attack, targeted, ratio)
 
 
-@pytest.fixture(scope="module")
-def digits(mnist_dir):
-    """Eight real test digits (many pixels exactly 0 or 1: the box binds), an affine model and
-    its predictions as the labels (every digit starts correctly classified)."""
-    test = load_splits(compose(["data.train_limit=10"]).data)["test"]
-    model, params, *_ = affine_model(10, seed=3)
-    x = test.x[:8]
-    return model, params, x, np.asarray(jnp.argmax(model.apply(params, x), -1), np.int32)
-
-
 ATTACKS = [DDN(steps=40), FMN(steps=40), FMN("linf", steps=40)]
 IDS = ["ddn", "fmn_l2", "fmn_linf"]
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=IDS)
-def test_succeeds_inside_the_box_reports_its_norm_and_batch_equals_one_by_one(digits, attack):
+def test_succeeds_inside_the_box_reports_its_norm_and_batch_equals_one_by_one(affine_digits, attack):
     """One test per attack: both halves run the same compiled batched program. Same key = same
     output, and each example of the batch equals the attack run on it alone."""
-    model, params, x, y = digits
+    model, params, x, y = affine_digits
     for target in (np.full(len(y), -1), (y + 1) % 10):
         x_adv, diagnostics = run(attack, model, params, x, y, target)
         assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
@@ -114,10 +94,10 @@ def test_succeeds_inside_the_box_reports_its_norm_and_batch_equals_one_by_one(di
 
 
 @pytest.mark.parametrize("attack", [DDN(steps=1), FMN(steps=1)], ids=["ddn", "fmn"])
-def test_nothing_found_reports_infinity_and_the_last_iterate(digits, attack):
+def test_nothing_found_reports_infinity_and_the_last_iterate(affine_digits, attack):
     """One step only checks x itself (correctly classified): nothing adversarial is kept, so
     the norm is inf and the output is the iterate after that one step."""
-    model, params, x, y = digits
+    model, params, x, y = affine_digits
     x_adv, diagnostics = run(attack, model, params, x, y, np.full(len(y), -1))
     assert np.all(np.isinf(diagnostics["norm"]))
     assert np.all(norms(x_adv, x, "l2") > 0)

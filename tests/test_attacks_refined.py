@@ -8,21 +8,14 @@ import numpy as np
 import pytest
 
 from closed_form import N, affine_model, qp_distance
+from closed_form import run_batch as run
 from adv_jax.attacks import LBFGSAttack, Refined, make_attack
-from adv_jax.attacks.common import attack_batch, is_adversarial
+from adv_jax.attacks.common import is_adversarial
 from adv_jax.attacks.minnorm import DDN, FMN
 from adv_jax.config import compose
-from adv_jax.models import logits_fn
 from adv_jax.validate import ConfigError, check
 
 QUICK = Refined(LBFGSAttack(c_steps=4, max_evals=5), FMN(steps=60, max_step=0.3))
-
-
-def run(attack, model, params, x, label, target, seed=0):
-    x_adv, diagnostics = attack_batch(attack, logits_fn(model, params), jnp.asarray(x),
-                                      jnp.asarray(label), jnp.asarray(target, jnp.int32),
-                                      key=jax.random.key(seed), chunk_size=1000, progress=False)
-    return np.asarray(x_adv), diagnostics
 
 
 def l2(x_adv, x) -> np.ndarray:
@@ -48,24 +41,25 @@ def test_reaches_the_qp_distance_and_never_ends_farther_than_its_first_stage():
                          ids=["ddn", "fmn"])
 def test_started_from_an_adversarial_keeps_it_or_a_closer_one(refine):
     """`start`: the first step checks the start itself, so the kept norm is at most its own."""
-    model, params, w, b, x, label = affine_model(10, seed=2)
+    model, params, _, _, x, label = affine_model(10, seed=2)
     target = (label + 1) % 10
     found, _ = run(FMN(steps=20), model, params, x, label, target)
     far = np.clip(x + 1.1 * (found - x), 0.0, 1.0)  # past the boundary, not on it
     assert np.all(is_adversarial(model.apply(params, far), label, target))
     one_image = lambda image: model.apply(params, image[None])[0]  # noqa: E731
+    from_start = jax.jit(lambda start, *a: refine.with_diagnostics(one_image, *a, start=start))
     for i in range(3):
-        out, found = jax.jit(lambda *a: refine.with_diagnostics(one_image, *a, start=far[i]))(
-            jnp.asarray(x[i]), jnp.int32(label[i]), jnp.int32(target[i]), jax.random.key(i))
+        out, found = from_start(jnp.asarray(far[i]), jnp.asarray(x[i]), jnp.int32(label[i]),
+                                jnp.int32(target[i]), jax.random.key(i))
         assert bool(is_adversarial(one_image(out)[None], label[i:i + 1], target[i:i + 1])[0])
         assert float(found["norm"]) <= l2(far[i:i + 1], x[i:i + 1])[0] * (1 + 1e-5)
 
 
-def test_inside_the_box_and_batch_equals_one_by_one(digits_and_affine):
+def test_inside_the_box_and_batch_equals_one_by_one(affine_digits):
     """The batch runs L-BFGS's lanes (attack_rows), one example its plain loop: the same result."""
-    model, params, x, y = digits_and_affine
+    model, params, x, y = affine_digits
     target = np.where(np.arange(len(y)) % 2, (y + 1) % 10, -1).astype(np.int32)
-    batch, diagnostics = run(QUICK, model, params, x, y, target, seed=7)
+    batch, _ = run(QUICK, model, params, x, y, target, seed=7)
     assert batch.min() >= 0.0 and batch.max() <= 1.0
     assert np.all(is_adversarial(model.apply(params, batch), y, target))
     one_image = lambda image: model.apply(params, image[None])[0]  # noqa: E731
@@ -77,24 +71,14 @@ def test_inside_the_box_and_batch_equals_one_by_one(digits_and_affine):
     np.testing.assert_array_equal(batch, run(QUICK, model, params, x, y, target, seed=7)[0])
 
 
-def test_where_nothing_is_found_the_first_stage_result_is_returned(digits_and_affine):
-    model, params, x, y = digits_and_affine
+def test_where_nothing_is_found_the_first_stage_result_is_returned(affine_digits):
+    model, params, x, y = affine_digits
     # One L-BFGS evaluation finds nothing (returns x), and FMN's one step only checks x.
     attack = Refined(LBFGSAttack(c_steps=1, max_evals=1, extra_solves=0), FMN(steps=1))
     first, _ = run(attack.first, model, params, x, y, np.full(len(y), -1))
     x_adv, diagnostics = run(attack, model, params, x, y, np.full(len(y), -1))
     assert np.all(np.isinf(diagnostics["norm"]))
     np.testing.assert_array_equal(x_adv, first)
-
-
-@pytest.fixture(scope="module")
-def digits_and_affine(mnist_dir):
-    from adv_jax.data import load_splits
-
-    test = load_splits(compose(["data.train_limit=10"]).data)["test"]
-    model, params, *_ = affine_model(10, seed=3)
-    x = test.x[:6]
-    return model, params, x, np.asarray(jnp.argmax(model.apply(params, x), -1), np.int32)
 
 
 def test_registry_config_and_bad_stages():

@@ -99,6 +99,15 @@ def run_attack(attack: Attack, logits_fn: LogitsFn, x: jax.Array, label: jax.Arr
     return attack(logits_fn, x, label, target, key), {}
 
 
+def run_rows(attack: Attack, logits_fn: LogitsFn, x: jax.Array, label: jax.Array,
+             target: jax.Array, keys: jax.Array) -> tuple[jax.Array, Diagnostics]:
+    """Rows (P, ...) of examples against one example's logits_fn: the attack's own batching
+    (`attack_rows`, e.g. L-BFGS's lanes) where it has one, else `run_attack` vmapped."""
+    if hasattr(attack, "attack_rows"):
+        return attack.attack_rows(logits_fn, x, label, target, keys)
+    return jax.vmap(lambda *a: run_attack(attack, logits_fn, *a))(x, label, target, keys)
+
+
 def _is_array(leaf: Any) -> bool:
     return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
 
@@ -142,10 +151,7 @@ def _attack_chunk(attack: Attack, static, arrays, x, label, target, keys):
     while_loop then stops when that device's examples are done, with no all-reduce of its
     condition across devices every trip and no wait for the other devices' slowest example."""
     def on_device(arrays, *rows):
-        one = single_example(join_arrays(arrays, static))
-        if hasattr(attack, "attack_rows"):  # its own batching of a device's rows
-            return attack.attack_rows(one, *rows)
-        return jax.vmap(lambda *a: run_attack(attack, one, *a))(*rows)
+        return run_rows(attack, single_example(join_arrays(arrays, static)), *rows)
 
     rows, copied = PartitionSpec(devices.BATCH_AXIS), PartitionSpec()
     # check_vma off: per-example loops mix per-row values with the replicated parameters.

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from adv_jax.attacks.common import Attack, LogitsFn, run_attack
+from adv_jax.attacks.common import Attack, LogitsFn, run_attack, run_rows
 from adv_jax.attacks.minnorm import DDN, FMN
 
 __all__ = ["Refined"]
@@ -44,11 +44,7 @@ class Refined:
     def attack_rows(self, logits_fn: LogitsFn, x, label, target, keys):
         """A device's rows (N, ...): first's own batching (`attack_rows`) where it has one."""
         first_keys, refine_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
-        if hasattr(self.first, "attack_rows"):
-            starts, first = self.first.attack_rows(logits_fn, x, label, target, first_keys)
-        else:
-            starts, first = jax.vmap(lambda *a: run_attack(self.first, logits_fn, *a))(
-                x, label, target, first_keys)
+        starts, first = run_rows(self.first, logits_fn, x, label, target, first_keys)
         return jax.vmap(lambda *a: self._refine(logits_fn, *a))(
             x, label, target, refine_keys, starts, first)
 
