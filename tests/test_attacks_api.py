@@ -4,6 +4,7 @@ compilation for repeated batches of one shape (light imports: tests/test_archite
 
 import collections
 import dataclasses
+import logging
 from typing import Any
 
 import flax.linen as nn
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from adv_jax.attacks import PGD, LBFGSAttack, attack_batch, run_attack
+from adv_jax.attacks import PGD, LBFGSAttack, attack_batch, compile_attack_batch, run_attack
 from adv_jax.attacks.generate import Generated, generate, summarize
 from adv_jax.config import AttackConfig
 from adv_jax.models import Model, logits_fn
@@ -165,3 +166,20 @@ def test_the_attack_loop_compiles_once_for_batches_of_one_shape():
                                 progress=False)
         np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(plain))
 
+
+
+def test_compile_attack_batch_compiles_the_call_without_running_it(caplog):
+    """A benchmark's warm-up: the attack is traced and compiled once, and the call after it
+    neither traces nor compiles again (every chunk, the padded last one too, has one shape)."""
+    model = Model(layers=(Layer("dense", features=16, activation="sigmoid"), Layer("dense", features=10)))
+    fn = logits_fn(model, model.init(jax.random.key(9)))
+    x = jax.random.uniform(jax.random.key(10), (7, 28, 28, 1))
+    y, target = jnp.arange(7), (jnp.arange(7) + 1) % 10
+    counted = Counted(PGD(epsilon=0.1, steps=2))
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        compile_attack_batch(counted, fn, x, y, target, key=jax.random.key(11), chunk_size=4)
+        compiled = sum("_attack_chunk" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        attack_batch(counted, fn, x, y, target, key=jax.random.key(11), chunk_size=4, progress=False)
+        again = sum("_attack_chunk" in r.getMessage() for r in caplog.records)
+    assert TRACES[counted] == 1 and compiled >= 1 and again == 0, (compiled, again)

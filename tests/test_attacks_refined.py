@@ -85,7 +85,7 @@ def test_registry_config_and_bad_stages():
     cfg = compose(["attack=refined"])
     check(cfg)
     attack = make_attack(cfg.attack.name, cfg.attack.params)
-    assert attack == Refined(LBFGSAttack(), FMN(steps=200, max_step=0.3, gamma=0.05, min_step=0.01))
+    assert attack == Refined(LBFGSAttack(), FMN(steps=300, max_step=1.0, gamma=0.05, min_step=0.01))
     assert make_attack("refined", {"refine": "ddn"}).refine == DDN()
     with pytest.raises(ValueError, match="unknown refine 'cw'.*'ddn', 'fmn'"):
         make_attack("refined", {"refine": "cw"})

@@ -68,11 +68,28 @@ def test_report_on_a_tiny_model(tmp_path, tiny_overrides, monkeypatch):
     conf["target_modes"] = ["untargeted"]
     conf["models"][0]["examples"] = 2  # a model's own count beats the config's
     conf["split"], conf["attacks"][1]["label"] = "p2", "fmn, 10 steps"  # held-out images, a label
+    conf["select"] = {"max_evals": 10_000}
     text = bench_minnorm.report(conf, tmp_path / "runs", {}, "python scripts/bench_minnorm.py")
     assert "foolbox is not installed" in text and "foolbox DDN" not in text
     assert "2 correctly classified p2 images." in text and "| fmn, 10 steps |" in text
     assert "### Targets: untargeted" in text and len(scores_in(text)) == 2
+    assert "## Selection" in text and "| fmn, 10 steps | 10 |" in text
 
 
 def test_slow_rates_keep_their_digits():
     assert [bench_minnorm.rate(v) for v in (0.3314, 3.14, 12.4, 1234.5)] == ["0.33", "3.1", "12", "1,234"]
+
+
+def test_selection_takes_the_smallest_distortion_within_the_budget_that_fools_every_example():
+    def cell(d, evals):
+        return {"d": np.array(d), "evals": None if evals is None else np.full(len(d), evals), "seconds": 1.0}
+
+    by_attack = {"cheap": cell([0.10, 0.20], 100), "costly": cell([0.05, 0.05], 500),
+                 "misses": cell([0.01, np.inf], 10), "best": cell([0.12, 0.12], 300),
+                 "foolbox": cell([0.01, 0.01], None)}
+    other = {**by_attack, "best": cell([0.30, 0.30], 300)}  # averaged over cells: 0.21 > 0.15
+    text = "\n".join(bench_minnorm.selection({"m": {"random": by_attack, "untargeted": other}}, 400))
+    assert "Chosen: the smallest mean distortion among them: **cheap**." in text
+    assert "| costly | 500 | 0.05000 | no |" in text and "| foolbox | - | 0.01000 | no |" in text
+    text = "\n".join(bench_minnorm.selection({"m": {"random": by_attack}}, 400))
+    assert "**best**" in text

@@ -12,6 +12,7 @@ Batched, against any JAX callable `logits_fn` (B, *shape) -> (B, K) (an adv_jax 
 `adv_jax.models.logits_fn(model, params)`, a flax or equinox model, a hidden layer's head):
   attack_batch(attack, logits_fn, x, y, target, *, key, chunk_size, progress=True)
       -> (x_adv (N, *shape), diagnostics {name: (N,)})
+  compile_attack_batch(same arguments but progress): compiles that call without running it
   choose_targets(mode, logits, labels, *, key), attack_all_targets(attack, logits_fn, x, label,
       *, key, chunk_size=None) -> (x_adv, target, diagnostics)                     (targets.py)
   generate(attack_cfg, logits_fn, x, y, *, key, index=None, progress=True) -> Generated
@@ -38,6 +39,7 @@ from adv_jax.attacks.common import (
     LogitsFn,
     attack_batch,
     batched_logits,
+    compile_attack_batch,
     is_adversarial,
     rms_distortion,
     run_attack,
@@ -56,7 +58,7 @@ __all__ = [
     "ATTACKS", "TARGET_MODES", "UNTARGETED", "Attack", "CarliniWagnerL2", "DDN", "DeepFool", "FGSM",
     "FMN", "FoolingImage", "LBFGSAttack", "LogitsFn", "MinimalEpsilon", "MomentumIterative", "PGD",
     "Refined", "TemplateAddition",
-    "attack_all_targets", "attack_batch", "batched_logits", "choose_targets", "is_adversarial",
+    "attack_all_targets", "attack_batch", "batched_logits", "choose_targets", "compile_attack_batch", "is_adversarial",
     "make_attack", "rms_distortion", "run_attack", "single_example",
 ]
 

@@ -159,6 +159,21 @@ def _attack_chunk(attack: Attack, static, arrays, x, label, target, keys):
                          out_specs=rows, check_vma=False)(arrays, x, label, target, keys)
 
 
+def _batch_inputs(logits_fn: LogitsFn, x, y, target, key: jax.Array, chunk_size: int):
+    """(chunk size rounded for the devices, logits_fn's static part, its replicated arrays, the
+    per-example inputs (x, y, target, keys)) that attack_batch feeds `_attack_chunk`."""
+    chunk_size = devices.round_up(min(chunk_size, len(x)))
+    arrays, static = split_arrays(logits_fn)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(x)))
+    rows = (x, jnp.asarray(y, jnp.int32), jnp.asarray(target, jnp.int32), keys)
+    return chunk_size, static, devices.replicate(arrays), rows
+
+
+def _chunk(rows: tuple, start: int, chunk_size: int) -> tuple:
+    """Rows start..start+chunk_size of each input, the last chunk padded, split across devices."""
+    return devices.shard_rows(*(devices.pad_rows(a[start:start + chunk_size], chunk_size) for a in rows))
+
+
 def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                  target: jax.Array, *, key: jax.Array, chunk_size: int,
                  progress: bool = True) -> tuple[jax.Array, dict[str, np.ndarray]]:
@@ -175,11 +190,7 @@ def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array
     n = len(x)
     if n == 0:
         return x, {}
-    chunk_size = devices.round_up(min(chunk_size, n))
-    arrays, static = split_arrays(logits_fn)
-    arrays = devices.replicate(arrays)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
-    y, target = jnp.asarray(y, jnp.int32), jnp.asarray(target, jnp.int32)
+    chunk_size, static, arrays, rows = _batch_inputs(logits_fn, x, y, target, key, chunk_size)
     starts = range(0, n, chunk_size)
     if progress:
         from tqdm.auto import tqdm
@@ -187,11 +198,18 @@ def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array
         starts = tqdm(starts, desc=type(attack).__name__, unit="chunk", leave=False)
     parts = []
     for i in starts:
-        stop = min(i + chunk_size, n)
-        chunk = devices.shard_rows(*(devices.pad_rows(a[i:stop], chunk_size)
-                                     for a in (x, y, target, keys)))
-        done = jax.block_until_ready(_attack_chunk(attack, static, arrays, *chunk))
-        parts.append(jax.tree_util.tree_map(lambda a, size=stop - i: a[:size], done))
+        done = jax.block_until_ready(_attack_chunk(attack, static, arrays, *_chunk(rows, i, chunk_size)))
+        parts.append(jax.tree_util.tree_map(lambda a, size=min(chunk_size, n - i): a[:size], done))
     x_adv = jnp.concatenate([p[0] for p in parts])
     diagnostics = {k: np.concatenate([np.asarray(p[1][k]) for p in parts]) for k in parts[0][1]}
     return x_adv, diagnostics
+
+
+def compile_attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
+                         target: jax.Array, *, key: jax.Array, chunk_size: int) -> None:
+    """Compiles what `attack_batch` with the same arguments runs, without running it (every chunk
+    has the first one's shape): a benchmark's warm-up that costs the compilation alone, where a
+    warm-up call would cost a slow attack's whole run again."""
+    if len(x):
+        chunk_size, static, arrays, rows = _batch_inputs(logits_fn, x, y, target, key, chunk_size)
+        _attack_chunk.lower(attack, static, arrays, *_chunk(rows, 0, chunk_size)).compile()

@@ -2,9 +2,9 @@
 
 L-BFGS (the paper's method) reaches the boundary in ~100 evaluations but stops short of the
 closest point on it; DDN or FMN from x needs ~1000 steps to get there from afar. Started from
-L-BFGS's result, at its radius, with a smaller step, a few hundred FMN steps walk along the
-boundary towards x: about as close as 1000 steps of DDN or FMN, with about a third of their
-evaluations (results/bench_minnorm.md).
+L-BFGS's result, at its radius, a few hundred FMN steps walk along the boundary towards x: as
+close as 1000 steps of DDN or FMN or closer, with under half of their evaluations
+(results/bench_minnorm.md).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import adv_jax
-from adv_jax.attacks import attack_batch, make_attack
+from adv_jax.attacks import attack_batch, compile_attack_batch, make_attack
 from adv_jax.attacks.common import batched_logits, is_adversarial, rms_distortion
 from adv_jax.attacks.targets import choose_targets
 from adv_jax.reports import provenance, settings
@@ -81,8 +81,10 @@ def our_attack(entry: dict):
 def run_ours(entry: dict, logits_fn, x, y, target, key, repeats: int):
     """(seconds, x_adv (N, 28, 28, 1), evals per example or None) of one adv_jax attack."""
     attack, chunk = our_attack(entry)
+    compile_attack_batch(attack, logits_fn, x, y, target, key=key, chunk_size=chunk)
     seconds, (x_adv, diagnostics) = median_seconds(lambda: attack_batch(
-        attack, logits_fn, x, y, target, key=key, chunk_size=chunk, progress=False), repeats)
+        attack, logits_fn, x, y, target, key=key, chunk_size=chunk, progress=False), repeats,
+        warm_up=False)
     return seconds, x_adv, diagnostics.get("evals")
 
 
@@ -144,18 +146,18 @@ def rate(per_second: float) -> str:
 
 
 def model_section(label: str, run: adv_jax.Run, conf: dict, with_foolbox: bool, examples: int):
-    """(markdown lines, {target mode: {attack: optimality}}) of one model on its first `examples`
-    correctly classified images of conf's `split` (default: the test set)."""
+    """(markdown lines, {target mode: measured}) of one model on its first `examples` correctly
+    classified images of conf's `split` (default: the test set); measured as `measure` returns."""
     split = conf.get("split", "test")
     x, y = correctly_classified(run, examples, split)
     logits = batched_logits(run.logits_fn, x)
-    lines, scores = [f"## {label}", "", f"{len(y)} correctly classified {split} images.", ""], {}
+    lines, by_mode = [f"## {label}", "", f"{len(y)} correctly classified {split} images.", ""], {}
     for mode in conf["target_modes"]:
         target = choose_targets(mode, logits, y, key=jax.random.key(conf["seed"]))
         print(f"{label}, {mode}:", flush=True)
-        text, scores[mode] = table(measure(conf, run.logits_fn, x, y, target, with_foolbox))
-        lines += [f"### Targets: {mode}", "", text.rstrip(), ""]
-    return lines, scores
+        by_mode[mode] = measure(conf, run.logits_fn, x, y, target, with_foolbox)
+        lines += [f"### Targets: {mode}", "", table(by_mode[mode])[0].rstrip(), ""]
+    return lines, by_mode
 
 
 def summary(scores: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -166,17 +168,43 @@ def summary(scores: dict[str, dict[str, dict[str, float]]]) -> str:
     return markdown(["attack", *(f"{label}, {mode}" for label, mode in columns)], rows)
 
 
+def selection(measured: dict[str, dict[str, dict]], max_evals: float) -> list[str]:
+    """The config's `select` rule: of the attacks whose mean evaluations per example stay within
+    max_evals on every model and target mode, the one with the smallest mean distortion (over the
+    fooled examples, averaged over models and modes) among those that fool every example."""
+    cells = [by_attack for by_mode in measured.values() for by_attack in by_mode.values()]
+    rows, eligible = [], {}
+    for name in cells[0]:
+        evals = [c[name]["evals"] for c in cells]
+        worst = max(float(np.mean(e)) for e in evals) if all(e is not None for e in evals) else None
+        d = [c[name]["d"] for c in cells]
+        mean_d = float(np.mean([dist[np.isfinite(dist)].mean() for dist in d]))
+        fools_all = all(bool(np.isfinite(dist).all()) for dist in d)
+        if worst is not None and worst <= max_evals and fools_all:
+            eligible[name] = mean_d
+        rows.append([name, "-" if worst is None else f"{worst:.0f}", f"{mean_d:.5f}",
+                     "yes" if name in eligible else "no"])
+    chosen = min(eligible, key=eligible.get) if eligible else "none"
+    return ["## Selection", "", f"Eligible: at most {max_evals:g} evaluations per example (mean, "
+            "on every model and target mode) and every example fooled. Chosen: the smallest mean "
+            f"distortion among them: **{chosen}**.", "",
+            markdown(["attack", "evals (largest mean)", "mean RMS (average over cells)", "eligible"],
+                     rows).rstrip(), ""]
+
+
 def report(conf: dict, runs: Path, run_dirs: dict[str, Path], command: str) -> str:
     """The markdown of results/bench_minnorm.md; models from run_dirs[name] or runs/<name>."""
     with_foolbox = foolbox_available() and bool(conf.get("foolbox"))
-    sections, scores = [], {}
+    sections, measured = [], {}
     for entry in conf["models"]:
         run = model_run(entry, conf["common"], Path(run_dirs.get(entry["name"], runs / entry["name"])))
         examples = entry.get("examples", conf["examples"])
-        lines, scores[entry["label"]] = model_section(entry["label"], run, conf, with_foolbox, examples)
+        lines, measured[entry["label"]] = model_section(entry["label"], run, conf, with_foolbox, examples)
         sections += lines
+    scores = {label: {mode: table(m)[1] for mode, m in by_mode.items()} for label, by_mode in measured.items()}
+    chosen = selection(measured, conf["select"]["max_evals"]) if conf.get("select") else []
     missing = [] if with_foolbox or not conf.get("foolbox") else [
         "foolbox is not installed: its rows are left out (`pip install -e '.[bench]'`).", ""]
     head = [*provenance.header(conf["title"], command), *FORMULA, *missing,
-            *settings.paragraphs(conf.get("notes")), "## Optimality", "", summary(scores).rstrip(), ""]
+            *settings.paragraphs(conf.get("notes")), *chosen, "## Optimality", "", summary(scores).rstrip(), ""]
     return "\n".join(head + sections).rstrip() + "\n"
