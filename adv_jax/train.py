@@ -407,13 +407,15 @@ def check_trained(model: Model, params: Params, data: Dataset, history: list[flo
 
 
 def train_model(model: Model, model_cfg, train_cfg, data: Dataset, key: jax.Array,
-                on_epoch=None) -> tuple[Params, dict[str, Any]]:
-    """init -> optional autoencoder pretraining -> classifier training. Returns params, metrics."""
+                on_epoch=None, pretrain=pretrain_autoencoder) -> tuple[Params, dict[str, Any]]:
+    """init -> optional autoencoder pretraining -> classifier training. Returns params, metrics.
+    `pretrain`: pretrain_autoencoder's signature and result (the trained-model cache passes one
+    that reads and writes the pretrained autoencoder's own cache entry)."""
     init_key, ae_key, fit_key = jax.random.split(key, 3)
     params = model.init(init_key)
     start, frozen, ae_metrics = time.perf_counter(), (), {}
     if model_cfg.autoencoder is not None:
-        params, ae_metrics = pretrain_autoencoder(model, params, data, ae_key, model_cfg.autoencoder, train_cfg)
+        params, ae_metrics = pretrain(model, params, data, ae_key, model_cfg.autoencoder, train_cfg)
         frozen = (0,)
     params, history, steps = train_classifier(model, params, data, fit_key, train_cfg, frozen, on_epoch)
     params = jax.block_until_ready(params)

@@ -1,6 +1,7 @@
 """Trained models for run configs: from the model cache, or trained and then cached.
 
-  train_or_load(cfg, splits)   one model: cached, or `train.train_model`
+  train_or_load(cfg, splits)   one model: cached, or `train.train_model` (an autoencoder model's
+                               pretraining cached on its own: `autoencoder_stage`)
   train_or_load_all(cfgs)      several: cached ones loaded, the rest trained, those that share an
                                architecture and a minibatch optimizer together as one vmapped
                                ensemble (adv_jax/ensemble.py); each cached under its own key
@@ -18,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from omegaconf import OmegaConf, open_dict
 
 from adv_jax import adversarial_training, checkpoint, ensemble
+from adv_jax.config import ModelConfig, TrainConfig
 from adv_jax.data import Dataset, load_splits
 from adv_jax.logger import Logger
 from adv_jax.models import Model, Params, build_model
-from adv_jax.train import MINIBATCH_OPTIMIZERS, train_model
+from adv_jax.train import MINIBATCH_OPTIMIZERS, pretrain_autoencoder, train_model
 
 log = logging.getLogger(__name__)
 Trained = tuple[Model, Params, dict[str, Any]]
@@ -42,12 +45,44 @@ def train_or_load(cfg, splits: dict[str, Dataset], logger: Logger | None = None,
     log.info("training %s on %s (%d images)", cfg.model.name, cfg.data.split, len(splits["train"]))
     on_epoch = (lambda i, loss: logger.log({"train/loss": loss, "train/epoch": i})) if logger else None
     params, metrics = train_model(model, cfg.model, cfg.train, splits["train"],
-                                  jax.random.key(cfg.seed), on_epoch=on_epoch)
+                                  jax.random.key(cfg.seed), on_epoch=on_epoch,
+                                  pretrain=cached_pretraining(cfg))
     if save_to is not None:
         checkpoint.save_params(save_to, params)
     if cfg.train.cache:
         checkpoint.write_cache(cfg, params, metrics, splits["train"])
     return model, params, {**metrics, "train/cached": False}
+
+
+def autoencoder_stage(cfg):
+    """The config whose cache entry holds cfg's pretrained autoencoder: the model without its
+    head's decay, named <name>-autoencoder, and of the training config only what pretraining
+    reads. Models that differ only in how their head is trained share one entry."""
+    stage = cfg.copy()
+    with open_dict(stage):
+        stage.model.name = f"{cfg.model.name}-autoencoder"
+        stage.model.weight_decay = ModelConfig.weight_decay
+        stage.train = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
+            "lbfgs_tolerance": cfg.train.lbfgs_tolerance, "batch_size": cfg.train.batch_size,
+            "cache": cfg.train.cache})
+    return stage
+
+
+def cached_pretraining(cfg):
+    """train.pretrain_autoencoder through the cache (when train.cache): the entry holds the whole
+    params tuple after pretraining (the head still as initialized) and the pretraining metrics."""
+    stage = autoencoder_stage(cfg)
+
+    def pretrain(model: Model, params: Params, data: Dataset, key, ae_cfg, train_cfg):
+        if cfg.train.cache and (hit := checkpoint.read_cache(stage, model, data)) is not None:
+            log.info("loaded the pretrained autoencoder from the cache: %s", checkpoint.cache_entry(stage, data))
+            return hit[0], {**hit[1], "train/autoencoder_cached": True}
+        params, metrics = pretrain_autoencoder(model, params, data, key, ae_cfg, train_cfg)
+        if cfg.train.cache:
+            checkpoint.write_cache(stage, params, metrics, data)
+        return params, {**metrics, "train/autoencoder_cached": False}
+
+    return pretrain
 
 
 def group_key(cfg) -> str | None:

@@ -137,12 +137,28 @@ def test_models_report_reads_every_finished_row_and_names_the_missing(tmp_path):
     assert f"`{tmp_path / 'fc10_1e-4'}`" in text  # not finished, so named as left out
 
 
-def test_noisy_test_errors_come_from_the_runs_params(tiny_overrides, tmp_path):
+def test_noisy_errors_come_from_the_runs_params(tiny_overrides, tmp_path):
     run_dir = tmp_path / "fc10"
     metrics = adv_jax.run(compose(["model=fc10", "attack=none", *tiny_overrides]), run_dir)
-    assert models.noisy_test_errors(run_dir, 0.0) == pytest.approx((metrics["error/test"],) * 2)  # clean
-    clipped, unclipped = models.noisy_test_errors(run_dir, 0.3)
+    assert models.noisy_errors(run_dir, 0.0) == pytest.approx((metrics["error/test"],) * 2)  # clean
+    clipped, unclipped = models.noisy_errors(run_dir, 0.3)
     assert clipped > metrics["error/test"] and 0 < unclipped < 1 and clipped != unclipped
+
+
+def test_a_selection_report_shows_held_out_errors_only_and_the_chosen_row(tiny_overrides, tmp_path):
+    """evaluate_on: validation: no test column anywhere, and the rule's choice (clean + noisy)."""
+    rows = [{"name": f"fc10_{decay}", "overrides": ["model=fc10", f"model.weight_decay={decay}"]}
+            for decay in ("1e-4", "1")]
+    conf = {"title": "Selection", "evaluate_on": "validation", "rows": rows, "notes": ["Held out."],
+            "common": ["attack=none", "data.validation=500", *tiny_overrides]}
+    models.build(conf, tmp_path, None, cache=True)
+    text = models.report(conf, tmp_path, "python scripts/report_models.py")
+    assert "error test" not in text and "error P1" not in text and "| error validation |" in text
+    metrics = [json.loads((tmp_path / r["name"] / "metrics.json").read_text()) for r in rows]
+    noisy = [models.noisy_errors(tmp_path / r["name"], models.NOISE_STDDEV, "validation")[0] for r in rows]
+    best = min(range(2), key=lambda i: round(100 * metrics[i]["error/validation"], 2) + round(100 * noisy[i], 2))
+    assert f"**{rows[best]['name']}**" in text
+    assert f"| {rows[0]['name']} | fc10(0.0001) | p1 | {100 * metrics[0]['error/train']:.2f} | " in text
 
 
 def test_lipschitz_comparison_over_a_synthesized_sweep(sweep, tmp_path):
@@ -183,7 +199,8 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                 "bench_minnorm": {"title", "examples", "seed", "repeats", "target_modes", "common",
                                   "models", "attacks", "foolbox", "notes"},
                 "select_refined": {"title", "split", "examples", "seed", "repeats", "target_modes",
-                                   "common", "models", "attacks", "notes"}}[name]
+                                   "common", "models", "attacks", "select", "notes"},
+                "select_ae400": {"title", "evaluate_on", "common", "rows", "notes"}}[name]
     assert required <= conf.keys()
     if name == "models":
         for row in conf["rows"]:

@@ -148,3 +148,23 @@ def test_cache_key_ignores_fields_left_at_their_defaults(tiny_overrides):
     assert identity["train"]["optimizer"] == "lbfgs"  # differs from the schema's default (adam)
     penalized = model_identity(compose(["model=fc100", "train.lipschitz_penalty=0.1"] + tiny_overrides))
     assert penalized["train"]["lipschitz_penalty"] == 0.1
+
+
+def test_an_autoencoder_is_pretrained_once_for_every_way_of_training_its_head(private_overrides):
+    """The pretrained autoencoder has its own cache entry: a model that differs only in its head's
+    decay or its classifier training reuses it; another autoencoder objective pretrains anew."""
+    from adv_jax.trained import train_or_load
+
+    ae = ["model=ae400", "model.hidden=[32]", "model.autoencoder.lbfgs_steps=5", "train.lbfgs_steps=10",
+          *private_overrides]
+    cfg = compose(ae)
+    splits = load_splits(cfg.data)
+    _, first, m1 = train_or_load(cfg, splits)
+    _, other_head, m2 = train_or_load(compose([*ae, "model.weight_decay=1e-2", "train.lbfgs_steps=12"]), splits)
+    _, other_ae, m3 = train_or_load(compose([*ae, "model.autoencoder.sparsity_weight=1.0"]), splits)
+    assert [m["train/autoencoder_cached"] for m in (m1, m2, m3)] == [False, True, False]
+    np.testing.assert_array_equal(first[0]["w"], other_head[0]["w"])
+    assert not np.allclose(first[1]["w"], other_head[1]["w"])  # the head trained otherwise
+    assert not np.allclose(first[0]["w"], other_ae[0]["w"])
+    entries = sorted(p.name.rsplit("-", 1)[0] for p in (checkpoint.cache_entry(cfg).parent).iterdir())
+    assert entries == ["ae400"] * 3 + ["ae400-autoencoder"] * 2

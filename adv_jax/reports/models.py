@@ -1,6 +1,7 @@
 """results/models.md: the paper's MNIST models (Tables 1 and 3), one run per row of
 conf/report/models.yaml, every number read from the rows' metrics.json, except the noisy test
-errors, computed from the rows' params (one noise draw, key 0)."""
+errors, computed from the rows' params (one noise draw, key 0). With `evaluate_on: validation`
+(conf/report/select_ae400.yaml) the same on held-out training images, and the chosen row."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ NOISE_STDDEV = 0.1
 COLUMNS = ["row", "model", "trained on", "error P1", "error P2", "error train", "error test",
            f"error test + noise {NOISE_STDDEV:g} (clipped / unclipped)", "paper train / test",
            "train time (s)", "optimizer steps"]
+# A selection report (conf/report/select_ae400.yaml): held-out images only, never the test set.
+VALIDATION_COLUMNS = ["row", "model", "trained on", "error train", "error validation",
+                      f"error validation + noise {NOISE_STDDEV:g} (clipped / unclipped)",
+                      "train time (s)", "optimizer steps"]
 
 
 def run_row(row: dict, common: list[str], runs: Path, cache: bool = True) -> dict:
@@ -41,35 +46,54 @@ def paper_cell(row: dict) -> str:
     return f"{train:g} / {test:g} ({paper.table_name(row['paper'])})"
 
 
-def noisy_test_errors(run_dir: Path, stddev: float) -> tuple[float, float]:
-    """The run's test error (fraction) on x + N(0, stddev^2) per pixel, clipped to [0, 1] and
+def noisy_errors(run_dir: Path, stddev: float, split: str = "test") -> tuple[float, float]:
+    """The run's error (fraction) on `split`'s x + N(0, stddev^2) per pixel, clipped to [0, 1] and
     unclipped, from one draw (key 0, `transfer.gaussian_noise`)."""
     run = adv_jax.load_run(run_dir)
-    test = load_splits(run.config.data, run.config.model.classes)["test"]
-    noisy = transfer.gaussian_noise(test.x, stddev, key=jax.random.key(0), clip=False)
-    return tuple(float(np.mean(np.asarray(predict(run.model, run.params, images)) != test.y))
+    data = load_splits(run.config.data, run.config.model.classes)[split]
+    noisy = transfer.gaussian_noise(data.x, stddev, key=jax.random.key(0), clip=False)
+    return tuple(float(np.mean(np.asarray(predict(run.model, run.params, images)) != data.y))
                  for images in (np.clip(noisy, 0.0, 1.0), noisy))
 
 
-def table_row(row: dict, run_dir: Path) -> list[str]:
+def table_row(row: dict, run_dir: Path, split: str = "test") -> list[str]:
+    """The row's cells: COLUMNS, or VALIDATION_COLUMNS for split "validation"."""
     cfg, m = read_config(run_dir), read_json(run_dir / "metrics.json")
     label = cfg["model.name"] + (f"({cfg['model.weight_decay']:g})" if cfg["model.name"] == "fc10" else "")
+    noisy = (" / ".join(map(percent, noisy_errors(run_dir, NOISE_STDDEV, split)))
+             if (run_dir / checkpoint.PARAMS_FILE).exists() else "-")
+    cost = [f"{m['train/seconds']:.0f}", f"{m.get('train/steps', '-')} ({cfg['train.optimizer']})"]
+    if split == "validation":
+        return [row["name"], label, cfg["data.split"], percent(m["error/train"]),
+                percent(m["error/validation"]), noisy, *cost]
     return [row["name"], label, cfg["data.split"], percent(m["error/p1"]), percent(m["error/p2"]),
-            percent(m["error/full"]), percent(m["error/test"]),
-            " / ".join(map(percent, noisy_test_errors(run_dir, NOISE_STDDEV)))
-            if (run_dir / checkpoint.PARAMS_FILE).exists() else "-", paper_cell(row),
-            f"{m['train/seconds']:.0f}", f"{m.get('train/steps', '-')} ({cfg['train.optimizer']})"]
+            percent(m["error/full"]), percent(m["error/test"]), noisy, paper_cell(row), *cost]
+
+
+def chosen_row(rows: list[list[str]]) -> list[str]:
+    """A selection report's rule: the row with the smallest sum of its clean and clipped-noise
+    validation errors (the first such row on a tie)."""
+    def total(cells):
+        return float(cells[4]) + float(cells[5].split(" / ")[0])
+
+    best = min(rows, key=total)
+    return [f"Chosen by the smallest sum of clean and clipped-noise validation errors: **{best[0]}** "
+            f"({total(best):.2f}).", ""]
 
 
 def report(conf: dict, runs: Path, command: str) -> str:
-    """The markdown of every row of `conf` whose run under `runs` has finished."""
+    """The markdown of every row of `conf` whose run under `runs` has finished; conf
+    `evaluate_on: validation` reports held-out errors only, and the chosen row."""
+    split = conf.get("evaluate_on", "test")
     finished = [r for r in conf["rows"] if is_finished(runs / r["name"])]
     missing = [f"`{runs / r['name']}`" for r in conf["rows"] if r not in finished]
+    rows = [table_row(r, runs / r["name"], split) for r in finished]
     lines = [*provenance.header(conf["title"], command),
              f"Run directories: `{runs}/<row>`; every number below is read from their "
-             "`metrics.json`, except the noisy test errors, computed from their params.", "",
+             f"`metrics.json`, except the noisy {split} errors, computed from their params.", "",
              *settings.paragraphs(conf["notes"][:1]),
-             markdown(COLUMNS, [table_row(r, runs / r["name"]) for r in finished]),
+             markdown(VALIDATION_COLUMNS if split == "validation" else COLUMNS, rows),
+             *(chosen_row(rows) if split == "validation" and rows else []),
              *settings.paragraphs(conf["notes"][1:])]
     if missing:
         lines += [f"Not finished, so left out: {', '.join(missing)}.", ""]
