@@ -72,9 +72,11 @@ def table_row(row: dict, run_dir: Path, split: str = "test") -> list[str]:
 
 def chosen_row(rows: list[list[str]]) -> list[str]:
     """A selection report's rule: the row with the smallest sum of its clean and clipped-noise
-    validation errors (the first such row on a tie)."""
+    validation errors (the first such row on a tie; a row without params, so without a noisy
+    error, is never chosen)."""
     def total(cells):
-        return float(cells[4]) + float(cells[5].split(" / ")[0])
+        clipped = cells[5].split(" / ")[0]
+        return float(cells[4]) + (float("inf") if clipped == "-" else float(clipped))
 
     best = min(rows, key=total)
     return [f"Chosen by the smallest sum of clean and clipped-noise validation errors: **{best[0]}** "
