@@ -56,31 +56,30 @@ def noisy_errors(run_dir: Path, stddev: float, split: str = "test") -> tuple[flo
                  for images in (np.clip(noisy, 0.0, 1.0), noisy))
 
 
-def table_row(row: dict, run_dir: Path, split: str = "test") -> list[str]:
-    """The row's cells: COLUMNS, or VALIDATION_COLUMNS for split "validation"."""
+def table_row(row: dict, run_dir: Path, noisy: tuple[float, float] | None,
+              split: str = "test") -> list[str]:
+    """The row's cells: COLUMNS, or VALIDATION_COLUMNS for split "validation". noisy: its
+    `noisy_errors` on that split (None: no params, so none)."""
     cfg, m = read_config(run_dir), read_json(run_dir / "metrics.json")
     label = cfg["model.name"] + (f"({cfg['model.weight_decay']:g})" if cfg["model.name"] == "fc10" else "")
-    noisy = (" / ".join(map(percent, noisy_errors(run_dir, NOISE_STDDEV, split)))
-             if (run_dir / checkpoint.PARAMS_FILE).exists() else "-")
+    noisy_cell = "-" if noisy is None else " / ".join(map(percent, noisy))
     cost = [f"{m['train/seconds']:.0f}", f"{m.get('train/steps', '-')} ({cfg['train.optimizer']})"]
     if split == "validation":
         return [row["name"], label, cfg["data.split"], percent(m["error/train"]),
-                percent(m["error/validation"]), noisy, *cost]
+                percent(m["error/validation"]), noisy_cell, *cost]
     return [row["name"], label, cfg["data.split"], percent(m["error/p1"]), percent(m["error/p2"]),
-            percent(m["error/full"]), percent(m["error/test"]), noisy, paper_cell(row), *cost]
+            percent(m["error/full"]), percent(m["error/test"]), noisy_cell, paper_cell(row), *cost]
 
 
-def chosen_row(rows: list[list[str]]) -> list[str]:
+def chosen_row(names: list[str], clean: list[float], noisy: list) -> list[str]:
     """A selection report's rule: the row with the smallest sum of its clean and clipped-noise
-    validation errors (the first such row on a tie; a row without params, so without a noisy
-    error, is never chosen)."""
-    def total(cells):
-        clipped = cells[5].split(" / ")[0]
-        return float(cells[4]) + (float("inf") if clipped == "-" else float(clipped))
-
-    best = min(rows, key=total)
-    return [f"Chosen by the smallest sum of clean and clipped-noise validation errors: **{best[0]}** "
-            f"({total(best):.2f}).", ""]
+    validation errors, in percent rounded as shown (the first such row on a tie; a row without
+    params, so without a noisy error, is never chosen)."""
+    totals = [round(100 * c, 2) + (float("inf") if n is None else round(100 * n[0], 2))
+              for c, n in zip(clean, noisy)]
+    best = min(range(len(names)), key=totals.__getitem__)
+    return [f"Chosen by the smallest sum of clean and clipped-noise validation errors: "
+            f"**{names[best]}** ({totals[best]:.2f}).", ""]
 
 
 def report(conf: dict, runs: Path, command: str) -> str:
@@ -89,13 +88,18 @@ def report(conf: dict, runs: Path, command: str) -> str:
     split = conf.get("evaluate_on", "test")
     finished = [r for r in conf["rows"] if is_finished(runs / r["name"])]
     missing = [f"`{runs / r['name']}`" for r in conf["rows"] if r not in finished]
-    rows = [table_row(r, runs / r["name"], split) for r in finished]
+    noisy = [noisy_errors(runs / r["name"], NOISE_STDDEV, split)
+             if (runs / r["name"] / checkpoint.PARAMS_FILE).exists() else None for r in finished]
+    rows = [table_row(r, runs / r["name"], n, split) for r, n in zip(finished, noisy)]
+    chosen = chosen_row([r["name"] for r in finished],
+                        [read_json(runs / r["name"] / "metrics.json")["error/validation"] for r in finished],
+                        noisy) if split == "validation" and finished else []
     lines = [*provenance.header(conf["title"], command),
              f"Run directories: `{runs}/<row>`; every number below is read from their "
              f"`metrics.json`, except the noisy {split} errors, computed from their params.", "",
              *settings.paragraphs(conf["notes"][:1]),
              markdown(VALIDATION_COLUMNS if split == "validation" else COLUMNS, rows),
-             *(chosen_row(rows) if split == "validation" and rows else []),
+             *chosen,
              *settings.paragraphs(conf["notes"][1:])]
     if missing:
         lines += [f"Not finished, so left out: {', '.join(missing)}.", ""]
