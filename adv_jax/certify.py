@@ -36,6 +36,7 @@ sqrt(diag(W X^{-1} W^T)), the same certificate per unit), and a unit's slope the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 Array = jax.Array
+POWER_ITERS = 10  # power steps per local layer: the estimate sets T_k, the Cholesky certifies it
+CHOLESKY_SHIFT = 1e-9  # relative to t: far above float64 rounding, far below any bound's digits
+LOCAL_CHUNK = 500  # images per jitted call of the local bracket (memory: ~N x hidden^2 floats)
 
 
 def _sigmoid_slope(z):
@@ -73,6 +77,8 @@ class NotDense(ValueError):
     """The model has layers other than dense ones (convolutions, pooling)."""
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["weights", "biases"],
+                   meta_fields=["activations"])
 @dataclasses.dataclass(frozen=True)
 class DenseChain:
     """A dense network as matrices: weights[k] (n_{k+1}, n_k) = W_k, biases[k] (n_{k+1},), and
@@ -194,28 +200,91 @@ def _first_interval(chain: DenseChain, x: Array, eps: Array) -> tuple[Array, Arr
     return jnp.maximum(z - ball, mid - rad), jnp.minimum(z + ball, mid + rad)
 
 
-def _local_gram_one(chain: DenseChain, x: Array, eps: Array) -> Array:
-    """P (K, K) of ECLipsE-Fast with slopes bounded on B(x, eps) cap [0, 1]^n; x (n,)."""
+def _power_estimate(g: Array, iters: int) -> Array:
+    """Rayleigh quotient of g (n, n) PSD after `iters` power steps from its diagonal: at most
+    lambda_max(g), and close to it (only an estimate: `_certified_factor` checks what it gives)."""
+    v = jnp.diagonal(g) + jnp.finfo(g.dtype).tiny ** 0.5
+
+    def step(_, v):
+        u = g @ v
+        return u / jnp.maximum(jnp.linalg.norm(u), jnp.finfo(g.dtype).tiny)
+
+    v = jax.lax.fori_loop(0, iters, step, v / jnp.linalg.norm(v))
+    return v @ g @ v
+
+
+def _certified_factor(g: Array, iters: int) -> tuple[Array, Array]:
+    """(L lower triangular with L L^T <= X = 2 t I - t^2 g, whether X > 0 is certified), for
+    g (n, n) = diag(s) H diag(s) and t = 1 / (power estimate of lambda_max(g)).
+
+    No eigendecomposition: X > 0 is proven by a Cholesky of X - SHIFT t I succeeding (its rounding
+    error, ~n u ||X||, is far below the shift), and L of that shifted X only enlarges X^{-1}
+    downstream, which keeps every constant built from it an upper bound. If the estimate were
+    below lambda_max / 2, X would not be PD: the Cholesky fails and `ok` is False."""
+    t = 1.0 / jnp.maximum(_power_estimate(g, iters), jnp.finfo(g.dtype).tiny ** 0.5)
+    eye = jnp.eye(g.shape[0], dtype=g.dtype)
+    chol = jnp.linalg.cholesky((2 - CHOLESKY_SHIFT) * t * eye - t * t * g)
+    return chol, jnp.all(jnp.isfinite(chol))
+
+
+def _local_gram_one(chain: DenseChain, h0: Array, fallback: Array, x: Array, eps: Array,
+                    iters: int) -> tuple[Array, Array]:
+    """(P (K, K), certified locally) with slopes bounded on B(x, eps) cap [0, 1]^n; x (n,),
+    h0 = W_0 W_0^T. Where a layer's X_k is not certified, P is `fallback` (the global P)."""
     lo, hi = _first_interval(chain, x, eps)
-    z, x_inv = chain.weights[0] @ x + chain.biases[0], None
+    z, h, ok = chain.weights[0] @ x + chain.biases[0], h0, jnp.asarray(True)
     for k, w in enumerate(chain.weights[1:]):
-        act = chain.activations[k]
+        act, b = chain.activations[k], chain.biases[k + 1]
         slopes = MAX_SLOPE_ON[act](lo, hi)
-        x_inv, _, _ = _schur_step(chain.weights[k], x_inv, slopes, None)
+        chol, ok_k = _certified_factor(slopes[:, None] * h * slopes[None, :], iters)
+        y = jax.scipy.linalg.solve_triangular(chol, w.T, lower=True)
+        h, ok = y.T @ y, ok & ok_k  # H_{k+1} = W_{k+1} X_k^{-1} W_{k+1}^T
         f, a_lo, a_hi = (ACTIVATIONS[act](v) for v in (z, lo, hi))
-        z = w @ f + chain.biases[k + 1]
-        mid, rad = w @ ((a_lo + a_hi) / 2) + chain.biases[k + 1], jnp.abs(w) @ ((a_hi - a_lo) / 2)
-        ball = eps * jnp.sqrt(jnp.maximum(jnp.einsum("ij,jk,ik->i", w, x_inv, w), 0.0))
+        z = w @ f + b
+        mid, rad = w @ ((a_lo + a_hi) / 2) + b, jnp.abs(w) @ ((a_hi - a_lo) / 2)
+        ball = eps * jnp.sqrt(jnp.maximum(jnp.diagonal(h), 0.0))
         lo, hi = jnp.maximum(z - ball, mid - rad), jnp.minimum(z + ball, mid + rad)
-    w = chain.weights[-1]
-    return w @ w.T if x_inv is None else w @ x_inv @ w.T
+    return jnp.where(ok, h, fallback), ok
 
 
-def local_output_gram(chain: DenseChain, x: Array, eps: Array) -> Array:
-    """(N, K, K) local P per image: x (N, ...) images in [0, 1], eps (N,) L2 radii."""
+@functools.partial(jax.jit, static_argnames=("iters",))
+def _local_grams(chain: DenseChain, h0: Array, fallback: Array, x: Array, eps: Array,
+                 iters: int) -> tuple[Array, Array]:
+    return jax.vmap(lambda xi, ei: _local_gram_one(chain, h0, fallback, xi, ei, iters))(x, eps)
+
+
+def local_output_gram(chain: DenseChain, x: Array, eps: Array, *, chunk_size: int = LOCAL_CHUNK,
+                      iters: int = POWER_ITERS, progress: bool = False) -> tuple[Array, Array]:
+    """((N, K, K) local P per image, (N,) bool: certified locally, else the global P):
+    x (N, ...) images in [0, 1], eps (N,) L2 radii. Jitted and vmapped over `chunk_size` images
+    at a time (the last chunk padded), with a progress bar in images when `progress`."""
     flat = x.reshape(len(x), -1).astype(chain.weights[0].dtype)
-    one = lambda xi, ei: _local_gram_one(chain, xi, ei)  # noqa: E731
-    return jax.jit(jax.vmap(one))(flat, jnp.asarray(eps, flat.dtype))
+    eps = jnp.asarray(eps, flat.dtype)
+    w0 = chain.weights[0]
+    h0, fallback = w0 @ w0.T, output_gram(chain)[0]
+    bar = _progress_bar(len(flat), progress)
+    parts = []
+    for start in range(0, len(flat), chunk_size):
+        rows = [_pad(a[start:start + chunk_size], chunk_size) for a in (flat, eps)]
+        p, ok = _local_grams(chain, h0, fallback, *rows, iters=iters)
+        size = min(chunk_size, len(flat) - start)
+        parts.append((p[:size], ok[:size]))
+        bar.update(size)
+    bar.close()
+    if not parts:
+        return jnp.zeros((0,) + fallback.shape, flat.dtype), jnp.zeros(0, bool)
+    return jnp.concatenate([p for p, _ in parts]), jnp.concatenate([o for _, o in parts])
+
+
+def _pad(a: Array, size: int) -> Array:
+    """a's rows padded to `size` by repeating its last row (a padded row's result is dropped)."""
+    return a if len(a) == size else jnp.concatenate([a, jnp.repeat(a[-1:], size - len(a), 0)])
+
+
+def _progress_bar(total: int, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="local bracket", unit="ex", disable=not show, leave=False)
 
 
 # ----------------------------------------------------------------------------- the bracket
@@ -258,17 +327,19 @@ def chain_logits(chain: DenseChain, x: Array) -> Array:
 
 
 def bracket(chain: DenseChain, x: Array, x_adv: Array, y: Array, target: Array, pair_l: Array,
-            local: bool = True) -> dict[str, Array]:
+            local: bool = True, progress: bool = False) -> dict[str, Array]:
     """Per example (N,), L2 in pixel space: "attack" = ||x_adv - x||, "global" =
     `certified_distortion` with the global pair constants pair_l (K, K), and with `local`,
     "local" = max(global, min(eps, margin / local constant)), the local constants certified on
     B(x, eps) cap [0, 1]^n with eps = the attack's distortion (if a smaller adversarial existed it
-    would lie in that ball, so the bound holds; it never exceeds eps). x, x_adv (N, ...)."""
+    would lie in that ball, so the bound holds; it never exceeds eps), and "local_certified"
+    (bool: the local constants were certified; else the global ones stand in). x, x_adv (N, ...)."""
     logits = chain_logits(chain, x)
     attack = jnp.linalg.norm((x_adv - x).reshape(len(x), -1).astype(logits.dtype), axis=1)
     out = {"attack": attack, "global": certified_distortion(logits, y, target, pair_l)}
     if local:
-        local_l = pair_constants(local_output_gram(chain, x, attack))
-        radius = jnp.minimum(attack, certified_distortion(logits, y, target, local_l))
+        grams, certified = local_output_gram(chain, x, attack, progress=progress)
+        radius = jnp.minimum(attack, certified_distortion(logits, y, target, pair_constants(grams)))
         out["local"] = jnp.maximum(out["global"], radius)
+        out["local_certified"] = certified
     return out

@@ -142,7 +142,7 @@ class AttackConfig:
     num_examples: Optional[int] = None  # attack the first N test images; null = all 10000
     chunk_size: Optional[int] = None  # examples per jitted call; null = the attack's own default
     params: Dict[str, Any] = field(default_factory=dict)  # the attack's hyperparameters
-    figure_columns: int = 10  # examples in the Figure 7 style grid
+    figure_columns: int = 10  # examples in the Figure 7 style grid (adversarials.png); 0 = none
 
 
 @dataclass
@@ -175,6 +175,8 @@ class WandbConfig:
     # Log config.yaml, metrics.json, params.msgpack, adversarials.npz and lipschitz.json as one
     # artifact of the run when it finishes; null = only when online.
     log_artifacts: Optional[bool] = None
+    # W&B's console lines (its run summary after the run's own last line); the run files are the same.
+    quiet: bool = True
 
 
 @dataclass

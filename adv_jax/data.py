@@ -29,6 +29,7 @@ IDX_FILES = {
 _IDX_DTYPES = {0x08: np.uint8}
 _EXPECTED_SHAPES = {"train_x": (60000, 28, 28), "train_y": (60000,),
                     "test_x": (10000, 28, 28), "test_y": (10000,)}
+MNIST_CLASSES = 10  # labels are the digits 0..9; `classes` selects among them
 SPLITS = ("full", "p1", "p2", "test")
 SOURCES = ("idx", "tfds")
 
@@ -64,6 +65,15 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     return np.frombuffer(raw, _IDX_DTYPES[dtype], offset=header).reshape(shape)
 
 
+def check_labels(labels: np.ndarray, name: str, classes: int = MNIST_CLASSES) -> None:
+    """Raises DataError naming `name` and the first label outside 0..classes-1."""
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{name}: label {labels[i]} at index {i} is outside the classes 0..{classes - 1} "
+                        f"({bad.size} such labels); the file is corrupt or not MNIST")
+
+
 def _read_checksums(directory: Path) -> dict[str, str]:
     sums = directory / "SHA256SUMS"
     if not sums.exists():
@@ -93,7 +103,8 @@ def _read_idx_file(path: Path, checksums: dict[str, str]) -> np.ndarray:
 
 
 def load_idx_dir(directory: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The four IDX arrays (uint8 images, uint8 labels), checked against SHA256SUMS if present."""
+    """The four IDX arrays (uint8 images, uint8 labels), checked against SHA256SUMS if present,
+    their shapes against MNIST's and their labels against its classes."""
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise DataError(f"data.mnist_dir={str(directory)!r} is not a directory. {HOW_TO_FIX}")
@@ -103,6 +114,8 @@ def load_idx_dir(directory: str | os.PathLike) -> dict[str, np.ndarray]:
         if arrays[key].shape != shape:
             raise DataError(f"{directory / IDX_FILES[key]}: shape {arrays[key].shape}, "
                             f"MNIST has {shape}")
+    for key in ("train_y", "test_y"):
+        check_labels(arrays[key], str(directory / IDX_FILES[key]))
     return arrays
 
 
@@ -132,6 +145,8 @@ def load_tfds(data_dir: str | None = None) -> dict[str, np.ndarray]:
         raise DataError(f"tfds could not load MNIST ({type(e).__name__}: {e}). tfds needs "
                         f"TensorFlow: pip install -e '.[tfds]'. Or: {HOW_TO_FIX}") from e
     (train_x, train_y), (test_x, test_y) = ds["train"], ds["test"]
+    check_labels(train_y, "tfds mnist train labels")
+    check_labels(test_y, "tfds mnist test labels")
     return {"train_x": train_x[..., 0], "train_y": train_y, "test_x": test_x[..., 0], "test_y": test_y}
 
 

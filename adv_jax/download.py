@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -71,7 +72,7 @@ def fetch_mnist(directory: str | os.PathLike, base_urls=DEFAULT_MIRRORS, *,
     try:
         for name, sha in expected.items():
             download_verified(name, sha, base_urls, staging / name, timeout_s)
-        (staging / CHECKSUM_FILE).write_text("".join(f"{sha}  {n}\n" for n, sha in expected.items()))
+        write_local(staging / CHECKSUM_FILE, "".join(f"{sha}  {n}\n" for n, sha in expected.items()).encode())
         for name in [*expected, CHECKSUM_FILE]:  # the checksum list last: it marks completeness
             os.replace(staging / name, directory / name)
     finally:
@@ -80,16 +81,18 @@ def fetch_mnist(directory: str | os.PathLike, base_urls=DEFAULT_MIRRORS, *,
 
 
 def download_verified(name: str, sha: str, base_urls: list[str], target: Path, timeout_s: float) -> None:
-    """Writes `name` from the first mirror whose copy matches `sha`; raises naming every failure."""
+    """Writes `name` from the first mirror whose copy matches `sha`; raises naming every failure
+    (a file that cannot be written locally, e.g. a full disk, at once, naming the file)."""
     failures = []
     for base in base_urls:
         url = base.rstrip("/") + "/" + name
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response, open(target, "wb") as out:
-                shutil.copyfileobj(response, out)
-        except (urllib.error.URLError, OSError) as e:  # refused, unreachable, timed out, HTTP error
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                body = response.read()  # the largest file is 10 MB
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # refused, cut off...
             failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
             continue
+        write_local(target, body)
         got = checksum_or_none(target)
         if got == sha:
             return
@@ -98,6 +101,15 @@ def download_verified(name: str, sha: str, base_urls: list[str], target: Path, t
                         f"{got or 'unreadable: not gzip'}, expected {sha}); the file is corrupt or not MNIST")
     raise DownloadError(f"could not download a verified {name}:\n  " + "\n  ".join(failures)
                         + f"\n{HOW_TO_FIX}")
+
+
+def write_local(path: Path, data: bytes) -> None:
+    """Writes a downloaded file; an OSError (disk full, read-only) is a DownloadError naming it."""
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise DownloadError(f"could not write {path}: {e.strerror or e}; free some space or choose "
+                            "another data.download_dir") from e
 
 
 def checksum_or_none(path: Path) -> str | None:

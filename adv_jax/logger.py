@@ -6,6 +6,10 @@ needed, runs land in `<run dir>/wandb/` and upload later with `wandb sync`. `ope
 closes the W&B run, marking it failed on an exception, so one failed job does not break a
 multirun. A multirun job's W&B run is grouped by its sweep and named by its overrides; online
 mode first checks the server is reachable. docs/wandb.md has the conventions.
+
+No result is lost to a logger: each backend opens on its first call (a run that fails before any
+work leaves no W&B run), and a backend's failure (opening, logging, closing) or a figure's is one
+warning, kept in `Logger.failures`, never the run's end (`Guarded`, `Logger.figure`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from omegaconf import OmegaConf
 
@@ -28,6 +32,12 @@ log = logging.getLogger(__name__)
 WANDB_MODES = ("offline", "online", "disabled")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 REACH_TIMEOUT_S = 3.0  # the online check's TCP connect; a reachable server answers in well under 1 s
+
+
+def one_line(error: BaseException) -> str:
+    """`Type: the message's first line`, at most 300 characters."""
+    lines = str(error).strip().splitlines()
+    return (f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__)[:300]
 
 
 class Logger:
@@ -38,6 +48,25 @@ class Logger:
     def image(self, name: str, path: str | Path) -> None: ...
     def table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
     def close(self, failed: bool = False) -> None: ...
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """What failed (a backend, "figure <name>") -> why, in one line; the run went on."""
+        return {}
+
+    def record_failure(self, what: str, error: BaseException) -> None:
+        log.warning("%s failed; the run goes on without it: %s", what, one_line(error))
+
+    def figure(self, name: str, draw: Callable[[], str | Path]) -> str | Path | None:
+        """draw() -> a figure's path, logged as an image. A figure that fails to draw is a
+        warning (recorded in `failures`), never the run's end: None."""
+        try:
+            path = draw()
+        except Exception as e:
+            self.record_failure(f"figure {name}", e)
+            return None
+        self.image(name, path)
+        return path
 
 
 class FileLogger(Logger):
@@ -114,8 +143,6 @@ class WandbLogger(Logger):
         import wandb
 
         mode = wandb_mode(cfg)
-        if mode == "online":
-            check_reachable(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
         sweep, job_overrides = hydra_job_identity(run_dir)
         self._wandb = wandb
         self.run_dir = Path(run_dir)
@@ -124,7 +151,7 @@ class WandbLogger(Logger):
             project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group or sweep,
             tags=list(cfg.wandb.tags), name=job_overrides or name, mode=mode, dir=str(run_dir),
             config=OmegaConf.to_container(cfg, resolve=True),
-            settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout),
+            settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout, quiet=cfg.wandb.quiet),
             reinit="finish_previous",
         )
 
@@ -165,9 +192,71 @@ def _log_artifacts(cfg: Any, mode: str) -> bool:
     return mode == "online" if flag is None else bool(flag)
 
 
+class Guarded(Logger):
+    """One backend, opened on its first call, whose failures are warnings: the first exception
+    (opening included) is logged once and kept in `failure`, the backend is closed (marked
+    failed) and called no more, and the run goes on."""
+
+    def __init__(self, name: str, open_backend: Callable[[], Logger]):
+        self.name, self.failure = name, None
+        self._open, self._backend = open_backend, None
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return {} if self.failure is None else {self.name: self.failure}
+
+    def _call(self, method: str, *args: Any) -> None:
+        if self.failure is not None:
+            return
+        try:
+            if self._backend is None:
+                self._backend = self._open()
+            getattr(self._backend, method)(*args)
+        except Exception as e:
+            self._disable(e, closing=method == "close")
+
+    def _disable(self, error: Exception, closing: bool) -> None:
+        self.failure = one_line(error)
+        self.record_failure(self.name, error)
+        backend, self._backend = self._backend, None
+        if backend is not None and not closing:
+            with contextlib.suppress(Exception):
+                backend.close(failed=True)
+
+    def log(self, metrics, step=None):
+        self._call("log", metrics, step)
+
+    def summary(self, metrics):
+        self._call("summary", metrics)
+
+    def image(self, name, path):
+        self._call("image", name, path)
+
+    def table(self, name, columns, rows):
+        self._call("table", name, columns, rows)
+
+    def close(self, failed=False):
+        if self._backend is not None:  # never opened: nothing to close (no W&B run was made)
+            self._call("close", failed)
+            self._backend = None
+
+
 class MultiLogger(Logger):
+    """Every call to every backend, each Guarded: a backend's failure stops neither the others
+    nor the run."""
+
     def __init__(self, *backends: Logger):
-        self.backends = backends
+        self.backends = [b if isinstance(b, Guarded) else Guarded(type(b).__name__, lambda b=b: b)
+                         for b in backends]
+        self._failed: dict[str, str] = {}
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return {**{k: v for b in self.backends for k, v in b.failures.items()}, **self._failed}
+
+    def record_failure(self, what, error):
+        super().record_failure(what, error)
+        self._failed[what] = one_line(error)
 
     def log(self, metrics, step=None):
         for b in self.backends:
@@ -187,20 +276,22 @@ class MultiLogger(Logger):
 
     def close(self, failed=False):
         for b in self.backends:
-            try:
-                b.close(failed)
-            except Exception:  # closing must not hide the run's own error
-                log.exception("closing %s failed", type(b).__name__)
+            b.close(failed)
 
 
 @contextlib.contextmanager
 def open_logger(cfg: Any, run_dir: str | Path, name: str | None = None,
                 artifact_files: Sequence[str] = ()) -> Iterator[Logger]:
-    """File logging always, plus W&B unless cfg.wandb.mode is 'disabled'; always closed. After a
-    successful run, W&B may log run_dir's `artifact_files` (see WandbLogger)."""
-    backends: list[Logger] = [FileLogger(run_dir)]
-    if wandb_mode(cfg) != "disabled":
-        backends.append(WandbLogger(cfg, run_dir, name, artifact_files))
+    """File logging always, plus W&B unless cfg.wandb.mode is 'disabled'; always closed. The mode
+    (and, online, the server) is checked here; each backend opens on its first call and its
+    failures are warnings (Guarded). After a successful run, W&B may log run_dir's
+    `artifact_files` (see WandbLogger)."""
+    mode = wandb_mode(cfg)
+    if mode == "online":
+        check_reachable(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    backends = [Guarded("files", lambda: FileLogger(run_dir))]
+    if mode != "disabled":
+        backends.append(Guarded("wandb", lambda: WandbLogger(cfg, run_dir, name, artifact_files)))
     logger = MultiLogger(*backends)
     failed = True
     try:

@@ -1,44 +1,67 @@
 """Run directories: the one lifecycle every job goes through, and reading a finished run back.
 
 `RunDirectory(path, cfg).execute(work)`:
-  1. a run that finished here with the same result-affecting config (config.result_config) is
+  1. the directory is owned: an exclusive lock on <path>/.lock (which holds the holder's pid and
+     result config) is taken before anything else is written. Another process, or another
+     RunDirectory, fails at once (RunDirectoryLocked names the holder's pid and the keys that
+     differ); the kernel frees the lock when its holder dies, even by kill -9;
+  2. a run that finished here with the same result-affecting config (config.result_config) is
      skipped and its metrics returned; one that finished with ANOTHER config is refused
      (RunDirectoryInUse names the keys that differ), so no result is ever overwritten;
-  2. an unfinished attempt's records (metrics.jsonl, wandb/) are cleared;
-  3. run.log attached, config.yaml written, the logger (files + W&B) opened;
-  4. `work(run_dir, logger) -> metrics`, then metrics.json written last, atomically: its presence
-     means the run finished, which is what lets an interrupted multirun resume;
-  5. the logger closed and the log file detached, whatever happened.
+  3. a redo starts clean: the first attempt lists what the directory held before it
+     (.preexisting.json: Hydra's .hydra/ and run.log, the user's files), and a redo removes
+     every other entry but RESUMED (a study's finished per-model runs);
+  4. run.log attached, config.yaml written, the logger opened (each backend on its first call);
+  5. `work(run_dir, logger) -> metrics`, then checksums.json (the result config's sha256; the
+     params have their own sidecar) and metrics.json, last and atomically: its presence means the
+     run finished. A logger's failure is a warning, never the run's end: metrics.json marks it
+     (FAILED_KEY);
+  6. the logger closed, the log file detached and the lock released, whatever happened. A run
+     that fails before any work leaves nothing: its start-up files are removed, and the
+     directory too when this run created it.
 
-`load_run(path)` reads a finished run: .config, .metrics, .model, .params, .logits_fn.
+`load_run(path)` reads a finished run, verified: .config, .metrics, .model, .params, .logits_fn.
+Errors name their file, OS errors of what is written here included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 from omegaconf import DictConfig, OmegaConf
 
 from adv_jax import checkpoint
 from adv_jax.config import as_config, result_config
-from adv_jax.logger import Logger, open_logger
+from adv_jax.logger import Logger, one_line, open_logger
 from adv_jax.models import Model, Params, build_model, logits_fn
 
 log = logging.getLogger(__name__)
-CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.json"
-ATTEMPT_RECORDS = ("metrics.jsonl", "wandb")  # cleared when an unfinished run is redone
+CONFIG_FILE, METRICS_FILE, CHECKSUMS_FILE = "config.yaml", "metrics.json", "checksums.json"
+LOCK_FILE, MANIFEST_FILE = ".lock", ".preexisting.json"
+STARTUP_FILES = (CONFIG_FILE, "run.log")  # written before the work starts
+RESUMED = ("models",)  # kept by a redo: per-model run directories, each resumed or redone itself
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, checkpoint.PARAMS_FILE, "adversarials.npz", "lipschitz.json")
+FAILED_KEY = "logger/failed"  # in metrics.json: "<backend>: <why>; ..." when a logger failed
 
 
 class RunDirectoryInUse(RuntimeError):
-    """The directory holds a finished run with another config."""
+    """The directory holds a finished run with another config, or is another run's."""
+
+
+class RunDirectoryLocked(RunDirectoryInUse):
+    """Another process (or RunDirectory) holds the directory's lock."""
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -48,12 +71,153 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+def _named(error: OSError, path: Path) -> OSError:
+    """`error` as one line naming `path` (the OS may name a temporary file, or nothing: a full
+    disk); as it is when it names `path` already."""
+    if str(path) in str(error):
+        return error
+    message = f"could not write {path}: {error.strerror or error}"
+    return OSError(error.errno, message) if error.errno is not None else OSError(message)
+
+
+def write_file(path: Path, data: bytes | str) -> None:
+    """checkpoint.write_atomic, its OS errors naming `path`."""
+    try:
+        checkpoint.write_atomic(path, data)
+    except OSError as e:
+        raise _named(e, path) from e
+
+
+def config_sha256(cfg: Any) -> str:
+    """sha256 of a config's result_config: equal for configs that compute the same results."""
+    return hashlib.sha256(json.dumps(result_config(cfg), sort_keys=True, default=str).encode()).hexdigest()
+
+
 def read_metrics(path: Path) -> dict[str, Any]:
-    """metrics.json of a run; an unreadable one is a clear error naming the file."""
+    """metrics.json of a run; a missing or unreadable one is a clear error naming the file."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing, so the run did not finish; redo it")
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable ({e}); delete it to redo that run") from None
+
+
+def _interpolation(node: Any, key: str = "") -> tuple[str, str] | None:
+    """The first (key, value) whose string value holds an interpolation `${...}`, if any."""
+    if isinstance(node, str):
+        return (key, node) if "${" in node else None
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        name = f"{key}[{k}]" if isinstance(node, list) else f"{key}.{k}" if key else str(k)
+        if found := _interpolation(v, name):
+            return found
+    return None
+
+
+def read_config(path: Path) -> DictConfig:
+    """A run's config.yaml as written, typed. It is written resolved, so an interpolation
+    (`${...}`) means an edit: refused with a message, never resolved from the environment."""
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; not a run directory") from None
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable ({one_line(e)})") from None
+    if found := _interpolation(raw):
+        raise ValueError(f"{path}: {found[0]}={found[1]!r} is an interpolation, which a run's "
+                         "config.yaml never holds (it is written resolved): restore the value")
+    try:
+        return as_config(raw)
+    except Exception as e:
+        raise ValueError(f"{path}: does not fit the config schema ({one_line(e)})") from None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    there = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _holder_record(cfg: Any) -> bytes:
+    """What the lock file holds: this process and the result config it runs."""
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "result_config_sha256": config_sha256(cfg), "result_config": result_config(cfg)}
+    return json.dumps(record, default=str).encode()
+
+
+def _write_holder(fd: int, lock: Path, record: bytes) -> None:
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+    except OSError as e:
+        os.close(fd)
+        raise _named(e, lock) from e
+
+
+def _read_holder(lock: Path) -> dict | None:
+    """The holder's record; it writes it right after locking, so wait a moment for it."""
+    for _ in range(40):
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(lock.read_text())
+        time.sleep(0.025)
+    return None
+
+
+def _locked(path: Path, cfg: Any) -> RunDirectoryLocked:
+    holder = _read_holder(path / LOCK_FILE)
+    if holder is None:
+        return RunDirectoryLocked(f"{path} is in use by another process (its lock file {path / LOCK_FILE} "
+                                  "names none); wait for it to end, or choose another directory")
+    differ = _differences(holder.get("result_config"), result_config(cfg))
+    what = f"another config (differs in: {', '.join(differ[:8])})" if differ else "the same config"
+    return RunDirectoryLocked(f"{path} is in use by process {holder.get('pid')} on {holder.get('host')} "
+                              f"since {holder.get('since')}, running {what}; wait for it to end, "
+                              "or choose another directory")
+
+
+def _try_lock(path: Path, cfg: Any) -> int | None:
+    """The descriptor of <path>/.lock, locked and holding this process's record; None when the
+    file was removed while taking it (its holder removed an unused directory): try again."""
+    lock, record = path / LOCK_FILE, _holder_record(cfg)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise _locked(path, cfg) from None
+    if not _same_file(fd, lock):
+        os.close(fd)
+        return None
+    _write_holder(fd, lock, record)
+    return fd
+
+
+def _unlock(fd: int, lock: Path) -> None:
+    """Removes the lock file (while still holding it), then releases it."""
+    if _same_file(fd, lock):
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+    os.close(fd)
+
+
+def _make_dir(path: Path) -> bool:
+    """Creates `path`; whether it did (False: it was there)."""
+    try:
+        path.mkdir(parents=True)
+        return True
+    except FileExistsError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 @dataclasses.dataclass
@@ -62,21 +226,34 @@ class RunDirectory:
 
     path: Path
     cfg: DictConfig
+    created: bool = dataclasses.field(default=False, compare=False)  # by this RunDirectory
 
     @classmethod
     def for_run(cls, cfg: DictConfig, path: str | Path | None, name: str) -> "RunDirectory":
         """`path`, or runs/<time>_<name> when None; created."""
         path = Path(path or Path("runs") / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{name}")
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path, cfg)
+        return cls(path, cfg, _make_dir(path))
+
+    @contextlib.contextmanager
+    def owned(self) -> Iterator[None]:
+        """Holds the directory's lock (step 1 of the module docstring) for the block."""
+        for _ in range(10):
+            self.created |= _make_dir(self.path)
+            if (fd := _try_lock(self.path, self.cfg)) is not None:
+                break
+        else:
+            raise RunDirectoryLocked(f"{self.path / LOCK_FILE}: removed each time it was locked")
+        try:
+            yield
+        finally:
+            _unlock(fd, self.path / LOCK_FILE)
 
     def finished(self) -> dict[str, Any] | None:
         """The metrics of a run that already finished here with this config, else None."""
         metrics, config = self.path / METRICS_FILE, self.path / CONFIG_FILE
         if not (metrics.exists() and config.exists()):
             return None
-        done = result_config(as_config(OmegaConf.load(config)))
-        differ = _differences(done, result_config(self.cfg))
+        differ = _differences(result_config(read_config(config)), result_config(self.cfg))
         if differ:
             raise RunDirectoryInUse(
                 f"{self.path} holds a finished run with another config (differs in: "
@@ -85,40 +262,102 @@ class RunDirectory:
         log.info("%s already finished with this config; skipping (delete metrics.json to redo)", self.path)
         return read_metrics(metrics)
 
+    def entries(self) -> set[str]:
+        """The names in the directory, but the lock file and the manifest."""
+        return {p.name for p in self.path.iterdir()} - {LOCK_FILE, MANIFEST_FILE}
+
+    def preexisting(self) -> list[str]:
+        """What the directory held before the first attempt (the manifest); [] before it."""
+        manifest = self.path / MANIFEST_FILE
+        if not manifest.exists():
+            return []
+        try:
+            return list(json.loads(manifest.read_text()))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{manifest}: unreadable ({e}); delete it, and the files an earlier "
+                             "attempt wrote are kept as if they were yours") from None
+
+    def clear_attempt(self) -> None:
+        """The first attempt lists what the directory holds (the manifest, kept by every redo); a
+        redo removes every other entry, but RESUMED. Without a manifest (runs before it existed),
+        an unfinished attempt's metrics.jsonl and wandb/ are removed first."""
+        if not (self.path / MANIFEST_FILE).exists():
+            records = ((self.path / "metrics.jsonl", Path.is_file), (self.path / "wandb", Path.is_dir))
+            for stale in [path for path, is_one in records if is_one(path)]:
+                _remove(stale)
+            write_file(self.path / MANIFEST_FILE, json.dumps(sorted(self.entries())))
+            return
+        if stale := sorted(self.entries() - set(self.preexisting()) - set(RESUMED)):
+            log.info("%s: removing what an earlier attempt wrote: %s", self.path, ", ".join(stale))
+        for name in stale:
+            _remove(self.path / name)
+
     def start(self) -> None:
-        """Clears an unfinished attempt's records and writes config.yaml."""
-        for name in ATTEMPT_RECORDS:
-            stale = self.path / name
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            elif stale.exists():
-                stale.unlink()
-        checkpoint.write_atomic(self.path / CONFIG_FILE, OmegaConf.to_yaml(self.cfg, resolve=True))
+        """Clears an unfinished attempt's files (clear_attempt) and writes config.yaml."""
+        self.clear_attempt()
+        write_file(self.path / CONFIG_FILE, OmegaConf.to_yaml(self.cfg, resolve=True))
 
     def write_json(self, name: str, content: Any) -> Path:
         path = self.path / name
-        checkpoint.write_atomic(path, json.dumps(content, indent=1, sort_keys=True, default=float))
+        write_file(path, json.dumps(content, indent=1, sort_keys=True, default=float))
         return path
 
-    def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
+    def checksums(self) -> dict[str, str]:
+        """sha256 of the result config as config.yaml holds it (the params have their own
+        sidecar, checkpoint.save_params)."""
+        config = self.path / CONFIG_FILE
+        return {"result_config_sha256": config_sha256(read_config(config) if config.exists() else self.cfg)}
+
+    def finish(self, metrics: dict[str, Any], failures: dict[str, str] | None = None) -> dict[str, Any]:
+        """Writes checksums.json, then metrics.json (last), marking what failed (`failures`:
+        logger.failures) under FAILED_KEY; returns the metrics as written."""
+        if failures:
+            metrics = {**metrics, FAILED_KEY: "; ".join(f"{k}: {v}" for k, v in failures.items())}
+        self.write_json(CHECKSUMS_FILE, self.checksums())
         self.write_json(METRICS_FILE, metrics)
         return metrics
 
     def execute(self, work: Callable[["RunDirectory", Logger], dict[str, Any]]) -> dict[str, Any]:
-        """Steps 1-5 of the module docstring; returns the run's metrics."""
-        if (done := self.finished()) is not None:
-            return done
-        handler = attach_log_file(self.path)
+        """Steps 1-6 of the module docstring; returns the run's metrics."""
+        with self.owned():
+            if (done := self.finished()) is not None:
+                return done
+            self.clear_attempt()
+            handler = attach_log_file(self.path)
+            try:
+                return self._attempt(work)
+            except BaseException:
+                handler = detach_log_file(handler)
+                self.remove_if_unused()
+                raise
+            finally:
+                detach_log_file(handler)
+
+    def _attempt(self, work: Callable[["RunDirectory", Logger], dict[str, Any]]) -> dict[str, Any]:
+        write_file(self.path / CONFIG_FILE, OmegaConf.to_yaml(self.cfg, resolve=True))
+        with open_logger(self.cfg, self.path, name=self.path.name, artifact_files=RUN_FILES) as logger:
+            metrics = work(self, logger)
+            logger.summary(metrics)
+            marked = dict(logger.failures)
+            written = self.finish(metrics, marked)
+        if logger.failures != marked:  # a failure while closing: metrics.json marks it too
+            written = self.finish(metrics, logger.failures)
+        return written
+
+    def remove_if_unused(self) -> None:
+        """After a failure before any work (nothing new here but STARTUP_FILES): removes those,
+        and the directory when this run created it and nothing else is in it."""
         try:
-            self.start()
-            with open_logger(self.cfg, self.path, name=self.path.name, artifact_files=RUN_FILES) as logger:
-                metrics = work(self, logger)
-                logger.summary(metrics)
-                return self.finish(metrics)
-        finally:
-            if handler:
-                logging.getLogger().removeHandler(handler)
-                handler.close()
+            before = set(self.preexisting())
+            new = self.entries() - before
+            if not new <= set(STARTUP_FILES):
+                return
+            for name in new:
+                _remove(self.path / name)
+            if self.created and not before:
+                shutil.rmtree(self.path)
+        except (OSError, ValueError) as e:
+            log.warning("could not remove the start-up files of %s: %s", self.path, e)
 
 
 def attach_log_file(run_dir: Path) -> logging.Handler | None:
@@ -133,6 +372,13 @@ def attach_log_file(run_dir: Path) -> logging.Handler | None:
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     return handler
+
+
+def detach_log_file(handler: logging.Handler | None) -> None:
+    """Undoes attach_log_file (None: nothing to undo)."""
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,13 +397,41 @@ class Run:
         return logits_fn(self.model, self.params)
 
 
+def _read_checksums(run_dir: Path) -> dict[str, str]:
+    path = run_dir / CHECKSUMS_FILE
+    if not path.exists():
+        log.warning("%s: missing (a run before it was kept): %s is not verified", path, CONFIG_FILE)
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); the run's config cannot be verified") from None
+
+
+def _check_config(path: Path, cfg: DictConfig, want: str | None) -> None:
+    if want is not None and config_sha256(cfg) != want:
+        raise ValueError(f"{path}: changed since the run (its result-affecting keys no longer match "
+                         f"the sha256 in {CHECKSUMS_FILE}): restore it, or redo the run")
+
+
+def _read_params(path: Path, model: Model) -> Params:
+    """params.msgpack, verified against its sidecar (checkpoint.load_params); a run without one
+    is a warning. Every error names the file."""
+    if path.exists() and not checkpoint.checksum_path(path).exists():
+        log.warning("%s: no checksum (%s), so it is not verified", path, checkpoint.checksum_path(path).name)
+    return checkpoint.load_params(path, model)
+
+
 def load_run(run_dir: str | Path) -> Run:
+    """A finished run, verified: config.yaml read as written (read_config) and unchanged since
+    the run (checksums.json), params.msgpack against its sha256 sidecar (a run without these is a
+    warning); a missing, truncated or corrupt file is an error naming it."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    cfg = as_config(OmegaConf.load(run_dir / CONFIG_FILE))
+    cfg = read_config(run_dir / CONFIG_FILE)
+    checksums = _read_checksums(run_dir)
+    _check_config(run_dir / CONFIG_FILE, cfg, checksums.get("result_config_sha256"))
     model = build_model(cfg.model)
-    params = checkpoint.load_params(run_dir / checkpoint.PARAMS_FILE, model)
-    metrics_path = run_dir / METRICS_FILE
-    metrics = read_metrics(metrics_path) if metrics_path.exists() else {}
-    return Run(run_dir, cfg, metrics, model, params)
+    params = _read_params(run_dir / checkpoint.PARAMS_FILE, model)
+    return Run(run_dir, cfg, read_metrics(run_dir / METRICS_FILE), model, params)

@@ -198,7 +198,7 @@ def run_epochs(epoch, state, key: jax.Array, x, y, epochs: int, *, desc: str = "
                on_epoch=None, before_epoch=None) -> tuple[Any, list]:
     """The host loop: `epochs` calls of the jitted `epoch`, each epoch's losses checked; returns
     the final state and each epoch's mean loss. `before_epoch(i, state) -> state` may change it."""
-    history, first = [], None
+    history, first, start = [], None, time.perf_counter()
     for i in (bar := tqdm(range(epochs), desc=desc, unit="epoch", leave=False)):
         if before_epoch is not None:
             state = before_epoch(i, state)
@@ -210,6 +210,8 @@ def run_epochs(epoch, state, key: jax.Array, x, y, epochs: int, *, desc: str = "
         bar.set_postfix(loss=f"{np.mean(history[-1]):.4f}")
         if on_epoch:
             on_epoch(i, history[-1])
+    log.info("%s: %d epochs, last epoch's loss %.4f, %.1f s", desc, epochs, np.mean(history[-1]),
+             time.perf_counter() - start)
     return state, history
 
 
@@ -285,7 +287,7 @@ def minimize_lbfgs(objective, params, batch: tuple, max_steps: int, tolerance: f
         return lbfgs_chunk(lambda p: objective(p, batch), optimizer, tolerance)(carry, stop)
 
     batch = jax.tree.map(jnp.asarray, batch)
-    carry, history = (params, optimizer.init(params)), []
+    carry, history, grad_norm, start = (params, optimizer.init(params)), [], float("inf"), time.perf_counter()
     with tqdm(total=max_steps, desc=desc, unit="it", leave=False) as bar:
         for i, stop in enumerate(lbfgs_stops(max_steps)):
             carry, value, grad_norm, count = run_chunk(carry, stop, batch)
@@ -298,7 +300,11 @@ def minimize_lbfgs(objective, params, batch: tuple, max_steps: int, tolerance: f
                 on_epoch(i, value)
             if grad_norm < tolerance:
                 break
-    return carry[0], history, int(otu.tree_get(carry[1], "count"))
+    count = int(otu.tree_get(carry[1], "count"))
+    log.info("%s: %s at iteration %d (gradient norm %.2e, tolerance %.0e), loss %.4f, %.1f s", desc,
+             "converged" if grad_norm < tolerance else "stopped at the limit", count, grad_norm,
+             tolerance, history[-1], time.perf_counter() - start)
+    return carry[0], history, count
 
 
 def fit_lbfgs(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,

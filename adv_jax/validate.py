@@ -7,6 +7,7 @@ The schema (adv_jax/config.py) already rejects unknown keys and wrong types; thi
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig
@@ -56,9 +57,11 @@ def check_model(model: DictConfig) -> None:
         for name in ("features", "kernel", "stride", "pool"):
             _count(f"model.conv[{i}].{name}", block[name])
     decay = model.weight_decay
-    if isinstance(decay, (int, float)):
+    if isinstance(decay, (int, float)) and not isinstance(decay, bool):
         _non_negative("model.weight_decay", decay)
     else:
+        _require(isinstance(decay, Sequence) and not isinstance(decay, str), "model.weight_decay",
+                 decay, "a number >= 0, or a list of them (one per layer)")
         for i, lam in enumerate(decay):
             _non_negative(f"model.weight_decay[{i}]", lam)
     if model.autoencoder is not None:
@@ -135,8 +138,13 @@ def check(cfg: DictConfig) -> None:
              "error/validation needs held-out images (data.validation > 0)")
     _require(cfg.objective is None or cfg.experiment.name == "none", "objective", cfg.objective,
              "a single run's metric; a study (experiment=...) returns none")
+    _count("data.split_seed", cfg.data.split_seed, minimum=0)
     check_model(cfg.model)
     check_train(cfg.train)
+    _require(cfg.train.optimizer != "lbfgs" or not cfg.model.conv, "train", "lbfgs",
+             f"full-batch L-BFGS on a conv model (model={cfg.model.name}) takes hours per "
+             "iteration on a CPU: add train=adam")
+    _count("attack.figure_columns", cfg.attack.figure_columns, minimum=0)
     if cfg.attack.name != "none":
         check_attack_params(cfg.attack.name, cfg.attack.params)
     _require(cfg.attack.target in TARGET_MODES, "attack.target", cfg.attack.target,

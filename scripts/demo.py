@@ -13,15 +13,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import adv_jax
 import adv_jax.config  # registers the config schema (base_config) with Hydra
+from adv_jax import entry
 
 
 @hydra.main(config_path="../conf", config_name="demos", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    adv_jax.run(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    entry.run_job(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":
-    adv_jax.config.check_command_line(sys.argv[1:])  # Hydra's own error lacks a did-you-mean
+    entry.preflight_or_exit(sys.argv[1:], "demos")
     main()

@@ -12,16 +12,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import adv_jax
 import adv_jax.config  # registers the config schema (base_config) with Hydra
+from adv_jax import entry
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    metrics = adv_jax.run(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    metrics = entry.run_job(cfg, HydraConfig.get().runtime.output_dir)
     return adv_jax.config.objective_value(cfg, metrics)  # what an optimizing sweeper minimizes
 
 
 if __name__ == "__main__":
-    adv_jax.config.check_command_line(sys.argv[1:])  # Hydra's own error lacks a did-you-mean
+    entry.preflight_or_exit(sys.argv[1:], "config")
     main()

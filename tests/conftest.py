@@ -1,6 +1,8 @@
 """Shared fixtures. Tests read the local MNIST copy at ../shared/data/mnist, found relative to
 the repository (or wherever ADV_JAX_MNIST_DIR points), and never touch the network.
 
+Hermetic: the caller's WANDB_* and ADV_JAX_* settings are removed first (but ADV_JAX_MNIST_DIR).
+
 Speed: trained tiny models are shared through one model cache for the whole run (every xdist
 worker and every subprocess), and so are compiled XLA programs (JAX's persistent compilation
 cache, in a directory made for this run and removed after it)."""
@@ -24,6 +26,15 @@ FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusio
 _flags = os.environ.get("XLA_FLAGS", "")
 if not any(flag.split("=")[0] in _flags for flag in FAST_COMPILE_FLAGS):
     os.environ["XLA_FLAGS"] = " ".join((*FAST_COMPILE_FLAGS, _flags)).strip()
+
+# Hermetic: W&B's and adv_jax's settings in the caller's shell (WANDB_MODE, WANDB_PROJECT,
+# ADV_JAX_CACHE_DIR, ...) never reach a test, nor the workers and subprocesses tests start. Kept:
+# ADV_JAX_MNIST_DIR (CI points it at its MNIST copy) and, where it exists, the directory of the
+# run that started this one (ADV_JAX_TEST_SHARED, below).
+KEPT_ENV = ("ADV_JAX_MNIST_DIR",) + (("ADV_JAX_TEST_SHARED",) if os.path.isdir(os.environ.get(
+    "ADV_JAX_TEST_SHARED", "")) else ())
+for _name in [n for n in os.environ if n.startswith(("WANDB_", "ADV_JAX_")) and n not in KEPT_ENV]:
+    del os.environ[_name]
 
 # Bytecode is cached (in the ignored __pycache__ folders) even where the environment says not to:
 # the workers and the subprocesses tests start would otherwise each compile adv_jax and the

@@ -13,13 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "adv_jax"
 # Low to high; a module may import its own layer and those below it, never one above.
 LAYERS = [
-    {"devices", "config", "logger", "figures", "figures_transfer", "download", "data",
+    {"devices", "config", "extras", "logger", "figures", "figures_transfer", "download", "data",
      "transfer"},
     {"models", "attacks", "lipschitz", "certify", "lipsdp", "validate"},
     {"checkpoint", "adversarial_training", "train"},
     {"ensemble", "trained"},
     {"rundir", "demos"},
-    {"jobs"},
+    {"jobs", "entry"},
     {"reports"},
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}

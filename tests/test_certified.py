@@ -144,8 +144,10 @@ def test_local_constants_hold_on_the_ball_and_never_exceed_the_global_ones():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.uniform(0.2, 0.8, (8, 6)))
     eps = jnp.full(8, 0.15)
-    local = np.asarray(certify.pair_constants(certify.local_output_gram(chain, x, eps)))
+    grams, certified = certify.local_output_gram(chain, x, eps, chunk_size=3)  # chunks, one padded
+    local = np.asarray(certify.pair_constants(grams))
     global_ = np.asarray(certify.pair_constants(certify.output_gram(chain)[0]))
+    assert np.all(certified) and grams.shape == (8, 4, 4)
     assert np.all(local <= global_ * (1 + 1e-9)) and np.mean(local < 0.9 * global_) > 0.5
     # Sampled pairs inside the ball (and the box) never beat the local constant.
     for i in range(8):
@@ -156,6 +158,21 @@ def test_local_constants_hold_on_the_ball_and_never_exceed_the_global_ones():
         dist = np.linalg.norm(pts - np.asarray(x[i]), axis=1)
         slopes = np.abs((z - z0)[:, :, None] - (z - z0)[:, None, :]) / dist[:, None, None]
         assert np.all(slopes.max(0) <= local[i] * (1 + 1e-7))
+
+
+def test_an_uncertified_local_layer_falls_back_to_the_global_constants():
+    """Power iteration from the diagonal of G = s^2 [[1, -1], [-1, 1]] (equal slopes s) stays in
+    its null space:
+    the estimate is 0, X = 2 t I - t^2 G is not positive definite, and the Cholesky that would
+    certify it fails. That example then keeps the global P, flagged as not certified locally."""
+    chain = certify.DenseChain((jnp.array([[1.0, 0.0], [-1.0, 0.0]]), jnp.eye(2)),
+                               (jnp.array([0.0, 0.5]), jnp.zeros(2)), ("sigmoid", "identity"))
+    x = jnp.array([[0.25, 0.5], [0.0, 0.5]])  # equal slopes (z = 0.25, 0.25), then unequal ones
+    grams, certified = certify.local_output_gram(chain, x, jnp.full(2, 0.1))
+    global_p = certify.output_gram(chain)[0]
+    assert not certified[0] and np.allclose(grams[0], global_p)
+    assert certified[1] and np.all(np.asarray(certify.pair_constants(grams[1]))
+                                   <= np.asarray(certify.pair_constants(global_p)) * (1 + 1e-9))
 
 
 def test_a_trained_runs_lipschitz_json_and_certified_distortions(tmp_path, tiny_overrides):

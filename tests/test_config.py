@@ -1,4 +1,10 @@
-"""Every conf/ group option composes against the typed schema; defaults and errors."""
+"""Every conf/ group option composes against the typed schema; defaults and errors; the config
+tests pass whatever W&B and adv_jax settings the caller's shell exports (tests/conftest.py)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
@@ -47,3 +53,17 @@ def test_wrong_type_is_rejected():
     with pytest.raises(ConfigCompositionException) as info:
         compose(["train.epochs=abc"])
     assert isinstance(info.value.__cause__, ValidationError)
+
+
+ODD_ENV = {"WANDB_MODE": "disabled", "WANDB_PROJECT": "x", "WANDB_ENTITY": "y", "WANDB_DIR": "/nonexistent/w",
+           "ADV_JAX_CACHE_DIR": "/nonexistent/zz", "ADV_JAX_MNIST_URL": "http://127.0.0.1:9/"}
+
+
+def test_config_tests_ignore_the_callers_environment():
+    env = {**os.environ, **ODD_ENV}
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                           "tests/test_config.py", "-k", "not callers_environment"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout

@@ -122,3 +122,29 @@ def test_tfds_without_network_fails_fast_with_advice(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)
     with pytest.raises(data.DataError, match="ADV_JAX_MNIST_DIR"):
         data.load_tfds(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def blank_mnist(tmp_path_factory):
+    """A full-size IDX directory of blank images (quick to compress) and valid labels, no SHA256SUMS."""
+    directory = tmp_path_factory.mktemp("blank")
+    for key, name in data.IDX_FILES.items():
+        array = np.zeros(data._EXPECTED_SHAPES[key], np.uint8) if key.endswith("_x") \
+            else np.arange(data._EXPECTED_SHAPES[key][0]) % 10
+        (directory / name).write_bytes(gzip.compress(_idx_bytes(array), compresslevel=1))
+    return directory
+
+
+@pytest.mark.parametrize("key, index, label", [("train_y", 7, 200), ("test_y", 3, 11), ("test_y", 9999, 255)])
+def test_labels_outside_the_classes_name_the_file_and_index(blank_mnist, tmp_path, key, index, label):
+    for path in blank_mnist.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    labels = tmp_path / data.IDX_FILES[key]
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[8 + index] = label
+    labels.write_bytes(gzip.compress(bytes(raw), compresslevel=1))
+    with pytest.raises(data.DataError, match=f"{labels}: label {label} at index {index} is outside the classes 0..9"):
+        data.load_idx_dir(tmp_path)
+    if key == "train_y":  # the run's own path: an error at loading, not TrainingDiverged after training
+        with pytest.raises(data.DataError, match=f"{labels}: label 200 at index 7"):
+            data.load_splits(OmegaConf.structured(DataConfig(mnist_dir=str(tmp_path), train_limit=100)))

@@ -5,13 +5,16 @@ verifies and is reused with no second request; a corrupt copy fails naming the f
 nothing in the cache; a closed port fails within seconds naming the fix. No other address is used.
 """
 
+import errno
 import gzip
 import http.server
+import os
 import shutil
 import socket
 import threading
 import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +103,20 @@ def test_a_corrupt_copy_fails_naming_the_file_and_keeps_nothing(mirror, tmp_path
     with pytest.raises(download.DownloadError, match="checksum mismatch for t10k-labels-idx1-ubyte.gz"):
         download.fetch_mnist(cache, url, expected=sums_of(mnist_dir))
     assert list(cache.rglob("*")) == []
+
+
+def test_a_full_disk_fails_at_once_naming_the_file(mirror, tmp_path, mnist_dir, monkeypatch):
+    url, _, paths = mirror
+
+    def no_space(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", no_space)
+    with pytest.raises(download.DownloadError, match=r"could not write \S*/train-images-idx3-ubyte.gz: "
+                                                     "No space left on device; .*data.download_dir"):
+        download.fetch_mnist(tmp_path / "cache", [url, url], expected=sums_of(mnist_dir))
+    assert len(paths) == 1  # not taken for a bad mirror: the second is never asked
+    assert list((tmp_path / "cache").rglob("*")) == []
 
 
 def closed_loopback_port() -> int:

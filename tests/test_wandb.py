@@ -1,7 +1,9 @@
 """W&B conventions (docs/wandb.md): mode, project and entity from WANDB_* unless the command line
-says otherwise, a sweep's runs grouped and named by Hydra, run artifacts, and online mode failing
-fast without a server. W&B runs are read back from their offline `.wandb` record logs."""
+says otherwise, a sweep's runs grouped and named by Hydra, run artifacts, online mode failing
+fast without a server, and a W&B failure costing the run nothing (a warning, marked in
+metrics.json). W&B runs are read back from their offline `.wandb` record logs."""
 
+import json
 import os
 import socket
 import struct
@@ -16,7 +18,9 @@ from wandb.proto import wandb_internal_pb2
 
 import adv_jax
 from adv_jax.config import compose
-from adv_jax.logger import open_logger
+from adv_jax.config import as_config
+from adv_jax.logger import WandbLogger, open_logger
+from adv_jax.rundir import RunDirectory
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK, HEADER = 32768, 7  # the .wandb file's LevelDB-log framing: 32 KiB blocks, 7-byte headers
@@ -150,11 +154,13 @@ def test_a_finished_run_logs_its_files_as_one_artifact(tmp_path, tiny):
 def test_artifacts_are_off_offline_by_default_and_after_a_failure(tmp_path):
     cfg = compose(["wandb=offline"])
     assert cfg.wandb.log_artifacts is None
-    with open_logger(cfg, tmp_path / "a", artifact_files=["config.yaml"]):
+    with open_logger(cfg, tmp_path / "a", artifact_files=["config.yaml"]) as logger:
+        logger.log({"x": 1.0})  # the backends open on their first call
         (tmp_path / "a" / "config.yaml").write_text("seed: 0\n")
     assert run_artifacts(tmp_path / "a", expected=False) == []
     cfg.wandb.log_artifacts = True
-    with pytest.raises(RuntimeError), open_logger(cfg, tmp_path / "b", artifact_files=["config.yaml"]):
+    with pytest.raises(RuntimeError), open_logger(cfg, tmp_path / "b", artifact_files=["config.yaml"]) as logger:
+        logger.log({"x": 1.0})
         (tmp_path / "b" / "config.yaml").write_text("seed: 0\n")
         raise RuntimeError("the job failed")
     assert run_artifacts(tmp_path / "b", expected=False) == []
@@ -192,3 +198,52 @@ def test_a_multiruns_jobs_are_grouped_by_sweep_and_named_by_overrides(tmp_path, 
     assert [r.run_group for r in records] == ["sweep-7", "sweep-7"]
     assert [r.display_name for r in records] == [job.name.split("_", 1)[1] for job in jobs]
     assert "seed=1" in records[1].display_name and "cache_dir" not in records[1].display_name
+
+
+METHODS = ("log", "image", "table", "summary", "close")
+
+
+def _logs_everything(run, logger):
+    logger.log({"x": 1.0}, step=0)
+    logger.image("figure", run.path / "figure.png")
+    logger.table("table", ["a"], [[1]])
+    return {"x": 1.0}
+
+
+@pytest.mark.parametrize("failing", ("init",) + METHODS)
+def test_a_failing_wandb_call_is_one_warning_marked_in_metrics_json(monkeypatch, tmp_path, failing):
+    calls = []
+
+    def init(self, *args, **kwargs):
+        if failing == "init":
+            raise RuntimeError("boom")
+
+    def method(name):
+        def call(self, *args, **kwargs):
+            calls.append(name)
+            if name == failing:
+                raise RuntimeError("boom")
+        return call
+
+    monkeypatch.setattr(WandbLogger, "__init__", init)
+    for name in METHODS:
+        monkeypatch.setattr(WandbLogger, name, method(name))
+    run_dir = tmp_path / "run"
+    metrics = RunDirectory(run_dir, as_config({"wandb": {"mode": "offline"}})).execute(_logs_everything)
+    assert metrics == {"x": 1.0, "logger/failed": "wandb: RuntimeError: boom"}
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+    warning = "wandb failed; the run goes on without it: RuntimeError: boom"
+    assert (run_dir / "run.log").read_text().count(warning) == 1
+    after = calls[calls.index(failing) + 1:] if failing in calls else calls
+    assert after in ([], ["close"])  # closed once (marked failed), then called no more
+
+
+def test_an_unwritable_wandb_directory_costs_the_run_nothing(tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "wandb").write_text("a file where W&B's directory would go")
+    metrics = adv_jax.run(compose(tiny + ["wandb.mode=offline"]), run_dir)
+    assert metrics["logger/failed"].startswith("wandb: NotADirectoryError: ")
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics and "error/test" in metrics
+    assert (run_dir / "params.msgpack").exists() and wandb.run is None
+    assert "wandb failed; the run goes on without it: NotADirectoryError" in (run_dir / "run.log").read_text()

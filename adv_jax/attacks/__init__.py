@@ -6,7 +6,15 @@ per-example diagnostics also has `attack.with_diagnostics(same arguments) -> (x_
 scalar})`: every registered attack reports "evals" (gradient evaluations, i.e. backward passes,
 per example) and some more (LBFGSAttack: c; MinimalEpsilon: epsilon; TemplateAddition:
 multiple; DeepFool, FoolingImage: steps; DDN, FMN: norm); `run_attack` calls either kind.
-`make_attack(name, params)` builds one from `conf/attack/NAME.yaml`'s `params`.
+`make_attack(name, params)` builds one from `conf/attack/NAME.yaml`'s `params`; with no params,
+the YAML's attack (tests/test_attacks_api.py checks it; `refined` still differs: 300 FMN steps in
+the YAML, FMN's 1000 without params).
+
+Constructed directly, with the YAMLs' defaults (table: docs/attacks.md): `PGD(epsilon=0.1,
+norm="linf")`, `FGSM()`, `LBFGS()` (= LBFGSAttack), `CW()` (= CarliniWagnerL2), `DeepFool()`,
+`DDN()`, `FMN()`, `MIFGSM()`, `DIFGSM()`, `TIFGSM()` (MomentumIterative presets),
+`MinimalEpsilon(PGD(norm="l2"), max_epsilon=10.0)` (pgd_min), `TemplateAddition()`,
+`FoolingImage()`, `Refined(LBFGS(), FMN(steps=300))`.
 
 Batched, against any JAX callable `logits_fn` (B, *shape) -> (B, K) (an adv_jax model through
 `adv_jax.models.logits_fn(model, params)`, a flax or equinox model, a hidden layer's head):
@@ -15,8 +23,10 @@ Batched, against any JAX callable `logits_fn` (B, *shape) -> (B, K) (an adv_jax 
   compile_attack_batch(same arguments but progress): compiles that call without running it
   choose_targets(mode, logits, labels, *, key), attack_all_targets(attack, logits_fn, x, label,
       *, key, chunk_size=None) -> (x_adv, target, diagnostics)                     (targets.py)
-  generate(attack_cfg, logits_fn, x, y, *, key, index=None, progress=True) -> Generated
-      (adversarials, seconds, diagnostics); summarize(generated) -> flat metrics (generate.py)
+  generate(attack, logits_fn, x, y, *, key, target=None, chunk_size=None, index=None,
+      progress=True) -> Generated (adversarials, seconds, diagnostics); attack: an attack object
+      (target default "untargeted") or an attack config (its target); check_inputs(x, y, target,
+      num_classes) -> ValueError on bad inputs; summarize(generated) -> flat metrics (generate.py)
 Transfer studies: `MomentumIterative` (MI/DI/TI-FGSM, transfer_enhancing.py), `Ensemble`
 (several models as one logits_fn, ensemble_source.py), `AcrossBudgets` (budgets.py), gradient
 alignment and boundary distances (analysis.py).
@@ -55,28 +65,46 @@ from adv_jax.attacks.targets import TARGET_MODES, attack_all_targets, choose_tar
 from adv_jax.attacks.transfer_enhancing import MomentumIterative, preset
 
 __all__ = [
-    "ATTACKS", "TARGET_MODES", "UNTARGETED", "Attack", "CarliniWagnerL2", "DDN", "DeepFool", "FGSM",
-    "FMN", "FoolingImage", "LBFGSAttack", "LogitsFn", "MinimalEpsilon", "MomentumIterative", "PGD",
-    "Refined", "TemplateAddition",
+    "ATTACKS", "CW", "DIFGSM", "LBFGS", "MIFGSM", "TARGET_MODES", "TIFGSM", "UNTARGETED", "Attack",
+    "CarliniWagnerL2", "DDN", "DeepFool", "FGSM", "FMN", "FoolingImage", "LBFGSAttack", "LogitsFn",
+    "MinimalEpsilon", "MomentumIterative", "PGD", "Refined", "TemplateAddition",
     "attack_all_targets", "attack_batch", "batched_logits", "choose_targets", "compile_attack_batch", "is_adversarial",
     "make_attack", "rms_distortion", "run_attack", "single_example",
 ]
 
 
-def _minimal(inner: type) -> Callable[..., MinimalEpsilon]:
-    """The minimum-norm form: the smallest epsilon that succeeds, per example."""
+# The names conf/attack/*.yaml use, where they read naturally (torchattacks' names).
+LBFGS = LBFGSAttack
+CW = CarliniWagnerL2
+MIFGSM = preset("mi_fgsm")  # MomentumIterative(momentum=1.0, ...)
+DIFGSM = preset("di_fgsm")  # MomentumIterative(diversity_probability=0.5, ...)
+TIFGSM = preset("ti_fgsm")  # MomentumIterative(kernel_size=7, kernel_sigma=1.0, ...)
 
-    def build(max_epsilon: float = 1.0, search_steps: int = 10, **inner_params) -> MinimalEpsilon:
-        return MinimalEpsilon(inner(**inner_params), max_epsilon, search_steps)
+
+def _minimal(inner: type, max_epsilon: float = 1.0,
+             **inner_defaults: Any) -> Callable[..., MinimalEpsilon]:
+    """The minimum-norm form: the smallest epsilon that succeeds, per example; inner_defaults:
+    the wrapped attack's defaults here (any of them overridable)."""
+
+    def build(max_epsilon: float = max_epsilon, search_steps: int = 10,
+              **inner_params: Any) -> MinimalEpsilon:
+        return MinimalEpsilon(inner(**{**inner_defaults, **inner_params}), max_epsilon, search_steps)
 
     return build
 
 
+# The FMN refinement chosen on held-out training images (results/select_refined.md).
+REFINE_FMN = {"steps": 300, "max_step": 1.0, "gamma": 0.05, "min_step": 0.01}
+
+
 def _refined(first: str = "lbfgs", first_params: dict | None = None, refine: str = "fmn",
              refine_params: dict | None = None) -> Refined:
-    """`first` (any registered attack), then `refine` (ddn or fmn) from its x_adv."""
+    """`first` (any registered attack), then `refine` (ddn or fmn) from its x_adv; FMN's default
+    settings are the chosen REFINE_FMN, DDN's its own."""
     if refine not in ("ddn", "fmn"):
         raise ValueError(f"unknown refine {refine!r}; choose one of ['ddn', 'fmn']")
+    if refine_params is None and refine == "fmn":
+        refine_params = REFINE_FMN
     return Refined(make_attack(first, first_params), make_attack(refine, refine_params))
 
 
@@ -85,17 +113,17 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "fgsm": FGSM,
     "fgsm_min": _minimal(FGSM),
     "pgd": PGD,
-    "pgd_min": _minimal(PGD),
-    "cw": CarliniWagnerL2,
+    "pgd_min": _minimal(PGD, max_epsilon=10.0, norm="l2"),  # the smallest L2 radius
+    "cw": CW,
     "deepfool": DeepFool,
     "ddn": DDN,
     "fmn": FMN,
     "refined": _refined,
     "template": TemplateAddition,
     "fooling": FoolingImage,
-    "mi_fgsm": preset("mi_fgsm"),
-    "di_fgsm": preset("di_fgsm"),
-    "ti_fgsm": preset("ti_fgsm"),
+    "mi_fgsm": MIFGSM,
+    "di_fgsm": DIFGSM,
+    "ti_fgsm": TIFGSM,
     "mi_di_ti": preset("mi_di_ti"),
 }
 

@@ -185,21 +185,21 @@ def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array
     the last one padded), so the loop compiles once per attack, input shape and logits_fn
     structure (`split_arrays`). Each chunk is split across all local devices (`adv_jax.devices`)
     with logits_fn's arrays replicated. Each example's key is folded in from its index, so results
-    do not depend on chunking. `progress` shows a progress bar.
+    do not depend on chunking. `progress` shows a progress bar in examples.
     """
     n = len(x)
     if n == 0:
         return x, {}
     chunk_size, static, arrays, rows = _batch_inputs(logits_fn, x, y, target, key, chunk_size)
-    starts = range(0, n, chunk_size)
-    if progress:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=type(attack).__name__, unit="chunk", leave=False)
+    bar = tqdm(total=n, desc=type(attack).__name__, unit="ex", leave=False, disable=not progress)
     parts = []
-    for i in starts:
+    for i in range(0, n, chunk_size):
         done = jax.block_until_ready(_attack_chunk(attack, static, arrays, *_chunk(rows, i, chunk_size)))
         parts.append(jax.tree_util.tree_map(lambda a, size=min(chunk_size, n - i): a[:size], done))
+        bar.update(min(chunk_size, n - i))
+    bar.close()
     x_adv = jnp.concatenate([p[0] for p in parts])
     diagnostics = {k: np.concatenate([np.asarray(p[1][k]) for p in parts]) for k in parts[0][1]}
     return x_adv, diagnostics

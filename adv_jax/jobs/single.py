@@ -61,10 +61,11 @@ def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: L
     generated = generate(cfg.attack, logits_fn(model, params), test.x[:n], test.y[:n], key=key)
     adv = generated.adversarials
     adv.save(run_dir / "adversarials.npz")
-    columns = cfg.attack.figure_columns
-    figure = adversarial_grid(adv.x, adv.x_adv, run_dir / "adversarials.png", labels=adv.y,
-                              predicted=predict(model, params, adv.x_adv[:columns]), columns=columns)
-    logger.image("adversarials", figure)
+    columns = min(cfg.attack.figure_columns, n)
+    if columns:  # 0: no figure; a figure that fails is a warning (Logger.figure)
+        logger.figure("adversarials", lambda: adversarial_grid(
+            adv.x, adv.x_adv, run_dir / "adversarials.png", labels=adv.y,
+            predicted=predict(model, params, adv.x_adv[:columns]), columns=columns))
     return summarize(generated), adv
 
 
@@ -78,12 +79,16 @@ def lipschitz_run(cfg, model: Model, params: Params, test, adv, run_dir: Path,
     measured = lipschitz.measure(model, params, test.x, pairs, key=jax.random.fold_in(jax.random.key(cfg.seed), 2),
                                  images=lip.images, power_iters=lip.power_iters, methods=list(lip.methods),
                                  lipsdp_max_size=lip.lipsdp_max_size, lipsdp_solver=lip.lipsdp_solver,
-                                 attacked=None if adv is None else adv._asdict(), local=lip.local)
+                                 attacked=None if adv is None else adv._asdict(), local=lip.local,
+                                 progress=True)
     (run_dir / "lipschitz.json").write_text(json.dumps(measured, indent=1))
     table = measured.pop("layers")
     columns = list(table[0])
     logger.table("lipschitz", columns, [[row[c] for c in columns] for row in table])
-    log.info("Lipschitz bounds: %s", "  ".join(f"{m}={v:.4g}" for m, v in measured["bounds"].items()))
+    seconds = measured["seconds"]
+    log.info("Lipschitz bounds: %s; lower bounds: %s", "  ".join(
+        f"{m}={v:.4g} ({seconds[m]:.1f} s)" for m, v in measured["bounds"].items()), "  ".join(
+        f"{m}={v:.4g} ({seconds[m]:.1f} s)" for m, v in measured["lower_bounds"].items()) or "none")
     return {k: v for k, v in measured.items() if "/" in k and isinstance(v, (int, float))}
 
 
@@ -101,9 +106,16 @@ def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
         metrics.update(attack_metrics)
     metrics.update(lipschitz_run(cfg, model, params, splits["test"], adv, run.path, logger))
     logger.table("layers", ["index", "layer"], list(enumerate(model.summary(params))))
-    log.info("%s: %s", cfg.model.name, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                                                if k.startswith("error/")))
     return metrics
+
+
+def summary_line(cfg, metrics: dict[str, Any]) -> str:
+    """`<model>: error/p1=…  error/p2=…  error/full=…  error/test=…` (then any other error/*):
+    the line a run ends with."""
+    order = [f"error/{s}" for s in EVAL_SPLITS]
+    keys = [k for k in order if k in metrics] + sorted(k for k in metrics
+                                                       if k.startswith("error/") and k not in order)
+    return f"{cfg.model.name}: " + "  ".join(f"{k}={metrics[k]:.4g}" for k in keys)
 
 
 def run(cfg, run_dir: str | Path | None = None) -> dict[str, Any]:

@@ -1,0 +1,66 @@
+"""Optional dependencies (pyproject's extras): which extra brings what, and one message when it is
+missing. `require(what)` raises MissingExtra naming the install command; `missing_for_overrides`
+finds what a command line asks for (a sweeper, a launcher, a data source) that is not installed,
+before Hydra fails with a plugin error that names no extra."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+
+# what -> (importable module, extra, what it is for)
+EXTRAS = {
+    "optuna": ("hydra_plugins.hydra_optuna_sweeper", "search", "the Optuna sweeper (search=..., hydra/sweeper=optuna_tpe)"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "sweeps", "the joblib launcher (hydra/launcher=joblib_local)"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "sweeps", "the SLURM launcher (hydra/launcher=slurm)"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "sweeps", "the Ray launcher (hydra/launcher=ray)"),
+    "lipsdp": ("cvxpy", "lipschitz", "LipSDP (lipschitz.methods=[..., lipsdp])"),
+    "tfds": ("tensorflow_datasets", "tfds", "MNIST through tensorflow-datasets (data.source=tfds)"),
+    "foolbox": ("foolbox", "bench", "the foolbox comparisons of the attack benchmarks"),
+    "sklearn": ("sklearn", "demos", "the Iris demonstration (demo=iris)"),
+}
+# A command-line override -> what it needs
+_NEEDS = {"search": "optuna", "hydra/sweeper=optuna_tpe": "optuna", "hydra/launcher=joblib_local": "joblib",
+          "hydra/launcher=slurm": "slurm", "hydra/launcher=ray": "ray", "data.source=tfds": "tfds",
+          "demo=iris": "sklearn"}
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message names the pip command."""
+
+
+def install_hint(what: str) -> str:
+    module, extra, purpose = EXTRAS[what]
+    return f"{purpose} needs the '{extra}' extra: pip install -e '.[{extra}]'"
+
+
+def installed(what: str) -> bool:
+    module = EXTRAS[what][0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package (hydra_plugins)
+        return False
+
+
+def require(what: str) -> None:
+    if not installed(what):
+        raise MissingExtra(install_hint(what))
+
+
+def needed_by(overrides: Sequence[str]) -> list[str]:
+    """What each override asks for (keys of EXTRAS), in order, once each."""
+    found = []
+    for arg in overrides:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        need = _NEEDS.get(arg) or _NEEDS.get(key)
+        if key == "lipschitz.methods" and "lipsdp" in arg:
+            need = "lipsdp"
+        if need and need not in found:
+            found.append(need)
+    return found
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Raises MissingExtra for the first thing the overrides need that is not installed."""
+    for what in needed_by(overrides):
+        require(what)
