@@ -56,7 +56,7 @@ def adversarial_figure(x: np.ndarray, x_adv: np.ndarray, *, labels=None, predict
 
 
 def adversarial_grid(x: np.ndarray, x_adv: np.ndarray, path: str | Path, *, labels=None,
-                     predicted=None, magnify: float | None = None, columns: int = 10,
+                     predicted=None, columns: int = 10,
                      row_names=("original", "adversarial"), dpi: int = 100) -> Path:
     """The paper's Figure 7 layout: originals, adversarials, and their differences; written to path.
 
@@ -64,8 +64,7 @@ def adversarial_grid(x: np.ndarray, x_adv: np.ndarray, path: str | Path, *, labe
     shows x_adv - x in a diverging map (red: brighter, blue: darker, white: unchanged), each image
     scaled to its own largest change (noted under it). Each column is titled with its label, the
     prediction on the adversarial (`predicted`) and its per-pixel RMS distortion. `row_names` names
-    the first two rows (e.g. "noisy" for Gaussian-noise counterparts). `magnify`: accepted for old
-    callers and unused (the per-image scale replaced the paper's fixed x10).
+    the first two rows (e.g. "noisy" for Gaussian-noise counterparts).
     """
     fig = adversarial_figure(x, x_adv, labels=labels, predicted=predicted, columns=columns,
                              row_names=row_names)

@@ -301,9 +301,10 @@ def minimize_lbfgs(objective, params, batch: tuple, max_steps: int, tolerance: f
             if grad_norm < tolerance:
                 break
     count = int(otu.tree_get(carry[1], "count"))
-    log.info("%s: %s at iteration %d (gradient norm %.2e, tolerance %.0e), loss %.4f, %.1f s", desc,
-             "converged" if grad_norm < tolerance else "stopped at the limit", count, grad_norm,
-             tolerance, history[-1], time.perf_counter() - start)
+    if history:  # none when max_steps is 0
+        log.info("%s: %s at iteration %d (gradient norm %.2e, tolerance %.0e), loss %.4f, %.1f s",
+                 desc, "converged" if grad_norm < tolerance else "stopped at the limit", count,
+                 grad_norm, tolerance, history[-1], time.perf_counter() - start)
     return carry[0], history, count
 
 

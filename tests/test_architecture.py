@@ -21,6 +21,7 @@ LAYERS = [
     {"rundir", "demos"},
     {"jobs", "entry"},
     {"reports"},
+    {"bench"},
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 MAX_FUNCTION_LINES, MAX_SCRIPT_LINES = 60, 60

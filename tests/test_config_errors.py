@@ -23,7 +23,7 @@ def test_compose_suggests_the_closest_key():
 
 def test_a_key_without_close_matches_lists_its_nodes_keys():
     assert misspelled_key("wandb.xyzzy") == ("unknown key 'wandb.xyzzy': wandb has ['mode', 'project', "
-                                             "'entity', 'group', 'tags', 'init_timeout', 'log_artifacts']")
+                                             "'entity', 'group', 'tags', 'init_timeout', 'log_artifacts', 'quiet']")
     assert misspelled_key("sed") == "unknown key 'sed': did you mean 'seed'?"
 
 

@@ -82,7 +82,7 @@ def run(ctx: Context, params: Params) -> dict:
             np.asarray(xs[: params.columns]), x_noisy, ctx.run_dir / f"figure7_noise_{name}.png",
             labels=test.y[: params.columns],
             predicted=np.asarray(predict(model, weights, jnp.asarray(x_noisy))),
-            columns=params.columns, magnify=1.0, row_names=("original", f"noise {stddev:.2f}"),
+            columns=params.columns, row_names=("original", f"noise {stddev:.2f}"),
             dpi=FIGURE_DPI))
         realized = float(np.sqrt(np.mean((np.asarray(noisy(xs, stddev, noise)) - np.asarray(xs)) ** 2)))
         summary = summarize(generated)
