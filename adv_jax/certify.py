@@ -43,6 +43,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
 
 from adv_jax.models.layers import ACTIVATION_LIPSCHITZ, ACTIVATIONS
 
@@ -55,7 +56,8 @@ __all__ = [
 Array = jax.Array
 POWER_ITERS = 10  # power steps per local layer: the estimate sets T_k, the Cholesky certifies it
 CHOLESKY_SHIFT = 1e-9  # relative to t: far above float64 rounding, far below any bound's digits
-LOCAL_CHUNK = 500  # images per jitted call of the local bracket (memory: ~N x hidden^2 floats)
+LOCAL_CHUNK = 1000  # images per jitted call of the local bracket (a progress-bar step)
+LOCAL_BATCH = 64  # images vmapped together inside a call: 2.5x faster than 1000 on FC100
 
 
 def _sigmoid_slope(z):
@@ -174,6 +176,7 @@ def schur_bound(chain: DenseChain, multipliers: Sequence[Array]) -> Array:
 
 # ----------------------------------------------------------------------------- pairs of classes
 
+@jax.jit
 def pair_constants(p: Array) -> Array:
     """(..., K, K) Lipschitz constants of x -> z_j - z_t from P (..., K, K) = W_l X_l^{-1} W_l^T."""
     d = jnp.diagonal(p, axis1=-2, axis2=-1)
@@ -250,7 +253,9 @@ def _local_gram_one(chain: DenseChain, h0: Array, fallback: Array, x: Array, eps
 @functools.partial(jax.jit, static_argnames=("iters",))
 def _local_grams(chain: DenseChain, h0: Array, fallback: Array, x: Array, eps: Array,
                  iters: int) -> tuple[Array, Array]:
-    return jax.vmap(lambda xi, ei: _local_gram_one(chain, h0, fallback, xi, ei, iters))(x, eps)
+    # vmapped LOCAL_BATCH examples at a time: their (batch, hidden, hidden) matrices stay in cache
+    one = lambda row: _local_gram_one(chain, h0, fallback, *row, iters)  # noqa: E731
+    return jax.lax.map(one, (x, eps), batch_size=LOCAL_BATCH)
 
 
 def local_output_gram(chain: DenseChain, x: Array, eps: Array, *, chunk_size: int = LOCAL_CHUNK,
@@ -260,20 +265,29 @@ def local_output_gram(chain: DenseChain, x: Array, eps: Array, *, chunk_size: in
     at a time (the last chunk padded), with a progress bar in images when `progress`."""
     flat = x.reshape(len(x), -1).astype(chain.weights[0].dtype)
     eps = jnp.asarray(eps, flat.dtype)
-    w0 = chain.weights[0]
-    h0, fallback = w0 @ w0.T, output_gram(chain)[0]
+    h0, fallback = _shared_grams(chain)
     bar = _progress_bar(len(flat), progress)
     parts = []
-    for start in range(0, len(flat), chunk_size):
-        rows = [_pad(a[start:start + chunk_size], chunk_size) for a in (flat, eps)]
-        p, ok = _local_grams(chain, h0, fallback, *rows, iters=iters)
-        size = min(chunk_size, len(flat) - start)
-        parts.append((p[:size], ok[:size]))
-        bar.update(size)
+    # One Cholesky per example and layer goes to LAPACK; OpenBLAS's threads gain nothing on
+    # 100 x 100 matrices and, spinning while they wait, cost several times over on a busy CPU.
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        for start in range(0, len(flat), chunk_size):
+            rows = [_pad(a[start:start + chunk_size], chunk_size) for a in (flat, eps)]
+            p, ok = jax.block_until_ready(_local_grams(chain, h0, fallback, *rows, iters=iters))
+            size = min(chunk_size, len(flat) - start)
+            parts.append((p[:size], ok[:size]))
+            bar.update(size)
     bar.close()
     if not parts:
         return jnp.zeros((0,) + fallback.shape, flat.dtype), jnp.zeros(0, bool)
     return jnp.concatenate([p for p, _ in parts]), jnp.concatenate([o for _, o in parts])
+
+
+@jax.jit
+def _shared_grams(chain: DenseChain) -> tuple[Array, Array]:
+    """(W_0 W_0^T, the global P): what every example's local chain starts from or falls back to."""
+    w0 = chain.weights[0]
+    return w0 @ w0.T, output_gram(chain)[0]
 
 
 def _pad(a: Array, size: int) -> Array:
@@ -294,6 +308,7 @@ def _radius(margin: Array, lip: Array) -> Array:
     return jnp.where(margin <= 0, 0.0, jnp.where(lip > 0, margin / jnp.where(lip > 0, lip, 1.0), jnp.inf))
 
 
+@jax.jit
 def certified_distortion(logits: Array, y: Array, target: Array, pair_l: Array) -> Array:
     """Certified lower bound (N,) on the L2 distortion (pixel space, [0, 1] units) that makes
     the classifier output `target` (or, target = -1, anything but y).

@@ -358,10 +358,16 @@ def certified_bounds(model, params, methods: Sequence[str] = DEFAULT_METHODS, *,
 def pair_lipschitz(model, params, certified: float | None = None) -> Array:
     """(K, K) certified constants of x -> z_j - z_t (float64): the smallest of ECLipsE-Fast's per
     pair, the product's per pair and sqrt(2) x `certified` (|z_j - z_t| <= sqrt(2) ||z||)."""
-    chain = certify.dense_chain(model, params)
-    p, _, _ = certify.output_gram(chain)
-    pairs = jnp.minimum(certify.pair_constants(p), certify.product_pair_constants(chain))
+    pairs = _pair_constants_of(certify.dense_chain(model, params))
     return pairs if certified is None else jnp.minimum(pairs, math.sqrt(2) * certified)
+
+
+@jax.jit
+def _pair_constants_of(chain) -> Array:
+    """The smaller of ECLipsE-Fast's and the product's (K, K) pair constants: one compiled
+    program (op by op it costs a second of dispatch and compilation)."""
+    p, _, _ = certify.output_gram(chain)
+    return jnp.minimum(certify.pair_constants(p), certify.product_pair_constants(chain))
 
 
 def bracket_summary(model, params, attacked: dict[str, np.ndarray], certified: float | None = None,

@@ -59,14 +59,17 @@ def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: L
     log.info("attacking %d test images with %s (target: %s)", n, cfg.attack.name, cfg.attack.target)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     generated = generate(cfg.attack, logits_fn(model, params), test.x[:n], test.y[:n], key=key)
-    adv = generated.adversarials
+    adv, metrics = generated.adversarials, summarize(generated)
+    log.info("attack: %d of %d succeeded, mean RMS distortion %.4g, %.1f s (%.0f examples/s)",
+             adv.success.sum(), n, metrics["attack/mean_distortion"], generated.seconds,
+             metrics["attack/examples_per_second"])
     adv.save(run_dir / "adversarials.npz")
     columns = min(cfg.attack.figure_columns, n)
     if columns:  # 0: no figure; a figure that fails is a warning (Logger.figure)
         logger.figure("adversarials", lambda: adversarial_grid(
             adv.x, adv.x_adv, run_dir / "adversarials.png", labels=adv.y,
             predicted=predict(model, params, adv.x_adv[:columns]), columns=columns))
-    return summarize(generated), adv
+    return metrics, adv
 
 
 def lipschitz_run(cfg, model: Model, params: Params, test, adv, run_dir: Path,
