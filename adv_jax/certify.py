@@ -30,7 +30,10 @@ P = W_l X_l^{-1} W_l^T: one P serves all K^2 pairs.
 Local (`local_output_gram`): on the ball B(x, eps) intersected with the box [0, 1]^784, each
 pre-activation lies in an interval (interval arithmetic, intersected with z(x) +- eps
 sqrt(diag(W X^{-1} W^T)), the same certificate per unit), and a unit's slope there is at most
-`MAX_SLOPE_ON[activation](lo, hi)`; those slopes give a local constant valid on that set.
+`MAX_SLOPE_ON[activation](lo, hi)`; those slopes give a local constant valid on that set. Per
+example and layer it needs no eigendecomposition: t from a few power steps, then one Cholesky of
+X_k (shifted by a hair) that both certifies X_k > 0 and yields W X_k^{-1} W^T through triangular
+solves (`_certified_factor`); an example whose Cholesky fails keeps the global P.
 """
 
 from __future__ import annotations

@@ -246,3 +246,23 @@ def test_the_asymmetry_table_lists_every_seed_and_places_the_papers_pair():
     assert "The paper's 26.2 lies inside the first range, its 6.25 inside the second" in text
     assert "its difference +19.9 inside the seeds' differences" in text
     assert "Seeds' range" not in aggregate.asymmetry_table(runs[:1], paper_reference("cross_training_set"))
+
+
+def test_report_readers_name_the_file_of_a_malformed_run_and_warn_on_empty_metrics(tmp_path, caplog):
+    from adv_jax.reports.runs import read_json, read_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "metrics.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert read_run(run)["metrics"] == {}
+    assert "metrics.json holds no metrics" in caplog.text and str(run) in caplog.text
+    (run / "matrix.json").write_text('{"truncated": ')
+    with pytest.raises(ValueError, match=r"matrix\.json: unreadable \(JSONDecodeError"):
+        read_json(run / "matrix.json")
+    with pytest.raises(FileNotFoundError, match=r"transfer\.json: missing"):
+        read_json(run / "transfer.json", required=True)
+    (run / "config.yaml").write_text("seed: [unclosed\n")
+    with pytest.raises(ValueError, match=r"config\.yaml: unreadable"):
+        read_run(run)

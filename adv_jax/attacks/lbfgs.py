@@ -278,7 +278,9 @@ class LBFGSAttack:
     warm_start: bool = True
     extra_solves: int = 10
     extra_evals: int = 50
-    chunk_size: ClassVar[int] = 10000  # examples per chunk (split over the devices): `attack_rows`
+    # examples per jitted call (split over the devices): a progress-bar step every second or two;
+    # 2000 and 10000 attack FC100's 10000 test images within 2% of each other
+    chunk_size: ClassVar[int] = 2000
     lanes: ClassVar[int] = 64  # examples in flight per device in `attack_rows`: their state in cache
 
     def __post_init__(self):

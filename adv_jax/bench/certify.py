@@ -44,7 +44,8 @@ def _spin() -> None:
 @contextlib.contextmanager
 def busy(processes: int) -> Iterator[None]:
     """`processes` CPU-bound processes running until the block ends."""
-    workers = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(processes)]
+    spawn = multiprocessing.get_context("spawn")  # a fork of a process running JAX may deadlock
+    workers = [spawn.Process(target=_spin, daemon=True) for _ in range(processes)]
     for w in workers:
         w.start()
     try:

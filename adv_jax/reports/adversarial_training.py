@@ -9,14 +9,13 @@ the runs' matrix.json and models/<key>/.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 from adv_jax import lipschitz
 from adv_jax.reports import paper, provenance, settings
 from adv_jax.reports.aggregate import aggregate
-from adv_jax.reports.runs import find_studies
+from adv_jax.reports.runs import find_studies, read_json
 from adv_jax.reports.tables import markdown, mean_std
 from adv_jax.rundir import load_run
 from adv_jax.transfer import reads_as
@@ -43,7 +42,7 @@ def model_values(model_dir: Path, metrics: dict) -> dict[str, float]:
 def collect(runs: Sequence[Path], reference: str) -> tuple[list[str], dict[str, str], dict[str, dict[str, list]]]:
     """keys, labels, and per key a dict of per-run value lists (transfer columns when the runs
     hold the `reference` model)."""
-    results = [json.loads((r / "matrix.json").read_text()) for r in runs]
+    results = [read_json(r / "matrix.json", required=True) for r in runs]
     keys, labels = results[0]["keys"], dict(zip(results[0]["keys"], results[0]["models"]))
     ref = keys.index(reference) if reference in keys else None
     table: dict[str, dict[str, list]] = {k: {} for k in keys}

@@ -18,7 +18,7 @@ import numpy as np
 
 from adv_jax import transfer
 from adv_jax.reports import paper, provenance, settings
-from adv_jax.reports.runs import find_studies
+from adv_jax.reports.runs import find_studies, read_json
 from adv_jax.reports.tables import markdown, mean_std
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def aggregate(paths: Sequence[str | Path], with_paper: bool = True) -> tuple[str
     runs = find_studies(paths)
     if not runs:
         raise FileNotFoundError(f"no matrix.json at or below {list(map(str, paths))}")
-    results = [json.loads((r / "matrix.json").read_text()) for r in runs]
+    results = [read_json(r / "matrix.json", required=True) for r in runs]
     groups: dict[str, list[int]] = defaultdict(list)
     for i, res in enumerate(results):
         groups[res["group"]].append(i)

@@ -58,7 +58,8 @@ def report(data: dict[str, Any]) -> str:
            + ", ".join(f"{data[v]['results']['loaded']['load_average']:.1f} ({v})" for v in VERSIONS if v in data)
            + "). The bracket runs on the attack's successful examples.", ""]
     for model in after["models"]:
-        out += [f"## {model.upper()} (P1), L-BFGS attack on {after['examples']} test images", "",
+        sizes = ", ".join(f"{data[v]['examples']} ({v})" for v in VERSIONS if v in data)
+        out += [f"## {model.upper()} (P1), L-BFGS attack on the first test images: {sizes}", "",
                 *stage_table(data, model), ""]
     out += ["## The main command end to end", "",
             "`python scripts/sweep.py model=fc100 attack=lbfgs` on all 10000 test images, FC100 from the "

@@ -77,12 +77,25 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's resolved config.yaml as flat dotted keys."""
-    return flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True))
+    """The run's resolved config.yaml as flat dotted keys; a malformed one names the file."""
+    path = run_dir / "config.yaml"
+    try:
+        return flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    except Exception as e:  # OmegaConf and YAML raise many types; all mean "unreadable"
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def read_json(path: Path, required: bool = False) -> Any:
+    """A run file's JSON (None when it is missing and not `required`); a missing required or a
+    malformed file is an error naming it."""
+    if not path.exists():
+        if required:
+            raise FileNotFoundError(f"{path}: missing")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
@@ -90,7 +103,9 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not is_finished(run_dir):
         raise FileNotFoundError(f"{run_dir}: not a finished run (config.yaml and metrics.json)")
-    return {"path": run_dir, "config": read_config(run_dir),
-            "metrics": read_json(run_dir / "metrics.json"),
+    metrics = read_json(run_dir / "metrics.json")
+    if not metrics:
+        log.warning("%s: metrics.json holds no metrics; its cells show '-'", run_dir)
+    return {"path": run_dir, "config": read_config(run_dir), "metrics": metrics,
             "lipschitz": read_json(run_dir / "lipschitz.json")}
 

@@ -7,7 +7,6 @@ analysis. Every number is read from transfer.json, whose cells
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +15,7 @@ import numpy as np
 
 from adv_jax.figures_transfer import budget_curves, quartile_bars
 from adv_jax.reports import provenance
-from adv_jax.reports.runs import find_results
+from adv_jax.reports.runs import find_results, read_json
 from adv_jax.reports.tables import markdown, mean_std
 
 BASELINE = "pgd"
@@ -195,7 +194,7 @@ def report(paths: Sequence[str | Path], command: str, run_command: str, notes: S
     runs = find_transfer_runs(paths)
     if not runs:
         raise FileNotFoundError(f"no transfer.json at or below {list(map(str, paths))}")
-    results = [json.loads((r / "transfer.json").read_text()) for r in runs]
+    results = [read_json(r / "transfer.json", required=True) for r in runs]
     first, cells = results[0], cell_values(results)
     figures = report_figures(first, cells, results, figure_dir)
     lines = provenance.header("Transfer-enhancing attacks and ensemble sources on the cross-training-set models",
