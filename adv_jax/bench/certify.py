@@ -36,16 +36,18 @@ BUSY = 4  # spinning processes beside the bench: a load of about 5 on 2 cores
 JACOBIAN_IMAGES = 1000  # lipschitz.images' default
 
 
-def _spin() -> None:
-    while True:
-        pass
+def _spin(parent: int) -> None:
+    """Spins until the bench's process is gone (a killed bench leaves no spinner behind)."""
+    while os.getppid() == parent:
+        for _ in range(10**6):
+            pass
 
 
 @contextlib.contextmanager
 def busy(processes: int) -> Iterator[None]:
     """`processes` CPU-bound processes running until the block ends."""
     spawn = multiprocessing.get_context("spawn")  # a fork of a process running JAX may deadlock
-    workers = [spawn.Process(target=_spin, daemon=True) for _ in range(processes)]
+    workers = [spawn.Process(target=_spin, args=(os.getpid(),), daemon=True) for _ in range(processes)]
     for w in workers:
         w.start()
     try:
