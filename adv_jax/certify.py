@@ -270,6 +270,8 @@ def local_output_gram(chain: DenseChain, x: Array, eps: Array, *, chunk_size: in
     eps = jnp.asarray(eps, flat.dtype)
     h0, fallback = _shared_grams(chain)
     bar = _progress_bar(len(flat), progress)
+    # a few images are not padded to a whole chunk
+    chunk_size = max(1, min(chunk_size, -(-len(flat) // LOCAL_BATCH) * LOCAL_BATCH))
     parts = []
     # One Cholesky per example and layer goes to LAPACK; OpenBLAS's threads gain nothing on
     # 100 x 100 matrices and, spinning while they wait, cost several times over on a busy CPU.
