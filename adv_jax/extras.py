@@ -30,7 +30,7 @@ class MissingExtra(ImportError):
 
 
 def install_hint(what: str) -> str:
-    module, extra, purpose = EXTRAS[what]
+    _, extra, purpose = EXTRAS[what]
     return f"{purpose} needs the '{extra}' extra: pip install -e '.[{extra}]'"
 
 

@@ -30,7 +30,6 @@ Lower bounds of the logits' Lipschitz constant, which must sit below the product
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import math
 import time
@@ -41,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adv_jax import certify, lipsdp
+from adv_jax import certify, extras, lipsdp
 from adv_jax.models.layers import ACTIVATION_LIPSCHITZ, Layer, apply_layer
 
 __all__ = [
@@ -318,8 +317,8 @@ def _timed(fn):
 
 def _lipsdp_or_reason(chain, max_size: int, solver: str) -> tuple[float | None, str | None]:
     reason = lipsdp.too_large(chain, max_size)
-    if reason is None and importlib.util.find_spec("cvxpy") is None:
-        reason = "cvxpy is not installed (pip install -e '.[lipschitz]')"
+    if reason is None and not extras.installed("lipsdp"):
+        reason = extras.install_hint("lipsdp")
     return (None, reason) if reason else (lipsdp.lipsdp(chain, solver)["bound"], None)
 
 
