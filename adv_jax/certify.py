@@ -347,19 +347,24 @@ def chain_logits(chain: DenseChain, x: Array) -> Array:
 
 
 def bracket(chain: DenseChain, x: Array, x_adv: Array, y: Array, target: Array, pair_l: Array,
-            local: bool = True, progress: bool = False) -> dict[str, Array]:
+            local: bool = True, progress: bool = False, local_examples: int | None = None
+            ) -> dict[str, Array]:
     """Per example (N,), L2 in pixel space: "attack" = ||x_adv - x||, "global" =
     `certified_distortion` with the global pair constants pair_l (K, K), and with `local`,
     "local" = max(global, min(eps, margin / local constant)), the local constants certified on
     B(x, eps) cap [0, 1]^n with eps = the attack's distortion (if a smaller adversarial existed it
     would lie in that ball, so the bound holds; it never exceeds eps), and "local_certified"
-    (bool: the local constants were certified; else the global ones stand in). x, x_adv (N, ...)."""
+    (bool: the local constants were certified; else the global ones stand in). x, x_adv (N, ...).
+    local_examples: only the first that many get local constants (None = all); beyond them
+    "local" is the global bound (still certified) and "local_certified" False."""
     logits = chain_logits(chain, x)
     attack = jnp.linalg.norm((x_adv - x).reshape(len(x), -1).astype(logits.dtype), axis=1)
     out = {"attack": attack, "global": certified_distortion(logits, y, target, pair_l)}
     if local:
-        grams, certified = local_output_gram(chain, x, attack, progress=progress)
-        radius = jnp.minimum(attack, certified_distortion(logits, y, target, pair_constants(grams)))
-        out["local"] = jnp.maximum(out["global"], radius)
-        out["local_certified"] = certified
+        m = len(x) if local_examples is None else min(local_examples, len(x))
+        grams, certified = local_output_gram(chain, x[:m], attack[:m], progress=progress)
+        radius = jnp.minimum(attack[:m], certified_distortion(logits[:m], y[:m], target[:m],
+                                                              pair_constants(grams)))
+        out["local"] = out["global"].at[:m].max(radius)
+        out["local_certified"] = jnp.zeros(len(x), bool).at[:m].set(certified)
     return out

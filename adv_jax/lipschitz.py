@@ -370,24 +370,30 @@ def _pair_constants_of(chain) -> Array:
 
 
 def bracket_summary(model, params, attacked: dict[str, np.ndarray], certified: float | None = None,
-                    local: bool = True, progress: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                    local: bool = True, progress: bool = False, local_examples: int | None = None
+                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Certified lower bounds on the distortion of each successful attacked example, beside the
-    attack's (`certify.bracket`). attacked: x, x_adv, y, target, success (N, ...). Returns
-    (summary of means in per-pixel RMS = L2 / sqrt(pixels), and with `local` the fraction of
-    examples whose local constants were certified; per-example L2 arrays)."""
+    attack's (`certify.bracket`). attacked: x, x_adv, y, target, success (N, ...). Local
+    constants go to the first `local_examples` successes (None = all; the global bound stands
+    for the rest). Returns (summary of means in per-pixel RMS = L2 / sqrt(pixels), and with
+    `local` how many examples got local constants and the fraction of those certified;
+    per-example L2 arrays)."""
     ok = np.asarray(attacked["success"], bool)
     with jax.enable_x64(True):
         chain = certify.dense_chain(model, params)
         per = certify.bracket(chain, *(jnp.asarray(np.asarray(attacked[k])[ok])
                                        for k in ("x", "x_adv", "y", "target")),
-                              pair_lipschitz(model, params, certified), local, progress)
+                              pair_lipschitz(model, params, certified), local, progress, local_examples)
         per = certify.as_numpy(per)
+    successes = int(ok.sum())
+    tried = (successes if local_examples is None else min(successes, local_examples)) if local else 0
     scale = 1 / math.sqrt(math.prod(model.input_shape))
     best = per.get("local", per["global"])
     mean_rms = lambda name: float(per[name].mean() * scale) if name in per and ok.any() else None  # noqa: E731
     summary = {"examples": int(ok.sum()), "mean_attack_rms": mean_rms("attack"),
                "mean_lower_rms_global": mean_rms("global"), "mean_lower_rms_local": mean_rms("local"),
-               "local_certified": float(per["local_certified"].mean()) if local and ok.any() else None}
+               "local_examples": tried,
+               "local_certified": float(per["local_certified"][:tried].mean()) if tried else None}
     summary["ratio"] = (summary["mean_attack_rms"] / float(best.mean() * scale)
                         if ok.any() and best.mean() > 0 else None)
     return summary, per
@@ -417,7 +423,7 @@ def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | No
             images: int, power_iters: int, methods: Sequence[str] = DEFAULT_METHODS,
             lipsdp_max_size: int = lipsdp.DEFAULT_MAX_SIZE, lipsdp_solver: str = "SCS",
             attacked: dict[str, np.ndarray] | None = None, local: bool = True,
-            progress: bool = False) -> dict[str, Any]:
+            local_examples: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Upper and lower Lipschitz bounds of one trained network: what lipschitz.json holds.
 
     test_x (N, 28, 28, 1): the Jacobian bound is the max over its first `images` (none if 0 or
@@ -425,7 +431,8 @@ def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | No
     adversarial pairs for the pair-ratio bound; pairs with x_adv == x carry no slope and are
     dropped, and with none left there is no pair bound. methods: certified upper bounds to
     compute (`certified_bounds`). attacked (x, x_adv, y, target, success arrays): the attack's
-    examples, for the certified distortion bracket of a dense network (`bracket_summary`).
+    examples, for the certified distortion bracket of a dense network (`bracket_summary`), with
+    local constants on its first `local_examples` successes when `local`.
     progress: bars for the slow stages, and a log line with each stage's seconds.
 
     Returns {"layers": layer_table rows, "lipschitz/upper_bound" (the product),
@@ -453,12 +460,13 @@ def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | No
         out["lipschitz/certified"] = found["bounds"][best]
     if attacked is not None and "eclipse_fast" not in found["skipped"] and np.any(attacked["success"]):
         (summary, _), seconds = _timed(lambda: bracket_summary(model, params, attacked, out["certified"],
-                                                               local, progress))
+                                                               local, progress, local_examples))
         out["bracket"] = {**summary, "seconds": seconds}
         out.update({f"certified/{k}": v for k, v in summary.items() if v is not None})
         log.info("certified bracket on %d attacked examples: mean RMS distortion %.4g (attack), lower "
                  "bound %.4g (global)%s, %.1f s", summary["examples"], summary["mean_attack_rms"],
                  summary["mean_lower_rms_global"], "" if not local else
-                 f", {summary['mean_lower_rms_local']:.4g} (local, certified on "
-                 f"{100 * summary['local_certified']:.1f}%)", seconds)
+                 f", {summary['mean_lower_rms_local']:.4g} (local constants on "
+                 f"{summary['local_examples']}, certified on {100 * summary['local_certified']:.1f}%)",
+                 seconds)
     return out

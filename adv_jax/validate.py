@@ -121,6 +121,7 @@ def check_lipschitz(lipschitz: DictConfig) -> None:
     for i, method in enumerate(lipschitz.methods):
         _require(method in METHODS, f"lipschitz.methods[{i}]", method, f"one of {list(METHODS)}")
     _count("lipschitz.lipsdp_max_size", lipschitz.lipsdp_max_size)
+    _count("lipschitz.local_examples", lipschitz.local_examples, minimum=0, optional=True)
 
 
 def check(cfg: DictConfig) -> None:

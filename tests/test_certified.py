@@ -175,6 +175,23 @@ def test_an_uncertified_local_layer_falls_back_to_the_global_constants():
                                    <= np.asarray(certify.pair_constants(global_p)) * (1 + 1e-9))
 
 
+def test_local_constants_on_a_subset_leave_the_global_bound_for_the_rest():
+    model, params = _model((6, 10, 10, 4), "sigmoid", 4)
+    chain = certify.dense_chain(model, params)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.uniform(0.2, 0.8, (8, 6)))
+    y, target = jnp.argmax(certify.chain_logits(chain, x), 1), jnp.full(8, -1)
+    pair_l = certify.pair_constants(certify.output_gram(chain)[0])
+    global_ = certify.certified_distortion(certify.chain_logits(chain, x), y, target, pair_l)
+    d = rng.normal(size=(8, 6))  # "adversarials" just past the global bound: room to tighten it
+    x_adv = x + 1.3 * global_[:, None] * d / np.linalg.norm(d, axis=1, keepdims=True)
+    every = certify.bracket(chain, x, x_adv, y, target, pair_l)
+    first = certify.bracket(chain, x, x_adv, y, target, pair_l, local_examples=3)
+    assert np.allclose(first["local"][:3], every["local"][:3]) and np.all(first["local_certified"][:3])
+    assert np.array_equal(first["local"][3:], first["global"][3:]) and not np.any(first["local_certified"][3:])
+    assert np.any(every["local"][3:] > every["global"][3:])  # so the subset did leave something out
+
+
 def test_a_trained_runs_lipschitz_json_and_certified_distortions(tmp_path, tiny_overrides):
     """One tiny trained run (FC32-32-10 on 2000 P1 images, 3 epochs, the shared model cache),
     attacked by L-BFGS, every certified method on: lipschitz.json names every bound and its time,
@@ -204,6 +221,7 @@ def test_a_trained_runs_lipschitz_json_and_certified_distortions(tmp_path, tiny_
     assert 0 < low <= stored["certified"] < stored["lipschitz/upper_bound"]
     bracket = stored["bracket"]
     assert 0 < bracket["mean_lower_rms_global"] <= bracket["mean_lower_rms_local"] <= bracket["mean_attack_rms"]
+    assert bracket["local_examples"] == bracket["examples"] >= 10  # fewer than lipschitz.local_examples
 
     run = adv_jax.load_run(run_dir)
     again = lipschitz.layer_table(run.model, run.params, run.model.input_shape)  # from the saved params

@@ -83,7 +83,7 @@ def lipschitz_run(cfg, model: Model, params: Params, test, adv, run_dir: Path,
                                  images=lip.images, power_iters=lip.power_iters, methods=list(lip.methods),
                                  lipsdp_max_size=lip.lipsdp_max_size, lipsdp_solver=lip.lipsdp_solver,
                                  attacked=None if adv is None else adv._asdict(), local=lip.local,
-                                 progress=True)
+                                 local_examples=lip.local_examples, progress=True)
     (run_dir / "lipschitz.json").write_text(json.dumps(measured, indent=1))
     table = measured.pop("layers")
     columns = list(table[0])

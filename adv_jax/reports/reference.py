@@ -161,7 +161,10 @@ METRICS = {
     "certified/mean_attack_rms": "their mean attack distortion (per-pixel RMS)",
     "certified/mean_lower_rms_global": ("their mean certified lower bound on the distortion, from the "
                                         "global constant"),
-    "certified/mean_lower_rms_local": "the same from local constants (`lipschitz.local`)",
+    "certified/mean_lower_rms_local": ("the same with local constants on the first "
+                                       "`lipschitz.local_examples` (the global bound for the rest)"),
+    "certified/local_examples": "how many examples got local constants (`lipschitz.local`)",
+    "certified/local_certified": "the fraction of those whose local constants were certified",
     "certified/ratio": "mean attack distortion / mean certified lower bound (the local one where computed)",
     "experiment/seconds": "a study (`experiment=...`): its wall time",
     "transfer/<kind>/diagonal": ("cross-training-set and cross-model studies: mean error (%) of the "
