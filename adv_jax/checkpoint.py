@@ -36,14 +36,15 @@ from omegaconf import OmegaConf
 
 from adv_jax.config import ModelConfig, TrainConfig
 from adv_jax.models import Model, Params
+from adv_jax.run_files import PARAMS_FILE
 
 log = logging.getLogger(__name__)
-PARAMS_FILE = "params.msgpack"
 IDENTITY_FILE = "identity.json"
 CHECKSUM_SUFFIX = ".sha256"  # a params file's sidecar: <path>.sha256, in sha256sum's format
 STALE_TEMP_S = 3600  # a temporary file or directory this old was left by a killed writer
 _TEMP_TAIL = r"[a-z0-9_]{8}"  # the random part tempfile appends to a prefix
-CACHE_VERSION = 3  # bump when training code, or a schema default, changes what a config produces
+CACHE_VERSION = 4  # bump when training code, or a schema default, changes what a config produces
+# (4: train.optimizer's default became lbfgs; a version-3 key without it meant adam)
 
 
 class ParamsError(ValueError):

@@ -18,10 +18,9 @@ from typing import Any, NoReturn
 
 from adv_jax import jobs
 from adv_jax.config import check_command_line
+from adv_jax.run_files import RESULT_FILES
 
 log = logging.getLogger(__name__)
-# Files that hold a result: a directory with any of them is never removed after a failure.
-RESULT_FILES = ("metrics.json", "params.msgpack", "adversarials.npz", "lipschitz.json")
 _given_run_dir: dict[str, bool] = {}  # hydra.run.dir from the command line -> existed before
 
 
@@ -54,7 +53,8 @@ def _created_here(run_dir: Path) -> bool:
 
 
 def discard_if_empty(run_dir: str | Path, error: BaseException) -> None:
-    """Removes a run directory that this command created and that holds no result."""
+    """Removes a run directory that this command created and that holds no result (none of
+    run_files.RESULT_FILES: a directory with any of them is never removed after a failure)."""
     from adv_jax.rundir import RunDirectoryInUse
 
     run_dir = Path(run_dir)

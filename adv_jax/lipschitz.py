@@ -29,6 +29,7 @@ Lower bounds of the logits' Lipschitz constant, which must sit below the product
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -42,6 +43,7 @@ import numpy as np
 
 from adv_jax import certify, extras, lipsdp
 from adv_jax.models.layers import ACTIVATION_LIPSCHITZ, Layer, apply_layer
+from adv_jax.run_files import LipschitzResult
 
 __all__ = [
     "DEFAULT_METHODS", "METHODS", "bracket_summary", "certified_bounds", "circular_conv",
@@ -423,7 +425,7 @@ def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | No
             images: int, power_iters: int, methods: Sequence[str] = DEFAULT_METHODS,
             lipsdp_max_size: int = lipsdp.DEFAULT_MAX_SIZE, lipsdp_solver: str = "SCS",
             attacked: dict[str, np.ndarray] | None = None, local: bool = True,
-            local_examples: int | None = None, progress: bool = False) -> dict[str, Any]:
+            local_examples: int | None = None, progress: bool = False) -> LipschitzResult:
     """Upper and lower Lipschitz bounds of one trained network: what lipschitz.json holds.
 
     test_x (N, 28, 28, 1): the Jacobian bound is the max over its first `images` (none if 0 or
@@ -435,38 +437,28 @@ def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | No
     local constants on its first `local_examples` successes when `local`.
     progress: bars for the slow stages, and a log line with each stage's seconds.
 
-    Returns {"layers": layer_table rows, "lipschitz/upper_bound" (the product),
-    "lipschitz/layer<i>" per layer, where measured "lipschitz/jacobian_lower_bound" and
-    "lipschitz/pair_ratio_lower_bound"; "bounds" {method: value}, "certified" (the smallest),
-    "certified_method", "lipschitz/certified", "lipschitz/bound/<method>", "lower_bounds"
-    {name: value}, "seconds" {name: s}, "skipped" {method: why}, and with `attacked` "bracket"
-    and "certified/*" means}, all Python floats; L2 norms, logits per unit pixel distance.
+    Returns a run_files.LipschitzResult (what lipschitz.json holds; `.metrics()` its flat
+    entries), all Python floats.
     """
     start = time.perf_counter()
     table = layer_table(model, params, model.input_shape)
-    out: dict[str, Any] = {"layers": table, "lipschitz/upper_bound": network_bound(table)}
-    out.update({f"lipschitz/layer{row['index']}": row["bound"] for row in table})
+    product = network_bound(table)
     product_seconds = time.perf_counter() - start
     lower, lower_seconds = _measured_lower_bounds(model, params, test_x, pairs, key, images, power_iters)
-    out.update({f"lipschitz/{name}_lower_bound": value for name, value in lower.items()})
     found = certified_bounds(model, params, methods, lipsdp_max_size=lipsdp_max_size,
-                             lipsdp_solver=lipsdp_solver, product=out["lipschitz/upper_bound"])
+                             lipsdp_solver=lipsdp_solver, product=product)
     found["seconds"].update({"product": product_seconds} if "product" in methods else {})
-    best = min(found["bounds"], key=found["bounds"].get, default=None)
-    out.update(bounds=found["bounds"], certified=found["bounds"].get(best), certified_method=best,
-               lower_bounds=lower, seconds={**found["seconds"], **lower_seconds}, skipped=found["skipped"])
-    out.update({f"lipschitz/bound/{m}": v for m, v in found["bounds"].items()})
-    if best is not None:
-        out["lipschitz/certified"] = found["bounds"][best]
+    result = LipschitzResult(layers=table, upper_bound=product, bounds=found["bounds"],
+                             lower_bounds=lower, seconds={**found["seconds"], **lower_seconds},
+                             skipped=found["skipped"])
     if attacked is not None and "eclipse_fast" not in found["skipped"] and np.any(attacked["success"]):
-        (summary, _), seconds = _timed(lambda: bracket_summary(model, params, attacked, out["certified"],
+        (summary, _), seconds = _timed(lambda: bracket_summary(model, params, attacked, result.certified,
                                                                local, progress, local_examples))
-        out["bracket"] = {**summary, "seconds": seconds}
-        out.update({f"certified/{k}": v for k, v in summary.items() if v is not None})
+        result = dataclasses.replace(result, bracket={**summary, "seconds": seconds})
         log.info("certified bracket on %d attacked examples: mean RMS distortion %.4g (attack), lower "
                  "bound %.4g (global)%s, %.1f s", summary["examples"], summary["mean_attack_rms"],
                  summary["mean_lower_rms_global"], "" if not local else
                  f", {summary['mean_lower_rms_local']:.4g} (local constants on "
                  f"{summary['local_examples']}, certified on {100 * summary['local_certified']:.1f}%)",
                  seconds)
-    return out
+    return result

@@ -46,13 +46,13 @@ from adv_jax import checkpoint
 from adv_jax.config import as_config, result_config
 from adv_jax.logger import Logger, one_line, open_logger
 from adv_jax.models import Model, Params, build_model, logits_fn
+from adv_jax.run_files import (ARTIFACT_FILES, CHECKSUMS_FILE, CONFIG_FILE, LOG_FILE,
+                               METRICS_FILE, METRICS_LOG_FILE, MODELS_DIR, PARAMS_FILE)
 
 log = logging.getLogger(__name__)
-CONFIG_FILE, METRICS_FILE, CHECKSUMS_FILE = "config.yaml", "metrics.json", "checksums.json"
 LOCK_FILE, MANIFEST_FILE = ".lock", ".preexisting.json"
-STARTUP_FILES = (CONFIG_FILE, "run.log")  # written before the work starts
-RESUMED = ("models",)  # kept by a redo: per-model run directories, each resumed or redone itself
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, checkpoint.PARAMS_FILE, "adversarials.npz", "lipschitz.json")
+STARTUP_FILES = (CONFIG_FILE, LOG_FILE)  # written before the work starts
+RESUMED = (MODELS_DIR,)  # kept by a redo: per-model run directories, each resumed or redone itself
 FAILED_KEY = "logger/failed"  # in metrics.json: "<backend>: <why>; ..." when a logger failed
 
 
@@ -282,7 +282,7 @@ class RunDirectory:
         redo removes every other entry, but RESUMED. Without a manifest (runs before it existed),
         an unfinished attempt's metrics.jsonl and wandb/ are removed first."""
         if not (self.path / MANIFEST_FILE).exists():
-            records = ((self.path / "metrics.jsonl", Path.is_file), (self.path / "wandb", Path.is_dir))
+            records = ((self.path / METRICS_LOG_FILE, Path.is_file), (self.path / "wandb", Path.is_dir))
             for stale in [path for path, is_one in records if is_one(path)]:
                 _remove(stale)
             write_file(self.path / MANIFEST_FILE, json.dumps(sorted(self.entries())))
@@ -335,7 +335,7 @@ class RunDirectory:
 
     def _attempt(self, work: Callable[["RunDirectory", Logger], dict[str, Any]]) -> dict[str, Any]:
         write_file(self.path / CONFIG_FILE, OmegaConf.to_yaml(self.cfg, resolve=True))
-        with open_logger(self.cfg, self.path, name=self.path.name, artifact_files=RUN_FILES) as logger:
+        with open_logger(self.cfg, self.path, name=self.path.name, artifact_files=ARTIFACT_FILES) as logger:
             metrics = work(self, logger)
             logger.summary(metrics)
             marked = dict(logger.failures)
@@ -363,7 +363,7 @@ class RunDirectory:
 def attach_log_file(run_dir: Path) -> logging.Handler | None:
     """Logs to <run_dir>/run.log unless Hydra already does."""
     root = logging.getLogger()
-    target = (run_dir / "run.log").resolve()
+    target = (run_dir / LOG_FILE).resolve()
     if any(getattr(h, "baseFilename", None) == str(target) for h in root.handlers):
         return None
     handler = logging.FileHandler(target)
@@ -433,5 +433,5 @@ def load_run(run_dir: str | Path) -> Run:
     checksums = _read_checksums(run_dir)
     _check_config(run_dir / CONFIG_FILE, cfg, checksums.get("result_config_sha256"))
     model = build_model(cfg.model)
-    params = _read_params(run_dir / checkpoint.PARAMS_FILE, model)
+    params = _read_params(run_dir / PARAMS_FILE, model)
     return Run(run_dir, cfg, read_metrics(run_dir / METRICS_FILE), model, params)

@@ -14,7 +14,8 @@ import adv_jax
 from adv_jax import checkpoint
 from adv_jax.config import CONF_DIR, as_config, compose
 from adv_jax.jobs import job_name
-from adv_jax.jobs.study import model_config, recompute_rows
+from adv_jax.jobs.study import recompute_rows
+from adv_jax.model_set import model_config
 from adv_jax.reports.aggregate import aggregate
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -25,13 +26,12 @@ REPO = CONF_DIR.parent
 SHARED_CACHE = Path(os.environ["ADV_JAX_TEST_SHARED"]) / "models"  # tests/conftest.py
 
 
-def _debug(name: str, tmp_path, mnist_dir, extra=()) -> list[str]:
-    """Debug size: 1000 training images, 2 adam epochs, 20 examples, 8-unit layers, FGSM-min."""
+def _debug(name: str) -> list[str]:
+    """debug=tiny (conf/debug/tiny.yaml: 2000 training images, 3 epochs, 20 examples, no W&B),
+    trained together by Adam, 8-unit layers, FGSM-min; MNIST from ADV_JAX_MNIST_DIR (conftest)."""
     cfg = compose([f"experiment={name}"])
-    out = [f"experiment={name}", f"data.mnist_dir={mnist_dir}", "data.train_limit=1000", "train=adam",
-           "train.epochs=2", "train.learning_rate=0.01", "experiment.num_examples=20",
-           "attack=fgsm_min", "attack.params.search_steps=6", "wandb.mode=disabled",
-           f"cache_dir={SHARED_CACHE}", *extra]
+    out = [f"experiment={name}", "debug=tiny", "train=adam", "train.learning_rate=0.01",
+           "attack=fgsm_min", "attack.params.search_steps=6", f"cache_dir={SHARED_CACHE}"]
     for key, entry in cfg.experiment.models.items():
         hidden = OmegaConf.load(CONF_DIR / "model" / f"{entry.model}.yaml").get("hidden") or []
         if hidden:
@@ -63,7 +63,7 @@ def test_the_study_experiments_are_those_selecting_no_other_job():
 # cross_training_set runs end to end, twice over, in the multirun test below.
 @pytest.mark.parametrize("name", [s for s in STUDIES if s != "cross_training_set"])
 def test_experiment_runs_in_debug_size(name, tmp_path, mnist_dir):
-    overrides = _debug(name, tmp_path, mnist_dir)
+    overrides = _debug(name)
     if name == "cross_model":  # a few autoencoder L-BFGS steps are enough to exercise the path
         overrides.append("+experiment.models.ae400.model_overrides.autoencoder.lbfgs_steps=5")
     if name == "adversarial_training":  # small pools: the refresh path, not its scale; the
@@ -92,7 +92,7 @@ def test_experiment_runs_in_debug_size(name, tmp_path, mnist_dir):
 def test_multirun_aggregates_two_seeds_and_skips_finished_runs_when_restarted(tmp_path, mnist_dir):
     sweep = tmp_path / "sweep"
     command = [sys.executable, str(REPO / "scripts" / "sweep.py"), "-m",
-               *_debug("cross_training_set", tmp_path, mnist_dir), "seed=0,1",
+               *_debug("cross_training_set"), "seed=0,1",
                f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "WANDB_SILENT": "true"}
     subprocess.run(command, check=True, cwd=tmp_path, env=env, capture_output=True)

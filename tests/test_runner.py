@@ -15,8 +15,9 @@ import adv_jax
 from adv_jax import checkpoint
 from adv_jax.config import compose
 from adv_jax.data import load_splits
-from adv_jax.jobs.single import RUN_FILES, split_errors
+from adv_jax.model_set import clean_errors
 from adv_jax.models import build_model
+from adv_jax.run_files import CONFIG_FILE, LOG_FILE, METRICS_FILE, METRICS_LOG_FILE, PARAMS_FILE
 from adv_jax.train import TrainingDiverged, evaluate
 
 
@@ -27,7 +28,7 @@ def test_full_and_train_errors_reuse_the_halves(mnist_dir, limit):
     splits = load_splits(cfg.data)
     model = build_model(cfg.model)
     params = model.init(jax.random.key(0))  # untrained: errors far from 0, any miscount shows
-    errors = split_errors(model, params, splits, cfg.data)
+    errors = clean_errors(model, params, splits, cfg.data)
     direct = evaluate(model, params, {s: splits[s] for s in ("full", "train")})
     assert errors["full"] == pytest.approx(direct["full"], abs=1e-6)
     assert errors["train"] == pytest.approx(direct["train"], abs=1e-6)
@@ -37,7 +38,7 @@ def test_full_and_train_errors_reuse_the_halves(mnist_dir, limit):
 def test_run_writes_a_self_describing_directory_and_loads_back(tmp_path, private_overrides):
     cfg = compose(["model=fc100"] + private_overrides)
     metrics = adv_jax.run(cfg, tmp_path / "run")
-    for name in RUN_FILES:
+    for name in (CONFIG_FILE, METRICS_FILE, METRICS_LOG_FILE, PARAMS_FILE, LOG_FILE):
         assert (tmp_path / "run" / name).exists(), name
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)
@@ -90,7 +91,7 @@ def test_unknown_attack_is_rejected_before_training(tmp_path, tiny_overrides):
 
 
 def test_wandb_offline_run_closes_even_when_the_job_fails(tmp_path, tiny_overrides):
-    overrides = [o for o in tiny_overrides if not o.startswith("wandb")] + ["wandb.mode=offline"]
+    overrides = tiny_overrides + ["wandb.mode=offline"]
     adv_jax.run(compose(["model=fc10"] + overrides), tmp_path / "ok")
     assert list((tmp_path / "ok" / "wandb").glob("offline-run-*"))
     with pytest.raises(TrainingDiverged):
@@ -106,7 +107,7 @@ def test_sweep_script_single_run(tmp_path, tiny_overrides):
     script = os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep.py")
     single = subprocess.run(
         [sys.executable, script, "model=fc10", "attack=none", f"hydra.run.dir={tmp_path / 'single'}"]
-        + tiny_overrides, env=env, capture_output=True, text=True, timeout=300)
+        + tiny_overrides + ["cpu_devices=auto"], env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     assert adv_jax.load_run(tmp_path / "single").metrics["error/test"] < 0.2
     if "xla_force_host_platform_device_count" not in env.get("XLA_FLAGS", "") and "JAX_NUM_CPU_DEVICES" not in env:
@@ -117,8 +118,7 @@ def test_sweep_script_single_run(tmp_path, tiny_overrides):
 def test_attack_run_writes_adversarials_and_bounds(tmp_path, tiny_overrides):
     from adv_jax.attacks.generate import Adversarials
 
-    cfg = compose(["model=fc10", "attack=lbfgs", "attack.num_examples=40", "lipschitz.images=50"]
-                  + tiny_overrides)
+    cfg = compose(["model=fc10", "attack=lbfgs", "attack.num_examples=40"] + tiny_overrides)
     metrics = adv_jax.run(cfg, tmp_path / "run")
     adv = Adversarials.load(tmp_path / "run" / "adversarials.npz")
     assert adv.x.shape == adv.x_adv.shape == (40, 28, 28, 1)
@@ -144,8 +144,9 @@ def test_cache_key_ignores_fields_left_at_their_defaults(tiny_overrides):
     from adv_jax.checkpoint import model_identity
 
     identity = model_identity(compose(["model=fc100"] + tiny_overrides))
-    assert "lipschitz_penalty" not in identity["train"] and "autoencoder" not in identity["model"]
-    assert identity["train"]["optimizer"] == "lbfgs"  # differs from the schema's default (adam)
+    assert not {"lipschitz_penalty", "optimizer"} & set(identity["train"]) and "autoencoder" not in identity["model"]
+    adam = model_identity(compose(["model=fc100", "train=adam"] + tiny_overrides))
+    assert adam["train"]["optimizer"] == "adam"  # differs from the schema's default (lbfgs)
     penalized = model_identity(compose(["model=fc100", "train.lipschitz_penalty=0.1"] + tiny_overrides))
     assert penalized["train"]["lipschitz_penalty"] == 0.1
 

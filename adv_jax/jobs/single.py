@@ -22,35 +22,17 @@ from adv_jax.attacks.generate import generate, summarize
 from adv_jax.data import load_splits
 from adv_jax.figures import adversarial_grid
 from adv_jax.logger import Logger
+from adv_jax.model_set import CLEAN_SPLITS, clean_errors
 from adv_jax.models import Model, Params, logits_fn, num_params, predict
+from adv_jax.run_files import ADVERSARIALS_FIGURE, ADVERSARIALS_FILE, LIPSCHITZ_FILE
 from adv_jax.rundir import RunDirectory
-from adv_jax.train import evaluate
 from adv_jax.trained import train_or_load
 
 log = logging.getLogger(__name__)
-EVAL_SPLITS = ("p1", "p2", "full", "test")
-RUN_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "params.msgpack", "run.log")
 
 
 def default_name(cfg) -> str:
     return cfg.model.name
-
-
-def split_errors(model: Model, params: Params, splits: dict, data_cfg) -> dict[str, float]:
-    """Error rate (fraction) on every EVAL_SPLITS split, on "train" and on "validation" (when
-    data.validation holds images out), each image evaluated once where it can be: P1 and P2
-    partition the full training set, and an unlimited training split is one of them."""
-    errors = evaluate(model, params, {s: splits[s] for s in ("p1", "p2", "test")})
-    n1, n2 = len(splits["p1"]), len(splits["p2"])
-    errors["full"] = (errors["p1"] * n1 + errors["p2"] * n2) / (n1 + n2)
-    if "validation" in splits:
-        errors["validation"] = evaluate(model, params, {"v": splits["validation"]})["v"]
-    if "validation" not in splits and (data_cfg.train_limit is None
-                                       or data_cfg.train_limit >= len(splits[data_cfg.split])):
-        errors["train"] = errors[data_cfg.split]
-    else:
-        errors["train"] = evaluate(model, params, {"t": splits["train"]})["t"]
-    return errors
 
 
 def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: Logger):
@@ -63,11 +45,11 @@ def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: L
     log.info("attack: %d of %d succeeded, mean RMS distortion %.4g, %.1f s (%.0f examples/s)",
              adv.success.sum(), n, metrics["attack/mean_distortion"], generated.seconds,
              metrics["attack/examples_per_second"])
-    adv.save(run_dir / "adversarials.npz")
+    adv.save(run_dir / ADVERSARIALS_FILE)
     columns = min(cfg.attack.figure_columns, n)
     if columns:  # 0: no figure; a figure that fails is a warning (Logger.figure)
         logger.figure("adversarials", lambda: adversarial_grid(
-            adv.x, adv.x_adv, run_dir / "adversarials.png", labels=adv.y,
+            adv.x, adv.x_adv, run_dir / ADVERSARIALS_FIGURE, labels=adv.y,
             predicted=predict(model, params, adv.x_adv[:columns]), columns=columns))
     return metrics, adv
 
@@ -84,15 +66,14 @@ def lipschitz_run(cfg, model: Model, params: Params, test, adv, run_dir: Path,
                                  lipsdp_max_size=lip.lipsdp_max_size, lipsdp_solver=lip.lipsdp_solver,
                                  attacked=None if adv is None else adv._asdict(), local=lip.local,
                                  local_examples=lip.local_examples, progress=True)
-    (run_dir / "lipschitz.json").write_text(json.dumps(measured, indent=1))
-    table = measured.pop("layers")
-    columns = list(table[0])
-    logger.table("lipschitz", columns, [[row[c] for c in columns] for row in table])
-    seconds = measured["seconds"]
+    (run_dir / LIPSCHITZ_FILE).write_text(json.dumps(measured.to_json(), indent=1))
+    columns = list(measured.layers[0])
+    logger.table("lipschitz", columns, [[row[c] for c in columns] for row in measured.layers])
+    seconds = measured.seconds
     log.info("Lipschitz bounds: %s; lower bounds: %s", "  ".join(
-        f"{m}={v:.4g} ({seconds[m]:.1f} s)" for m, v in measured["bounds"].items()), "  ".join(
-        f"{m}={v:.4g} ({seconds[m]:.1f} s)" for m, v in measured["lower_bounds"].items()) or "none")
-    return {k: v for k, v in measured.items() if "/" in k and isinstance(v, (int, float))}
+        f"{m}={v:.4g} ({seconds[m]:.1f} s)" for m, v in measured.bounds.items()), "  ".join(
+        f"{m}={v:.4g} ({seconds[m]:.1f} s)" for m, v in measured.lower_bounds.items()) or "none")
+    return measured.metrics()
 
 
 def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
@@ -100,7 +81,7 @@ def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
     splits = load_splits(cfg.data, cfg.model.classes)
     model, params, train_metrics = train_or_load(cfg, splits, logger,
                                                  save_to=run.path / checkpoint.PARAMS_FILE)
-    errors = split_errors(model, params, splits, cfg.data)
+    errors = clean_errors(model, params, splits, cfg.data)
     metrics = {**{f"error/{name}": value for name, value in errors.items()}, **train_metrics,
                "model/num_params": num_params(params), "data/train_size": len(splits["train"])}
     adv = None
@@ -115,7 +96,7 @@ def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
 def summary_line(cfg, metrics: dict[str, Any]) -> str:
     """`<model>: error/p1=…  error/p2=…  error/full=…  error/test=…` (then any other error/*):
     the line a run ends with."""
-    order = [f"error/{s}" for s in EVAL_SPLITS]
+    order = [f"error/{s}" for s in CLEAN_SPLITS]
     keys = [k for k in order if k in metrics] + sorted(k for k in metrics
                                                        if k.startswith("error/") and k not in order)
     return f"{cfg.model.name}: " + "  ".join(f"{k}={metrics[k]:.4g}" for k in keys)

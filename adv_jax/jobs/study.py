@@ -1,11 +1,9 @@
 """The transfer study (conf/experiment/*.yaml) as one job: `run(cfg, run_dir)`.
 
-For each model of `cfg.experiment.models` it derives the model's own config through Hydra
-(`config.derive`: its conf/model entry changed by the entry's fields; train, attack, data source,
-cache_dir and seed from cfg), takes it from the cache or trains it (models that can share one
-vmapped program together, `trained.train_or_load_all`), attacks the experiment's examples, and
-writes a per-model run directory that `adv_jax.load_run` reads. Then every model's adversarials
-are fed to every model.
+The models come from the model-set layer (`model_set.models_for`: each model's own config, from
+the cache or trained, recorded in a per-model run directory that `adv_jax.load_run` reads); in
+each, the study attacks the experiment's examples. Then every model's adversarials are fed to
+every model.
 
 <run_dir>/
   config.yaml  metrics.json  run.log  wandb/          as for any run (metrics.json is written last)
@@ -29,18 +27,17 @@ import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from adv_jax import checkpoint, transfer
+from adv_jax import transfer
 from adv_jax.attacks.generate import Adversarials, generate, summarize
-from adv_jax.config import as_config, derive
-from adv_jax.data import Dataset, load_splits
+from adv_jax.config import as_config
+from adv_jax.data import Dataset
 from adv_jax.figures_transfer import transfer_heatmap
+from adv_jax.model_set import CLEAN_SPLITS, MODELS_DIR, PerModel, model_config, models_for, study_examples
 from adv_jax.models import logits_fn, predict
+from adv_jax.run_files import ADVERSARIALS_FILE, MATRIX_FILE
 from adv_jax.rundir import RunDirectory, load_run
-from adv_jax.train import evaluate
-from adv_jax.trained import train_or_load_all
 
 log = logging.getLogger(__name__)
-CLEAN_SPLITS = ("p1", "p2", "full", "test")
 NOISE_KEY = 3  # fold_in(key(cfg.seed), NOISE_KEY) seeds every noise row of an experiment
 
 
@@ -48,70 +45,29 @@ def default_name(cfg) -> str:
     return cfg.experiment.name
 
 
-def model_config(cfg: DictConfig, key: str) -> DictConfig:
-    """The full config of experiment model `key`: what `sweep.py model=<m> data=<split>` builds
-    (so the same cache entry), with the entry's overrides and seed cfg.seed + seed_offset."""
-    entry = cfg.experiment.models[key]
-    changes = {k: entry[k] for k in ("hidden", "weight_decay") if entry[k] is not None}
-    return derive(cfg, entry.model, entry.split,
-                  model_changes=OmegaConf.merge(changes, entry.model_overrides),
-                  train_changes=entry.train_overrides, seed=cfg.seed + entry.seed_offset)
-
-
 def _label(cfg: DictConfig, key: str) -> str:
     return cfg.experiment.models[key].label or key
 
 
-def model_run(cfg_m: DictConfig, trained, examples, model_dir: Path) -> tuple[Any, Any, Adversarials, dict]:
-    """Attacks `examples` with one trained (model, params, train metrics) and writes its run
-    directory: params first, then adversarials.npz, then metrics.json (last)."""
-    run = RunDirectory.for_run(cfg_m, model_dir, model_dir.name)
-    run.start()
-    model, params, train_metrics = trained
-    checkpoint.save_params(model_dir / checkpoint.PARAMS_FILE, params)
-    splits = load_splits(cfg_m.data)
-    key = jax.random.fold_in(jax.random.key(cfg_m.seed), 1)  # the same key as the single run's attack
-    generated = generate(cfg_m.attack, logits_fn(model, params), examples.x, examples.y, key=key)
-    adv = generated.adversarials
-    adv.save(model_dir / "adversarials.npz")
-    errors = evaluate(model, params, {s: splits[s] for s in CLEAN_SPLITS})
-    metrics = {**{f"error/{s}": e for s, e in errors.items()},
-               "error/train": evaluate(model, params, {"t": splits["train"]})["t"],
-               **train_metrics, **summarize(generated),
-               "attack/mean_distortion_all": float(adv.distortion().mean())}
-    run.finish(metrics)
-    return model, params, adv, metrics
+def attack_each(cfg: DictConfig, examples: Dataset) -> PerModel:
+    """The study's per-model work: `examples` attacked with cfg.attack (the single run's key),
+    adversarials.npz written, the attack's summary returned."""
+    def work(key: str, model_dir: Path, model, params) -> dict[str, Any]:
+        key_ = jax.random.fold_in(jax.random.key(cfg.seed + cfg.experiment.models[key].seed_offset), 1)
+        generated = generate(cfg.attack, logits_fn(model, params), examples.x, examples.y, key=key_)
+        generated.adversarials.save(model_dir / ADVERSARIALS_FILE)
+        return {**summarize(generated),
+                "attack/mean_distortion_all": float(generated.adversarials.distortion().mean())}
+
+    return work
 
 
-def model_runs(cfg: DictConfig, configs: dict[str, DictConfig], examples, run_dir: Path) -> dict:
-    """key -> (model, params, adversarials, metrics) of every model: finished per-model run
-    directories read back (resuming an interrupted study), the rest trained or loaded (together
-    where they can share a program, with experiment.ensemble_seeds' models) and attacked."""
-    out, pending = {}, {}
-    for key, cfg_m in configs.items():
-        model_dir = run_dir / "models" / key
-        if (metrics := RunDirectory(model_dir, cfg_m).finished()) is not None:
-            run = load_run(model_dir)
-            out[key] = (run.model, run.params, Adversarials.load(model_dir / "adversarials.npz"), metrics)
-        else:
-            pending[key] = cfg_m
-    exp = cfg.experiment
-    others = [model_config(OmegaConf.merge(cfg, {"seed": seed}), key)
-              for seed in exp.ensemble_seeds if seed != cfg.seed for key in exp.models]
-    trained = train_or_load_all(list(pending.values()) + (others if pending else []),
-                                together=exp.train_together)
-    for (key, cfg_m), model in zip(pending.items(), trained):
-        log.info("experiment %s: model %s", exp.name, key)
-        out[key] = model_run(cfg_m, model, examples, run_dir / "models" / key)
-    return {key: out[key] for key in configs}
-
-
-def _examples(cfg: DictConfig):
-    """The images every model's adversarials are made from: the first num_examples of a split."""
-    exp = cfg.experiment
-    data = load_splits(cfg.data)[exp.examples]
-    n = len(data) if exp.num_examples is None else min(exp.num_examples, len(data))
-    return Dataset(data.x[:n], data.y[:n])
+def model_runs(cfg: DictConfig, examples: Dataset, run_dir: Path) -> dict[str, tuple]:
+    """key -> (model, params, adversarials, metrics) of every model (`model_set.models_for`, each
+    attacked on `examples` in its own run directory)."""
+    runs = models_for(cfg, run_dir, per_model=attack_each(cfg, examples))
+    return {key: (r.model, r.params, Adversarials.load(r.path / ADVERSARIALS_FILE), r.metrics)
+            for key, r in runs.items()}
 
 
 def _predictor(model, params):
@@ -134,8 +90,8 @@ def recompute_rows(run_dir: str | Path) -> list[transfer.Row]:
     cfg = as_config(OmegaConf.load(run_dir / "config.yaml"))
     runs = []
     for key in cfg.experiment.models:
-        run = load_run(run_dir / "models" / key)
-        runs.append((run.model, run.params, Adversarials.load(run.path / "adversarials.npz")))
+        run = load_run(run_dir / MODELS_DIR / key)
+        runs.append((run.model, run.params, Adversarials.load(run.path / ADVERSARIALS_FILE)))
     adv = runs[0][2]
     return rows_for(cfg, runs, Dataset(adv.x, adv.y))
 
@@ -186,7 +142,7 @@ def write_results(cfg: DictConfig, run_dir: Path, rows, model_metrics: dict[str,
         "noise_key": f"fold_in(key({cfg.seed}), {NOISE_KEY}), then fold_in(row)",
         "seconds": seconds,
     }
-    (run_dir / "matrix.json").write_text(json.dumps(result, indent=1))
+    (run_dir / MATRIX_FILE).write_text(json.dumps(result, indent=1))
     (run_dir / "matrix.csv").write_text(transfer.to_csv(columns, body))
     (run_dir / "matrix.md").write_text(
         f"# {exp.name} (seed {cfg.seed}, {result['examples']['num_examples']} {exp.examples} images, "
@@ -203,11 +159,8 @@ def work(run: RunDirectory, logger) -> dict[str, Any]:
     cfg, start = run.cfg, time.perf_counter()
     if not cfg.experiment.models:
         raise ValueError(f"experiment {cfg.experiment.name!r} lists no models (experiment.models is empty)")
-    examples = _examples(cfg)
-    # Every model's config is fixed now: conf/model files edited during a long study must not
-    # change its later models.
-    configs = {key: model_config(cfg, key) for key in cfg.experiment.models}
-    runs = model_runs(cfg, configs, examples, run.path)
+    examples = study_examples(cfg)
+    runs = model_runs(cfg, examples, run.path)
     rows = rows_for(cfg, [r[:3] for r in runs.values()], examples)
     result = write_results(cfg, run.path, rows, {k: r[3] for k, r in runs.items()},
                            time.perf_counter() - start)

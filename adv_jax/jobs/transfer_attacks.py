@@ -1,7 +1,7 @@
 """Transfer-attacks study (experiment.job=transfer_attacks, conf/experiment/transfer_attacks.yaml):
 attacks x budgets x sources (models and ensembles) x target models, as one job `run(cfg, run_dir)`.
 
-The models come as in the study job (`study.model_config`, `trained.train_or_load_all`); every
+The models come from the model-set layer (`model_set.models_for`), as in the study job; every
 source (each model, each `experiment.transfer.ensembles` entry) is attacked by every
 `experiment.transfer.attacks` entry, all budgets of a norm in one batched run
 (`attacks.budgets.AcrossBudgets`; a minimum-norm attack is run once and rescaled to each budget),
@@ -33,21 +33,17 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from adv_jax import checkpoint
 from adv_jax.attacks import make_attack
 from adv_jax.attacks.budgets import AcrossBudgets, perturbation_norm, rescale_to_budget
 from adv_jax.attacks.common import attack_batch, batched_logits, is_adversarial
 from adv_jax.attacks.ensemble_source import REDUCTIONS, ensemble_of
 from adv_jax.attacks.targets import choose_targets
 from adv_jax.config import compose
-from adv_jax.data import Dataset, load_splits
 from adv_jax.figures_transfer import budget_curves, quartile_bars
 from adv_jax.jobs.transfer_analysis import pair_analysis
-from adv_jax.jobs.study import model_config
-from adv_jax.models import logits_fn
-from adv_jax.rundir import RunDirectory, load_run
-from adv_jax.train import evaluate
-from adv_jax.trained import train_or_load_all
+from adv_jax.model_set import models_for, study_examples
+from adv_jax.run_files import MODELS_DIR, TRANSFER_FILE
+from adv_jax.rundir import Run, RunDirectory, load_run
 from adv_jax.transfer import transfer_rates
 
 log = logging.getLogger(__name__)
@@ -81,50 +77,16 @@ def attack_params(entry, norm: str | None) -> dict:
     return {**merged, "norm": norm} if norm is not None and not entry.minimum_norm else merged
 
 
-def trained_models(cfg: DictConfig, run_dir: Path) -> dict[str, tuple]:
-    """key -> (model, params) of every experiment model, each with a models/<key>/ run directory
-    (config.yaml, params.msgpack, metrics.json with clean errors); finished ones read back."""
-    exp, out, pending = cfg.experiment, {}, {}
-    for key in exp.models:
-        cfg_m, model_dir = model_config(cfg, key), run_dir / "models" / key
-        if RunDirectory(model_dir, cfg_m).finished() is not None:
-            run = load_run(model_dir)
-            out[key] = (run.model, run.params)
-        else:
-            pending[key] = cfg_m
-    others = [model_config(OmegaConf.merge(cfg, {"seed": seed}), key)
-              for seed in exp.ensemble_seeds if seed != cfg.seed for key in exp.models]
-    trained = train_or_load_all(list(pending.values()) + (others if pending else []),
-                                together=exp.train_together)
-    for (key, cfg_m), (model, params, train_metrics) in zip(pending.items(), trained):
-        run = RunDirectory.for_run(cfg_m, run_dir / "models" / key, key)
-        run.start()
-        checkpoint.save_params(run.path / checkpoint.PARAMS_FILE, params)
-        splits = load_splits(cfg_m.data)
-        errors = evaluate(model, params, {s: splits[s] for s in ("p1", "p2", "full", "test")})
-        run.finish({**{f"error/{s}": e for s, e in errors.items()}, **train_metrics})
-        out[key] = (model, params)
-    return {key: out[key] for key in exp.models}
-
-
-def sources(cfg: DictConfig, models: dict[str, tuple]) -> dict[str, dict[str, Any]]:
+def sources(cfg: DictConfig, models: dict[str, Run]) -> dict[str, dict[str, Any]]:
     """key -> {label, fn (batched logits_fn), members (model keys)}: each model, then each ensemble."""
     exp = cfg.experiment
-    out = {key: {"label": exp.models[key].label or key, "fn": logits_fn(*models[key]), "members": [key]}
+    out = {key: {"label": exp.models[key].label or key, "fn": models[key].logits_fn, "members": [key]}
            for key in exp.models}
     for key, ensemble in exp.transfer.ensembles.items():
-        fns = [logits_fn(*models[m]) for m in ensemble.members]
+        fns = [models[m].logits_fn for m in ensemble.members]
         out[key] = {"label": ensemble.label or key, "fn": ensemble_of(fns, ensemble.reduction),
                     "members": list(ensemble.members), "reduction": ensemble.reduction}
     return out
-
-
-def examples(cfg: DictConfig) -> Dataset:
-    """The images every source is attacked on: the first experiment.num_examples of a split."""
-    exp = cfg.experiment
-    data = load_splits(cfg.data)[exp.examples]
-    n = len(data) if exp.num_examples is None else min(exp.num_examples, len(data))
-    return Dataset(data.x[:n], data.y[:n])
 
 
 def adversarial_sets(entry, source_fn, x, y, target, key, budgets: dict) -> dict[str, tuple]:
@@ -196,10 +158,10 @@ def work(run: RunDirectory, logger) -> dict[str, Any]:
     cfg, start = run.cfg, time.perf_counter()
     check(cfg)
     exp, spec = cfg.experiment, cfg.experiment.transfer
-    models = trained_models(cfg, run.path)
+    models = models_for(cfg, run.path)
     srcs = sources(cfg, models)
     targets = {k: srcs[k]["fn"] for k in exp.models}
-    clean = examples(cfg)
+    clean = study_examples(cfg)
     base = jax.random.fold_in(jax.random.key(cfg.seed), ATTACK_KEY)
     target_key, attack_key = jax.random.split(base)
     first = srcs[next(iter(exp.models))]["fn"]
@@ -220,7 +182,7 @@ def work(run: RunDirectory, logger) -> dict[str, Any]:
               "budgets": OmegaConf.to_container(spec.budgets), "num_examples": len(clean),
               "clean_accuracy": {k: 100.0 * float(np.mean(p == data["y"])) for k, p in data["clean"].items()},
               "cells": cells, "analysis": pairs, "seconds": time.perf_counter() - start}
-    run.write_json("transfer.json", result)
+    run.write_json(TRANSFER_FILE, result)
     figures = draw_figures(run.path, result)
     log_tables(logger, result, figures)
     return summary(result)
@@ -302,8 +264,8 @@ def recompute_cells(run_dir: str | Path) -> list[dict]:
     """Every cell of a finished run's transfer.json, recomputed from the saved files alone: the
     models' run directories (models/<key>/) and each cell's adversarials file."""
     run_dir = Path(run_dir)
-    result = json.loads((run_dir / "transfer.json").read_text())
-    fns = {k: load_run(run_dir / "models" / k).logits_fn for k in result["models"]}
+    result = json.loads((run_dir / TRANSFER_FILE).read_text())
+    fns = {k: load_run(run_dir / MODELS_DIR / k).logits_fn for k in result["models"]}
     source_fns = {key: fns[key] if key in fns else ensemble_of([fns[m] for m in s["members"]], s["reduction"])
                   for key, s in result["sources"].items()}
     cells = []
