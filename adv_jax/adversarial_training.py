@@ -13,13 +13,17 @@ set all the time", and found adversarials of the higher layers' outputs the most
   refresh            `refresh_size` random pool slots get new adversarials: random training
                      images, targets from `target`, the attack run on the sub-network
                      layers[k:] by `jax.vmap` (the same per-example attacks as `attack=`).
-  loss term         `mixed_cross_entropy`: mean CE over the clean batch and `batch_size` random
+  loss term          `mixed_cross_entropy`: mean CE over the clean batch and `batch_size` random
                      entries of each pool (one combined batch). A hidden pool's point has its
                      gradient stopped below layer k: it trains layers k and above only.
-  training           the pools are part of `train.TrainState`; the one epoch loop of
-                     adv_jax/train.py runs `refreshes_per_epoch` blocks, each a refresh
-                     (`make_refresh`) then its minibatches. Before `start_epoch` the state holds
-                     no pools (clean training); then `fill_pools` fills every slot once.
+  regime             `fit_classifier`, a regime on the training core `train.fit` (which imports
+                     nothing of this module): `make_loss` (the term above plus train.regularizer),
+                     the pools in `TrainState.aux`, and hooks. Minibatch: an epoch runs
+                     `refreshes_per_epoch` blocks, each a refresh (`make_refresh`, traced in the
+                     epoch) then its minibatches; before `start_epoch` the state holds no pools
+                     (clean training), then `fill_pools` fills every slot once. Full-batch L-BFGS:
+                     `lbfgs_restarts` restarts, the pools filled or refreshed before each and
+                     their points held fixed through it (`frozen_points`).
 
 Dropout (train.dropout) drops inputs and hidden units in training steps only, with keys split
 from the step's key; `model.apply(params, x)` stays deterministic for evaluation and attacks.
@@ -34,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adv_jax import train
 from adv_jax.attacks import make_attack
 from adv_jax.attacks.targets import choose_targets
 from adv_jax.models import Model, Params
@@ -51,7 +56,8 @@ class Pool(NamedTuple):
 
 
 def enabled(cfg) -> bool:
-    """Whether train config `cfg` asks for pools or dropout (else plain `train.fit` trains)."""
+    """Whether train config `cfg` asks for pools or dropout (`fit_classifier`; else the plain
+    `train.fit_classifier`)."""
     return bool(cfg.adversarial.layers) or cfg.dropout.input > 0 or cfg.dropout.hidden > 0
 
 
@@ -202,21 +208,23 @@ def _refresh_all(attack, model: Model, cfg, params, pools, x, y, key, first_slot
 
 
 def make_refresh(model: Model, cfg):
-    """refresh(state, x, y, key) -> state: new adversarials in `refresh_size` random slots of
-    every pool of a `train.TrainState`; a state without pools (clean epochs) is left as it is."""
+    """refresh(state, x, y, key) -> state, the pool-refresh hook (`train.Hooks.refresh`): new
+    adversarials in `refresh_size` random slots of every pool in state.aux; a state without
+    pools (clean epochs, dropout alone) is left as it is."""
     attack = make_attack(cfg.adversarial.attack, cfg.adversarial.attack_params) if cfg.adversarial.layers else None
 
     def refresh(state, x, y, key):
-        if not state.pools:
+        if not state.aux:
             return state
-        return state._replace(pools=_refresh_all(attack, model, cfg, state.params, state.pools, x, y, key))
+        return state._replace(aux=_refresh_all(attack, model, cfg, state.params, state.aux, x, y, key))
 
     return refresh
 
 
-def fill_pools(model: Model, cfg, state, x: jax.Array, y: jax.Array, key: jax.Array):
-    """The state with every pool slot filled once, refresh_size at a time (one compiled refresh,
-    looped); x (N, 28, 28, 1), y (N,) the training set."""
+def fill_pools(model: Model, cfg, params: Params, x: jax.Array, y: jax.Array,
+               key: jax.Array) -> tuple[Pool, ...]:
+    """Every pool, each slot filled once against `params`, refresh_size at a time (one compiled
+    refresh, looped); x (N, 28, 28, 1), y (N,) the training set."""
     adv = cfg.adversarial
     attack = make_attack(adv.attack, adv.attack_params)
     empty = tuple(Pool(jnp.zeros((adv.pool_size, *model.input_shape), jnp.float32),
@@ -231,4 +239,73 @@ def fill_pools(model: Model, cfg, state, x: jax.Array, y: jax.Array, key: jax.Ar
                                 first_slot=r * adv.refresh_size)
         return jax.lax.fori_loop(0, -(-adv.pool_size // adv.refresh_size), one, pools)
 
-    return state._replace(pools=fill(state.params, empty, x, y))
+    return fill(params, empty, x, y)
+
+
+def make_loss(model: Model, cfg, frozen_layers: tuple[int, ...] = ()) -> train.LossFn:
+    """The loss of adversarial training (`train.LossFn`): `mixed_cross_entropy` over a minibatch
+    (aux: the pools), or with train=lbfgs `full_batch_cross_entropy` (aux: (pools, their frozen
+    points)); plus train.regularizer."""
+    full_batch = cfg.optimizer == "lbfgs"
+
+    def loss(params, decay, aux, batch, key):
+        params = train.freeze(params, frozen_layers)
+        x, y = batch
+        if full_batch:
+            ce = full_batch_cross_entropy(model, params, cfg.adversarial.layers, aux[1], x, y)
+        else:
+            ce = mixed_cross_entropy(model, params, aux, x, y, key, cfg)
+        return ce + train.regularizer(model, params, cfg.decay_scale, cfg.lipschitz_penalty, decay)
+
+    return loss
+
+
+def _minibatch_before(model: Model, cfg, key: jax.Array):
+    """before(i, state, x, y) -> state: the pools join the state at epoch `start_epoch`, filled once."""
+
+    def before(i, state, x, y):
+        if cfg.adversarial.layers and i == cfg.adversarial.start_epoch:
+            return state._replace(aux=fill_pools(model, cfg, state.params, x, y, key))
+        return state
+
+    return before
+
+
+def _lbfgs_before(model: Model, cfg, key: jax.Array):
+    """before(r, state, x, y) -> state: restart r's pools (filled at `start_epoch`, refreshed at
+    each later restart) and their points under the restart's first params, held fixed through the
+    restart so its loss is one function of the parameters: aux = (pools, points)."""
+    adv, refresh = cfg.adversarial, jax.jit(make_refresh(model, cfg))
+
+    def before(r, state, x, y):
+        pools = state.aux[0] if state.aux else ()
+        if r == adv.start_epoch:
+            pools = fill_pools(model, cfg, state.params, x, y, jax.random.fold_in(key, r))
+        elif r > adv.start_epoch:
+            pools = refresh(state._replace(aux=pools), x, y, jax.random.fold_in(key, r)).aux
+        return state._replace(aux=(pools, frozen_points(model, state.params, adv.layers, pools)))
+
+    return before
+
+
+def fit_classifier(model: Model, params: Params, data, key: jax.Array, cfg,
+                   frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
+    """The adversarial-training regime, `train.fit_classifier`'s signature and result: `make_loss`
+    on `train.fit` with the pool hooks. Minibatch: `refreshes_per_epoch` blocks an epoch, the pools
+    joining at `start_epoch`. train=lbfgs: `lbfgs_restarts` restarts of ceil(lbfgs_steps /
+    lbfgs_restarts) iterations, the pools filled or refreshed before each (the loss changes
+    between restarts, so each starts a fresh L-BFGS memory)."""
+    check_config(model, cfg)
+    loss = make_loss(model, cfg, frozen_layers)
+    if cfg.optimizer == "lbfgs":
+        hooks = train.Hooks(before=_lbfgs_before(model, cfg, key), on_epoch=on_epoch)
+        state, history, steps = train.fit(loss, train.TrainState(params, None), data,
+                                          train.lbfgs_plan(cfg, cfg.adversarial.lbfgs_restarts), hooks)
+        return state.params, history, steps
+    plan = train.minibatch_plan(cfg, len(data), blocks_per_epoch(cfg))
+    warn_if_fewer_blocks(cfg, plan.epoch.blocks, len(data), plan.epoch.batch_size)
+    pool_key, key = jax.random.split(key)
+    hooks = train.Hooks(make_refresh(model, cfg), _minibatch_before(model, cfg, pool_key), on_epoch)
+    state, history, steps = train.fit(loss, train.TrainState(params, plan.optimizer.init(params)),
+                                      data, plan, hooks, key)
+    return state.params, history, steps

@@ -106,7 +106,7 @@ def _over_members(mesh: Mesh, members: int, replicated: int):
 def fit_members_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, optimizer, epochs: int,
                           batch_size: int, vmap_size: int, mesh: Mesh, members: int,
                           on_epoch=None) -> tuple[Any, np.ndarray, int]:
-    """`train.fit_minibatch` for K members in one program: the one train step and epoch of
+    """`train.fit`'s minibatch path for K members in one program: the one train step and epoch of
     adv_jax/train.py, mapped over members. params: leaves (K, ...); lambdas (K, L);
     xs (D, N, 28, 28, 1), ys (D, N): the distinct training sets; data_index (K,): member k trains
     on xs[data_index[k]]; keys (K,); vmap_size: members batched per step; mesh: the devices the
@@ -116,7 +116,7 @@ def fit_members_minibatch(loss, params, lambdas, xs, ys, data_index, keys, *, op
     plan = EpochPlan.for_data(xs.shape[1], batch_size)
     member_epoch = make_epoch(make_train_step(loss, optimizer), plan)
 
-    # The data are arguments, not constants (see train.fit_minibatch).
+    # The data are arguments, not constants (see train.fit).
     @functools.partial(jax.jit, donate_argnums=0)
     @_over_members(mesh, members=3, replicated=2)
     def epoch(state, epoch_keys, data_index, xs, ys):

@@ -1,18 +1,24 @@
-"""The training core: one pure train step, one epoch loop, one full-batch L-BFGS loop.
+"""The training core: one `fit` over (loss, state, data, plan, hooks), built from one pure train
+step, one epoch loop and one full-batch L-BFGS chunk. It knows no feature: a regime (a loss, a
+plan, hooks) plugs into it from above.
 
-Loss (per example mean, then the paper's decay summed over layers):
-
-    L(params) = mean_i CE(f(x_i), y_i) + sum_k lambda_k * sum(W_k^2) / k_units
-
+  fit(loss, state, data, plan, hooks, key) -> (state, history, steps)
+      loss(params, decay, aux, (x, y), key) -> scalar; state: TrainState(params, opt_state, decay,
+      aux); data: (x (N, ...), y (N,)); plan: MinibatchPlan (optimizer, epochs, EpochPlan) or
+      LbfgsPlan (iterations, tolerance, restarts); hooks: Hooks(refresh, before, on_epoch)
   train_step(state, batch, key) -> (state, metrics)   one optimizer step; `make_train_step`
   epoch(state, key, x, y) -> (state, losses)          one jitted `lax.scan` over minibatches, the
                                                       data on device; `make_epoch`
-  fit_minibatch / minimize_lbfgs                      the host loops (progress, divergence check)
-  train_model                                         init -> AE pretraining -> classifier
+  lbfgs_chunk / minimize_lbfgs                        L-BFGS steps in jit; its host loop
 
-Single models, ensembles (adv_jax/ensemble.py vmaps or shards `epoch` and `lbfgs_chunk` over
-members) and adversarial training (pools are part of `TrainState` and one more loss term,
-adv_jax/adversarial_training.py) all train through these functions.
+Regimes on `fit`, here: `fit_classifier`, the plain classifier loss
+
+    L(params) = mean_i CE(f(x_i), y_i) + sum_k lambda_k * sum(W_k^2) / k_units
+
+and `pretrain_autoencoder` (a sparse autoencoder's loss); `train_model` runs init -> pretraining ->
+classifier, each regime passed in. Adversarial training (adv_jax/adversarial_training.py) is one
+more regime: a mixed loss, pools in `TrainState.aux`, a refresh hook, L-BFGS restarts. Ensembles
+(adv_jax/ensemble.py) vmap or shard `epoch` and `lbfgs_chunk` over members.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ import optax
 import optax.tree_utils as otu
 from tqdm.auto import tqdm
 
-from adv_jax import adversarial_training as pools_lib
 from adv_jax.data import Dataset
 from adv_jax.lipschitz import lipschitz_penalty
 from adv_jax.models import Model, Params, error_rate
@@ -38,8 +43,9 @@ from adv_jax.models.layers import weight_decay
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 MINIBATCH_OPTIMIZERS = ("adam", "sgd")
-# loss(params, decay, pools, (x, y), key) -> scalar; decay: None (each layer's own lambda) or (L,)
-LossFn = Callable[[Any, Any, tuple, tuple[jax.Array, jax.Array], jax.Array], jax.Array]
+# loss(params, decay, aux, (x, y), key) -> scalar; decay: None (each layer's own lambda) or (L,);
+# aux: what else the regime's loss reads (TrainState.aux); key: None under full-batch L-BFGS
+LossFn = Callable[[Any, Any, Any, tuple[jax.Array, jax.Array], Any], jax.Array]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -48,12 +54,67 @@ class TrainingDiverged(FloatingPointError):
 
 class TrainState(NamedTuple):
     """Everything a train step reads and writes. decay: None or (L,) per-layer lambdas (ensembles
-    vmap over them); pools: adversarial pools (adversarial_training.Pool), () when off."""
+    vmap over them); aux: whatever else a regime's loss reads (adversarial pools), () when none."""
 
     params: Any
     opt_state: Any
     decay: Any = None
-    pools: tuple = ()
+    aux: Any = ()
+
+
+class EpochPlan(NamedTuple):
+    """How an epoch of n images is cut: `blocks` blocks of `per_block` minibatches of
+    `batch_size` (the remainder dropped); a `Hooks.refresh` runs before each block."""
+
+    batch_size: int
+    blocks: int
+    per_block: int
+
+    @classmethod
+    def for_data(cls, n: int, batch_size: int, blocks: int = 1) -> "EpochPlan":
+        batch_size = min(batch_size, n)
+        batches = n // batch_size
+        blocks = max(1, min(blocks, batches))
+        return cls(batch_size, blocks, batches // blocks)
+
+    @property
+    def steps(self) -> int:
+        return self.blocks * self.per_block
+
+
+class MinibatchPlan(NamedTuple):
+    """Minibatch training: `epochs` epochs cut as `epoch`, stepped by `optimizer`."""
+
+    optimizer: optax.GradientTransformation
+    epochs: int
+    epoch: EpochPlan
+    desc: str = "train"  # the progress bar's and the log's name
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.epoch.steps
+
+
+class LbfgsPlan(NamedTuple):
+    """Full-batch L-BFGS: `restarts` runs of ceil(max_steps / restarts) iterations, each stopping
+    early where |grad| < tolerance and starting a fresh L-BFGS memory (a `Hooks.before` may change
+    the loss between restarts, e.g. its aux)."""
+
+    max_steps: int
+    tolerance: float
+    restarts: int = 1
+    desc: str = "lbfgs"
+
+
+class Hooks(NamedTuple):
+    """Where a regime plugs into `fit`; None: nothing.
+    refresh(state, x, y, key) -> state   traced in the jitted epoch, before each block of minibatches
+    before(i, state, x, y) -> state      on the host, before epoch i or L-BFGS restart i
+    on_epoch(i, loss)                    on the host, after epoch i or L-BFGS chunk i (logging)"""
+
+    refresh: Callable | None = None
+    before: Callable | None = None
+    on_epoch: Callable | None = None
 
 
 def classification_loss(model: Model, params: Params, x: jax.Array, y: jax.Array,
@@ -83,21 +144,13 @@ def freeze(params: Params, frozen_layers: tuple[int, ...]) -> Params:
 
 
 def make_loss(model: Model, cfg, frozen_layers: tuple[int, ...] = ()) -> LossFn:
-    """The training loss of train config `cfg`: the classification loss, or with pools or dropout
-    (`adversarial_training.enabled`) their mixed-batch form (full-batch L-BFGS: over every pool
-    entry)."""
-    mixed = pools_lib.enabled(cfg)
+    """The plain training loss of train config `cfg`: `classification_loss`, frozen layers'
+    gradient stopped; `decay` replaces the layers' lambdas (None: their own); aux and key unused."""
 
-    def loss(params, decay, pools, batch, key):
-        params = freeze(params, frozen_layers)
+    def loss(params, decay, aux, batch, key):
         x, y = batch
-        if not mixed:
-            return classification_loss(model, params, x, y, cfg.decay_scale, cfg.lipschitz_penalty, decay)
-        if cfg.optimizer == "lbfgs":  # full batch: every pool point (pools = frozen_points)
-            ce = pools_lib.full_batch_cross_entropy(model, params, cfg.adversarial.layers, pools, x, y)
-        else:
-            ce = pools_lib.mixed_cross_entropy(model, params, pools, x, y, key, cfg)
-        return ce + regularizer(model, params, cfg.decay_scale, cfg.lipschitz_penalty, decay)
+        return classification_loss(model, freeze(params, frozen_layers), x, y, cfg.decay_scale,
+                                   cfg.lipschitz_penalty, decay)
 
     return loss
 
@@ -117,12 +170,23 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     raise ValueError(f"unknown train.optimizer {cfg.optimizer!r}; choose one of {list(OPTIMIZERS)}")
 
 
+def minibatch_plan(cfg, n: int, blocks: int = 1) -> MinibatchPlan:
+    """Train config `cfg`'s minibatch plan for n images, each epoch cut into `blocks` blocks."""
+    epoch = EpochPlan.for_data(n, cfg.batch_size, blocks)
+    return MinibatchPlan(make_optimizer(cfg, cfg.epochs * epoch.steps), cfg.epochs, epoch)
+
+
+def lbfgs_plan(cfg, restarts: int = 1) -> LbfgsPlan:
+    """Train config `cfg`'s full-batch L-BFGS plan (lbfgs_steps, lbfgs_tolerance)."""
+    return LbfgsPlan(cfg.lbfgs_steps, cfg.lbfgs_tolerance, restarts)
+
+
 def make_train_step(loss: LossFn, optimizer: optax.GradientTransformation):
     """train_step(state, batch, key) -> (state, {"loss": scalar}): one optimizer step on batch
     (x (B, ...), y (B,)). Pure; jitted inside the epoch."""
 
     def train_step(state: TrainState, batch, key):
-        value, grads = jax.value_and_grad(loss)(state.params, state.decay, state.pools, batch, key)
+        value, grads = jax.value_and_grad(loss)(state.params, state.decay, state.aux, batch, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         return state._replace(params=optax.apply_updates(state.params, updates),
                               opt_state=opt_state), {"loss": value}
@@ -130,29 +194,10 @@ def make_train_step(loss: LossFn, optimizer: optax.GradientTransformation):
     return train_step
 
 
-class EpochPlan(NamedTuple):
-    """How an epoch of n images is cut: `blocks` blocks of `per_block` minibatches of
-    `batch_size` (the remainder dropped); a `refresh(state, x, y, key)` runs before each block."""
-
-    batch_size: int
-    blocks: int
-    per_block: int
-
-    @classmethod
-    def for_data(cls, n: int, batch_size: int, blocks: int = 1) -> "EpochPlan":
-        batch_size = min(batch_size, n)
-        batches = n // batch_size
-        blocks = max(1, min(blocks, batches))
-        return cls(batch_size, blocks, batches // blocks)
-
-    @property
-    def steps(self) -> int:
-        return self.blocks * self.per_block
-
-
 def make_epoch(train_step, plan: EpochPlan, refresh=None):
     """epoch(state, key, x, y) -> (state, losses (steps,)): a fresh permutation of the training
-    set, minibatches gathered on device. Unjitted: callers jit, vmap or shard it."""
+    set, minibatches gathered on device, `refresh(state, x, y, key)` before each block.
+    Unjitted: callers jit, vmap or shard it."""
 
     def epoch(state, epoch_key, x, y):
         def step(state, inputs):
@@ -197,11 +242,12 @@ def check_finite(losses: np.ndarray, epoch: int, first_loss: float | None = None
 def run_epochs(epoch, state, key: jax.Array, x, y, epochs: int, *, desc: str = "train",
                on_epoch=None, before_epoch=None) -> tuple[Any, list]:
     """The host loop: `epochs` calls of the jitted `epoch`, each epoch's losses checked; returns
-    the final state and each epoch's mean loss. `before_epoch(i, state) -> state` may change it."""
+    the final state and each epoch's mean loss. `before_epoch(i, state, x, y) -> state` may
+    change the state."""
     history, first, start = [], None, time.perf_counter()
     for i in (bar := tqdm(range(epochs), desc=desc, unit="epoch", leave=False)):
         if before_epoch is not None:
-            state = before_epoch(i, state)
+            state = before_epoch(i, state, x, y)
         state, losses = epoch(state, jax.random.fold_in(key, i), x, y)
         losses = np.asarray(losses)
         first = losses[0] if first is None else first
@@ -213,34 +259,6 @@ def run_epochs(epoch, state, key: jax.Array, x, y, epochs: int, *, desc: str = "
     log.info("%s: %d epochs, last epoch's loss %.4f, %.1f s", desc, epochs, np.mean(history[-1]),
              time.perf_counter() - start)
     return state, history
-
-
-def fit_minibatch(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
-                  frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
-    """Minibatch training (cfg: optimizer, epochs, batch_size, schedule, pools, dropout); returns
-    params, each epoch's mean loss, and the step count. Pools join the state at
-    `adversarial.start_epoch`, filled once; from then on they are refreshed before every block."""
-    pools_lib.check_config(model, cfg)
-    mixed = pools_lib.enabled(cfg)
-    plan = EpochPlan.for_data(len(data), cfg.batch_size, pools_lib.blocks_per_epoch(cfg))
-    pools_lib.warn_if_fewer_blocks(cfg, plan.blocks, len(data), plan.batch_size)
-    optimizer = make_optimizer(cfg, cfg.epochs * plan.steps)
-    step = make_train_step(make_loss(model, cfg, frozen_layers), optimizer)
-    refresh = pools_lib.make_refresh(model, cfg) if mixed else None
-    # The data are arguments, not closed-over constants: XLA would otherwise embed (and try to
-    # constant-fold) the whole training set in the compiled program.
-    epoch = jax.jit(make_epoch(step, plan, refresh), donate_argnums=0)
-    x, y = jnp.asarray(data.x), jnp.asarray(data.y)
-    pool_key, key = jax.random.split(key) if mixed else (None, key)
-
-    def before_epoch(i, state):
-        if cfg.adversarial.layers and i == cfg.adversarial.start_epoch:
-            return pools_lib.fill_pools(model, cfg, state, x, y, pool_key)
-        return state
-
-    state, history = run_epochs(epoch, TrainState(params, optimizer.init(params)), key, x, y,
-                                cfg.epochs, on_epoch=on_epoch, before_epoch=before_epoch)
-    return state.params, [float(h) for h in history], cfg.epochs * plan.steps
 
 
 def lbfgs_chunk(objective, optimizer, tolerance: float):
@@ -279,11 +297,11 @@ def minimize_lbfgs(objective, params, batch: tuple, max_steps: int, tolerance: f
                    desc: str = "lbfgs", on_epoch=None) -> tuple[Any, list[float], int]:
     """Full-batch L-BFGS (optax, zoom line search) of objective(params, batch) until |grad| <
     tolerance or max_steps iterations, in jitted chunks of 50; returns params, the objective after
-    each chunk, and the iteration count. The classifier and the autoencoder both train through it."""
+    each chunk, and the iteration count. One restart of `fit`'s L-BFGS."""
     optimizer = optax.lbfgs()
 
     @jax.jit
-    def run_chunk(carry, stop, batch):  # data as arguments: see fit_minibatch
+    def run_chunk(carry, stop, batch):  # data as arguments: see `fit`
         return lbfgs_chunk(lambda p: objective(p, batch), optimizer, tolerance)(carry, stop)
 
     batch = jax.tree.map(jnp.asarray, batch)
@@ -308,44 +326,57 @@ def minimize_lbfgs(objective, params, batch: tuple, max_steps: int, tolerance: f
     return carry[0], history, count
 
 
-def fit_lbfgs(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
-              frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
-    """The classifier by full-batch L-BFGS until |grad| < cfg.lbfgs_tolerance (at most
-    cfg.lbfgs_steps iterations); returns params, the loss after each chunk, the iteration count.
-    With pools: `adversarial.lbfgs_restarts` restarts of ceil(lbfgs_steps / lbfgs_restarts)
-    iterations, the pools filled or refreshed before each and their points then held fixed (the
-    loss changes between restarts, so each starts a fresh L-BFGS memory)."""
-    if pools_lib.enabled(cfg):
-        pools_lib.check_config(model, cfg)  # raises for dropout: it needs a minibatch optimizer
-    loss = make_loss(model, cfg, frozen_layers)
-    objective = lambda p, batch: loss(p, None, batch[2], batch[:2], None)  # noqa: E731
-    if not cfg.adversarial.layers:
-        return minimize_lbfgs(objective, params, (data.x, data.y, ()), cfg.lbfgs_steps,
-                              cfg.lbfgs_tolerance, on_epoch=on_epoch)
-    adv, x, y = cfg.adversarial, jnp.asarray(data.x), jnp.asarray(data.y)
-    refresh = jax.jit(pools_lib.make_refresh(model, cfg))
-    state, history, steps = TrainState(params, None), [], 0
-    per_restart = -(-cfg.lbfgs_steps // adv.lbfgs_restarts)
-    for r in range(adv.lbfgs_restarts):
-        if r == adv.start_epoch:
-            state = pools_lib.fill_pools(model, cfg, state, x, y, jax.random.fold_in(key, r))
-        elif r > adv.start_epoch:
-            state = refresh(state, x, y, jax.random.fold_in(key, r))
-        points = pools_lib.frozen_points(model, state.params, adv.layers, state.pools)  # () when clean
-        params, losses, count = minimize_lbfgs(objective, state.params, (x, y, points),
-                                               per_restart, cfg.lbfgs_tolerance, desc=f"lbfgs {r}")
+def _fit_lbfgs(loss: LossFn, state: TrainState, x, y, plan: LbfgsPlan, hooks: Hooks):
+    """`fit` by full-batch L-BFGS: plan.restarts calls of `minimize_lbfgs`, hooks.before ahead of
+    each; the loss sees state.decay and state.aux as the restart began, its key None."""
+    objective = lambda p, batch: loss(p, batch[2], batch[3], batch[:2], None)  # noqa: E731
+    history, steps = [], 0
+    per_restart = -(-plan.max_steps // plan.restarts)
+    for r in range(plan.restarts):
+        if hooks.before is not None:
+            state = hooks.before(r, state, x, y)
+        on_chunk = hooks.on_epoch and (lambda i, value, done=len(history): hooks.on_epoch(done + i, value))
+        params, losses, count = minimize_lbfgs(
+            objective, state.params, (x, y, state.decay, state.aux), per_restart, plan.tolerance,
+            desc=plan.desc if plan.restarts == 1 else f"{plan.desc} {r}", on_epoch=on_chunk)
         state, history, steps = state._replace(params=params), history + losses, steps + count
-        if on_epoch:
-            on_epoch(r, losses[-1])
-    return state.params, history, steps
+    return state, history, steps
 
 
-def train_classifier(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
-                     frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
-    """Trains `params` on `data` with cfg.optimizer; layers in `frozen_layers` keep their weights."""
+def fit(loss: LossFn, state: TrainState, data, plan: MinibatchPlan | LbfgsPlan,
+        hooks: Hooks = Hooks(), key: jax.Array | None = None) -> tuple[TrainState, list[float], int]:
+    """Trains state.params on data (x (N, ...), y (N,)) by `plan`, with the regime's `hooks`.
+    Returns the final state, the loss history (each epoch's mean, or the objective after each
+    L-BFGS chunk) and the optimizer step count. key: minibatch order and loss keys (L-BFGS: unused)."""
+    # The data are arguments, not closed-over constants: XLA would otherwise embed (and try to
+    # constant-fold) the whole training set in the compiled program.
+    x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
+    if isinstance(plan, LbfgsPlan):
+        return _fit_lbfgs(loss, state, x, y, plan, hooks)
+    epoch = jax.jit(make_epoch(make_train_step(loss, plan.optimizer), plan.epoch, hooks.refresh),
+                    donate_argnums=0)
+    state, history = run_epochs(epoch, state, key, x, y, plan.epochs, desc=plan.desc,
+                                on_epoch=hooks.on_epoch, before_epoch=hooks.before)
+    return state, [float(h) for h in history], plan.steps
+
+
+def fit_classifier(model: Model, params: Params, data: Dataset, key: jax.Array, cfg,
+                   frozen_layers: tuple[int, ...] = (), on_epoch=None) -> tuple[Params, list[float], int]:
+    """The plain classifier regime: `make_loss` fitted by cfg.optimizer (minibatch, or full-batch
+    L-BFGS until |grad| < lbfgs_tolerance, at most lbfgs_steps iterations); layers in
+    `frozen_layers` keep their weights. Returns params, the loss history, the step count."""
+    if cfg.adversarial.layers or cfg.dropout.input > 0 or cfg.dropout.hidden > 0:
+        # Refused, never silently dropped: pools and dropout are a regime of their own.
+        raise ValueError("train.adversarial.layers and train.dropout train through "
+                         "adversarial_training.fit_classifier (trained.train_or_load picks it)")
+    loss, hooks = make_loss(model, cfg, frozen_layers), Hooks(on_epoch=on_epoch)
     if cfg.optimizer == "lbfgs":
-        return fit_lbfgs(model, params, data, key, cfg, frozen_layers, on_epoch)
-    return fit_minibatch(model, params, data, key, cfg, frozen_layers, on_epoch)
+        state, history, steps = fit(loss, TrainState(params, None), data, lbfgs_plan(cfg), hooks)
+    else:
+        plan = minibatch_plan(cfg, len(data))
+        state, history, steps = fit(loss, TrainState(params, plan.optimizer.init(params)), data,
+                                    plan, hooks, key)
+    return state.params, history, steps
 
 
 def sparse_autoencoder_loss(encoder: dict, decoder: dict, x: jax.Array, cfg) -> jax.Array:
@@ -365,9 +396,9 @@ def sparse_autoencoder_loss(encoder: dict, decoder: dict, x: jax.Array, cfg) -> 
 
 def pretrain_autoencoder(model: Model, params: Params, data: Dataset, key: jax.Array, ae_cfg,
                          train_cfg) -> tuple[Params, dict[str, float]]:
-    """Trains the first layer as a sparse sigmoid autoencoder on images alone (no labels): by
-    minibatch Adam through the classifier's train step and epoch loop, or (ae_cfg.optimizer lbfgs)
-    by full-batch L-BFGS for at most ae_cfg.lbfgs_steps iterations (stopping early below
+    """The pretraining regime: the first layer trained as a sparse sigmoid autoencoder on images
+    alone (labels unused), fitted by minibatch Adam, or (ae_cfg.optimizer lbfgs) by full-batch
+    L-BFGS for at most ae_cfg.lbfgs_steps iterations (stopping early below
     train_cfg.lbfgs_tolerance), as the paper's era did. Returns params and the autoencoder's
     metrics (its optimizer steps and final objective)."""
     first = model.layers[0]
@@ -378,20 +409,17 @@ def pretrain_autoencoder(model: Model, params: Params, data: Dataset, key: jax.A
     decoder = {"w": jax.nn.initializers.glorot_normal()(init_key, (n_hidden, n_in)),
                "b": jnp.zeros(n_in)}
     pair = (params[0], decoder)
+    loss = lambda p, decay, aux, batch, key: sparse_autoencoder_loss(p[0], p[1], batch[0], ae_cfg)  # noqa: E731
     if ae_cfg.optimizer == "lbfgs":
-        objective = lambda p, batch: sparse_autoencoder_loss(p[0], p[1], batch[0], ae_cfg)  # noqa: E731
-        pair, history, steps = minimize_lbfgs(objective, pair, (data.x,), ae_cfg.lbfgs_steps,
-                                              train_cfg.lbfgs_tolerance, desc="autoencoder")
-        return (pair[0],) + tuple(params[1:]), {"train/autoencoder_steps": steps,
-                                                "train/autoencoder_loss": history[-1]}
-    loss = lambda p, decay, pools, batch, key: sparse_autoencoder_loss(p[0], p[1], batch[0], ae_cfg)  # noqa: E731
-    optimizer = optax.adam(ae_cfg.learning_rate)
-    plan = EpochPlan.for_data(len(data), train_cfg.batch_size)
-    epoch = jax.jit(make_epoch(make_train_step(loss, optimizer), plan), donate_argnums=0)
-    state, history = run_epochs(epoch, TrainState(pair, optimizer.init(pair)), fit_key,
-                                jnp.asarray(data.x), jnp.asarray(data.y), ae_cfg.epochs, desc="autoencoder")
-    return (state.params[0],) + tuple(params[1:]), {"train/autoencoder_steps": ae_cfg.epochs * plan.steps,
-                                                    "train/autoencoder_loss": float(np.mean(history[-1]))}
+        plan = LbfgsPlan(ae_cfg.lbfgs_steps, train_cfg.lbfgs_tolerance, desc="autoencoder")
+        state, history, steps = fit(loss, TrainState(pair, None), data, plan)
+    else:
+        plan = MinibatchPlan(optax.adam(ae_cfg.learning_rate), ae_cfg.epochs,
+                             EpochPlan.for_data(len(data), train_cfg.batch_size), desc="autoencoder")
+        state, history, steps = fit(loss, TrainState(pair, plan.optimizer.init(pair)), data, plan,
+                                    key=fit_key)
+    return (state.params[0],) + tuple(params[1:]), {"train/autoencoder_steps": steps,
+                                                    "train/autoencoder_loss": history[-1]}
 
 
 def evaluate(model: Model, params: Params, splits: dict[str, Dataset]) -> dict[str, float]:
@@ -414,17 +442,19 @@ def check_trained(model: Model, params: Params, data: Dataset, history: list[flo
 
 
 def train_model(model: Model, model_cfg, train_cfg, data: Dataset, key: jax.Array,
-                on_epoch=None, pretrain=pretrain_autoencoder) -> tuple[Params, dict[str, Any]]:
+                on_epoch=None, pretrain=pretrain_autoencoder,
+                classifier=fit_classifier) -> tuple[Params, dict[str, Any]]:
     """init -> optional autoencoder pretraining -> classifier training. Returns params, metrics.
-    `pretrain`: pretrain_autoencoder's signature and result (the trained-model cache passes one
-    that reads and writes the pretrained autoencoder's own cache entry)."""
+    `pretrain`, `classifier`: regimes with pretrain_autoencoder's and fit_classifier's signature
+    and result (adv_jax/trained.py passes the cached pretraining, and
+    adversarial_training.fit_classifier where train_cfg asks for pools or dropout)."""
     init_key, ae_key, fit_key = jax.random.split(key, 3)
     params = model.init(init_key)
     start, frozen, ae_metrics = time.perf_counter(), (), {}
     if model_cfg.autoencoder is not None:
         params, ae_metrics = pretrain(model, params, data, ae_key, model_cfg.autoencoder, train_cfg)
         frozen = (0,)
-    params, history, steps = train_classifier(model, params, data, fit_key, train_cfg, frozen, on_epoch)
+    params, history, steps = classifier(model, params, data, fit_key, train_cfg, frozen, on_epoch)
     params = jax.block_until_ready(params)
     check_trained(model, params, data, history)
     final_loss = history[-1] if history else float("nan")

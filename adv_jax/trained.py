@@ -1,7 +1,9 @@
 """Trained models for run configs: from the model cache, or trained and then cached.
 
-  train_or_load(cfg, splits)   one model: cached, or `train.train_model` (an autoencoder model's
-                               pretraining cached on its own: `autoencoder_stage`)
+  train_or_load(cfg, splits)   one model: cached, or `train.train_model` with the regimes the
+                               config asks for (`classifier_regime`: adversarial training or the
+                               plain fit; an autoencoder model's pretraining cached on its own:
+                               `autoencoder_stage`)
   train_or_load_all(cfgs)      several: cached ones loaded, the rest trained, those that share an
                                architecture and a minibatch optimizer together as one vmapped
                                ensemble (adv_jax/ensemble.py); each cached under its own key
@@ -26,7 +28,7 @@ from adv_jax.config import ModelConfig, TrainConfig
 from adv_jax.data import Dataset, load_splits
 from adv_jax.logger import Logger
 from adv_jax.models import Model, Params, build_model
-from adv_jax.train import MINIBATCH_OPTIMIZERS, pretrain_autoencoder, train_model
+from adv_jax.train import MINIBATCH_OPTIMIZERS, fit_classifier, pretrain_autoencoder, train_model
 
 log = logging.getLogger(__name__)
 Trained = tuple[Model, Params, dict[str, Any]]
@@ -46,12 +48,18 @@ def train_or_load(cfg, splits: dict[str, Dataset], logger: Logger | None = None,
     on_epoch = (lambda i, loss: logger.log({"train/loss": loss, "train/epoch": i})) if logger else None
     params, metrics = train_model(model, cfg.model, cfg.train, splits["train"],
                                   jax.random.key(cfg.seed), on_epoch=on_epoch,
-                                  pretrain=cached_pretraining(cfg))
+                                  pretrain=cached_pretraining(cfg), classifier=classifier_regime(cfg.train))
     if save_to is not None:
         checkpoint.save_params(save_to, params)
     if cfg.train.cache:
         checkpoint.write_cache(cfg, params, metrics, splits["train"])
     return model, params, {**metrics, "train/cached": False}
+
+
+def classifier_regime(train_cfg):
+    """How train config `train_cfg`'s classifier trains: `adversarial_training.fit_classifier`
+    where it asks for pools or dropout, else the plain `train.fit_classifier`."""
+    return adversarial_training.fit_classifier if adversarial_training.enabled(train_cfg) else fit_classifier
 
 
 def autoencoder_stage(cfg):

@@ -28,9 +28,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adv_jax.markdown import markdown  # noqa: F401  (transfer.markdown: matrix.md's tables)
+from adv_jax.transfer_rows import (  # noqa: F401  (the saved rows' schema, also transfer.*)
+    KINDS,
+    PERTURBED,
+    reads_as,
+    row_name,
+    saved_block,
+    saved_clipped,
+)
+
 PredictFn = Callable[[np.ndarray], np.ndarray]  # images (N, 28, 28, 1) -> labels (N,)
-KINDS = ("adversarial", "noise", "amplified", "fixed_noise")
-PERTURBED = KINDS[1:]  # the kinds that come clipped and unclipped
 
 
 class Row(NamedTuple):
@@ -41,15 +49,6 @@ class Row(NamedTuple):
     realized_stddev: float  # mean per-pixel RMS of (images - clean images), as fed (clipped or not)
     errors: np.ndarray  # (num_models,) error of each model on the row's images, in [0, 1]
     clipped: bool | None = None  # PERTURBED kinds: clipped to [0, 1] or not; adversarial: None
-
-
-def row_name(kind: str, source_name: str | None, stddev: float, clipped: bool | None) -> str:
-    """The printed name of a row; source_name is the model the examples were made for."""
-    name = {"adversarial": f"distorted for {source_name}",
-            "noise": f"Gaussian noise, same stddev as for {source_name}",
-            "amplified": f"distorted for {source_name}, amplified to stddev {stddev:g}",
-            "fixed_noise": f"Gaussian noise, stddev {stddev:g}"}[kind]
-    return name if clipped is None else f"{name}, {'clipped' if clipped else 'unclipped'}"
 
 
 def rms(x: np.ndarray, x_other: np.ndarray) -> np.ndarray:
@@ -121,23 +120,6 @@ def transfer_rows(predict_fns: Sequence[PredictFn], names: Sequence[str], x: np.
     return rows
 
 
-def saved_clipped(row: dict) -> bool | None:
-    """`Row.clipped` of a matrix.json row (a dict): None for adversarial rows; rows written before
-    the unclipped twins existed were clipped."""
-    return None if row["kind"] == "adversarial" else row.get("clipped", True)
-
-
-def reads_as(row: dict, clipped: bool = True) -> bool:
-    """Whether a matrix.json row belongs to the clipped (or unclipped) reading; adversarial rows
-    belong to both."""
-    return saved_clipped(row) in (None, clipped)
-
-
-def saved_block(rows: Sequence[dict], kind: str, clipped: bool = True) -> np.ndarray:
-    """`block` of matrix.json rows: their errors in percent, (rows of that kind, num_models)."""
-    return np.array([r["errors"] for r in rows if r["kind"] == kind and reads_as(r, clipped)])
-
-
 def block(rows: Sequence[Row], kind: str, clipped: bool = True) -> np.ndarray:
     """The (rows of that kind, num_models) error block, in [0, 1]: clipped or unclipped rows of a
     perturbed kind."""
@@ -162,13 +144,6 @@ def structure_checks(rows: Sequence[Row]) -> dict[str, bool]:
 
 def pct(value: float, digits: int = 1) -> str:
     return f"{100 * value:.{digits}f}"
-
-
-def markdown(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub markdown table; cells are printed with str()."""
-    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def matrix_table(names: Sequence[str], rows: Sequence[Row]) -> tuple[list[str], list[list[object]]]:

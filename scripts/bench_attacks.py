@@ -5,16 +5,19 @@
 
 --quick: only ours against scipy on --examples images, printed (no full test set, foolbox or
 arithmetic section, nothing written); trailing arguments override conf/attack/lbfgs.yaml.
-The sections: adv_jax/reports/bench_attacks.py.
+The measurements: adv_jax/bench/attacks.py (kept in --out's .json); the markdown:
+adv_jax/reports/bench_attacks.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from adv_jax import devices
+from adv_jax.bench import attacks
 from adv_jax.reports import bench_attacks, provenance
 
 
@@ -33,9 +36,11 @@ def main(argv: list[str] | None = None) -> None:
     devices.use_cpu_devices(args.cpu_devices)  # before JAX's first operation, as adv_jax.run does
     command = provenance.command("scripts/bench_attacks.py", sys.argv[1:] if argv is None else argv,
                                  provenance.MNIST_ENV)
-    text = bench_attacks.report(args.run_dir, args.examples, args.scipy, args.repeats, command,
-                                tuple(args.overrides), args.quick, not args.skip_foolbox)
+    measured = attacks.measure(args.run_dir, args.examples, args.scipy, args.repeats, tuple(args.overrides),
+                               args.quick, not args.skip_foolbox)
+    text = bench_attacks.report(measured, command)
     if not args.quick:
+        args.out.with_suffix(".json").write_text(json.dumps(measured, indent=1))
         args.out.write_text(text)
     print(text)
 

@@ -3,7 +3,8 @@
     ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bench_foolbox.py [--run-dir DIR] [--examples 1000]
 
 Needs `pip install foolbox==3.3.4`; the first run trains FC100 into --run-dir (from the cache
-when trained before). Settings and columns: adv_jax/reports/bench_foolbox.py.
+when trained before). Settings: adv_jax/bench/foolbox_compare.py; columns:
+adv_jax/reports/bench_foolbox.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from adv_jax.bench import foolbox_compare
 from adv_jax.reports import bench_foolbox
 
 
@@ -23,11 +25,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cw-search", type=int, default=5)
     parser.add_argument("--cw-lr", type=float, default=0.05)
     args = parser.parse_args(argv)
-    run = bench_foolbox.load_model(args.run_dir)
-    table, n = bench_foolbox.comparison_table(run, args.examples, args.repeats, args.cw_steps,
-                                              args.cw_search, args.cw_lr)
-    print(f"FC100 from {args.run_dir}; {n} correctly classified test images; median of "
-          f"{args.repeats} runs after a warm-up\n\n{table}")
+    run = foolbox_compare.load_model(args.run_dir)
+    rows = foolbox_compare.compare(run, args.examples, args.repeats, args.cw_steps, args.cw_search, args.cw_lr)
+    print(f"FC100 from {args.run_dir}; {rows[0]['examples']} correctly classified test images; median of "
+          f"{args.repeats} runs after a warm-up\n\n{bench_foolbox.table(rows)}")
 
 
 if __name__ == "__main__":

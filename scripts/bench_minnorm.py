@@ -5,15 +5,19 @@ and the conv net: success, distortion, speed, AttackBench optimality -> results/
         [--runs runs/models] [--run fc100_p1=DIR ...] [--config FILE] [--models NAME,...] [--out FILE]
 
 Models: conf/report/bench_minnorm.yaml (run directories <runs>/<name>, or --run NAME=DIR; a run
-not finished there is trained first). foolbox rows need `pip install -e '.[bench]'`.
+not finished there is trained first). foolbox rows need `pip install -e '.[bench]'`. Measured by
+adv_jax/bench/minnorm.py (its numbers kept in --out's .json); the markdown:
+adv_jax/reports/bench_minnorm.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from adv_jax.bench import minnorm
 from adv_jax.reports import bench_minnorm, provenance, settings
 
 
@@ -37,11 +41,13 @@ def main(argv: list[str] | None = None) -> None:
         conf["models"] = [m for m in conf["models"] if m["name"] in args.models.split(",")]
         conf["notes"] = [*conf.get("notes", []),
                          f"Left out of this run (--models): {', '.join(left_out) or 'none'}."]
-    run_dirs = dict(item.split("=", 1) for item in args.run)
+    run_dirs = {name: Path(path) for name, path in (item.split("=", 1) for item in args.run)}
     command = provenance.command("scripts/bench_minnorm.py", sys.argv[1:] if argv is None else argv,
                                  provenance.MNIST_ENV)
-    text = bench_minnorm.report(conf, args.runs, {k: Path(v) for k, v in run_dirs.items()}, command)
+    measured = minnorm.run(conf, args.runs, run_dirs)
+    text = bench_minnorm.report(conf, measured, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(measured))
     args.out.write_text(text)
     print(text)
 

@@ -1,4 +1,5 @@
-"""Cost of one pool refresh per attack and pool layer (adv_jax/reports/bench_pool_refresh.py).
+"""Cost of one pool refresh per attack and pool layer (adv_jax/bench/pool_refresh.py measures,
+adv_jax/reports/bench_pool_refresh.py writes the table).
 
     ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bench_pool_refresh.py RUN_DIR [--size 1000] [--out FILE]
 
@@ -12,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from adv_jax.bench import pool_refresh
 from adv_jax.reports import bench_pool_refresh, provenance
 
 
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = provenance.command("scripts/bench_pool_refresh.py", sys.argv[1:] if argv is None else argv,
                                  provenance.MNIST_ENV)
-    text = bench_pool_refresh.report(args.run_dir, args.size, args.repeats, command)
+    text = bench_pool_refresh.report(pool_refresh.measure(args.run_dir, args.size, args.repeats), command)
     if args.out:
         args.out.write_text(text)
     print(text)

@@ -4,7 +4,9 @@ models, their empirical lower bounds, and comparisons over the sweeps of conf/re
     ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/report_lipschitz.py [--run-missing]
 
 Reads the run directories of scripts/report_models.py (runs/models/<row>) and the sweeps' run
-directories; --run-missing first runs what has not run yet (sweep.py skips finished jobs).
+directories; --run-missing first runs what has not run yet (sweep.py skips finished jobs). Before
+the report (adv_jax/reports/lipschitz.py), adv_jax/bench/lipschitz_inputs.py measures the lower
+bounds a model row's run did not log.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from adv_jax.bench import lipschitz_inputs
 from adv_jax.reports import lipschitz, provenance, settings
 
 
@@ -27,8 +30,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = provenance.command("scripts/report_lipschitz.py", sys.argv[1:] if argv is None else argv,
                                  provenance.MNIST_ENV)
-    text = lipschitz.report(settings.load("lipschitz", args.config), args.runs,
-                            args.out.parent / "figures", command, args.run_missing)
+    conf = settings.load("lipschitz", args.config)
+    if args.run_missing:
+        lipschitz_inputs.run_missing(conf, args.runs)
+    lipschitz_inputs.lower_bounds(conf, args.runs)
+    text = lipschitz.report(conf, args.runs, args.out.parent / "figures", command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -4,16 +4,19 @@
 
 A row whose run directory <runs>/<row> already holds metrics.json is read back instead of run
 again, so an interrupted report resumes. Models come from the shared cache when trained before;
---no-cache retrains (for fresh timings).
+--no-cache retrains (for fresh timings). The runs and the noisy errors (kept in --out's .json):
+adv_jax/bench/models.py; the markdown: adv_jax/reports/models.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
+from adv_jax.bench import models as model_runs
 from adv_jax.reports import models, provenance, settings
 
 
@@ -27,11 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     conf = settings.load("models", args.config)
-    models.build(conf, args.runs, args.only, cache=not args.no_cache)
+    model_runs.build(conf, args.runs, args.only, cache=not args.no_cache)
+    noisy = model_runs.noisy(conf, args.runs)
     command = provenance.command("scripts/report_models.py", sys.argv[1:] if argv is None else argv,
                                  provenance.MNIST_ENV)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(models.report(conf, args.runs, command))
+    args.out.with_suffix(".json").write_text(json.dumps(noisy, indent=1))
+    args.out.write_text(models.report(conf, args.runs, command, noisy))
     print(args.out.read_text())
 
 

@@ -1,5 +1,6 @@
 """Adversarial training (adv_jax.adversarial_training): dropout, refreshing the pools of
-adversarial examples at layer inputs, training with them, config checks and the experiment's models."""
+adversarial examples at layer inputs, training with them as a regime on train.fit, the choice of
+regime, config checks and the experiment's models."""
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +13,11 @@ from adv_jax import adversarial_training as at
 from adv_jax.attacks import is_adversarial, make_attack
 from adv_jax.config import compose
 from adv_jax.data import Dataset, load_splits
-from adv_jax.jobs.study import model_config
+from adv_jax.model_set import model_config
 from adv_jax.models import build_model, error_rate
 from adv_jax import train as train_lib
 from adv_jax.train import train_model
+from adv_jax.trained import classifier_regime
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,8 @@ def test_pool_training_runs_and_learns(small):
     runs = {}
     for name, extra in (("plain", []), ("pooled", pooled)):
         cfg = _train_cfg("train.epochs=3", "train.learning_rate=1e-2", *extra)
-        runs[name] = train_model(model, model_cfg, cfg, train, jax.random.key(0))
+        runs[name] = train_model(model, model_cfg, cfg, train, jax.random.key(0),
+                                 classifier=classifier_regime(cfg))
     params, metrics = runs["pooled"]
     assert np.isfinite(metrics["train/final_loss"])
     assert metrics["train/steps"] == 3 * 3 * (2000 // 128 // 3)  # whole blocks of batches
@@ -111,9 +114,11 @@ def test_pooled_lbfgs_refreshes_between_restarts_and_learns(small, monkeypatch):
                    "train.adversarial.target=untargeted"]).train
     restarts = []
     real = train_lib.minimize_lbfgs
+    # fit's L-BFGS batch is (x, y, decay, aux); the regime's aux is (pools, their frozen points).
     monkeypatch.setattr(train_lib, "minimize_lbfgs", lambda objective, params, batch, *a, **k: (
-        restarts.append((params, batch[2])) or real(objective, params, batch, *a, **k)))
-    params, metrics = train_model(model, model_cfg, cfg, train, jax.random.key(0))
+        restarts.append((params, batch[3][1])) or real(objective, params, batch, *a, **k)))
+    params, metrics = train_model(model, model_cfg, cfg, train, jax.random.key(0),
+                                  classifier=at.fit_classifier)
     assert metrics["train/steps"] <= 60 and np.isfinite(metrics["train/final_loss"])
     assert error_rate(model, params, jnp.asarray(test.x), jnp.asarray(test.y)) < 0.25
     assert [len(points) for _, points in restarts] == [0, 2, 2]  # clean, then both pools
@@ -127,6 +132,16 @@ def test_pooled_lbfgs_refreshes_between_restarts_and_learns(small, monkeypatch):
                for k, (p, y) in zip([0, 2], points)]
     clean = optax.softmax_cross_entropy_with_integer_labels(model.apply(start, train.x), train.y).sum()
     assert float(loss) == pytest.approx(float(clean + sum(by_hand)) / (len(train) + 600), rel=1e-5)
+
+
+def test_pools_and_dropout_train_through_their_regime_never_the_plain_fit(small):
+    """The plain fit refuses what only the regime honours, rather than train a clean model."""
+    for extra in (["train.adversarial.layers=[0]"], ["train.dropout.hidden=0.5"]):
+        cfg = _train_cfg(*extra)
+        assert classifier_regime(cfg) is at.fit_classifier
+        with pytest.raises(ValueError, match="adversarial_training.fit_classifier"):
+            train_model(build_model(compose([]).model), compose([]).model, cfg, small[0], jax.random.key(0))
+    assert classifier_regime(_train_cfg()) is train_lib.fit_classifier
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -1,11 +1,14 @@
-"""The minimum-norm benchmark (adv_jax/reports/bench_minnorm.py): AttackBench's optimality score
-on hand-computed distances, and the whole report on a tiny FC10 with a few images and steps (the
-foolbox rows when foolbox is installed; without it, the note that says they are left out)."""
+"""The minimum-norm benchmark (adv_jax/bench/minnorm.py measures, adv_jax/reports/bench_minnorm.py
+writes): AttackBench's optimality score on hand-computed distances, and the whole report on a
+tiny FC10 with a few images and steps (the foolbox rows when foolbox is installed; without it,
+the note that says they are left out)."""
 
+import json
 import re
 
 import numpy as np
 
+from adv_jax.bench import minnorm
 from adv_jax.reports import bench_minnorm, settings
 
 INF = np.inf
@@ -52,8 +55,9 @@ def test_report_on_a_tiny_model(tmp_path, tiny_overrides, monkeypatch):
     once; one target mode per report, so each attack compiles once."""
     conf = tiny_conf(tiny_overrides)
     conf["target_modes"] = ["random"]
-    text = bench_minnorm.report(conf, tmp_path / "runs", {}, "python scripts/bench_minnorm.py")
-    names = [*FEW_STEPS] + ([e["name"] for e in conf["foolbox"]] if bench_minnorm.foolbox_available() else [])
+    measured = json.loads(json.dumps(minnorm.run(conf, tmp_path / "runs", {})))  # as the script stores it
+    text = bench_minnorm.report(conf, measured, "python scripts/bench_minnorm.py")
+    names = [*FEW_STEPS] + ([e["name"] for e in conf["foolbox"]] if minnorm.foolbox_available() else [])
     assert "optimality_a = 1 - (A_a - A*) / (D - A*)" in text
     assert "### Targets: random" in text and "tiny FC10, random" in text  # a column of the summary
     for name in names:
@@ -63,13 +67,13 @@ def test_report_on_a_tiny_model(tmp_path, tiny_overrides, monkeypatch):
     assert max(scores) > 0.5
 
     # Without foolbox: its rows are left out, with the note that says so.
-    monkeypatch.setattr(bench_minnorm, "foolbox_available", lambda: False)
+    monkeypatch.setattr(minnorm, "foolbox_available", lambda: False)
     conf = tiny_conf(tiny_overrides, ["fgsm_min", "fmn"])
     conf["target_modes"] = ["untargeted"]
     conf["models"][0]["examples"] = 2  # a model's own count beats the config's
     conf["split"], conf["attacks"][1]["label"] = "p2", "fmn, 10 steps"  # held-out images, a label
     conf["select"] = {"max_evals": 10_000}
-    text = bench_minnorm.report(conf, tmp_path / "runs", {}, "python scripts/bench_minnorm.py")
+    text = bench_minnorm.report(conf, minnorm.run(conf, tmp_path / "runs", {}), "python scripts/bench_minnorm.py")
     assert "foolbox is not installed" in text and "foolbox DDN" not in text
     assert "2 correctly classified p2 images." in text and "| fmn, 10 steps |" in text
     assert "### Targets: untargeted" in text and len(scores_in(text)) == 2

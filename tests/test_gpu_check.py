@@ -1,7 +1,7 @@
-"""scripts/gpu_check.sh --cpu-short: the GPU check's code at tiny sizes on a CPU, as on the GPU
-image, where wandb is not installed (a stand-in `wandb` that fails to import shadows the real one,
-so a job that imports it with wandb=disabled fails). It writes its report where told, never
-results/gpu.md."""
+"""scripts/gpu_check.sh --cpu-short: the GPU check's code (adv_jax/bench/harness.py) at the size
+tiny on a CPU, as on the GPU image, where wandb is not installed (a stand-in `wandb` that fails to
+import shadows the real one, so a job that imports it with wandb=disabled fails). It writes its
+report where told, never results/gpu.md."""
 
 import json
 import os
@@ -23,14 +23,21 @@ def test_cpu_short_mode_writes_every_section_without_wandb(tmp_path, mnist_dir):
     done = subprocess.run([str(REPO / "scripts" / "gpu_check.sh"), "--cpu-short", str(out)], env=env,
                           capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
-    measured = json.loads(out.with_suffix(".json").read_text())
-    assert measured["mode"] == "cpu_short" and measured["devices"]
-    assert [r["k"] for r in measured["training"]] == [1, 2]
-    assert all(r["seconds"] > 0 and r["final_loss"] > 0 for r in measured["training"])
-    assert measured["attack"]["examples"] == 5 and 0 <= measured["attack"]["success_rate"] <= 1
-    (sweep,) = measured["sweeps"]
-    assert "error" not in sweep and sweep["jobs"] == 2, sweep.get("error")
-    assert "Error of the column's model" in measured["study"]["matrix"]
+    sections = json.loads(out.with_suffix(".json").read_text())["sections"]
+    assert set(sections) == {"training", "attacks", "sweeps", "experiment"}
+    assert all(s["size"] == "tiny" and s["machine"]["devices"] and "error" not in s for s in sections.values()), \
+        {k: s.get("error") for k, s in sections.items()}
+    training = sections["training"]["rows"]
+    assert sorted((r["k"], r["mode"]) for r in training) == [(1, "sequential"), (1, "together"),
+                                                             (2, "sequential"), (2, "together")]
+    assert all(r["seconds"] > 0 and r["final_loss"] > 0 and r["images"] == 2000 for r in training)  # debug=tiny
+    (attack,) = sections["attacks"]["rows"]
+    assert attack["examples"] == 5 and 0 <= attack["success_rate"] <= 1
+    (sweep,) = sections["sweeps"]["rows"]
+    assert sweep["launcher"] == "joblib" and sweep["jobs"] == 2 and len(sweep["test_errors"]) == 2
+    (study,) = sections["experiment"]["rows"]
+    assert study["jobs"] == 1 and len(study["checks"]) == 1 and len(study["test_errors"]) == 3
     text = out.read_text()
     assert "gpu_check.sh --cpu-short" in text and "## A 2-job sweep sharing the device" in text
+    assert (out.parent / "figures" / "gpu_training.png").exists()
     assert (REPO / "results" / "gpu.md").read_text() == committed

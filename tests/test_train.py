@@ -1,9 +1,11 @@
-"""Training (adv_jax.train) on real MNIST subsets: error reached, bitwise reproducibility, L-BFGS,
-weight decay, NaN detection, and autoencoder pretraining then freezing."""
+"""Training (adv_jax.train): the one fit with a regime's hooks (on toy losses), and on real MNIST
+subsets error reached, bitwise reproducibility, L-BFGS, weight decay, NaN detection, and
+autoencoder pretraining then freezing."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from adv_jax import checkpoint
@@ -11,8 +13,8 @@ from adv_jax.config import compose
 from adv_jax.data import Dataset, load_splits
 from adv_jax.models import build_model, error_rate
 from adv_jax.train import (
-    EpochPlan, TrainingDiverged, TrainState, make_epoch, make_loss, make_optimizer, make_train_step,
-    run_epochs, train_model,
+    EpochPlan, Hooks, LbfgsPlan, MinibatchPlan, TrainingDiverged, TrainState, fit, make_epoch,
+    make_loss, make_optimizer, make_train_step, run_epochs, train_model,
 )
 
 
@@ -107,3 +109,39 @@ def test_the_train_step_is_traced_once_for_every_epoch(mnist_dir):
     state, history = run_epochs(epoch, TrainState(params, optimizer.init(params)), jax.random.key(1),
                                 jnp.asarray(data.x), jnp.asarray(data.y), 3)
     assert len(traces) == 1 and len(history) == 3 and history[-1] < history[0]
+
+
+def test_fit_runs_a_regimes_hooks_per_block_and_per_epoch():
+    """A refresh hook runs in the jitted epoch before every block, `before` and `on_epoch` on the
+    host around every epoch; the loss sees the state's aux (here the refresh count)."""
+    x = jnp.linspace(0.0, 1.0, 64)
+    y = jnp.zeros(64, jnp.int32)
+    loss = lambda w, decay, aux, batch, key: jnp.mean((w - batch[0]) ** 2) + 0.0 * aux  # noqa: E731
+    plan = MinibatchPlan(optax.sgd(0.1), 3, EpochPlan.for_data(64, 8, blocks=4))
+    seen = []
+    hooks = Hooks(refresh=lambda state, x, y, key: state._replace(aux=state.aux + 1),
+                  before=lambda i, state, x, y: seen.append(("before", i, int(state.aux))) or state,
+                  on_epoch=lambda i, value: seen.append(("after", i)))
+    state, history, steps = fit(loss, TrainState(jnp.float32(5.0), optax.sgd(0.1).init(jnp.float32(5.0)),
+                                                 aux=jnp.int32(0)), (x, y), plan, hooks, jax.random.key(0))
+    assert int(state.aux) == 3 * 4 and steps == 3 * 4 * 2 == plan.steps
+    assert seen == [("before", 0, 0), ("after", 0), ("before", 1, 4), ("after", 1), ("before", 2, 8), ("after", 2)]
+    assert history[-1] < history[0] and abs(float(state.params) - 0.5) < 0.1
+
+
+def test_fit_by_lbfgs_restarts_after_each_before_hook():
+    """Each restart minimizes the loss as `before` left it: the last restart's target wins."""
+    loss = lambda p, decay, aux, batch, key: jnp.sum((p - aux) ** 2)  # noqa: E731
+    calls, logged = [], []
+
+    def before(r, state, x, y):
+        calls.append(r)
+        return state._replace(aux=jnp.full(3, float(r + 1)))
+
+    plan = LbfgsPlan(max_steps=30, tolerance=1e-6, restarts=3)
+    state, history, steps = fit(loss, TrainState(jnp.zeros(3), None, aux=jnp.zeros(3)),
+                                (jnp.zeros((4, 1)), jnp.zeros(4, jnp.int32)), plan,
+                                Hooks(before=before, on_epoch=lambda i, v: logged.append(i)))
+    assert calls == [0, 1, 2]
+    np.testing.assert_allclose(state.params, 3.0, atol=1e-4)
+    assert 3 <= steps <= 30 and logged == list(range(len(history))) and history[-1] < 1e-6

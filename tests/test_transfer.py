@@ -59,7 +59,8 @@ def test_structure_checks_read_the_blocks():
 def tiny_models(mnist_dir):
     """Two tiny classifiers trained for 2 epochs on 1000 real P1 / P2 images, and 30 test images."""
     splits = {s: load_splits(compose([f"data={s}", f"data.mnist_dir={mnist_dir}"]).data) for s in ("p1", "p2")}
-    train_cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"epochs": 2, "learning_rate": 0.01})
+    train_cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                                {"optimizer": "adam", "epochs": 2, "learning_rate": 0.01})
     out = []
     for s, hidden in (("p1", 16), ("p2", 8)):
         model_cfg = compose(["model=fc100", f"model.hidden=[{hidden},{hidden}]"]).model

@@ -28,7 +28,7 @@ from adv_jax.attacks.generate import generate
 from adv_jax.config import compose
 from adv_jax.data import load_splits
 from adv_jax.models import logits_fn
-from adv_jax.reports.timing import median_seconds
+from adv_jax.bench.timing import median_seconds
 from adv_jax.trained import train_or_load
 
 MODELS = ("fc100", "fc200")

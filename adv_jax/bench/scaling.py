@@ -31,7 +31,7 @@ from adv_jax.config import compose
 from adv_jax.data import load_splits
 from adv_jax.lipschitz import bracket_summary
 from adv_jax.models import build_model, logits_fn, num_params
-from adv_jax.reports.timing import median_seconds
+from adv_jax.bench.timing import median_seconds
 from adv_jax.train import train_model
 from adv_jax.trained import train_or_load
 

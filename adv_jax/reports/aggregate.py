@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adv_jax import transfer
+from adv_jax import transfer_rows
 from adv_jax.reports import paper, provenance, settings
 from adv_jax.reports.runs import find_studies, read_json
 from adv_jax.reports.tables import markdown, mean_std
@@ -47,16 +47,16 @@ def paper_reference(experiment: str) -> dict[str, Any] | None:
 
 
 def _row_key(row: dict) -> tuple:
-    """(kind, source or fixed stddev, clipped as `transfer.saved_clipped` reads it)."""
+    """(kind, source or fixed stddev, clipped as `transfer_rows.saved_clipped` reads it)."""
     return (row["kind"], row["stddev"] if row["kind"] == "fixed_noise" else row["source"],
-            transfer.saved_clipped(row))
+            transfer_rows.saved_clipped(row))
 
 
 def _row_name(key: tuple, models: Sequence[str], amplify_to: float | None) -> str:
     kind, which, clipped = key
     if kind == "fixed_noise":
-        return transfer.row_name(kind, None, which, clipped)
-    return transfer.row_name(kind, models[which], amplify_to if kind == "amplified" else 0.0, clipped)
+        return transfer_rows.row_name(kind, None, which, clipped)
+    return transfer_rows.row_name(kind, models[which], amplify_to if kind == "amplified" else 0.0, clipped)
 
 
 def shared_rows(results: list[dict]) -> dict[tuple, list[dict]]:
@@ -106,7 +106,7 @@ def comparison_table(runs: list[Path], results: list[dict]) -> str:
         off = ~np.eye(m, dtype=bool)
         means = []
         for kind in ("adversarial", "noise", "amplified"):
-            block = transfer.saved_block(res["rows"], kind)
+            block = transfer_rows.saved_block(res["rows"], kind)
             means.append(f"{block[off].mean():.1f}" if block.size and m > 1 else "-")
         diag = np.diag(np.array(res["matrix"])).mean()
         test = " / ".join(f"{res['clean'][k]['test']:.2f}" for k in res["keys"])
@@ -133,7 +133,7 @@ def clipping_comparison(members: list[dict], reference: dict | None) -> str:
         mean = np.mean([r["errors"] for r in rows], 0)
         paper_cells = np.array(prow[key[:2]], float)
         gaps.setdefault((key[0], key[2]), []).extend(np.abs(mean - paper_cells).tolist())
-    kinds = [k for k in transfer.PERTURBED if (k, True) in gaps and (k, False) in gaps]
+    kinds = [k for k in transfer_rows.PERTURBED if (k, True) in gaps and (k, False) in gaps]
     if not kinds:
         return ""
     body = [[k.replace("_", " "), f"{np.mean(gaps[(k, True)]):.2f}", f"{np.mean(gaps[(k, False)]):.2f}",

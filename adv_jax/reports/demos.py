@@ -15,6 +15,7 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from adv_jax.reports import paper, provenance, settings
+from adv_jax.reports.tables import markdown
 
 
 def cell(value, digits=3):
@@ -22,20 +23,20 @@ def cell(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def table(columns: list[str], rows: list[list]) -> list[str]:
+    """A markdown table as lines."""
+    return markdown(columns, rows).splitlines()
+
+
 def units(n):
-    rows = ["| model | test error | units: label purity | random directions: label purity | "
-            "random images: label purity | units: pixel similarity | random directions: pixel "
-            "similarity | random images: pixel similarity |", "|" + " --- |" * 8]
-    for key, r in n.items():
-        if not isinstance(r, dict) or "units" not in r:
-            continue
-        rows.append(f"| {key} ({r['model']['split']}, {r['model']['optimizer']}) | "
-                    f"{100 * r['model']['test_error']:.2f}% | {cell(r['units']['label_purity'])} | "
-                    f"{cell(r['random_directions_top']['label_purity'])} | "
-                    f"{cell(r['random_images']['label_purity'])} | "
-                    f"{cell(r['units']['pixel_similarity'])} | "
-                    f"{cell(r['random_directions_top']['pixel_similarity'])} | "
-                    f"{cell(r['random_images']['pixel_similarity'])} |")
+    columns = ["model", "test error", "units: label purity", "random directions: label purity",
+               "random images: label purity", "units: pixel similarity", "random directions: pixel similarity",
+               "random images: pixel similarity"]
+    kinds = ("units", "random_directions_top", "random_images")
+    body = [[f"{key} ({r['model']['split']}, {r['model']['optimizer']})", f"{100 * r['model']['test_error']:.2f}%",
+             *(cell(r[k]["label_purity"]) for k in kinds), *(cell(r[k]["pixel_similarity"]) for k in kinds)]
+            for key, r in n.items() if isinstance(r, dict) and "units" in r]
+    rows = table(columns, body)
     claim = ", ".join(f"{k} {v}" for k, v in n["claim_units_no_purer_than_random_directions"].items())
     return rows + ["", "Label purity: share of the most common label among the 8 test images "
                    "that most activate a direction, averaged over all units and as many random "
@@ -43,13 +44,12 @@ def units(n):
 
 
 def linear(n):
-    rows = ["| lambda | test error | template w_t: success | mean distortion | template "
-            "w_t - w_s: success | mean distortion |", "|" + " --- |" * 6]
-    for r in n["models"]:
-        a, b = r.get("target_score", {}), r.get("margin", {})
-        rows.append(f"| {r['weight_decay']:g} | {100 * r['test_error']:.2f}% | "
-                    f"{cell(a.get('success_rate'))} | {cell(a.get('mean_distortion'))} | "
-                    f"{cell(b.get('success_rate'))} | {cell(b.get('mean_distortion'))} |")
+    columns = ["lambda", "test error", "template w_t: success", "mean distortion", "template w_t - w_s: success",
+               "mean distortion"]
+    body = [[f"{r['weight_decay']:g}", f"{100 * r['test_error']:.2f}%",
+             *(cell(r.get(kind, {}).get(k)) for kind in ("target_score", "margin")
+               for k in ("success_rate", "mean_distortion"))] for r in n["models"]]
+    rows = table(columns, body)
     toy = n["toy_example"]
     return rows + [
         "", "Distortion: per-pixel RMS of the smallest template multiple that reaches a random "
@@ -62,15 +62,13 @@ def linear(n):
 
 
 def effective_weights(n):
-    rows = ["| layer | active units | corr. effective weights | corr. activity average | "
-            "centered: effective | centered: average | units where average is higher |",
-            "|" + " --- |" * 7]
-    for r in n["layers"]:
-        rows.append(f"| {r['layer'] + 1} | {r['active_units']}/{r['units']} | "
-                    f"{cell(r['corr_effective_weights'])} | {cell(r['corr_activity_average'])} | "
-                    f"{cell(r['corr_centered_effective_weights'])} | "
-                    f"{cell(r['corr_centered_activity_average'])} | "
-                    f"{100 * r['fraction_units_average_higher']:.0f}% |")
+    columns = ["layer", "active units", "corr. effective weights", "corr. activity average", "centered: effective",
+               "centered: average", "units where average is higher"]
+    corr = ("corr_effective_weights", "corr_activity_average", "corr_centered_effective_weights",
+            "corr_centered_activity_average")
+    body = [[r["layer"] + 1, f"{r['active_units']}/{r['units']}", *(cell(r[k]) for k in corr),
+             f"{100 * r['fraction_units_average_higher']:.0f}%"] for r in n["layers"]]
+    rows = table(columns, body)
     o = n["overlay"]
     return rows + [
         "", f"Model: relu64, test error {100 * n['model']['test_error']:.2f}%. Correlation: "
@@ -86,11 +84,10 @@ def effective_weights(n):
 
 
 def iris(n):
-    rows = ["| point (cm) | logistic | linear SVM | RBF SVM |", "| --- | --- | --- | --- |"]
-    for i, p in enumerate(n["far_points"]["logistic"]):
-        cells = [f"{n['far_points'][k][i]['prediction']} {n['far_points'][k][i]['probability']:.3f}"
-                 for k in ("logistic", "svm_linear", "svm_rbf")]
-        rows.append(f"| ({p['point'][0]:g}, {p['point'][1]:g}) | " + " | ".join(cells) + " |")
+    body = [[f"({p['point'][0]:g}, {p['point'][1]:g})",
+             *(f"{n['far_points'][k][i]['prediction']} {n['far_points'][k][i]['probability']:.3f}"
+               for k in ("logistic", "svm_linear", "svm_rbf"))] for i, p in enumerate(n["far_points"]["logistic"])]
+    rows = table(["point (cm)", "logistic", "linear SVM", "RBF SVM"], body)
     acc = n["accuracy"]
     return rows + ["", f"Training accuracy: logistic {acc['logistic']:.3f}, linear SVM "
                    f"{acc['svm_linear']:.3f}, RBF SVM {acc['svm_rbf']:.3f} (essay: "
@@ -100,12 +97,11 @@ def iris(n):
 
 def bottleneck(n):
     m = n["model"]
-    rows = ["| digit | chosen point z | predicted | probability | after clipping to [0, 1] | "
-            "pixel range |", "|" + " --- |" * 6]
-    for p in n["points"]:
-        rows.append(f"| {p['digit']} | ({p['z'][0]:.1f}, {p['z'][1]:.1f}) | {p['predicted']} | "
-                    f"{p['probability_of_region_class']:.6f} | {p['probability_clipped_to_0_1']:.6f} | "
-                    f"[{p['pixel_min']:.2f}, {p['pixel_max']:.2f}] |")
+    body = [[p["digit"], f"({p['z'][0]:.1f}, {p['z'][1]:.1f})", p["predicted"], f"{p['probability_of_region_class']:.6f}",
+             f"{p['probability_clipped_to_0_1']:.6f}", f"[{p['pixel_min']:.2f}, {p['pixel_max']:.2f}]"]
+            for p in n["points"]]
+    rows = table(["digit", "chosen point z", "predicted", "probability", "after clipping to [0, 1]", "pixel range"],
+                 body)
     return rows + ["", f"bottleneck2d on digits 0-3 ({m['train_size']} training images, "
                    f"{m['optimizer']}): test accuracy {100 * m['test_accuracy']:.2f}% (essay: "
                    f"about {paper.ESSAY_BOTTLENECK_TEST_ACCURACY:g}%). Each point: in its class's most favoured direction, at least "
@@ -116,16 +112,14 @@ def bottleneck(n):
 
 
 def figure7(n):
-    rows = ["| model | test error | L-BFGS success | mean distortion | noise stddev for ~50% | "
-            "accuracy there | RMS after clipping |", "|" + " --- |" * 7]
-    for key, r in n.items():
-        if not isinstance(r, dict):
-            continue
-        a, z = r["adversarial"], r["noise"]
-        rows.append(f"| {key} ({r['model']['split']}) | {100 * r['model']['test_error']:.2f}% | "
-                    f"{a['success_rate']:.2f} ({a['num_examples']} images) | "
-                    f"{cell(a['mean_distortion'])} | {z['stddev']:.3f} | {z['accuracy']:.3f} "
-                    f"({z['examples']} images) | {z['realized_rms_after_clipping']:.3f} |")
+    columns = ["model", "test error", "L-BFGS success", "mean distortion", "noise stddev for ~50%",
+               "accuracy there", "RMS after clipping"]
+    body = [[f"{key} ({r['model']['split']})", f"{100 * r['model']['test_error']:.2f}%",
+             f"{r['adversarial']['success_rate']:.2f} ({r['adversarial']['num_examples']} images)",
+             cell(r["adversarial"]["mean_distortion"]), f"{r['noise']['stddev']:.3f}",
+             f"{r['noise']['accuracy']:.3f} ({r['noise']['examples']} images)",
+             f"{r['noise']['realized_rms_after_clipping']:.3f}"] for key, r in n.items() if isinstance(r, dict)]
+    rows = table(columns, body)
     return rows + ["", "Noise: x + stddev * N(0, 1) per pixel, clipped to [0, 1]; the stddev "
                    "is found by bisection."]
 

@@ -1,31 +1,26 @@
 """results/lipschitz.md: per-layer bounds (paper Table 5 layout) of the paper's models, their
 empirical lower bounds, and comparisons across the sweeps of conf/report/lipschitz.yaml.
 
-Lower bounds come from the run's lipschitz.json when it has them; otherwise they are measured
-here by `adv_jax.lipschitz.measure` on L-BFGS pairs (cached under measure.cache_dir, keyed by a
-hash of the parameters, so a re-run does not redo them).
+Everything is read from the run directories: the per-layer table, the product and the certified
+bounds and bracket from lipschitz.json, the lower bounds from metrics.json or, for a run that did
+not log them (no attack, so no pairs), from the file adv_jax/bench/lipschitz_inputs.py measured
+them into (`lower_bounds_file`: under measure.cache_dir, keyed by a hash of the parameters).
+What a run lacks is named as missing. The sweeps, and a model row's fallback run, are run by
+scripts/report_lipschitz.py --run-missing beforehand.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import jax
-
-import adv_jax
-from adv_jax import lipschitz
-from adv_jax.attacks.generate import Adversarials, generate
 from adv_jax.reports import paper, provenance, settings
 from adv_jax.reports.lipschitz_compare import compare, correlation_line
-from adv_jax.reports.runs import is_finished
+from adv_jax.reports.runs import is_finished, read_config, read_json
 from adv_jax.reports.tables import markdown
+from adv_jax.run_files import LIPSCHITZ_FILE, METRICS_FILE, PARAMS_FILE
 
 log = logging.getLogger(__name__)
 LOWER_KEYS = ("lipschitz/jacobian_lower_bound", "lipschitz/pair_ratio_lower_bound")
@@ -41,78 +36,49 @@ def sweep_command(sweep: dict, common: list[str]) -> str:
     return provenance.command("scripts/sweep.py", sweep_argv(sweep, common), env)
 
 
-def run_command(script: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-    """Runs a repository script in a child process (the sweeps are Hydra jobs), `env` added."""
-    subprocess.run([sys.executable, script, *argv], check=True, env={**os.environ, **(env or {})})
-
-
-def measured_lower_bounds(run: adv_jax.Run, known: dict, measure: dict) -> dict[str, Any]:
-    """The lower bounds of `LOWER_KEYS` missing from `known`, by `lipschitz.measure` (cached)."""
-    digest = hashlib.sha256((run.path / "params.msgpack").read_bytes()).hexdigest()[:16]
+def lower_bounds_file(run_dir: Path, model_name: str, measure: dict) -> Path:
+    """Where adv_jax/bench/lipschitz_inputs.py keeps a run's measured lower bounds: measure.cache_dir,
+    keyed by the model, a hash of its parameters and the measurement's sizes."""
+    digest = hashlib.sha256((run_dir / PARAMS_FILE).read_bytes()).hexdigest()[:16]
     images, pair_images = measure["jacobian_images"], measure["pair_images"]
-    cache = Path(measure["cache_dir"]) / f"{run.config.model.name}-{digest}-{images}-{pair_images}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    test = adv_jax.load_splits(run.config.data, run.config.model.classes)["test"]
-    key = jax.random.key(run.config.seed)
-    adv = generate(adv_jax.compose(["attack=lbfgs"]).attack, run.logits_fn, test.x[:pair_images],
-                   test.y[:pair_images], key=jax.random.fold_in(key, 1), progress=False).adversarials
-    ok = adv.success
-    bounds = lipschitz.measure(run.model, run.params, test.x, (adv.x[ok], adv.x_adv[ok]),
-                               key=jax.random.fold_in(key, 2),
-                               images=0 if LOWER_KEYS[0] in known else images,
-                               power_iters=measure["power_iters"])
-    found = {**{k: bounds.get(k, 0.0) for k in LOWER_KEYS}, **known,
-             "source": "Jacobian from the run, pairs measured here" if known else "measured here",
-             "attack/mean_distortion": float(adv.distortion()[ok].mean())}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(found))
-    return found
+    return Path(measure["cache_dir"]) / f"{model_name}-{digest}-{images}-{pair_images}.json"
 
 
-def lower_bounds(run: adv_jax.Run, measure: dict) -> dict[str, Any]:
-    """Jacobian and pair-ratio lower bounds: the run's own, else measured (see module doc)."""
-    known = {k: run.metrics[k] for k in LOWER_KEYS if k in run.metrics}
+def lower_bounds(run_dir: Path, metrics: dict, model_name: str, measure: dict) -> dict[str, Any] | None:
+    """Jacobian and pair-ratio lower bounds: the run's own (metrics.json), else those measured
+    for it (`lower_bounds_file`), else None."""
+    known = {k: metrics[k] for k in LOWER_KEYS if k in metrics}
     if len(known) == len(LOWER_KEYS):
         return {**known, "source": "run"}
-    return measured_lower_bounds(run, known, measure)
+    path = lower_bounds_file(run_dir, model_name, measure) if (run_dir / PARAMS_FILE).exists() else None
+    return read_json(path) if path is not None else None
 
 
-def stored_lipschitz(run_dir: Path) -> dict:
-    path = run_dir / "lipschitz.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def certified(stored: dict) -> dict[str, Any] | None:
+    """{"bounds", "seconds", "skipped", "bracket" (or None)} of the run's lipschitz.json; None
+    when it predates the certified bounds."""
+    if "bounds" not in stored:
+        return None
+    return {**{k: stored[k] for k in ("bounds", "seconds", "skipped")}, "bracket": stored.get("bracket")}
 
 
-def certified(run: adv_jax.Run, product: float, conf: dict) -> dict[str, Any]:
-    """{"bounds", "seconds", "skipped", "bracket" (or None)}: the run's lipschitz.json entries
-    where it has them, else computed here with conf (certified: methods, lipsdp_max_size, local)
-    from params.msgpack and, for the bracket, adversarials.npz."""
-    stored = stored_lipschitz(run.path)
-    if "bounds" in stored:
-        found = {k: stored[k] for k in ("bounds", "seconds", "skipped")}
-    else:
-        found = lipschitz.certified_bounds(run.model, run.params, conf["methods"],
-                                           lipsdp_max_size=conf["lipsdp_max_size"], product=product)
-    bracket = stored.get("bracket")
-    adversarials = run.path / "adversarials.npz"
-    if bracket is None and adversarials.exists() and "eclipse_fast" in found["bounds"]:
-        attacked = Adversarials.load(adversarials)._asdict()
-        if attacked["success"].any():
-            bracket, _ = lipschitz.bracket_summary(run.model, run.params, attacked,
-                                                   min(found["bounds"].values()), conf["local"])
-    return {**found, "bracket": bracket}
+def fmt4(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def bounds_table(summaries: list[dict], methods: list[str]) -> str:
-    """Every certified bound by name, the tightest, its ratio to the product, the solver times."""
+    """Every certified bound by name, the tightest, its ratio to the product, the solver times,
+    for the runs whose lipschitz.json has them."""
     columns = ["row", *methods, "tightest", "product / tightest", "largest lower bound",
                *(f"{m} seconds" for m in methods if m != "product")]
     body = []
     for s in summaries:
+        if s["bounds"] is None:
+            continue
         bounds, tight = s["bounds"], min(s["bounds"].values())
         body.append([s["name"], *(f"{bounds[m]:.4g}" if m in bounds else "- (skipped)" for m in methods),
                      f"{tight:.4g} ({min(bounds, key=bounds.get)})", f"{bounds['product'] / tight:.3g}",
-                     f"{max(s['jacobian'], s['pairs']):.4g}",
+                     fmt4(s["lower"]),
                      *(f"{s['seconds'][m]:.3g}" if m in s["seconds"] else "-" for m in methods if m != "product")])
     return markdown(columns, body)
 
@@ -138,46 +104,54 @@ def table5(rows: list[dict]) -> str:
     return markdown(columns, body)
 
 
-def model_section(name: str, run_dir: Path, command: str, measure: dict) -> tuple[list[str], dict]:
-    """(markdown lines, summary row) of one model's per-layer table and bounds."""
-    run = adv_jax.load_run(run_dir)
-    rows = lipschitz.layer_table(run.model, run.params, run.model.input_shape)
-    product = lipschitz.network_bound(rows)
-    low = lower_bounds(run, measure)
-    jac, pairs = (low[k] for k in LOWER_KEYS)
-    cfg = run.config
-    found = certified(run, product, measure["certified"])
-    summary = dict(name=name, model=cfg.model.name, split=cfg.data.split, product=product,
-                   jacobian=jac, pairs=pairs, gap=product / max(jac, pairs), **found,
-                   error=run.metrics.get("error/test"),
-                   distortion=low.get("attack/mean_distortion", run.metrics.get("attack/mean_distortion")))
-    lines = [f"### {name}: {cfg.model.name} on {cfg.data.split} ({cfg.train.optimizer})", "",
-             f"Run directory `{run_dir}`, made by `{command}`.", "", table5(rows),
-             f"Network product (upper bound on the logits' L2 Lipschitz constant): **{product:.4g}**. "
-             f"Lower bounds ({low['source']}): Jacobian {jac:.4g}, adversarial pairs {pairs:.4g}; "
-             f"upper / lower = {summary['gap']:.3g}.", "",
-             "Certified bounds: " + ", ".join(f"{m} {v:.4g}" for m, v in found["bounds"].items())
-             + "".join(f"; {m} skipped ({why})" for m, why in found["skipped"].items()) + ".", ""]
-    return lines, summary
+def summarize(name: str, run_dir: Path, stored: dict, measure: dict) -> dict[str, Any]:
+    """One model's summary row: config, product, lower bounds (None: missing), certified."""
+    cfg, metrics = read_config(run_dir), read_json(run_dir / METRICS_FILE) or {}
+    low = lower_bounds(run_dir, metrics, cfg["model.name"], measure) or {}
+    jac, pairs = (low.get(k) for k in LOWER_KEYS)
+    lower = max((v for v in (jac, pairs) if v is not None), default=None)
+    found = certified(stored) or {"bounds": None, "seconds": {}, "skipped": {}, "bracket": None}
+    product = stored["lipschitz/upper_bound"]
+    return dict(name=name, model=cfg["model.name"], split=cfg["data.split"], optimizer=cfg["train.optimizer"],
+                product=product, jacobian=jac, pairs=pairs, lower=lower, source=low.get("source"),
+                gap=product / lower if lower else None, **found, error=metrics.get("error/test"),
+                distortion=low.get("attack/mean_distortion", metrics.get("attack/mean_distortion")))
+
+
+def model_section(name: str, run_dir: Path, command: str, measure: dict) -> tuple[list[str], dict | None]:
+    """(markdown lines, summary row) of one model's per-layer table and bounds; a run without
+    lipschitz.json (made before the bounds were wired in) is one line and no summary."""
+    stored = read_json(run_dir / LIPSCHITZ_FILE)
+    if stored is None:
+        return [f"`{run_dir}` has no {LIPSCHITZ_FILE} (made before the bounds were wired in): missing.", ""], None
+    s = summarize(name, run_dir, stored, measure)
+    lower = ("Lower bounds: missing (the run did not log them; `python scripts/report_lipschitz.py` "
+             "measures them)" if s["source"] is None else
+             f"Lower bounds ({s['source']}): Jacobian {fmt4(s['jacobian'])}, adversarial pairs {fmt4(s['pairs'])}")
+    certified_line = ("Certified bounds: missing (its lipschitz.json predates them)." if s["bounds"] is None else
+                      "Certified bounds: " + ", ".join(f"{m} {v:.4g}" for m, v in s["bounds"].items())
+                      + "".join(f"; {m} skipped ({why})" for m, why in s["skipped"].items()) + ".")
+    lines = [f"### {name}: {s['model']} on {s['split']} ({s['optimizer']})", "",
+             f"Run directory `{run_dir}`, made by `{command}`.", "", table5(stored["layers"]),
+             f"Network product (upper bound on the logits' L2 Lipschitz constant): **{s['product']:.4g}**. "
+             f"{lower}; upper / lower = {'-' if s['gap'] is None else format(s['gap'], '.3g')}.", "",
+             certified_line, ""]
+    return lines, s
 
 
 def summary_table(summaries: list[dict], pair_images: int) -> str:
     columns = ["row", "model", "trained on", "product (upper)", "Jacobian (lower)", "pairs (lower)",
                "gap upper/lower", "test error %", f"mean distortion (L-BFGS, {pair_images} images)"]
-    body = [[s["name"], s["model"], s["split"], f"{s['product']:.4g}", f"{s['jacobian']:.4g}",
-             f"{s['pairs']:.4g}", f"{s['gap']:.3g}",
+    body = [[s["name"], s["model"], s["split"], f"{s['product']:.4g}", fmt4(s["jacobian"]), fmt4(s["pairs"]),
+             "-" if s["gap"] is None else f"{s['gap']:.3g}",
              "-" if s["error"] is None else f"{100 * s['error']:.2f}",
              "-" if s["distortion"] is None else f"{s['distortion']:.4f}"] for s in summaries]
     return markdown(columns, body)
 
 
-def sweep_section(sweep: dict, common: list[str], figures: Path, run_missing: bool) -> list[str]:
+def sweep_section(sweep: dict, common: list[str], figures: Path) -> list[str]:
     """A sweep's command, comparison table and plot (or 'Not run yet.')."""
-    command = sweep_command(sweep, common)
-    if not Path(sweep["dir"]).exists() and run_missing:
-        env = {"OPENBLAS_NUM_THREADS": "1"} if sweep["one_thread"] else {}
-        run_command("scripts/sweep.py", sweep_argv(sweep, common), env)
-    lines = [f"### {sweep['name'].replace('_', ' ')}: {sweep['what']}", "", f"    {command}", ""]
+    lines = [f"### {sweep['name'].replace('_', ' ')}: {sweep['what']}", "", f"    {sweep_command(sweep, common)}", ""]
     if not Path(sweep["dir"]).exists():
         return lines + ["Not run yet.", ""]
     figure = figures / f"lipschitz_{sweep['name']}.png"
@@ -190,7 +164,12 @@ def sweep_section(sweep: dict, common: list[str], figures: Path, run_missing: bo
                     f"`{sweep['dir']}/`.", ""]
 
 
-def model_rows(conf: dict, runs: Path, run_missing: bool) -> tuple[list[tuple[str, Path, str]], list[Path]]:
+def fallback_argv(fallback: dict) -> list[str]:
+    """scripts/sweep.py's arguments for a model row's fallback run."""
+    return [*fallback["overrides"], f"hydra.run.dir={fallback['run_dir']}"]
+
+
+def model_rows(conf: dict, runs: Path) -> tuple[list[tuple[str, Path, str]], list[Path]]:
     """(name, run directory, command that made it) per finished model row, fallbacks applied;
     and the run directories that have not finished."""
     models_command = provenance.command("scripts/report_models.py", [], provenance.MNIST_ENV)
@@ -201,10 +180,7 @@ def model_rows(conf: dict, runs: Path, run_missing: bool) -> tuple[list[tuple[st
         fallback = conf.get("fallbacks", {}).get(name)
         if fallback and not is_finished(run_dir):
             name, run_dir = fallback["name"], Path(fallback["run_dir"])
-            argv = [*fallback["overrides"], f"hydra.run.dir={run_dir}"]
-            command = provenance.command("scripts/sweep.py", argv, provenance.MNIST_ENV)
-            if not is_finished(run_dir) and run_missing:
-                run_command("scripts/sweep.py", argv)
+            command = provenance.command("scripts/sweep.py", fallback_argv(fallback), provenance.MNIST_ENV)
         if is_finished(run_dir):
             found.append((name, run_dir, command))
         else:
@@ -249,14 +225,14 @@ def certified_intro() -> list[str]:
         "bound and the attack's.", ""]
 
 
-def report(conf: dict, runs: Path, figures: Path, command: str, run_missing: bool = False) -> str:
+def report(conf: dict, runs: Path, figures: Path, command: str) -> str:
     """The whole of results/lipschitz.md."""
     sections, summaries = [], []
-    found, missing = model_rows(conf, runs, run_missing)
+    found, missing = model_rows(conf, runs)
     for name, run_dir, made_by in found:
         section, summary = model_section(name, run_dir, made_by, conf["measure"])
         sections += section
-        summaries.append(summary)
+        summaries += [summary] if summary else []
     lines = [*provenance.header(conf["title"], command), *intro(),
              *([f"Not finished when this report was made, so left out: "
                 f"{', '.join(f'`{m}`' for m in missing)}.", ""] if missing else []),
@@ -267,5 +243,5 @@ def report(conf: dict, runs: Path, figures: Path, command: str, run_missing: boo
              bracket_table(summaries), *sections,
              "## Comparisons across runs", "", conf["sweeps_intro"].strip(), ""]
     for sweep in conf["sweeps"]:
-        lines += sweep_section(sweep, conf["sweep_common"], figures, run_missing)
+        lines += sweep_section(sweep, conf["sweep_common"], figures)
     return "\n".join(lines + settings.paragraphs(conf["notes"])).rstrip() + "\n"

@@ -1,9 +1,9 @@
 """Lipschitz bounds across runs: one entry per run directory and a table over the varied keys.
 
 Per run: config.yaml, metrics.json and lipschitz.json (the per-layer table `adv_jax.run`
-writes); a run made before the bounds were wired in (no lipschitz.json) gets its table
-recomputed from params.msgpack, without lower bounds; one made before the certified bounds gets
-the product and ECLipsE-Fast recomputed. Columns: the config keys that differ between the runs;
+writes; `lipschitz_entries.load_entry`); a run made before the bounds were wired in (no
+lipschitz.json) is named as missing, and one made before the certified bounds has the product as
+its only certified bound (the table says which). Columns: the config keys that differ between the runs;
 L_k = ||W_k|| x activation slope; their product; the tightest certified bound of the run's
 lipschitz.json `bounds` (adv_jax/certify.py, adv_jax/lipsdp.py) and its method; the empirical
 lower bounds (largest local Jacobian norm over test images; largest ||f(x') - f(x)|| / ||x' - x||
@@ -17,60 +17,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from adv_jax import lipschitz
-from adv_jax.reports.runs import find_runs, read_run
+from adv_jax.reports.lipschitz_entries import attack_moved, consistent, load_entry, lower_bound
+from adv_jax.reports.runs import find_runs
 from adv_jax.reports.tables import fmt, markdown
-from adv_jax.rundir import load_run
 
 IGNORED_PREFIXES = ("data.source", "data.mnist_dir", "data.mnist_url", "data.download_dir", "data.tfds_dir",
                     "cache_dir", "wandb.", "hydra.")
 PREFERRED_X = ("model.weight_decay", "model.hidden", "train.lipschitz_penalty")
-
-
-def load_entry(run_dir: str | Path) -> dict[str, Any]:
-    """{'path', 'config' (flat dotted keys), 'metrics', 'layers', 'upper', 'bounds' (method ->
-    certified value), 'certified' (the smallest), 'certified_method', 'jacobian', 'pairs'}."""
-    run = read_run(run_dir)
-    metrics, stored = run["metrics"], run["lipschitz"]
-    if stored is not None:
-        layers, upper = stored["layers"], stored["lipschitz/upper_bound"]
-        metrics = {**stored, **metrics}
-    else:
-        layers, upper = recompute_table(run["path"])
-    bounds = (stored or {}).get("bounds") or recompute_certified(run["path"], upper)
-    best = min(bounds, key=bounds.get)
-    return dict(path=run["path"], config=run["config"], metrics=metrics, layers=layers, upper=upper,
-                bounds=bounds, certified=bounds[best], certified_method=best,
-                jacobian=metrics.get("lipschitz/jacobian_lower_bound"),
-                pairs=metrics.get("lipschitz/pair_ratio_lower_bound"))
-
-
-def recompute_table(run_dir: Path) -> tuple[list[dict], float]:
-    """The per-layer table and product of a run directory's saved parameters."""
-    run = load_run(run_dir)
-    table = lipschitz.layer_table(run.model, run.params, run.model.input_shape)
-    return table, lipschitz.network_bound(table)
-
-
-def recompute_certified(run_dir: Path, product: float) -> dict[str, float]:
-    """{method: bound} for a run whose lipschitz.json predates the certified bounds: the product
-    and, for a dense network, ECLipsE-Fast (cheap), from params.msgpack (only the product
-    without one)."""
-    if not (run_dir / "params.msgpack").exists():
-        return {"product": product}
-    run = load_run(run_dir)
-    found = lipschitz.certified_bounds(run.model, run.params, lipschitz.DEFAULT_METHODS, product=product)
-    return found["bounds"]
-
-
-def attack_moved(entry: dict) -> bool:
-    """Whether a run's mean distortion means something: its attack succeeded on at least half
-    the images (a collapsed model's only "successes" are clean images already in the target
-    class, at distortion 0)."""
-    metrics = entry["metrics"]
-    return metrics.get("attack/mean_distortion") is not None and metrics.get("attack/success_rate", 0) >= 0.5
 
 
 def rank_correlations(entries: Sequence[dict]) -> dict[str, float | None]:
@@ -92,19 +47,6 @@ def varying_keys(entries: Sequence[dict]) -> list[str]:
     """Config keys (dotted) whose values are not the same in every entry, in config order."""
     return [key for key in entries[0]["config"] if not key.startswith(IGNORED_PREFIXES)
             and len({json.dumps(e["config"].get(key), sort_keys=True) for e in entries}) > 1]
-
-
-def consistent(entry: dict, value: float | None) -> bool:
-    """A lower bound may not exceed the tightest certified bound. One that does is a measurement
-    failure (e.g. the float32 power iteration underflowing on a collapsed network whose bound is
-    ~1e-16)."""
-    return value is None or value <= entry["certified"] * (1 + 1e-5)
-
-
-def lower_bound(entry: dict) -> float | None:
-    """The larger of the run's valid, nonzero lower bounds (None if it has none)."""
-    values = [v for v in (entry["jacobian"], entry["pairs"]) if v and consistent(entry, v)]
-    return max(values) if values else None
 
 
 def bound_cell(entry: dict, value: float | None) -> str:
@@ -136,13 +78,26 @@ def comparison_table(entries: Sequence[dict], keys: Sequence[str],
     return markdown(columns, rows).rstrip("\n")
 
 
+def missing_lines(paths: Sequence[Path], entries: Sequence[dict]) -> str:
+    """What the table lacks, one line each: runs without lipschitz.json, runs whose lipschitz.json
+    predates the certified bounds."""
+    old = [f"`{e['path']}`" for e in entries if e["only_product"]]
+    lines = ([f"Missing lipschitz.json (made before the bounds were wired in), so left out: "
+              f"{', '.join(f'`{p}`' for p in paths)}."] if paths else [])
+    lines += ([f"Certified bounds beyond the product missing (lipschitz.json made before them): {', '.join(old)}."]
+              if old else [])
+    return "".join(f"\n{line}\n" for line in lines)
+
+
 def compare(paths: Sequence[str | Path], x_key: str | None = None,
             plot_path: Path | None = None, title: str | None = None) -> tuple[str, list[dict], str | None]:
-    """(markdown table, entries, x key) for the finished runs under `paths`; draws the plot if
-    asked (x_key default: the first varying key, preferring PREFERRED_X)."""
-    entries = [load_entry(p) for p in find_runs(paths)]
+    """(markdown table, entries, x key) for the finished runs under `paths` that hold
+    lipschitz.json (those that do not are named below the table); draws the plot if asked (x_key
+    default: the first varying key, preferring PREFERRED_X)."""
+    found = [(p, load_entry(p)) for p in find_runs(paths)]
+    entries, missing = [e for _, e in found if e is not None], [p for p, e in found if e is None]
     if not entries:
-        raise FileNotFoundError(f"no finished run at or below {[str(p) for p in paths]}")
+        raise FileNotFoundError(f"no finished run with lipschitz.json at or below {[str(p) for p in paths]}")
     keys = varying_keys(entries) if len(entries) > 1 else []
     if x_key is None:
         x_key = next((k for k in PREFERRED_X if k in keys), keys[0] if keys else None)
@@ -152,7 +107,7 @@ def compare(paths: Sequence[str | Path], x_key: str | None = None,
         from adv_jax.reports.lipschitz_plot import plot  # matplotlib only when drawing
 
         plot(entries, x_key, Path(plot_path), title)
-    return comparison_table(entries, keys), entries, x_key
+    return comparison_table(entries, keys) + missing_lines(missing, entries), entries, x_key
 
 
 def compare_text(paths: Sequence[str | Path], x_key: str | None = None, plot_path: Path | None = None,

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from adv_jax.reports.lipschitz_compare import attack_moved, consistent  # noqa: E402
+from adv_jax.reports.lipschitz_entries import attack_moved, consistent  # noqa: E402
 
 
 def numeric(value: Any) -> float:

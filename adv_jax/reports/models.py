@@ -1,26 +1,18 @@
 """results/models.md: the paper's MNIST models (Tables 1 and 3), one run per row of
 conf/report/models.yaml, every number read from the rows' metrics.json, except the noisy test
-errors, computed from the rows' params (one noise draw, key 0). With `evaluate_on: validation`
-(conf/report/select_ae400.yaml) the same on held-out training images, and the chosen row."""
+errors, read from what adv_jax/bench/models.py computed from the rows' params (`noisy`: one noise
+draw, key 0). With `evaluate_on: validation` (conf/report/select_ae400.yaml) the same on held-out
+training images, and the chosen row."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import jax
-import numpy as np
-
-import adv_jax
-from adv_jax import checkpoint, transfer
-from adv_jax.data import load_splits
-from adv_jax.models import predict
 from adv_jax.reports import paper, provenance, settings
 from adv_jax.reports.runs import is_finished, read_config, read_json
 from adv_jax.reports.tables import markdown, percent
 
-log = logging.getLogger(__name__)
-NOISE_STDDEV = 0.1
+NOISE_STDDEV = 0.1  # adv_jax/bench/models.py's, named in the columns
 COLUMNS = ["row", "model", "trained on", "error P1", "error P2", "error train", "error test",
            f"error test + noise {NOISE_STDDEV:g} (clipped / unclipped)", "paper train / test",
            "train time (s)", "optimizer steps"]
@@ -30,15 +22,6 @@ VALIDATION_COLUMNS = ["row", "model", "trained on", "error train", "error valida
                       "train time (s)", "optimizer steps"]
 
 
-def run_row(row: dict, common: list[str], runs: Path, cache: bool = True) -> dict:
-    """The row's metrics: read back from <runs>/<name> when finished, else trained there now."""
-    run_dir = runs / row["name"]
-    if is_finished(run_dir):
-        return read_json(run_dir / "metrics.json")
-    overrides = [*row["overrides"], *common, *([] if cache else ["train.cache=false"])]
-    return adv_jax.run(adv_jax.compose(overrides), run_dir)
-
-
 def paper_cell(row: dict) -> str:
     if row.get("paper") is None:
         return row.get("source", "-")
@@ -46,20 +29,10 @@ def paper_cell(row: dict) -> str:
     return f"{train:g} / {test:g} ({paper.table_name(row['paper'])})"
 
 
-def noisy_errors(run_dir: Path, stddev: float, split: str = "test") -> tuple[float, float]:
-    """The run's error (fraction) on `split`'s x + N(0, stddev^2) per pixel, clipped to [0, 1] and
-    unclipped, from one draw (key 0, `transfer.gaussian_noise`)."""
-    run = adv_jax.load_run(run_dir)
-    data = load_splits(run.config.data, run.config.model.classes)[split]
-    noisy = transfer.gaussian_noise(data.x, stddev, key=jax.random.key(0), clip=False)
-    return tuple(float(np.mean(np.asarray(predict(run.model, run.params, images)) != data.y))
-                 for images in (np.clip(noisy, 0.0, 1.0), noisy))
-
-
-def table_row(row: dict, run_dir: Path, noisy: tuple[float, float] | None,
+def table_row(row: dict, run_dir: Path, noisy: list[float] | None,
               split: str = "test") -> list[str]:
     """The row's cells: COLUMNS, or VALIDATION_COLUMNS for split "validation". noisy: its
-    `noisy_errors` on that split (None: no params, so none)."""
+    (clipped, unclipped) errors on that split (None: not measured, so none)."""
     cfg, m = read_config(run_dir), read_json(run_dir / "metrics.json")
     label = cfg["model.name"] + (f"({cfg['model.weight_decay']:g})" if cfg["model.name"] == "fc10" else "")
     noisy_cell = "-" if noisy is None else " / ".join(map(percent, noisy))
@@ -82,18 +55,19 @@ def chosen_row(names: list[str], clean: list[float], noisy: list) -> list[str]:
             f"**{names[best]}** ({totals[best]:.2f}).", ""]
 
 
-def report(conf: dict, runs: Path, command: str) -> str:
-    """The markdown of every row of `conf` whose run under `runs` has finished; conf
-    `evaluate_on: validation` reports held-out errors only, and the chosen row."""
+def report(conf: dict, runs: Path, command: str, noisy: dict | None = None) -> str:
+    """The markdown of every row of `conf` whose run under `runs` has finished; noisy:
+    adv_jax/bench/models.py's `noisy` (None: not measured). conf `evaluate_on: validation`
+    reports held-out errors only, and the chosen row."""
     split = conf.get("evaluate_on", "test")
     finished = [r for r in conf["rows"] if is_finished(runs / r["name"])]
     missing = [f"`{runs / r['name']}`" for r in conf["rows"] if r not in finished]
-    noisy = [noisy_errors(runs / r["name"], NOISE_STDDEV, split)
-             if (runs / r["name"] / checkpoint.PARAMS_FILE).exists() else None for r in finished]
-    rows = [table_row(r, runs / r["name"], n, split) for r, n in zip(finished, noisy)]
+    errors = (noisy or {}).get("errors", {})
+    rows = [table_row(r, runs / r["name"], errors.get(r["name"]), split) for r in finished]
     chosen = chosen_row([r["name"] for r in finished],
                         [read_json(runs / r["name"] / "metrics.json")["error/validation"] for r in finished],
-                        noisy) if split == "validation" and finished else []
+                        [errors.get(r["name"]) for r in finished]) if split == "validation" and finished else []
+    unmeasured = [r["name"] for r in finished if r["name"] not in errors]
     lines = [*provenance.header(conf["title"], command),
              f"Run directories: `{runs}/<row>`; every number below is read from their "
              f"`metrics.json`, except the noisy {split} errors, computed from their params.", "",
@@ -101,14 +75,8 @@ def report(conf: dict, runs: Path, command: str) -> str:
              markdown(VALIDATION_COLUMNS if split == "validation" else COLUMNS, rows),
              *chosen,
              *settings.paragraphs(conf["notes"][1:])]
+    if unmeasured:
+        lines += [f"Noisy errors missing (no params, or not measured): {', '.join(unmeasured)}.", ""]
     if missing:
         lines += [f"Not finished, so left out: {', '.join(missing)}.", ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def build(conf: dict, runs: Path, only: list[str] | None, cache: bool) -> None:
-    """Runs (or reads back) the rows named in `only` (default: all)."""
-    for row in conf["rows"]:
-        if only is None or row["name"] in only:
-            log.info("== %s", row["name"])
-            run_row(row, conf["common"], runs, cache)

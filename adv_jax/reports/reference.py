@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 from omegaconf import OmegaConf
 
 from adv_jax.config import CONF_DIR
+from adv_jax.reports.tables import markdown
 
 REPO = CONF_DIR.parent
 PACKAGE = REPO / "adv_jax"
@@ -88,23 +89,23 @@ def cell(text: str) -> str:
     return "".join(p if p.startswith("`") else p.replace("<", "&lt;").replace(">", "&gt;") for p in parts)
 
 
-def option_row(group: str, path: Path, default: str | None, first: bool) -> str:
+def option_row(group: str, path: Path, default: str | None, first: bool) -> list[str]:
     name = OmegaConf.load(path).get("name", path.stem) if description(path) is None else None
     text = description(path) or f"(no description comment; name: {name})"
     option = f"`{path.stem}`" + (" (default)" if path.stem == default else "")
     where = f"`{group}` ({GROUPS[group]})" if first and group in GROUPS else f"`{group}`" if first else ""
-    return f"| {where} | {option} | {cell(text)} |"
+    return [where, option, cell(text)]
 
 
 def config_table(conf: Path = CONF_DIR) -> str:
     """The group / option / description table of every conf/ group."""
     chosen = defaults(conf)
-    rows = ["| group | option | what it is |", "| --- | --- | --- |"]
+    rows = []
     for group in config_groups(conf):
         for i, path in enumerate(sorted((conf / group).glob("*.yaml"),
                                         key=lambda p: (p.stem != chosen.get(group), p.stem))):
             rows.append(option_row(group, path, chosen.get(group), i == 0))
-    return "\n".join(rows)
+    return markdown(["group", "option", "what it is"], rows).rstrip("\n")
 
 # ----------------------------------------------------------------------------- metrics keys
 
@@ -237,8 +238,7 @@ def unwritten_keys(package: Path = PACKAGE) -> list[str]:
 
 
 def metrics_table() -> str:
-    rows = ["| key | meaning |", "| --- | --- |"]
-    return "\n".join(rows + [f"| `{key}` | {cell(text)} |" for key, text in METRICS.items()])
+    return markdown(["key", "meaning"], [[f"`{key}`", cell(text)] for key, text in METRICS.items()]).rstrip("\n")
 
 # ----------------------------------------------------------------------------- the page
 

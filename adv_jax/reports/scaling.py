@@ -10,6 +10,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from adv_jax.reports import provenance
+from adv_jax.reports.tables import markdown
 
 FIGURE = "figures/scaling.png"  # beside the report
 EXTRA = {"successes": "successes", "weights": "weights", "cold_seconds": "first call seconds"}  # optional columns
@@ -87,13 +88,10 @@ def end_slope(points: list[dict]) -> float | None:
 def curve_table(name: str, entry: dict[str, Any]) -> list[str]:
     curve, points = CURVES[name], entry["points"]
     extra = [k for k in EXTRA if k in points[0]]
-    lines = [f"| {curve.size} | seconds | seconds per {curve.per_label} | " + " | ".join(
-        EXTRA[k] for k in extra) + " |", "| --- " * (3 + len(extra)) + "|"]
-    for p in points:
-        cells = [f"{p[k]:,}" if isinstance(p[k], int) else f"{p[k]:.3f}" for k in extra]
-        lines.append(f"| {p['size']:,} | {p['seconds']:.3f} | {p['seconds'] / p['size'] * curve.per:.4f} | "
-                     + " | ".join(cells) + " |")
-    return lines
+    columns = [curve.size, "seconds", f"seconds per {curve.per_label}", *(EXTRA[k] for k in extra)]
+    rows = [[f"{p['size']:,}", f"{p['seconds']:.3f}", f"{p['seconds'] / p['size'] * curve.per:.4f}",
+             *(f"{p[k]:,}" if isinstance(p[k], int) else f"{p[k]:.3f}" for k in extra)] for p in points]
+    return markdown(columns, rows).splitlines()
 
 
 def curve_section(name: str, entry: dict[str, Any]) -> list[str]:
@@ -110,13 +108,13 @@ def curve_section(name: str, entry: dict[str, Any]) -> list[str]:
 
 
 def summary_table(data: dict[str, Any]) -> list[str]:
-    lines = ["| curve | sizes | exponent | reading |", "| --- | --- | --- | --- |"]
+    rows = []
     for name, entry in data["curves"].items():
         sizes, seconds = columns(entry["points"])
         slope = exponent(sizes, seconds)
-        lines.append(f"| {CURVES[name].title} | {min(sizes):,} to {max(sizes):,} | {two(slope)} | "
-                     f"{reading(slope, CURVES[name].unit).rsplit(':', 1)[0]} |")
-    return lines
+        rows.append([CURVES[name].title, f"{min(sizes):,} to {max(sizes):,}", two(slope),
+                     reading(slope, CURVES[name].unit).rsplit(":", 1)[0]])
+    return markdown(["curve", "sizes", "exponent", "reading"], rows).splitlines()
 
 
 def report(data: dict[str, Any]) -> str:

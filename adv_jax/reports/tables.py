@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adv_jax.transfer import markdown  # the one table writer; experiment.py uses it too
+from adv_jax.markdown import markdown  # the one table writer; a study's matrix.md uses it too
 
 __all__ = ["fmt", "markdown", "mean_std", "percent"]
 
