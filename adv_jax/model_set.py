@@ -12,20 +12,22 @@ runs and may add per-model work (the study's own attack) inside the same run dir
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 from omegaconf import DictConfig, OmegaConf
 
-from adv_jax import checkpoint
+from adv_jax import checkpoint, lipschitz
 from adv_jax.config import derive
 from adv_jax.data import Dataset, load_splits
 from adv_jax.logger import Logger
 from adv_jax.models import Model, Params
-from adv_jax.run_files import MODELS_DIR
-from adv_jax.rundir import Run, RunDirectory, load_run
+from adv_jax.run_files import LIPSCHITZ_FILE, MODELS_DIR, PARAMS_FILE
+from adv_jax.rundir import Run, RunDirectory, load_run, write_file
 from adv_jax.train import evaluate
 from adv_jax.trained import Trained, train_or_load_all
 
@@ -67,14 +69,19 @@ def clean_errors(model: Model, params: Params, splits: dict, data_cfg) -> dict[s
 
 def _record(cfg_m: DictConfig, key: str, model_dir: Path, trained: Trained,
             per_model: PerModel | None) -> Run:
-    """One model's run directory through the one lifecycle: params, clean errors, training
-    metrics and the study's per-model work, metrics.json last."""
+    """One model's run directory through the one lifecycle: params, clean errors, per-layer
+    Lipschitz bounds (lipschitz.json), training metrics and the study's per-model work,
+    metrics.json last."""
     model, params, train_metrics = trained
 
     def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
-        checkpoint.save_params(run.path / checkpoint.PARAMS_FILE, params)
+        checkpoint.save_params(run.path / PARAMS_FILE, params)
         errors = clean_errors(model, params, load_splits(cfg_m.data, cfg_m.model.classes), cfg_m.data)
-        metrics = {**{f"error/{s}": e for s, e in errors.items()}, **train_metrics}
+        # Per-layer bounds and their product: cheap, and what reports compare across models.
+        bounds = lipschitz.measure(model, params, None, None, key=jax.random.key(0), images=0,
+                                   power_iters=1, methods=["product"])
+        write_file(run.path / LIPSCHITZ_FILE, json.dumps(bounds.to_json(), indent=1))
+        metrics = {**{f"error/{s}": e for s, e in errors.items()}, **train_metrics, **bounds.metrics()}
         return {**metrics, **(per_model(key, run.path, model, params) if per_model else {})}
 
     metrics = RunDirectory.for_run(cfg_m, model_dir, key).execute(work)
