@@ -171,3 +171,18 @@ def test_experiment_models_differ_only_in_their_regularizer(mnist_dir):
     assert list(models["input_pool"].train.adversarial.layers) == [0]
     assert list(models["layer_pools"].train.adversarial.layers) == [0, 1, 2]
     assert all(c.data.split == "full" and c.model.hidden == [100, 100] for c in models.values())
+
+
+def test_the_pool_refresh_bench_times_a_refresh_at_every_layer():
+    """adv_jax/bench/pool_refresh.py's row, on an untrained FC16-16-10 and random images."""
+    from types import SimpleNamespace
+
+    from adv_jax.bench.pool_refresh import refresh_row
+
+    model = build_model(compose(["model=fc100", "model.hidden=[16,16]"]).model)
+    run = SimpleNamespace(model=model, params=model.init(jax.random.key(0)))
+    x = jax.random.uniform(jax.random.key(1), (32, 28, 28, 1))
+    y = jnp.arange(32) % 10
+    for layer in range(len(model.layers)):
+        row = refresh_row(run, make_attack("fgsm", {"epsilon": 0.1}), "untargeted", layer, x, y, 8, 1)
+        assert row["seconds"] > 0 and 0 <= row["success"] <= 1 and row["rms"] > 0

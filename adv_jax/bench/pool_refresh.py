@@ -36,14 +36,15 @@ def refresh_row(run, attack, target: str, layer: int, x, y, size: int, repeats: 
     """Seconds, success rate and mean RMS of the perturbation of refreshing `size` entries of the
     layer's pool."""
     model, params = run.model, run.params
-    pool = at.Pool(jnp.zeros(size, jnp.int32), jnp.zeros((size, *at.layer_input_shape(model, layer))))
+    pool = at.Pool(jnp.zeros((size, *model.input_shape)), jnp.zeros(size, jnp.int32),
+                   jnp.zeros((size, *at.layer_input_shape(model, layer))))
     slots = jnp.arange(size)
     keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
     refresh = jax.jit(lambda p, key: at.refresh_pool(attack, model, params, layer, target, p, x, y,
                                                       slots, key))
     seconds, new = median_seconds(lambda: refresh(pool, next(keys)), repeats)
-    points = at.pool_points(model, params, layer, new, x, slots)
-    labels = y[new.index]
+    points = at.pool_points(model, params, layer, new, slots)
+    labels = new.y
     success = is_adversarial(model.apply(params, points, start=layer), labels, jnp.full_like(labels, -1))
     rms = jnp.sqrt(jnp.mean(new.delta.reshape(size, -1) ** 2, -1))
     return {"seconds": seconds, "success": float(np.mean(success)), "rms": float(rms.mean())}
