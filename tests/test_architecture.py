@@ -3,6 +3,7 @@ name crosses a module boundary, functions stay short, scripts stay thin, every t
 what it tests, and the low-level packages import without Hydra, W&B or matplotlib."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,16 @@ def test_models_and_attacks_import_without_hydra_wandb_or_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def _documented_layers() -> list[set[str]]:
+    """docs/development.md's numbered layering list: the `names` of each item (dotted names such
+    as `train.fit` are mentions, not modules)."""
+    text = (REPO / "docs" / "development.md").read_text()
+    body = text[text.index("## The layering rule"):text.index("then the **entry points**")]
+    items = re.split(r"\n\d+\. ", "\n" + body.split("\n", 2)[2].strip())[1:]
+    return [{n for n in re.findall(r"`([a-z_]+)`", item)} for item in items]
+
+
+def test_the_documented_layers_are_the_checked_ones():
+    assert _documented_layers() == LAYERS, "docs/development.md's layering list and LAYERS differ"
