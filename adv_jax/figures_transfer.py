@@ -26,11 +26,7 @@ def transfer_heatmap(row_names: Sequence[str], column_names: Sequence[str], perc
     ax.set_yticks(range(len(row_names)), row_names, fontsize=7)
     ax.set_xlabel("fed to (error %)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def budget_curves(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], path: str | Path,
@@ -52,11 +48,7 @@ def budget_curves(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[fl
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def quartile_bars(panels: dict[str, Sequence[float]], path: str | Path, *, xlabel: str,
@@ -73,6 +65,11 @@ def quartile_bars(panels: dict[str, Sequence[float]], path: str | Path, *, xlabe
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6)
+    return _saved(fig, path)
+
+
+def _saved(fig, path: str | Path) -> Path:
+    """Lays out, writes and closes `fig` as the PNG `path`; returns the path."""
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

@@ -51,3 +51,14 @@ def qp_step(w, b, x, k, kappa: float = 0.0) -> np.ndarray:
 def qp_distance(w, b, x, k, kappa: float = 0.0) -> float:
     """|qp_step|: the L2 distance from x to where class k wins by kappa."""
     return float(np.linalg.norm(qp_step(w, b, x, k, kappa)))
+
+
+def assert_batch_is_one_by_one(attack, model, params, x, y, target, batch, seed):
+    """The batched attack's x_adv (N, ...) equals the attack run on one image at a time, each with
+    the key fold_in(key(seed), i) the batch gives example i."""
+    key = jax.random.key(seed)
+    one_image = lambda image: model.apply(params, image[None])[0]  # noqa: E731
+    single = jax.jit(lambda *args: attack(one_image, *args))
+    for i in range(len(y)):
+        one = single(jnp.asarray(x[i]), jnp.int32(y[i]), jnp.int32(target[i]), jax.random.fold_in(key, i))
+        np.testing.assert_allclose(batch[i], one, atol=1e-5)

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from closed_form import N, affine_model, qp_distance, qp_step
+from closed_form import N, affine_model, assert_batch_is_one_by_one, qp_distance, qp_step
 from adv_jax.attacks.carlini_wagner import CarliniWagnerL2, margin
 from adv_jax.attacks.common import attack_batch, is_adversarial
 from adv_jax.attacks.deepfool import DeepFool
@@ -131,14 +131,8 @@ ATTACKS = [FGSM(), PGD(norm="linf", steps=5), PGD(1.0, "l2", steps=5),
 def test_batch_equals_one_by_one_and_key_fixes_output(digits, attack):
     model, params, x, y = digits
     target = np.where(np.arange(len(y)) % 2, (y + 1) % 10, -1).astype(np.int32)  # both kinds
-    key = jax.random.key(7)
     batch = np.asarray(run(attack, model, params, x, y, target, seed=7))
-    one_image = lambda image: model.apply(params, image[None])[0]  # noqa: E731
-    single = jax.jit(lambda *args: attack(one_image, *args))
-    for i in range(len(y)):
-        one = single(jnp.asarray(x[i]), jnp.int32(y[i]), jnp.int32(target[i]),
-                     jax.random.fold_in(key, i))
-        np.testing.assert_allclose(batch[i], one, atol=1e-5)
+    assert_batch_is_one_by_one(attack, model, params, x, y, target, batch, seed=7)
     np.testing.assert_array_equal(batch, run(attack, model, params, x, y, target, seed=7))
     if isinstance(attack, PGD):  # its random start is the only randomness
         assert not np.array_equal(batch, run(attack, model, params, x, y, target, seed=8))

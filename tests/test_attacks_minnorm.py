@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from closed_form import N, affine_model, qp_distance
+from closed_form import N, affine_model, assert_batch_is_one_by_one, qp_distance
 from closed_form import run_batch as run
 from adv_jax.attacks import make_attack
 from adv_jax.attacks.common import is_adversarial
@@ -82,14 +82,8 @@ def test_succeeds_inside_the_box_reports_its_norm_and_batch_equals_one_by_one(af
 
     # Batch = example by example, and the same key gives the same output.
     target = np.where(np.arange(len(y)) % 2, (y + 1) % 10, -1).astype(np.int32)
-    key = jax.random.key(7)
     batch, _ = run(attack, model, params, x, y, target, seed=7)
-    one_image = lambda image: model.apply(params, image[None])[0]  # noqa: E731
-    single = jax.jit(lambda *args: attack(one_image, *args))
-    for i in range(len(y)):
-        one = single(jnp.asarray(x[i]), jnp.int32(y[i]), jnp.int32(target[i]),
-                     jax.random.fold_in(key, i))
-        np.testing.assert_allclose(batch[i], one, atol=1e-5)
+    assert_batch_is_one_by_one(attack, model, params, x, y, target, batch, seed=7)
     np.testing.assert_array_equal(batch, run(attack, model, params, x, y, target, seed=7)[0])
 
 

@@ -10,15 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adv_jax.attacks.common import (
-    UNTARGETED,
-    Attack,
-    LogitsFn,
-    attack_batch,
-    batched_logits,
-    is_adversarial,
-    rms_distortion,
-)
+from adv_jax.attacks.common import (UNTARGETED, Attack, LogitsFn, attack_batch, batched_logits,
+                                    is_adversarial, rms_distortion)
 
 __all__ = ["TARGET_MODES", "attack_all_targets", "choose_targets"]
 
