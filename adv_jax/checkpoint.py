@@ -19,6 +19,7 @@ A params file outside the cache (a run directory's) gets a sha256 sidecar from `
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from omegaconf import OmegaConf
 
 from adv_jax.config import ModelConfig, TrainConfig
 from adv_jax.models import Model, Params
+from adv_jax.models.external import resolve_target
 from adv_jax.run_files import PARAMS_FILE
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,33 @@ class ParamsError(ValueError):
     """A params file is truncated, corrupt, or fails its checksum; the message names the file."""
 
 
+def _to_state(node: Any) -> Any:
+    """A layer's params as msgpack-able dicts: a tuple (a residual branch) as {"0": ..., ...};
+    a flat dict of arrays (every layer but a residual) is as it always was written."""
+    if isinstance(node, dict):
+        return {k: _to_state(v) for k, v in node.items()}
+    if isinstance(node, (tuple, list)):
+        return {str(j): _to_state(v) for j, v in enumerate(node)}
+    return np.asarray(node)
+
+
 def params_to_bytes(params: Params) -> bytes:
-    return flax.serialization.msgpack_serialize(
-        {str(i): {k: np.asarray(v) for k, v in p.items()} for i, p in enumerate(params)})
+    return flax.serialization.msgpack_serialize({str(i): _to_state(p) for i, p in enumerate(params)})
+
+
+def _restore(want: Any, got: Any, where: str, name: str) -> Any:
+    """`got` (msgpack dicts) in the structure of `want` (abstract params), every shape checked."""
+    if isinstance(want, (dict, tuple, list)):
+        keys = list(want) if isinstance(want, dict) else [str(j) for j in range(len(want))]
+        if not isinstance(got, dict):
+            raise ValueError(f"{name}: {where} is not a dict of parameters")
+        values = [_restore(want[k] if isinstance(want, dict) else want[int(k)], got.get(k),
+                           f"{where} {k!r}", name) for k in keys]
+        return dict(zip(keys, values)) if isinstance(want, dict) else tuple(values)
+    if got is None or tuple(got.shape) != want.shape:
+        raise ValueError(f"{name}: {where} has shape {None if got is None else got.shape}, "
+                         f"model wants {want.shape}")
+    return jax.numpy.asarray(got)
 
 
 def params_from_bytes(model: Model, raw: bytes, name: str = "params") -> Params:
@@ -68,15 +94,7 @@ def params_from_bytes(model: Model, raw: bytes, name: str = "params") -> Params:
     expected = jax.eval_shape(model.init, jax.random.key(0))
     if set(state) != {str(i) for i in range(len(expected))}:
         raise ValueError(f"{name}: holds {len(state)} layers, the model has {len(expected)}")
-    params = []
-    for i, want in enumerate(expected):
-        got = state[str(i)]
-        for k, spec in want.items():
-            if k not in got or tuple(got[k].shape) != spec.shape:
-                shape = None if k not in got else got[k].shape
-                raise ValueError(f"{name}: layer {i} {k!r} has shape {shape}, model wants {spec.shape}")
-        params.append({k: jax.numpy.asarray(got[k]) for k in want})
-    return tuple(params)
+    return tuple(_restore(want, state[str(i)], f"layer {i}", name) for i, want in enumerate(expected))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -242,11 +260,19 @@ def model_identity(cfg: Any, data=None) -> dict:
         "train": train,
         "seed": cfg.seed,
     }
+    if cfg.model.get("_target_"):  # a user's module: its source file too, so an edit retrains
+        identity["model_source"] = module_source_sha256(cfg.model["_target_"])
     if getattr(cfg.data, "validation", 0):  # only when set: older cache keys stay valid
         identity["data"]["validation"] = cfg.data.validation
     if data is not None:
         identity["data"]["fingerprint"] = data_fingerprint(data)
     return identity
+
+
+def module_source_sha256(target: str) -> str:
+    """sha256 (16 hex digits) of the source file defining `model._target_`'s class."""
+    source = inspect.getsourcefile(resolve_target(target))
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
 
 
 def _key(identity: dict) -> str:

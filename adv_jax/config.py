@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.config_store import (
     ConfigStore,  # light: hydra's config store, not its app
 )
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -77,6 +77,22 @@ class ModelConfig:
     weight_decay: Any = 0.0
     classes: Optional[List[int]] = None  # train on these digits only (labels become 0..len-1)
     autoencoder: Optional[AutoencoderConfig] = None
+    # The family (adv_jax/models/zoo.py, docs/models.md): layers (conv blocks + hidden, above) |
+    # resnet | vit | mixer (+ hidden, then the output layer) | module (set by _target_).
+    arch: str = "layers"
+    stages: List[int] = field(default_factory=list)  # resnet: channels per stage (stride 2 between)
+    blocks: int = 2  # resnet: residual blocks per stage; vit, mixer: layers
+    width: int = 64  # vit, mixer: token width
+    patch: int = 7  # vit, mixer: patch side in pixels (divides 28)
+    heads: int = 4  # vit
+    mlp_width: int = 128  # vit, mixer: hidden units of the channel MLP
+    token_mlp_width: int = 32  # mixer: hidden units of the token MLP
+    # Any flax.linen / flax.nnx / equinox module: its class's import path and keyword arguments
+    # (adv_jax/models/external.py); the module is then the whole model.
+    _target_: Optional[str] = None
+    kwargs: Any = None  # a dict; null (not {}) so that `model.kwargs={...}` replaces, not merges
+    # A params file (adv_jax's msgpack, e.g. a run's params.msgpack) to use instead of training.
+    params_file: Optional[str] = None
 
 
 @dataclass
@@ -116,7 +132,7 @@ class AdversarialConfig:
 
 @dataclass
 class TrainConfig:
-    optimizer: str = "adam"  # adam | sgd (minibatch) | lbfgs (full batch, until convergence)
+    optimizer: str = "lbfgs"  # lbfgs (full batch, until convergence; the default train) | adam | sgd (minibatch)
     learning_rate: float = 1e-3
     schedule: str = "cosine"  # constant | cosine (decays to 0 over all steps)
     momentum: float = 0.9  # sgd only
@@ -418,16 +434,33 @@ RESULT_NEUTRAL = ("data.source", "data.mnist_dir", "data.mnist_url", "data.downl
                   "train.cache", "attack.chunk_size", "objective")
 
 
+# Keys the schema gained after runs were recorded with it. At their default they are left out of
+# the result config, so an older run (read back with the default filled in) keeps its checksum
+# and is still recognized when resumed; set to anything else, they count.
+LATER_KEYS = ("lipschitz.local_examples", "model.arch", "model.stages", "model.blocks", "model.width",
+              "model.patch", "model.heads", "model.mlp_width", "model.token_mlp_width", "model._target_",
+              "model.kwargs", "model.params_file")
+
+
+def _pop(tree: dict, dotted: str, only_if: Any = dataclasses.MISSING) -> None:
+    """Removes tree[a][b] for dotted "a.b" (only where it equals `only_if`, when given)."""
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        tree = tree.get(name) or {}
+    if leaf in tree and (only_if is dataclasses.MISSING or tree[leaf] == only_if):
+        del tree[leaf]
+
+
 def result_config(cfg: Any) -> dict:
-    """The resolved config without RESULT_NEUTRAL keys: two runs with equal result_configs
-    compute the same results."""
+    """The resolved config without RESULT_NEUTRAL keys, and LATER_KEYS at their default: two runs
+    with equal result_configs compute the same results."""
     out = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     for dotted in RESULT_NEUTRAL:
-        *parents, leaf = dotted.split(".")
-        node = out
-        for name in parents:
-            node = node.get(name) or {}
-        node.pop(leaf, None)
+        _pop(out, dotted)
+    defaults = OmegaConf.structured(Config)
+    for dotted in LATER_KEYS:
+        default = OmegaConf.select(defaults, dotted)
+        _pop(out, dotted, OmegaConf.to_container(default) if isinstance(default, ListConfig) else default)
     return out
 
 

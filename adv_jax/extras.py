@@ -18,6 +18,7 @@ EXTRAS = {
     "tfds": ("tensorflow_datasets", "tfds", "MNIST through tensorflow-datasets (data.source=tfds)"),
     "foolbox": ("foolbox", "bench", "the foolbox comparisons of the attack benchmarks"),
     "sklearn": ("sklearn", "demos", "the Iris demonstration (demo=iris)"),
+    "equinox": ("equinox", "equinox", "an equinox module as a model (model._target_=...)"),
 }
 # A command-line override -> what it needs
 _NEEDS = {"search": "optuna", "hydra/sweeper=optuna_tpe": "optuna", "hydra/launcher=joblib_local": "joblib",

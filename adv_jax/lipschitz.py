@@ -209,20 +209,50 @@ def maxpool_lipschitz(kernel: int, stride: int, input_hw: tuple[int, int] | None
 
 # ----------------------------------------------------------------------------- the layer table
 
+# No global Lipschitz constant: layer norm divides by the input's spread, attention's softmax
+# weighs products of the input with itself (Kim et al. 2021), a module is opaque. Their rows say
+# operator_norm = bound = inf, so the product is inf: "not available", never a wrong number.
+UNBOUNDED_KINDS = ("layernorm", "self_attention", "module")
+
+
 def _layer_operator_norm(layer: Layer, params: dict, in_shape: tuple[int, ...]) -> tuple[Array, bool]:
-    """(norm of the layer's linear or pooling part on in_shape inputs, whether it is exact)."""
-    if layer.kind == "dense":
+    """(norm of the layer's linear or pooling part on in_shape inputs, whether it is exact).
+
+    residual: ||I + B|| <= 1 + prod of the branch layers' bounds (an upper bound). linear,
+    token_linear: ||W|| (the same W on every token or channel: block diagonal, exact).
+    global_avgpool over n positions: 1 / sqrt(n) (exact). tokens: a reshape and a shift, 1."""
+    if layer.kind in ("dense", "linear", "token_linear"):
         return dense_operator_norm(params["w"]), True
     if layer.kind == "conv":
         norm = conv_operator_norm(params["w"], in_shape[:2], layer.stride, layer.padding)
         return norm, False  # zero padding: the enlarged-grid upper bound
+    if layer.kind in UNBOUNDED_KINDS:
+        return jnp.asarray(jnp.inf), False
+    if layer.kind == "residual":
+        return 1.0 + _chain_bound(layer.branch, params["branch"], in_shape), False
+    if layer.kind == "global_avgpool":
+        return jnp.asarray(1.0 / math.sqrt(math.prod(in_shape[:-1]))), True
+    if layer.kind == "tokens":
+        return jnp.asarray(1.0), True
     return jnp.asarray(maxpool_lipschitz(layer.kernel, layer.stride, in_shape[:2], layer.padding)), True
+
+
+def _chain_bound(layers, params, input_shape) -> Array:
+    """prod over layers of operator norm x activation factor (a residual branch's)."""
+    total = jnp.ones((), jnp.float32)
+    for _, layer, p, shape in _walk_layers(layers, params, input_shape):
+        total = total * _layer_operator_norm(layer, p, shape)[0] * ACTIVATION_LIPSCHITZ[layer.activation]
+    return total
 
 
 def _walk(model, params, input_shape):
     """Yields (index, layer, params, per-example input shape) along model.layers."""
+    return _walk_layers(model.layers, params, input_shape)
+
+
+def _walk_layers(layers, params, input_shape):
     shape = tuple(input_shape)
-    for index, (layer, p) in enumerate(zip(model.layers, params)):
+    for index, (layer, p) in enumerate(zip(layers, params)):
         yield index, layer, p, shape
         out = jax.eval_shape(functools.partial(apply_layer, layer), p,
                              jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
@@ -230,18 +260,27 @@ def _walk(model, params, input_shape):
 
 
 def _shape_string(layer: Layer, params: dict) -> str:
-    if layer.kind == "dense":
+    if layer.kind in ("dense", "linear", "token_linear"):
         return "x".join(map(str, params["w"].shape))
     if layer.kind == "conv":
         kh, kw, c, d = params["w"].shape
         return f"{c}x{kh}x{kw}x{d}"  # paper's Table 5 order: in x k x k x out
-    return f"{layer.kernel}x{layer.kernel}"
+    if layer.kind == "maxpool":
+        return f"{layer.kernel}x{layer.kernel}"
+    if layer.kind == "residual":
+        return "[" + ", ".join(_shape_string(inner, p) or inner.kind
+                               for inner, p in zip(layer.branch, params["branch"])) + "]"
+    if layer.kind == "module":
+        return layer.module.target
+    return f"{layer.features}/{layer.heads} heads" if layer.kind == "self_attention" else ""
 
 
 def layer_table(model, params, input_shape: tuple[int, ...] = (28, 28, 1)) -> list[dict[str, Any]]:
     """One row per layer of model.layers: index, kind, shape, input (HxWxC), stride, padding,
     operator_norm, activation (its Lipschitz factor), bound = operator_norm * activation, and
-    exact (False: operator_norm is the zero-padding upper bound of `conv_operator_norm`)."""
+    exact (False: operator_norm is an upper bound: `conv_operator_norm`'s zero padding, a residual
+    layer's 1 + branch product). A layer without a bound (UNBOUNDED_KINDS, or a residual holding
+    one) has operator_norm = bound = inf: the network's product is then not available (inf)."""
     rows = []
     for index, layer, p, shape in _walk(model, params, input_shape):
         norm, exact = _layer_operator_norm(layer, p, shape)
@@ -249,8 +288,8 @@ def layer_table(model, params, input_shape: tuple[int, ...] = (28, 28, 1)) -> li
         rows.append(dict(
             index=index, kind=layer.kind, shape=_shape_string(layer, p),
             input="x".join(map(str, shape)),
-            stride=None if layer.kind == "dense" else layer.stride,
-            padding=None if layer.kind == "dense" else layer.padding,
+            stride=layer.stride if layer.kind in ("conv", "maxpool") else None,
+            padding=layer.padding if layer.kind in ("conv", "maxpool") else None,
             operator_norm=float(norm), activation=factor, bound=float(norm) * factor, exact=exact,
         ))
     return rows
@@ -269,11 +308,22 @@ def lipschitz_penalty(model, params, input_shape: tuple[int, ...] = (28, 28, 1))
     for a conv, its worst frequency). Pooling and activation factors are constants. The log makes
     the penalty scale-free per layer: doubling one W_k adds log 2 whatever the other layers.
     """
+    unbounded = sorted({layer.kind for layer in _flat_layers(model.layers)} & set(UNBOUNDED_KINDS))
+    if unbounded:
+        raise ValueError(f"train.lipschitz_penalty needs a Lipschitz bound of every layer; this "
+                         f"model's {unbounded} layers have none: set train.lipschitz_penalty=0")
     total = jnp.zeros((), jnp.float32)
     for _, layer, p, shape in _walk(model, params, input_shape):
         norm, _ = _layer_operator_norm(layer, p, shape)
         total += jnp.log(norm * ACTIVATION_LIPSCHITZ[layer.activation])
     return total
+
+
+def _flat_layers(layers):
+    """Every layer, residual branches' included."""
+    for layer in layers:
+        yield layer
+        yield from _flat_layers(layer.branch)
 
 
 # ----------------------------------------------------------------------------- lower bounds

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ def train_or_load(cfg, splits: dict[str, Dataset], logger: Logger | None = None,
     """The model `cfg` describes, from the cache if it was trained before (and train.cache).
     `save_to`: the run directory's own params file, written before the cache entry."""
     model = build_model(cfg.model)
+    if cfg.model.get("params_file"):  # given parameters: never trained, never cached
+        return model, *_given_params(cfg, model, save_to)
     if cfg.train.cache and (hit := checkpoint.read_cache(cfg, model, splits["train"])) is not None:
         log.info("loaded %s from the cache: %s", cfg.model.name, checkpoint.cache_entry(cfg, splits["train"]))
         if save_to is not None:
@@ -54,6 +57,17 @@ def train_or_load(cfg, splits: dict[str, Dataset], logger: Logger | None = None,
     if cfg.train.cache:
         checkpoint.write_cache(cfg, params, metrics, splits["train"])
     return model, params, {**metrics, "train/cached": False}
+
+
+def _given_params(cfg, model: Model, save_to: Path | None) -> tuple[Params, dict[str, Any]]:
+    """model.params_file's params (adv_jax's msgpack: a run's params.msgpack or
+    checkpoint.save_params'), shapes checked against the model, copied to `save_to`."""
+    start = time.perf_counter()
+    params = checkpoint.load_params(Path(cfg.model.params_file).expanduser(), model)
+    log.info("%s: parameters from %s (model.params_file), not trained", cfg.model.name, cfg.model.params_file)
+    if save_to is not None:
+        checkpoint.save_params(save_to, params)
+    return params, {"train/seconds": time.perf_counter() - start, "train/steps": 0, "train/cached": False}
 
 
 def classifier_regime(train_cfg):
@@ -95,11 +109,12 @@ def cached_pretraining(cfg):
 
 def group_key(cfg) -> str | None:
     """Run configs with the same key can be trained together (None: never, e.g. an autoencoder
-    model, whose pretraining is not vmapped, an L-BFGS model (vmapped L-BFGS measured slower on
-    CPU than one by one), or pools and dropout, whose training is not vmapped). The key is the
+    model, whose pretraining is not vmapped, a model with given params (model.params_file), an
+    L-BFGS model (vmapped L-BFGS measured slower on CPU than one by one), or pools and dropout,
+    whose training is not vmapped). The key is the
     cache identity without the seed, the split and the decay coefficients."""
-    if (cfg.model.autoencoder is not None or adversarial_training.enabled(cfg.train)
-            or cfg.train.optimizer not in MINIBATCH_OPTIMIZERS):
+    if (cfg.model.autoencoder is not None or cfg.model.get("params_file")
+            or adversarial_training.enabled(cfg.train) or cfg.train.optimizer not in MINIBATCH_OPTIMIZERS):
         return None
     identity = checkpoint.model_identity(cfg)
     identity.pop("seed")

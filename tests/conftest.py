@@ -109,10 +109,10 @@ def affine_digits(mnist_dir):
 
 @pytest.fixture
 def tiny_overrides(shared_cache, mnist_dir) -> list[str]:
-    """Overrides for a seconds-long real run: 2000 P1 images, 3 epochs (or 100 L-BFGS steps, the
-    default optimizer's), no W&B, the run's shared model cache."""
-    return [f"data.mnist_dir={mnist_dir}", "data.train_limit=2000", "train.epochs=3",
-            "train.lbfgs_steps=100", "wandb.mode=disabled", f"cache_dir={shared_cache}"]
+    """Overrides for a seconds-long real run: the debug size (conf/debug/tiny.yaml: 2000 P1
+    images, 3 epochs or 100 L-BFGS steps, no W&B, ...) and the run's shared model cache. MNIST
+    comes from ADV_JAX_MNIST_DIR (set above; the fixture fails first when it is missing)."""
+    return ["debug=tiny", f"cache_dir={shared_cache}"]
 
 
 @pytest.fixture

@@ -85,13 +85,26 @@ SMALL = {"fgsm": ({}, 1), "pgd": ({"steps": 3}, 3), "fgsm_min": ({"search_steps"
          "fooling": ({"steps": 4}, None), "lbfgs": ({"c_steps": 2, "max_evals": 3}, None),
          "mi_fgsm": ({"steps": 3}, 3), "di_fgsm": ({"steps": 2}, 2), "ti_fgsm": ({"steps": 2}, 2),
          "mi_di_ti": ({"steps": 3}, 3),
+         # transfer_families.py: steps * (base + relevance + variance samples) * copies
+         "ni_fgsm": ({"steps": 2}, 2), "vmi_fgsm": ({"steps": 2, "variance_samples": 2}, 6),
+         "vni_fgsm": ({"steps": 2, "variance_samples": 1}, 4),
+         "emi_fgsm": ({"steps": 2, "enhanced_samples": 3}, 6),
+         "gra": ({"steps": 2, "relevance_samples": 2}, 6), "pgn": ({"steps": 2, "penalty_samples": 2}, 8),
+         "sini_fgsm": ({"steps": 2, "scales": 3}, 6), "admix": ({"steps": 2, "scales": 2, "mixes": 2}, 8),
+         "sia": ({"steps": 2, "transforms": 2}, 4), "bsr": ({"steps": 2, "transforms": 2}, 4),
          "refined": ({"first_params": {"c_steps": 2, "max_evals": 3}, "refine_params": {"steps": 5}}, None)}
+# ensemble_strategies.py: a bare logits_fn is one member; evals = member gradients
+SMALL |= {"svre": ({"steps": 2, "inner_steps_per_member": 1}, 4), "cwa": ({"steps": 2}, 4),
+          "adaea": ({"steps": 2}, 4)}
+# They need layered(model, params), not a bare logits_fn: their evals are checked in
+# tests/test_attacks_feature_ensemble.py.
+LAYERED = {"ila", "fia", "naa", "linbp", "sgm", "ghost"}
 
 
 def test_every_registered_attack_is_checked_for_its_evaluations():
     from adv_jax.attacks import ATTACKS
 
-    assert set(SMALL) == set(ATTACKS)
+    assert set(SMALL) | LAYERED == set(ATTACKS)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

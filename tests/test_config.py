@@ -1,5 +1,6 @@
-"""Every conf/ group option composes against the typed schema; defaults and errors; the config
-tests pass whatever W&B and adv_jax settings the caller's shell exports (tests/conftest.py)."""
+"""Every conf/ group option composes against the typed schema; defaults (conf/config.yaml's are
+the schema's, each attack YAML's its attack's, debug=tiny changes sizes only) and errors; the
+config tests pass whatever W&B and adv_jax settings the caller's shell exports (tests/conftest.py)."""
 
 import os
 import subprocess
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from adv_jax.config import CONF_DIR, as_config, compose
+from adv_jax.attacks import ATTACKS, make_attack, parameter_names
+from adv_jax.config import CONF_DIR, Config, as_config, compose
 from adv_jax.models import build_model
 
 # conf/report/ holds what the results files report (adv_jax.reports.settings), not a Hydra group.
@@ -67,3 +70,47 @@ def test_config_tests_ignore_the_callers_environment():
                           cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+def _leaves(node, prefix=""):
+    """{dotted key: value} of a plain container's leaves (an empty dict or list is a leaf)."""
+    if not isinstance(node, dict) or not node:
+        return {prefix[:-1]: node}
+    return {k: v for key, child in node.items() for k, v in _leaves(child, f"{prefix}{key}.").items()}
+
+
+def test_the_default_config_is_the_schemas_defaults():
+    """conf/config.yaml's choices and adv_jax/config.py's dataclass defaults are one set of values.
+    The model group is the exception: the schema leaves model.name required (???), so ModelConfig's
+    defaults are what a conf/model file may leave out (and what cache keys compare against)."""
+    composed = _leaves(OmegaConf.to_container(compose()))
+    schema = _leaves(OmegaConf.to_container(OmegaConf.structured(Config)))
+    shared = [key for key in composed if key in schema and not key.startswith("model.")]
+    disagree = {key: (composed[key], schema[key]) for key in shared if composed[key] != schema[key]}
+    assert not disagree, f"conf/config.yaml (composed) vs adv_jax/config.py defaults: {disagree}"
+    assert {"train.optimizer", "attack.name", "wandb.mode", "experiment.transfer.target"} <= set(shared)
+
+
+@pytest.mark.parametrize("name", [n for n in _options("attack") if n != "none"])
+def test_every_attack_yaml_restates_its_attacks_defaults(name):
+    """The attack's code holds its defaults; conf/attack/NAME.yaml lists them (so a run's config.yaml
+    records every hyperparameter and `attack.params.KEY=...` needs no '+'), each a parameter of
+    the attack and each equal to its default."""
+    params = OmegaConf.to_container(compose([f"attack={name}"]).attack.params)
+    unknown = [key for key in params if key not in parameter_names(ATTACKS[name])]
+    assert not unknown, f"conf/attack/{name}.yaml: not parameters of {name}: {unknown}"
+    differ = [key for key, value in params.items() if make_attack(name, {key: value}) != make_attack(name)]
+    assert not differ, f"conf/attack/{name}.yaml: differ from the attack's defaults: {differ}"
+    assert make_attack(name, params) == make_attack(name)
+
+
+def test_debug_tiny_changes_sizes_only():
+    """debug=tiny composes alone and with every experiment, shrinks sizes, and leaves the model,
+    the optimizer, the attack and the experiment's models as they were."""
+    for base in [[], *([f"experiment={e}"] for e in _options("experiment"))]:
+        full, tiny = compose(base), compose([*base, "debug=tiny"])
+        assert (tiny.data.train_limit, tiny.train.lbfgs_steps, tiny.wandb.mode) == (2000, 100, "disabled"), base
+        assert (tiny.experiment.num_examples, tiny.lipschitz.images) == (20, 50), base
+        for key in ("model", "train.optimizer", "attack.name", "attack.params", "experiment.models",
+                    "experiment.transfer.attacks"):
+            assert OmegaConf.select(tiny, key) == OmegaConf.select(full, key), (base, key)

@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import adv_jax
-from adv_jax import checkpoint
+from adv_jax import checkpoint, lipschitz
+from adv_jax.bench.layer_bounds import layer_bounds
 from adv_jax.config import CONF_DIR, as_config, compose
 from adv_jax.jobs import job_name
 from adv_jax.jobs.study import recompute_rows
@@ -27,11 +28,13 @@ SHARED_CACHE = Path(os.environ["ADV_JAX_TEST_SHARED"]) / "models"  # tests/conft
 
 
 def _debug(name: str) -> list[str]:
-    """debug=tiny (conf/debug/tiny.yaml: 2000 training images, 3 epochs, 20 examples, no W&B),
-    trained together by Adam, 8-unit layers, FGSM-min; MNIST from ADV_JAX_MNIST_DIR (conftest)."""
+    """debug=tiny (conf/debug/tiny.yaml: 20 examples, no W&B, ...) below its training size, as a
+    study trains up to six models: 1000 images, 2 Adam epochs (trained together); 8-unit layers,
+    FGSM-min. MNIST from ADV_JAX_MNIST_DIR (tests/conftest.py)."""
     cfg = compose([f"experiment={name}"])
-    out = [f"experiment={name}", "debug=tiny", "train=adam", "train.learning_rate=0.01",
-           "attack=fgsm_min", "attack.params.search_steps=6", f"cache_dir={SHARED_CACHE}"]
+    out = [f"experiment={name}", "debug=tiny", "data.train_limit=1000", "train=adam", "train.epochs=2",
+           "train.learning_rate=0.01", "attack=fgsm_min", "attack.params.search_steps=6",
+           f"cache_dir={SHARED_CACHE}"]
     for key, entry in cfg.experiment.models.items():
         hidden = OmegaConf.load(CONF_DIR / "model" / f"{entry.model}.yaml").get("hidden") or []
         if hidden:
@@ -80,6 +83,10 @@ def test_experiment_runs_in_debug_size(name, tmp_path, mnist_dir):
     for key, rel in zip(result["keys"], result["run_dirs"]):
         run = adv_jax.load_run(run_dir / rel)  # every model's directory is a plain run directory
         assert run.params and (run_dir / rel / "adversarials.npz").exists()
+        # with the same clean-error keys as a single run, and its per-layer bounds stored
+        assert {"error/p1", "error/p2", "error/full", "error/test", "error/train"} <= set(run.metrics)
+        table = lipschitz.layer_table(run.model, run.params, run.model.input_shape)
+        assert layer_bounds(run_dir / rel)["layers"] == pytest.approx([row["bound"] for row in table], rel=1e-6)
     success = [result["models_metrics"][k]["attack/success_rate"] for k in result["keys"]]
     for j, ok in enumerate(success):
         if ok == 1.0:

@@ -52,6 +52,7 @@ def test_hydra_full_error_still_shows_the_traceback(tmp_path):
     (["data.split_seed=-1"], "data.split_seed=-1 is not allowed: an integer >= 0"),
     (["train.epochs=abc"], "train.epochs: Value 'abc' of type 'str' could not be converted to Integer"),
     (["model=conv"], "add train=adam"),
+    (["model=fc10", "attack=ila"], "attack=ila on model=fc10: ila works on a hidden layer"),
 ])
 def test_preflight_names_the_key_and_what_is_allowed(overrides, message):
     with pytest.raises(ConfigError) as caught:

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 import adv_jax
 from adv_jax import checkpoint
-from adv_jax.config import as_config, compose
+from adv_jax.config import LATER_KEYS, as_config, compose
 from adv_jax.data import DataError
-from adv_jax.rundir import RunDirectory, RunDirectoryLocked, config_sha256, load_run
+from adv_jax.rundir import RunDirectory, RunDirectoryLocked, config_sha256, load_run, read_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=fc10", "train=adam", "train.epochs=1", "data.train_limit=500", "attack=none",
@@ -253,3 +254,18 @@ def test_load_run_refuses_a_damaged_run_naming_the_file(run_copy, damage, caplog
     if "no checksums" in damage:
         warned = " ".join(r.getMessage() for r in caplog.records)
         assert "checksums.json: missing" in warned and "params.msgpack: no checksum" in warned
+
+
+def test_a_run_recorded_before_a_schema_key_existed_keeps_its_checksum(tmp_path):
+    """config.yaml of an older run lacks the keys added since (config.LATER_KEYS); read back, the
+    schema fills in their defaults, and its result config, so its sha256, is unchanged."""
+    cfg = compose(["model=fc100"])
+    old = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in LATER_KEYS:
+        parent, leaf = dotted.rsplit(".", 1)
+        del old[parent][leaf]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    recorded = config_sha256(json.loads(json.dumps(old)))  # what the older code stored
+    assert config_sha256(read_config(tmp_path / "config.yaml")) == recorded == config_sha256(cfg)
+    changed = compose(["model=fc100", "lipschitz.local_examples=5"])
+    assert config_sha256(changed) != config_sha256(cfg)  # away from its default, a later key counts

@@ -13,11 +13,12 @@ from adv_jax.jobs import job_name
 from adv_jax.jobs.transfer_attacks import recompute_cells
 from adv_jax.transfer import transfer_rates
 
-DEBUG = ["experiment=transfer_attacks", "train=adam", "train.learning_rate=0.02", "experiment.num_examples=8",
-         "experiment.ensemble_seeds=[]", "experiment.transfer.target=random",
-         "experiment.transfer.budgets.linf=[0.1,0.3]", "experiment.transfer.budgets.l2=[1.0,4.0]",
-         "experiment.transfer.analysis_examples=6", "experiment.transfer.random_directions=2",
-         "experiment.transfer.reference_budget=1",
+# With tiny_overrides' debug=tiny (conf/debug/tiny.yaml: 2000 images, 3 epochs, this seed's models
+# only, two budgets per norm, a smaller analysis), what this test needs besides: random targets
+# (hit rates), 8 examples, 8-8-unit models, two of the five attacks and one ensemble, few steps.
+DEBUG = ["experiment=transfer_attacks", "train=adam", "train.learning_rate=0.02",
+         "experiment.num_examples=8", "experiment.transfer.analysis_examples=6",
+         "experiment.transfer.target=random",
          "~experiment.transfer.attacks.mi_di_ti", "~experiment.transfer.attacks.di", "~experiment.transfer.attacks.ti",
          "~experiment.transfer.ensembles.ens_not_fc100_p1", "~experiment.transfer.ensembles.ens_not_fc123_p1",
          "~experiment.transfer.ensembles.ens_not_fc100_p2_logits",

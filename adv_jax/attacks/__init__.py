@@ -7,8 +7,8 @@ scalar})`: every registered attack reports "evals" (gradient evaluations, i.e. b
 per example) and some more (LBFGSAttack: c; MinimalEpsilon: epsilon; TemplateAddition:
 multiple; DeepFool, FoolingImage: steps; DDN, FMN: norm); `run_attack` calls either kind.
 `make_attack(name, params)` builds one from `conf/attack/NAME.yaml`'s `params`; with no params,
-the YAML's attack (tests/test_attacks_api.py checks it; `refined` still differs: 300 FMN steps in
-the YAML, FMN's 1000 without params).
+the YAML's attack: each YAML restates its attack's defaults (tests/test_config.py and
+tests/test_attacks_api.py check it).
 
 Constructed directly, with the YAMLs' defaults (table: docs/attacks.md): `PGD(epsilon=0.1,
 norm="linf")`, `FGSM()`, `LBFGS()` (= LBFGSAttack), `CW()` (= CarliniWagnerL2), `DeepFool()`,
@@ -27,9 +27,13 @@ Batched, against any JAX callable `logits_fn` (B, *shape) -> (B, K) (an adv_jax 
       progress=True) -> Generated (adversarials, seconds, diagnostics); attack: an attack object
       (target default "untargeted") or an attack config (its target); check_inputs(x, y, target,
       num_classes) -> ValueError on bad inputs; summarize(generated) -> flat metrics (generate.py)
-Transfer studies: `MomentumIterative` (MI/DI/TI-FGSM, transfer_enhancing.py), `Ensemble`
+Transfer studies: `MomentumIterative` (MI/DI/TI-FGSM, transfer_enhancing.py), `TransferFamily`
+(NI/VMI/VNI/EMI/GRA/PGN and SI-NI/Admix/SIA/BSR presets of one loop, transfer_families.py), `Ensemble`
 (several models as one logits_fn, ensemble_source.py), `AcrossBudgets` (budgets.py), gradient
 alignment and boundary distances (analysis.py).
+Feature-level (ILA, FIA, NAA; feature_level.py) and model-related (LinBP, SGM, Ghost;
+model_related.py) attacks take `layered(model, params)` (layered.py) as their logits_fn; the
+ensemble strategies (SVRE, CWA, AdaEA; ensemble_strategies.py) an `Ensemble`'s members.
 A pytree logits_fn (`jax.tree_util.Partial`, as `adv_jax.models.logits_fn` returns) passes its
 arrays as traced arguments, so one compilation serves every parameter set of a shape. Distortion
 = per-pixel RMS (`rms_distortion`).
@@ -57,20 +61,29 @@ from adv_jax.attacks.common import (
 )
 from adv_jax.attacks.deepfool import DeepFool
 from adv_jax.attacks.essays import FoolingImage, TemplateAddition
+from adv_jax.attacks.ensemble_strategies import CWA, SVRE, AdaEA
+from adv_jax.attacks.feature_level import FIA, ILA, NAA
 from adv_jax.attacks.gradient import FGSM, PGD, MinimalEpsilon
+from adv_jax.attacks.layered import LayeredModel, layered
+from adv_jax.models import logits_fn
 from adv_jax.attacks.lbfgs import LBFGSAttack
 from adv_jax.attacks.minnorm import DDN, FMN
+from adv_jax.attacks.model_related import SGM, Ghost, LinBP
 from adv_jax.attacks.refined import Refined
 from adv_jax.attacks.targets import TARGET_MODES, attack_all_targets, choose_targets
 from adv_jax.attacks.transfer_enhancing import MomentumIterative, preset
+from adv_jax.attacks.transfer_families import TransferFamily, family
 
 __all__ = [
     "ATTACKS", "CW", "DIFGSM", "LBFGS", "MIFGSM", "TARGET_MODES", "TIFGSM", "UNTARGETED", "Attack",
     "CarliniWagnerL2", "DDN", "DeepFool", "FGSM", "FMN", "FoolingImage", "LBFGSAttack", "LogitsFn",
-    "MinimalEpsilon", "MomentumIterative", "PGD", "Refined", "TemplateAddition",
+    "MinimalEpsilon", "MomentumIterative", "PGD", "Refined", "TemplateAddition", "TransferFamily",
     "attack_all_targets", "attack_batch", "batched_logits", "choose_targets", "compile_attack_batch", "is_adversarial",
     "make_attack", "rms_distortion", "run_attack", "single_example",
 ]
+__all__ += ["AdaEA", "CWA", "FIA", "Ghost", "ILA", "LayeredModel", "LinBP", "NAA", "SGM", "SVRE",
+            "layered"]
+__all__ += ["LAYERED_ATTACKS", "model_view"]
 
 
 # The names conf/attack/*.yaml use, where they read naturally (torchattacks' names).
@@ -125,7 +138,35 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "di_fgsm": DIFGSM,
     "ti_fgsm": TIFGSM,
     "mi_di_ti": preset("mi_di_ti"),
+    "ila": ILA,  # feature_level.py: take layered(model, params)
+    "fia": FIA,
+    "naa": NAA,
+    "linbp": LinBP,  # model_related.py: take layered(model, params)
+    "sgm": SGM,
+    "ghost": Ghost,
+    "svre": SVRE,  # ensemble_strategies.py: take an Ensemble (or one model)
+    "cwa": CWA,
+    "adaea": AdaEA,
+    "ni_fgsm": family("ni_fgsm"),  # transfer_families.py
+    "vmi_fgsm": family("vmi_fgsm"),  # transfer_families.py
+    "vni_fgsm": family("vni_fgsm"),  # transfer_families.py
+    "emi_fgsm": family("emi_fgsm"),  # transfer_families.py
+    "gra": family("gra"),  # transfer_families.py
+    "pgn": family("pgn"),  # transfer_families.py
+    "sini_fgsm": family("sini_fgsm"),  # transfer_families.py
+    "admix": family("admix"),  # transfer_families.py
+    "sia": family("sia"),  # transfer_families.py
+    "bsr": family("bsr"),  # transfer_families.py
 }
+
+# Attacks that read the model's layers: they take `layered(model, params)` as their logits_fn.
+LAYERED_ATTACKS = frozenset({"ila", "fia", "naa", "linbp", "sgm", "ghost"})
+
+
+def model_view(name: str, model, params) -> LogitsFn:
+    """What attack `name` runs against: the layered model for LAYERED_ATTACKS, else the plain
+    batched logits_fn (both (B, 28, 28, 1) -> (B, K))."""
+    return layered(model, params) if name in LAYERED_ATTACKS else logits_fn(model, params)
 
 
 def make_attack(name: str, params: dict[str, Any] | None = None) -> Attack:

@@ -18,15 +18,17 @@ from typing import Any
 import jax
 
 from adv_jax import checkpoint, lipschitz
+from adv_jax.attacks import LAYERED_ATTACKS, make_attack, model_view, run_attack, single_example
 from adv_jax.attacks.generate import generate, summarize
 from adv_jax.data import load_splits
 from adv_jax.figures import adversarial_grid
 from adv_jax.logger import Logger
 from adv_jax.model_set import CLEAN_SPLITS, clean_errors
-from adv_jax.models import Model, Params, logits_fn, num_params, predict
+from adv_jax.models import Model, Params, build_model, num_params, predict
 from adv_jax.run_files import ADVERSARIALS_FIGURE, ADVERSARIALS_FILE, LIPSCHITZ_FILE
 from adv_jax.rundir import RunDirectory
 from adv_jax.trained import train_or_load
+from adv_jax.validate import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,29 @@ def default_name(cfg) -> str:
     return cfg.model.name
 
 
+def check(cfg) -> None:
+    """An attack that reads the model's layers (attacks.LAYERED_ATTACKS) is traced once on this
+    model before any work, so a model it cannot run on (no hidden layer at attack.params.layer,
+    no ReLU, no skip) is one ConfigError line at start-up."""
+    if cfg.attack.name not in LAYERED_ATTACKS:
+        return
+    model = build_model(cfg.model)
+    view = model_view(cfg.attack.name, model, model.init(jax.random.key(0)))
+    attack = make_attack(cfg.attack.name, cfg.attack.params)
+    image = jax.ShapeDtypeStruct(model.input_shape, jax.numpy.float32)
+    try:
+        jax.eval_shape(lambda x: run_attack(attack, single_example(view), x, jax.numpy.int32(0),
+                                            jax.numpy.int32(-1), jax.random.key(0)), image)
+    except ValueError as e:
+        raise ConfigError(f"attack={cfg.attack.name} on model={cfg.model.name}: {e}") from None
+
+
 def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: Logger):
     """Attacks the first attack.num_examples test images; writes adversarials.npz and a figure."""
     n = len(test) if cfg.attack.num_examples is None else min(cfg.attack.num_examples, len(test))
     log.info("attacking %d test images with %s (target: %s)", n, cfg.attack.name, cfg.attack.target)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-    generated = generate(cfg.attack, logits_fn(model, params), test.x[:n], test.y[:n], key=key)
+    generated = generate(cfg.attack, model_view(cfg.attack.name, model, params), test.x[:n], test.y[:n], key=key)
     adv, metrics = generated.adversarials, summarize(generated)
     log.info("attack: %d of %d succeeded, mean RMS distortion %.4g, %.1f s (%.0f examples/s)",
              adv.success.sum(), n, metrics["attack/mean_distortion"], generated.seconds,

@@ -28,6 +28,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from adv_jax import transfer
+from adv_jax.attacks import model_view
 from adv_jax.attacks.generate import Adversarials, generate, summarize
 from adv_jax.config import as_config
 from adv_jax.data import Dataset
@@ -54,7 +55,8 @@ def attack_each(cfg: DictConfig, examples: Dataset) -> PerModel:
     adversarials.npz written, the attack's summary returned."""
     def work(key: str, model_dir: Path, model, params) -> dict[str, Any]:
         key_ = jax.random.fold_in(jax.random.key(cfg.seed + cfg.experiment.models[key].seed_offset), 1)
-        generated = generate(cfg.attack, logits_fn(model, params), examples.x, examples.y, key=key_)
+        generated = generate(cfg.attack, model_view(cfg.attack.name, model, params), examples.x, examples.y,
+                             key=key_)
         generated.adversarials.save(model_dir / ADVERSARIALS_FILE)
         return {**summarize(generated),
                 "attack/mean_distortion_all": float(generated.adversarials.distortion().mean())}

@@ -1,7 +1,9 @@
 """Models: a frozen tuple of layers with pure `init(key) -> params` and `apply(params, x) -> logits`.
 
 Every model in adv_jax (fc10, fc100, fc123, fc200, ae400, conv, bottleneck2d and any widths from
-config) is a `Model` built by `build_model` from its `conf/model/*.yaml` entry.
+config; resnet_small, vit_small, mixer_small from `model.arch`; any flax/equinox module from
+`model._target_`) is a `Model` built by `build_model` from its `conf/model/*.yaml` entry.
+Residual layers for attacks that treat skips apart (SGM): `branch_scaled_logits_fn`.
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ from adv_jax.models.layers import (
     ACTIVATIONS,
     Layer,
     LayerParams,
+    apply_chain,
     apply_layer,
+    apply_residual,
     describe,
     init_layer,
+    residual_parts,
     weight_decay,
 )
+from adv_jax.models.zoo import ARCHITECTURES
 
 __all__ = [
-    "ACTIVATIONS", "ACTIVATION_LIPSCHITZ", "Layer", "Model", "Params", "build_model", "describe",
-    "error_rate", "logits_fn", "num_params", "predict",
+    "ACTIVATIONS", "ACTIVATION_LIPSCHITZ", "Layer", "Model", "Params", "apply_residual",
+    "branch_scaled_logits_fn", "build_model", "describe", "error_rate", "logits_fn", "num_params",
+    "predict", "residual_parts",
 ]
 
 Params = tuple[LayerParams, ...]
@@ -96,9 +103,12 @@ def _per_layer(value: Any, count: int, what: str) -> list[float]:
 def build_model(cfg: Any) -> Model:
     """Builds a `Model` from a model config (`conf/model/*.yaml`, schema `ModelConfig`).
 
-    Layout: each conv block (conv, then max-pooling if `pool > 1`), then one dense layer per
-    `hidden` width with `activation`, then a linear output layer with one unit per class.
+    Layout (arch "layers"): each conv block (conv, then max-pooling if `pool > 1`), then one dense
+    layer per `hidden` width with `activation`, then a linear output layer with one unit per
+    class. Other `model.arch` values (and any `model._target_`): `_build_family`.
     """
+    if cfg.get("_target_") or cfg.get("arch", "layers") != "layers":
+        return _build_family(cfg)
     num_classes = len(cfg.classes) if cfg.classes else 10
     specs: list[dict] = []
     for block in cfg.conv:
@@ -113,6 +123,38 @@ def build_model(cfg: Any) -> Model:
     for spec, lam in zip(weighted, _per_layer(cfg.weight_decay, len(weighted), "weight_decay")):
         spec["weight_decay"] = lam
     return Model(layers=tuple(Layer(**s) for s in specs))
+
+
+def _build_family(cfg: Any) -> Model:
+    """resnet, vit, mixer (adv_jax/models/zoo.py) + hidden dense layers + output layer; or the
+    one module layer of `_target_`. One lambda per weighted layer (a residual layer's covers its
+    branch; a module's all its weight arrays)."""
+    arch = "module" if cfg.get("_target_") else cfg.arch
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown model.arch {arch!r}; choose one of {['layers', *sorted(ARCHITECTURES)]}")
+    layers = ARCHITECTURES[arch](cfg)
+    if arch != "module":
+        num_classes = len(cfg.classes) if cfg.classes else 10
+        layers += [Layer("dense", features=h, activation=cfg.activation) for h in cfg.hidden]
+        layers.append(Layer("dense", features=num_classes))
+    elif cfg.hidden or cfg.conv or cfg.classes:
+        raise ValueError("model._target_: the module is the whole model; leave model.hidden, "
+                         "model.conv and model.classes empty")
+    count = sum(layer.has_weights for layer in layers)
+    lambdas = iter(_per_layer(cfg.weight_decay, count, "weight_decay"))
+    return Model(layers=tuple(dataclasses.replace(layer, weight_decay=next(lambdas))
+                              if layer.has_weights else layer for layer in layers))
+
+
+def branch_scaled_logits_fn(model: Model, params: Params, branch_grad_scale: float) -> jax.tree_util.Partial:
+    """`logits_fn` whose residual layers pass gradients through their branch times
+    branch_grad_scale and through their skip unchanged (the Skip Gradient Method, Wu et al.
+    2020); the logits are the model's own. Per layer: `residual_parts`, `apply_residual`."""
+    return jax.tree_util.Partial(_branch_scaled_logits, model, branch_grad_scale, params)
+
+
+def _branch_scaled_logits(model: Model, branch_grad_scale: float, params: Params, x: jax.Array) -> jax.Array:
+    return apply_chain(model.layers, params, jnp.asarray(x, jnp.float32), branch_grad_scale)
 
 
 def _float32_logits(model: Model, params: Params, x: jax.Array) -> jax.Array:
