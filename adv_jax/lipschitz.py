@@ -494,14 +494,22 @@ def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | No
     table = layer_table(model, params, model.input_shape)
     product = network_bound(table)
     product_seconds = time.perf_counter() - start
+    say = log.info if progress else log.debug  # a line per stage: none is silent for long
+    say("Lipschitz: product of the layers' bounds %.4g, %.1f s", product, product_seconds)
     lower, lower_seconds = _measured_lower_bounds(model, params, test_x, pairs, key, images, power_iters)
+    say("Lipschitz: lower bounds %s", "  ".join(f"{m}={v:.4g} ({lower_seconds[m]:.1f} s)"
+                                                for m, v in lower.items()) or "none")
     found = certified_bounds(model, params, methods, lipsdp_max_size=lipsdp_max_size,
                              lipsdp_solver=lipsdp_solver, product=product)
+    say("Lipschitz: certified bounds %s", "  ".join(f"{m}={v:.4g} ({found['seconds'].get(m, 0.0):.1f} s)"
+                                                    for m, v in found["bounds"].items()) or "none")
     found["seconds"].update({"product": product_seconds} if "product" in methods else {})
     result = LipschitzResult(layers=table, upper_bound=product, bounds=found["bounds"],
                              lower_bounds=lower, seconds={**found["seconds"], **lower_seconds},
                              skipped=found["skipped"])
     if attacked is not None and "eclipse_fast" not in found["skipped"] and np.any(attacked["success"]):
+        say("certified bracket on the %d successful examples: global constants, then local ones",
+            int(np.sum(attacked["success"])))
         (summary, _), seconds = _timed(lambda: bracket_summary(model, params, attacked, result.certified,
                                                                local, progress, local_examples))
         result = dataclasses.replace(result, bracket={**summary, "seconds": seconds})

@@ -71,6 +71,61 @@ def pytest_configure(config):
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+# The slow tier (`-m slow`): end-to-end runs of the command-line tools (multiruns, launchers,
+# searches, the GPU script, whole studies) and the second and later cases of parametrized training
+# tests, each 7-45 s on 2 cores, and
+# the L2 half of the newest attacks' per-attack sweeps. Their code paths have fast in-process tests in the default tier,
+# which stays within its 5-minute budget; CI (.ci/run) runs both tiers. Node-id prefixes.
+SLOW = (
+    "tests/test_gpu_check.py::",
+    "tests/test_search.py::test_the_search_minimizes_validation_error_and_resumes",
+    "tests/test_experiment.py::test_multirun_aggregates_two_seeds_and_skips_finished_runs_when_restarted",
+    "tests/test_experiment.py::test_experiment_runs_in_debug_size[cross_model]",
+    "tests/test_experiment.py::test_experiment_runs_in_debug_size[adversarial_training]",
+    "tests/test_transfer_attacks.py::test_the_job_at_a_debug_size",
+    "tests/test_launchers.py::test_a_ray_multirun",
+    "tests/test_ensemble.py::test_members_split_over_four_devices_train_as_on_one",
+    "tests/test_train.py::test_autoencoder_layer_is_pretrained_then_frozen[pretraining1]",
+    "tests/test_bench_minnorm.py::test_report_on_a_tiny_model",
+    "tests/test_wandb.py::test_a_multiruns_jobs_are_grouped_by_sweep_and_named_by_overrides",
+    "tests/test_adversarial_training.py::test_pooled_lbfgs_refreshes_between_restarts_and_learns",
+    "tests/test_model_zoo.py::test_zoo_model_shapes_train_step_and_attack[mixer_small]",
+    "tests/test_model_zoo.py::test_zoo_model_shapes_train_step_and_attack[vit_small]",
+    "tests/test_demos.py::test_unit_analysis_numbers",
+    "tests/test_demos.py::test_figure7_noise_halves_accuracy",
+    "tests/test_devices.py::test_sharded_attacks_predictions_and_errors_equal_one_device",
+    "tests/test_runner.py::test_an_autoencoder_is_pretrained_once_for_every_way_of_training_its_head",
+    "tests/test_runner.py::test_sweep_script_single_run",
+    "tests/test_lipschitz_runs.py::test_product_bound_sits_above_the_empirical_lower_bounds_of_a_trained_conv_net",
+    "tests/test_demos.py::test_demo_script_runs_and_requires_a_demo",
+    "tests/test_ensemble.py::test_ensemble_of_seeds_splits_and_decays_matches_one_by_one_and_fills_the_cache",
+    "tests/test_model_zoo.py::test_zoo_model_shapes_train_step_and_attack[resnet_small]",
+    "tests/test_model_zoo.py::test_residual_bound_is_above_the_measured_slope_and_unbounded_layers_say_so",
+    "tests/test_certified.py::test_a_trained_runs_lipschitz_json_and_certified_distortions",
+    "tests/test_lipschitz_runs.py::test_compare_lipschitz",
+    "tests/test_lipschitz_runs.py::test_measure_gives_the_bounds_a_run_logged",
+    "tests/test_reports.py::test_noisy_errors_come_from_the_runs_params",
+    "tests/test_reports.py::test_a_selection_report_shows_held_out_errors_only_and_the_chosen_row",
+    "tests/test_demos.py::test_template_addition_flips_fc10",
+    "tests/test_ensemble.py::test_lbfgs_ensemble_matches_one_by_one_on_a_convex_model",
+    "tests/test_ensemble.py::test_any_vmap_size_trains_the_same_members",
+    "tests/test_train.py::test_stronger_decay_gives_larger_error",
+    "tests/test_adversarial_training.py::test_pool_training_runs_and_learns",
+)
+# Per-attack sweeps over both norms: the L-inf case stays in the default tier, the L2 one is slow.
+SLOW_L2 = (
+    "tests/test_attacks_families.py::test_each_family_with_its_ingredient_off_is_the_attack_it_builds_on",
+    "tests/test_attacks_families.py::test_every_family_stays_in_the_box_and_the_ball_and_depends_only_on_the_key",
+    "tests/test_attacks_feature_ensemble.py::test_inside_the_box_and_the_ball_same_key_same_output",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SLOW) or (item.nodeid.startswith(SLOW_L2) and item.nodeid.endswith("-l2]")):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_unconfigure(config):
     for path in _CREATED:
         shutil.rmtree(path, ignore_errors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,15 @@ def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: L
     log.info("attack: %d of %d succeeded, mean RMS distortion %.4g, %.1f s (%.0f examples/s)",
              adv.success.sum(), n, metrics["attack/mean_distortion"], generated.seconds,
              metrics["attack/examples_per_second"])
+    start = time.perf_counter()
     adv.save(run_dir / ADVERSARIALS_FILE)
     columns = min(cfg.attack.figure_columns, n)
     if columns:  # 0: no figure; a figure that fails is a warning (Logger.figure)
         logger.figure("adversarials", lambda: adversarial_grid(
             adv.x, adv.x_adv, run_dir / ADVERSARIALS_FIGURE, labels=adv.y,
             predicted=predict(model, params, adv.x_adv[:columns]), columns=columns))
+    log.info("wrote %s%s, %.1f s", ADVERSARIALS_FILE, f" and {ADVERSARIALS_FIGURE}" if columns else "",
+             time.perf_counter() - start)
     return metrics, adv
 
 
