@@ -111,6 +111,10 @@ SLOW = (
     "tests/test_ensemble.py::test_any_vmap_size_trains_the_same_members",
     "tests/test_train.py::test_stronger_decay_gives_larger_error",
     "tests/test_adversarial_training.py::test_pool_training_runs_and_learns",
+    "tests/test_docs.py::test_every_command_the_results_files_state_is_accepted",
+    "tests/test_runner.py::test_second_run_hits_the_cache_with_identical_params",
+    "tests/test_reliability.py::test_a_corrupt_entry_is_named_set_aside_and_retrained[truncate]",
+    "tests/test_attacks_families.py::test_sia_and_bsr_step_along_the_gradient_averaged_over_their_copies[bsr]",
 )
 # Per-attack sweeps over both norms: the L-inf case stays in the default tier, the L2 one is slow.
 SLOW_L2 = (
