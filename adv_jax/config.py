@@ -241,7 +241,7 @@ class EnsembleSource:
 
 @dataclass
 class TransferAttacksConfig:
-    """experiment.job=transfer_attacks: attacks x budgets x sources x target models."""
+    """job=transfer_attacks: attacks x budgets x sources x target models."""
 
     attacks: Dict[str, TransferAttack] = field(default_factory=dict)
     # Budgets per norm, in one batched run: linf = largest per-pixel change; l2 = Euclidean norm
@@ -274,7 +274,6 @@ class ExperimentConfig:
     # with those seeds find them cached.
     train_together: bool = True
     ensemble_seeds: List[int] = field(default_factory=list)
-    job: str = "matrix"  # matrix: adv_jax/jobs/study.py | transfer_attacks: adv_jax/jobs/transfer_attacks.py
     transfer: TransferAttacksConfig = field(default_factory=TransferAttacksConfig)
 
 
@@ -297,6 +296,7 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    job: str = "single"  # conf/job/*.yaml: which adv_jax/jobs/<job>.py runs; an experiment sets its own
     seed: int = 0
     # CPU devices for JAX: "auto" = one per core, or a count. Attack batches and ensemble members
     # are split over them (adv_jax/devices.py). Fixed by JAX's first operation in a process.
@@ -422,7 +422,7 @@ def derive(cfg: DictConfig, model: str, split: str, *, model_changes: Any = None
         out["train"] = OmegaConf.to_container(groups.train)
     out["train"] = OmegaConf.to_container(OmegaConf.merge(out["train"], train_changes or {}))
     out["data"]["split"] = split
-    out.update(experiment={"name": "none"}, demo={"name": "none"},
+    out.update(experiment={"name": "none"}, demo={"name": "none"}, job="single",
                seed=cfg.seed if seed is None else seed)
     return as_config(out)
 
@@ -461,6 +461,33 @@ def result_config(cfg: Any) -> dict:
     for dotted in LATER_KEYS:
         default = OmegaConf.select(defaults, dotted)
         _pop(out, dotted, OmegaConf.to_container(default) if isinstance(default, ListConfig) else default)
+    return out
+
+
+# Runs recorded before the `job` group named their job by experiment.job (matrix |
+# transfer_attacks), with experiment.name and demo.name telling a study and a demo apart.
+_LEGACY_JOBS = {"matrix": "study", "transfer_attacks": "transfer_attacks"}
+
+
+def upgrade_recorded(raw: dict) -> dict:
+    """A recorded config.yaml (a plain dict) in today's schema: `job` from the older
+    experiment.job, experiment.name and demo.name."""
+    if "job" in raw:
+        return raw
+    out = copy.deepcopy(raw)
+    legacy = (out.get("experiment") or {}).pop("job", "matrix")
+    if (out.get("experiment") or {}).get("name", "none") != "none":
+        out["job"] = _LEGACY_JOBS.get(legacy, legacy)
+    else:
+        out["job"] = "demo" if (out.get("demo") or {}).get("name", "none") != "none" else "single"
+    return out
+
+
+def legacy_result_config(cfg: Any) -> dict:
+    """result_config as runs recorded before the `job` group wrote it (for their checksums)."""
+    out = result_config(cfg)
+    job = out.pop("job", "single")
+    out.setdefault("experiment", {})["job"] = "transfer_attacks" if job == "transfer_attacks" else "matrix"
     return out
 
 

@@ -43,7 +43,7 @@ import jax
 from omegaconf import DictConfig, OmegaConf
 
 from adv_jax import checkpoint
-from adv_jax.config import as_config, result_config
+from adv_jax.config import as_config, legacy_result_config, result_config, upgrade_recorded
 from adv_jax.logger import Logger, one_line, open_logger
 from adv_jax.models import Model, Params, build_model, logits_fn
 from adv_jax.run_files import (ARTIFACT_FILES, CHECKSUMS_FILE, CONFIG_FILE, LOG_FILE,
@@ -88,9 +88,13 @@ def write_file(path: Path, data: bytes | str) -> None:
         raise _named(e, path) from e
 
 
+def _sha256(tree: dict) -> str:
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def config_sha256(cfg: Any) -> str:
     """sha256 of a config's result_config: equal for configs that compute the same results."""
-    return hashlib.sha256(json.dumps(result_config(cfg), sort_keys=True, default=str).encode()).hexdigest()
+    return _sha256(result_config(cfg))
 
 
 def read_metrics(path: Path) -> dict[str, Any]:
@@ -128,7 +132,7 @@ def read_config(path: Path) -> DictConfig:
         raise ValueError(f"{path}: {found[0]}={found[1]!r} is an interpolation, which a run's "
                          "config.yaml never holds (it is written resolved): restore the value")
     try:
-        return as_config(raw)
+        return as_config(upgrade_recorded(raw))
     except Exception as e:
         raise ValueError(f"{path}: does not fit the config schema ({one_line(e)})") from None
 
@@ -409,7 +413,7 @@ def _read_checksums(run_dir: Path) -> dict[str, str]:
 
 
 def _check_config(path: Path, cfg: DictConfig, want: str | None) -> None:
-    if want is not None and config_sha256(cfg) != want:
+    if want is not None and want not in (config_sha256(cfg), _sha256(legacy_result_config(cfg))):
         raise ValueError(f"{path}: changed since the run (its result-affecting keys no longer match "
                          f"the sha256 in {CHECKSUMS_FILE}): restore it, or redo the run")
 

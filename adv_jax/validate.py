@@ -124,9 +124,30 @@ def check_lipschitz(lipschitz: DictConfig) -> None:
     _count("lipschitz.local_examples", lipschitz.local_examples, minimum=0, optional=True)
 
 
+# conf/job/*.yaml: the modules of adv_jax/jobs; the study jobs run on an experiment's models.
+JOBS = ("single", "study", "transfer_attacks", "demo")
+STUDY_JOBS = ("study", "transfer_attacks")
+
+
+def check_job(cfg: DictConfig) -> None:
+    """cfg.job is a job and has what it runs on: an experiment for a study job, a demonstration
+    for demo, neither for single."""
+    job, experiment = cfg.job, cfg.experiment.name
+    _require(job in JOBS, "job", job, f"one of {list(JOBS)} (conf/job/)")
+    if job in STUDY_JOBS:
+        _require(experiment != "none", "job", job, "a study job needs experiment=NAME (conf/experiment/)")
+    else:
+        _require(experiment == "none", "job", job, f"experiment={experiment} runs a study job "
+                 f"({' or '.join(STUDY_JOBS)}); its file chooses one")
+    _require((job == "demo") == (cfg.demo.name != "none"), "job", job,
+             "demo exactly when a demonstration is named (scripts/demo.py demo=NAME)")
+
+
 def check(cfg: DictConfig) -> None:
     """Raises ConfigError on the first value a run could not honour."""
     from adv_jax.attacks.targets import TARGET_MODES
+
+    check_job(cfg)
 
     _require(cfg.data.split in SPLITS, "data.split", cfg.data.split, f"one of {list(SPLITS)}")
     _require(cfg.data.source in SOURCES, "data.source", cfg.data.source, f"one of {list(SOURCES)}")

@@ -63,3 +63,13 @@ def test_a_min_attacks_parameters_include_its_inner_attacks():
 def test_an_unknown_autoencoder_optimizer_is_refused_naming_the_key():
     with pytest.raises(validate.ConfigError, match=r"model.autoencoder.optimizer='sgd'.*adam or lbfgs"):
         validate.check(compose(["model=ae400", "model.autoencoder.optimizer=sgd"]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["experiment=cross_model", "job=single"], r"job='single' is not allowed: experiment=cross_model runs a study job"),
+    (["job=study"], r"job='study' is not allowed: a study job needs experiment=NAME"),
+    (["job=demo"], r"job='demo' is not allowed: demo exactly when a demonstration is named"),
+])
+def test_a_job_without_what_it_runs_on_is_refused_in_one_line(overrides, message):
+    with pytest.raises(validate.ConfigError, match=message):
+        validate.check(compose(overrides))

@@ -21,7 +21,7 @@ from adv_jax.reports.aggregate import aggregate
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # The cross-model studies (adv_jax/jobs/study.py); an experiment whose config selects another job
-# (experiment.job, e.g. transfer_attacks) has its own test (tests/test_transfer_attacks.py).
+# (`override /job: transfer_attacks`) has its own test (tests/test_transfer_attacks.py).
 STUDIES = [name for name in EXPERIMENTS if job_name(compose([f"experiment={name}"])) == "study"]
 REPO = CONF_DIR.parent
 SHARED_CACHE = Path(os.environ["ADV_JAX_TEST_SHARED"]) / "models"  # tests/conftest.py

@@ -23,7 +23,7 @@ import adv_jax
 from adv_jax import checkpoint
 from adv_jax.config import LATER_KEYS, as_config, compose
 from adv_jax.data import DataError
-from adv_jax.rundir import RunDirectory, RunDirectoryLocked, config_sha256, load_run, read_config
+from adv_jax.rundir import RunDirectory, RunDirectoryLocked, _check_config, config_sha256, load_run, read_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=fc10", "train=adam", "train.epochs=1", "data.train_limit=500", "attack=none",
@@ -269,3 +269,29 @@ def test_a_run_recorded_before_a_schema_key_existed_keeps_its_checksum(tmp_path)
     assert config_sha256(read_config(tmp_path / "config.yaml")) == recorded == config_sha256(cfg)
     changed = compose(["model=fc100", "lipschitz.local_examples=5"])
     assert config_sha256(changed) != config_sha256(cfg)  # away from its default, a later key counts
+
+
+@pytest.mark.parametrize("overrides, config_name, job, legacy", [
+    (["model=fc100"], "config", "single", "matrix"),
+    (["experiment=cross_training_set"], "config", "study", "matrix"),
+    (["experiment=transfer_attacks"], "config", "transfer_attacks", "transfer_attacks"),
+    (["demo=iris"], "demos", "demo", "matrix"),
+])
+def test_a_run_recorded_before_the_job_group_reads_back_with_its_job_and_checksum(
+        tmp_path, overrides, config_name, job, legacy):
+    """Before conf/job/, experiment.job (matrix | transfer_attacks) and the experiment and demo
+    names chose the job: such a config.yaml reads back with `job` set, and its recorded sha256
+    still verifies; a changed key still does not."""
+    cfg = compose(overrides, config_name)
+    assert cfg.job == job
+    old = OmegaConf.to_container(cfg, resolve=True)
+    del old["job"]
+    old["experiment"]["job"] = legacy
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    recorded = config_sha256(json.loads(json.dumps(old)))  # what the older code stored
+    read = read_config(tmp_path / "config.yaml")
+    assert read.job == job and config_sha256(read) == config_sha256(cfg)
+    _check_config(tmp_path / "config.yaml", read, recorded)
+    read.seed += 1
+    with pytest.raises(ValueError, match="changed since the run"):
+        _check_config(tmp_path / "config.yaml", read, recorded)

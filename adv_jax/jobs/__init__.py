@@ -1,10 +1,12 @@
 """Jobs: what one `scripts/sweep.py` (or `scripts/demo.py`) invocation runs, chosen by config.
 
   single   one model: train or load, evaluate, attack, Lipschitz bounds   (adv_jax/jobs/single.py)
-  study    a transfer study, conf/experiment/*.yaml                       (adv_jax/jobs/study.py)
-  transfer_attacks  attacks x budgets x sources, experiment.job=transfer_attacks
-                                                           (adv_jax/jobs/transfer_attacks.py)
+  study    a cross-model study of an experiment, conf/experiment/*.yaml   (adv_jax/jobs/study.py)
+  transfer_attacks  attacks x budgets x sources on an experiment's models (.../transfer_attacks.py)
   demo     a demonstration, conf/demo/*.yaml                              (adv_jax/jobs/demo.py)
+
+The config group `job=` (conf/job/*.yaml) names it: `single` by default, an experiment file sets
+its own, scripts/demo.py sets `demo`.
 
 Each is `run(cfg, run_dir) -> metrics` over the one run-directory lifecycle of adv_jax/rundir.py.
 `run` below checks the whole config first (adv_jax/validate.py), before any data or training;
@@ -21,15 +23,12 @@ from typing import Any
 from adv_jax import devices, extras, validate
 from adv_jax.config import as_config, compose
 
-JOBS = ("single", "study", "transfer_attacks", "demo")
+JOBS = validate.JOBS
 
 
 def job_name(cfg) -> str:
-    """study (or transfer_attacks, by experiment.job) when an experiment is set, demo when a
-    demonstration is, else single."""
-    if cfg.experiment.name != "none":
-        return "transfer_attacks" if cfg.experiment.job == "transfer_attacks" else "study"
-    return "demo" if cfg.demo.name != "none" else "single"
+    """The job's module name under adv_jax/jobs: cfg.job (validate.check_job)."""
+    return cfg.job
 
 
 def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
@@ -77,7 +76,7 @@ def preflight(args: list[str], config_name: str = "config") -> None:
     except ConfigCompositionException as e:
         raise validate.ConfigError(composition_message(e)) from e
     check(cfg)
-    if cfg.experiment.name == "none" and cfg.demo.name == "none":
+    if job_name(cfg) == "single":
         load_splits(cfg.data, cfg.model.classes)  # memoized: the run reads the same arrays
 
 

@@ -1,4 +1,4 @@
-"""Transfer-attacks study (experiment.job=transfer_attacks, conf/experiment/transfer_attacks.yaml):
+"""Transfer-attacks study (job=transfer_attacks, chosen by conf/experiment/transfer_attacks.yaml):
 attacks x budgets x sources (models and ensembles) x target models, as one job `run(cfg, run_dir)`.
 
 The models come from the model-set layer (`model_set.models_for`), as in the study job; every

@@ -33,7 +33,8 @@ RESULTS = REPO / "results"
 GROUPS = {
     "data": "[data.md](data.md)", "model": "[models.md](models.md)",
     "train": "[training.md](training.md)", "attack": "[attacks.md](attacks.md)",
-    "wandb": "[above](#wb)", "experiment": "[transfer.md](transfer.md)",
+    "wandb": "[above](#wb)", "job": "what runs; an experiment or scripts/demo.py sets it",
+    "experiment": "[transfer.md](transfer.md)",
     "search": "with `-m`; [below](#searches)",
     "demo": "with `scripts/demo.py`; [demonstrations.md](demonstrations.md)",
     "hydra/launcher": "with `-m`; Hydra's `basic` when unset; [scale.md](scale.md)",
