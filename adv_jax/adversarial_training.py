@@ -25,6 +25,10 @@ set all the time", and found adversarials of the higher layers' outputs the most
                      `lbfgs_restarts` restarts, the pools filled or refreshed before each and
                      their points held fixed through it (`frozen_points`).
 
+PGD training (Madry et al. 2018; train.adversarial.pgd_epsilon > 0): every minibatch is replaced
+by its L-inf PGD adversarials against the current parameters (`madry_batch`, gradients stopped),
+the inner maximization of the robust objective; it combines with the pools and with dropout.
+
 Dropout (train.dropout) drops inputs and hidden units in training steps only, with keys split
 from the step's key; `model.apply(params, x)` stays deterministic for evaluation and attacks.
 """
@@ -39,12 +43,13 @@ import jax.numpy as jnp
 import optax
 
 from adv_jax import train
-from adv_jax.attacks import make_attack
+from adv_jax.attacks import PGD, make_attack
 from adv_jax.attacks.targets import choose_targets
 from adv_jax.models import Model, Params
 
 log = logging.getLogger(__name__)
 POOL_TARGETS = ("random", "next", "untargeted")
+MADRY_KEY = 2 ** 20  # fold_in(step key, MADRY_KEY): PGD training's random starts (pools use 0 .. 2 L)
 
 
 class Pool(NamedTuple):
@@ -58,7 +63,8 @@ class Pool(NamedTuple):
 def enabled(cfg) -> bool:
     """Whether train config `cfg` asks for pools or dropout (`fit_classifier`; else the plain
     `train.fit_classifier`)."""
-    return bool(cfg.adversarial.layers) or cfg.dropout.input > 0 or cfg.dropout.hidden > 0
+    return (bool(cfg.adversarial.layers) or cfg.adversarial.pgd_epsilon > 0 or cfg.dropout.input > 0
+            or cfg.dropout.hidden > 0)
 
 
 def layer_input_shape(model: Model, k: int) -> tuple[int, ...]:
@@ -77,6 +83,10 @@ def check_config(model: Model, cfg) -> None:
     if cfg.optimizer == "lbfgs" and adv.layers and not adv.start_epoch < adv.lbfgs_restarts:
         raise ValueError(f"train.adversarial.start_epoch={adv.start_epoch}: with train=lbfgs the pools "
                          f"join at that restart, so it must be below lbfgs_restarts={adv.lbfgs_restarts}")
+    if adv.pgd_epsilon and (cfg.optimizer == "lbfgs" or adv.pgd_epsilon < 0 or adv.pgd_steps < 1):
+        raise ValueError(f"train.adversarial.pgd_epsilon={adv.pgd_epsilon} (pgd_steps={adv.pgd_steps}): "
+                         "PGD training needs a minibatch optimizer (train=adam or train=sgd), a "
+                         "positive radius and pgd_steps >= 1")
     for name, rate in (("input", drop.input), ("hidden", drop.hidden)):
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"train.dropout.{name}={rate}: a drop rate must be in [0, 1)")
@@ -141,11 +151,30 @@ def pool_points(model: Model, params: Params, k: int, pool: Pool, rows: jax.Arra
     return jnp.clip(h + pool.delta[rows], 0.0, 1.0)
 
 
+def madry_batch(model: Model, params: Params, x: jax.Array, y: jax.Array, key: jax.Array,
+                adv) -> jax.Array:
+    """x's (B, 28, 28, 1) L-inf PGD adversarials against params, from a random start in the
+    pgd_epsilon cube, pgd_steps steps of 2.5 pgd_epsilon / pgd_steps (Madry et al.); no gradient
+    flows through them."""
+    attack = PGD(epsilon=adv.pgd_epsilon, norm="linf", steps=adv.pgd_steps,
+                 relative_step_size=2.5 / adv.pgd_steps, random_start=True)
+    frozen = jax.lax.stop_gradient(params)
+
+    def one(image, label, image_key):
+        return attack(lambda z: model.apply(frozen, z[None])[0], image, label, jnp.int32(-1), image_key)
+
+    keys = jax.random.split(key, len(x))
+    return jax.lax.stop_gradient(jax.vmap(one)(x, y, keys))
+
+
 def mixed_cross_entropy(model: Model, params: Params, pools: tuple[Pool, ...], x: jax.Array,
                         y: jax.Array, key: jax.Array, cfg) -> jax.Array:
-    """Mean CE over the clean batch (x (B, ...), y (B,)) and `cfg.adversarial.batch_size` random
-    entries of each pool, with training-time dropout: the loss term of pooled training."""
+    """Mean CE over the batch (x (B, ...), y (B,); with PGD training, its adversarials) and
+    `cfg.adversarial.batch_size` random entries of each pool, with training-time dropout: the
+    loss term of pooled training."""
     adv, drop = cfg.adversarial, cfg.dropout
+    if adv.pgd_epsilon:
+        x = madry_batch(model, params, x, y, jax.random.fold_in(key, MADRY_KEY), adv)
     logits = dropout_apply(model, params, x, jax.random.fold_in(key, 0), drop.input, drop.hidden)
     total = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
     count = len(y)

@@ -128,6 +128,10 @@ class AdversarialConfig:
     # train=lbfgs: this many L-BFGS restarts of ceil(lbfgs_steps / lbfgs_restarts) iterations; the
     # pools are filled before restart start_epoch and refresh_size entries refreshed before each later one.
     lbfgs_restarts: int = 4
+    # Madry et al. 2018: every minibatch replaced by its L-inf PGD adversarials (random start,
+    # pgd_steps steps of 2.5 pgd_epsilon / pgd_steps) against the current model; 0 = off.
+    pgd_epsilon: float = 0.0
+    pgd_steps: int = 7
 
 
 @dataclass
@@ -258,6 +262,40 @@ class TransferAttacksConfig:
     reference_budget: int = -1  # index into budgets[reference_norm]
 
 
+# The fair protocol's attacks by family (job=transfer_benchmark; conf/attack/ names). The
+# baselines are what every family is compared with; the ensemble strategies run on
+# `benchmark.ensembles` only, every other family on each single-model surrogate.
+BENCHMARK_FAMILIES = {
+    "baselines": ["pgd", "mi_fgsm"],
+    "gradient stabilization": ["ni_fgsm", "vmi_fgsm", "vni_fgsm", "emi_fgsm", "gra", "pgn"],
+    "input transformation": ["di_fgsm", "ti_fgsm", "sini_fgsm", "admix", "sia", "bsr"],
+    "feature level": ["ila", "fia", "naa"],
+    "model related": ["linbp", "sgm", "ghost"],
+    "ensemble strategies": ["mi_fgsm", "svre", "cwa", "adaea"],
+}
+ENSEMBLE_FAMILY = "ensemble strategies"
+
+
+@dataclass
+class BenchmarkConfig:
+    """job=transfer_benchmark: the fair protocol (adv_jax/jobs/transfer_benchmark.py)."""
+
+    families: Dict[str, List[str]] = field(default_factory=dict)  # label -> attacks; {} = BENCHMARK_FAMILIES
+    # Same budgets and iterations for every attack: linf = largest per-pixel change, l2 =
+    # Euclidean norm of the whole perturbation (per-pixel RMS = l2 / 28); alpha = budget / steps.
+    budgets: Dict[str, List[float]] = field(default_factory=lambda: {"linf": [0.1, 0.2], "l2": [1.0, 2.0]})
+    steps: int = 10  # T; targeted transfer (target=random): 300
+    # The compute-matched table: every attack gets this many gradient evaluations per image
+    # (its steps = this / its evaluations per step), at each norm's first budget; null = none.
+    matched_evals: Optional[int] = 200
+    round_8bit: bool = True  # adversarials rounded to 8-bit pixels before any model sees them
+    confidence: float = 0.95  # bootstrap intervals over images
+    target: str = "untargeted"  # untargeted | random (targeted transfer)
+    surrogates: List[str] = field(default_factory=list)  # experiment.models keys that attack; [] = all
+    ensembles: Dict[str, EnsembleSource] = field(default_factory=dict)  # the ensemble strategies' sources
+    params: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # attack name -> changed hyperparameters
+
+
 @dataclass
 class ExperimentConfig:
     """A transfer study: models x their adversarials (conf/experiment/*.yaml); "none" = plain run."""
@@ -275,6 +313,7 @@ class ExperimentConfig:
     train_together: bool = True
     ensemble_seeds: List[int] = field(default_factory=list)
     transfer: TransferAttacksConfig = field(default_factory=TransferAttacksConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
 
 @dataclass
@@ -439,7 +478,8 @@ RESULT_NEUTRAL = ("data.source", "data.mnist_dir", "data.mnist_url", "data.downl
 # and is still recognized when resumed; set to anything else, they count.
 LATER_KEYS = ("lipschitz.local_examples", "model.arch", "model.stages", "model.blocks", "model.width",
               "model.patch", "model.heads", "model.mlp_width", "model.token_mlp_width", "model._target_",
-              "model.kwargs", "model.params_file")
+              "model.kwargs", "model.params_file", "experiment.benchmark", "train.adversarial.pgd_epsilon",
+              "train.adversarial.pgd_steps")
 
 
 def _pop(tree: dict, dotted: str, only_if: Any = dataclasses.MISSING) -> None:
@@ -460,7 +500,7 @@ def result_config(cfg: Any) -> dict:
     defaults = OmegaConf.structured(Config)
     for dotted in LATER_KEYS:
         default = OmegaConf.select(defaults, dotted)
-        _pop(out, dotted, OmegaConf.to_container(default) if isinstance(default, ListConfig) else default)
+        _pop(out, dotted, OmegaConf.to_container(default) if isinstance(default, (ListConfig, DictConfig)) else default)
     return out
 
 

@@ -125,8 +125,8 @@ def check_lipschitz(lipschitz: DictConfig) -> None:
 
 
 # conf/job/*.yaml: the modules of adv_jax/jobs; the study jobs run on an experiment's models.
-JOBS = ("single", "study", "transfer_attacks", "demo")
-STUDY_JOBS = ("study", "transfer_attacks")
+JOBS = ("single", "study", "transfer_attacks", "transfer_benchmark", "demo")
+STUDY_JOBS = ("study", "transfer_attacks", "transfer_benchmark")
 
 
 def check_job(cfg: DictConfig) -> None:

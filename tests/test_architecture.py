@@ -15,7 +15,7 @@ PACKAGE = REPO / "adv_jax"
 # Low to high; a module may import its own layer and those below it, never one above.
 LAYERS = [
     {"devices", "config", "extras", "logger", "figures", "figures_transfer", "download", "data",
-     "transfer", "transfer_rows", "markdown", "run_files"},
+     "transfer", "transfer_rows", "transfer_protocol", "markdown", "run_files"},
     {"models", "attacks", "lipschitz", "certify", "lipsdp", "validate"},
     {"checkpoint", "train"},
     {"adversarial_training"},  # a regime on train.fit: the core never imports it

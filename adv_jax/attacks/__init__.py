@@ -46,6 +46,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from adv_jax.attacks.carlini_wagner import CarliniWagnerL2
 from adv_jax.attacks.common import (
     UNTARGETED,
@@ -83,7 +86,7 @@ __all__ = [
 ]
 __all__ += ["AdaEA", "CWA", "FIA", "Ghost", "ILA", "LayeredModel", "LinBP", "NAA", "SGM", "SVRE",
             "layered"]
-__all__ += ["LAYERED_ATTACKS", "model_view"]
+__all__ += ["LAYERED_ATTACKS", "inapplicable", "model_view"]
 
 
 # The names conf/attack/*.yaml use, where they read naturally (torchattacks' names).
@@ -167,6 +170,18 @@ def model_view(name: str, model, params) -> LogitsFn:
     """What attack `name` runs against: the layered model for LAYERED_ATTACKS, else the plain
     batched logits_fn (both (B, 28, 28, 1) -> (B, K))."""
     return layered(model, params) if name in LAYERED_ATTACKS else logits_fn(model, params)
+
+
+def inapplicable(attack: Attack, view: LogitsFn, input_shape: tuple[int, ...]) -> str | None:
+    """Why `attack` cannot run on `view` (a model it does not apply to: no hidden layer at its
+    layer, no ReLU, no skip connection), traced once without running; None when it can."""
+    image = jax.ShapeDtypeStruct(input_shape, jnp.float32)
+    try:
+        jax.eval_shape(lambda x: run_attack(attack, single_example(view), x, jnp.int32(0), jnp.int32(-1),
+                                            jax.random.key(0)), image)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def make_attack(name: str, params: dict[str, Any] | None = None) -> Attack:

@@ -32,7 +32,7 @@ import numpy as np
 
 from adv_jax import data
 
-__all__ = ["ImagePool", "admix_copies", "mnist_pool", "scale_copies", "shuffle_rotate",
+__all__ = ["ImagePool", "admix_copies", "class_pool", "mnist_pool", "scale_copies", "shuffle_rotate",
            "structure_invariant"]
 
 SIA_OPS = 8  # roll rows, roll columns, flip rows, flip columns, rotate 180, scale, noise, dropout
@@ -59,15 +59,22 @@ class ImagePool:
         return f"ImagePool({len(self.labels)} images of shape {self.images.shape[1:]})"
 
 
+def class_pool(images, labels, per_class: int = 2) -> ImagePool:
+    """The first `per_class` images of each of the 10 classes of images (N, *shape), labels (N,)."""
+    labels = np.asarray(labels)
+    index = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+    return ImagePool(np.asarray(images)[index], labels[index])
+
+
 @functools.lru_cache(maxsize=4)
 def mnist_pool(per_class: int = 2) -> ImagePool:
     """The first `per_class` MNIST training images of each digit, read as the data config does:
-    ADV_JAX_MNIST_DIR, else the download cache (ADV_JAX_CACHE_DIR or ~/.cache/adv_jax)."""
+    ADV_JAX_MNIST_DIR, else the download cache (ADV_JAX_CACHE_DIR or ~/.cache/adv_jax). A job
+    passes its own data's pool (`class_pool`) instead."""
     cache = os.path.expanduser(os.environ.get("ADV_JAX_CACHE_DIR", "~/.cache/adv_jax"))
     train = data.load_mnist(mnist_dir=os.environ.get("ADV_JAX_MNIST_DIR"),
                             download_dir=os.path.join(cache, "mnist"))["train"]
-    index = np.concatenate([np.flatnonzero(train.y == c)[:per_class] for c in range(10)])
-    return ImagePool(train.x[index], train.y[index])
+    return class_pool(train.x, train.y, per_class)
 
 
 def scale_copies(images: jax.Array, scales: int) -> jax.Array:

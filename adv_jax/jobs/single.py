@@ -19,7 +19,7 @@ from typing import Any
 import jax
 
 from adv_jax import checkpoint, lipschitz
-from adv_jax.attacks import LAYERED_ATTACKS, make_attack, model_view, run_attack, single_example
+from adv_jax.attacks import LAYERED_ATTACKS, inapplicable, make_attack, model_view
 from adv_jax.attacks.generate import generate, summarize
 from adv_jax.data import load_splits
 from adv_jax.figures import adversarial_grid
@@ -46,13 +46,9 @@ def check(cfg) -> None:
         return
     model = build_model(cfg.model)
     view = model_view(cfg.attack.name, model, model.init(jax.random.key(0)))
-    attack = make_attack(cfg.attack.name, cfg.attack.params)
-    image = jax.ShapeDtypeStruct(model.input_shape, jax.numpy.float32)
-    try:
-        jax.eval_shape(lambda x: run_attack(attack, single_example(view), x, jax.numpy.int32(0),
-                                            jax.numpy.int32(-1), jax.random.key(0)), image)
-    except ValueError as e:
-        raise ConfigError(f"attack={cfg.attack.name} on model={cfg.model.name}: {e}") from None
+    reason = inapplicable(make_attack(cfg.attack.name, cfg.attack.params), view, model.input_shape)
+    if reason:
+        raise ConfigError(f"attack={cfg.attack.name} on model={cfg.model.name}: {reason}")
 
 
 def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: Logger):

@@ -176,6 +176,10 @@ METRICS = {
     "check/<name>": ("those studies: the paper's qualitative claims as booleans (`diagonal_100`, "
                      "`above_noise`, `amplified_above`)"),
     "clean/<model>/test": "those studies: each model's test error (%)",
+    "benchmark/<table>/<attack>/<norm>/<budget>/<scenario>": (
+        "`experiment=transfer_benchmark`: mean success (%) over all attacked images of the (surrogate, "
+        "victim) cells of one scenario (white-box, cross-training-set, cross-architecture, robust_victim); "
+        "table fixed (T iterations) or matched (equal gradient evaluations)"),
     "transfer/<attack>/<norm>/<budget>/rate_all": (
         "`experiment=transfer_attacks`: mean transfer rate over the cross cells, all attacked images "
         "the denominator ([transfer.md](transfer.md))"),
@@ -184,7 +188,7 @@ METRICS = {
 }
 # What a metrics key starts with: the source's strings that start so are checked against METRICS.
 PREFIXES = ("error", "attack", "train", "lipschitz", "certified", "model", "data", "experiment",
-            "transfer", "check", "clean")
+            "transfer", "check", "clean", "benchmark")
 KEY = re.compile(rf"({'|'.join(PREFIXES)})/[\w<>{{}}./-]+")
 
 

@@ -1,0 +1,404 @@
+"""The fair transfer benchmark (job=transfer_benchmark; conf/experiment/transfer_benchmark.yaml
+runs it on the architecture zoo): every family of experiment.benchmark.families from every
+surrogate, at the same budgets and T iterations (alpha = budget / T), each family on one surrogate
+as ONE compiled program (attacks.battery.Battery: its attacks x norms x budgets); adversarials
+rounded to 8-bit pixels before any model sees them; every experiment model classifies every set.
+The measurements (filter, bootstrap intervals, SSIM) are adv_jax/transfer_protocol.py's.
+
+Two tables (a cell's `table`):
+  fixed    every attack at T = benchmark.steps, at every budget
+  matched  every attack at benchmark.matched_evals gradient evaluations per image (its steps =
+           that / its evaluations per step, alpha = budget / steps), at each norm's first budget
+
+<run_dir>/
+  config.yaml  metrics.json  run.log  wandb/       as for any run (metrics.json written last)
+  benchmark.json  the protocol; models (label, architecture, split, clean accuracy); surrogates;
+                  attacks per table and surrogate (family, evals, steps); skipped (surrogate ->
+                  attack -> why it does not apply); cells, one per table, surrogate, attack, norm,
+                  budget and victim, each naming the adversarials (`file`, `row`) it came from
+  adversarials/<surrogate>/<table>_<family>.npz   x, y, target (N, ...), x_adv (R, E, N, 28, 28, 1)
+                  rounded to 8 bits, rows (R,) "<attack>/<norm>", budgets (R, E)
+  models/<key>/   the models' run directories (adv_jax.load_run reads them)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import re
+import zlib
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from adv_jax.attacks import ATTACKS, attack_batch, batched_logits, choose_targets, inapplicable, layered, make_attack
+from adv_jax.attacks.battery import Battery, gradient_evals
+from adv_jax.attacks.ensemble_source import REDUCTIONS, ensemble_of
+from adv_jax.attacks.input_copies import ImagePool, class_pool
+from adv_jax.config import BENCHMARK_FAMILIES, ENSEMBLE_FAMILY, compose
+from adv_jax.data import load_splits
+from adv_jax.model_set import model_config, models_for, study_examples
+from adv_jax.models import build_model
+from adv_jax.run_files import BENCHMARK_FILE, MODELS_DIR
+from adv_jax.rundir import Run, RunDirectory, load_run
+from adv_jax.transfer_protocol import (every_model_correct, fooled, imperceptibility, matched_steps, rate,
+                                       to_8bit)
+from adv_jax.validate import ConfigError
+
+log = logging.getLogger(__name__)
+ATTACK_KEY = 7  # fold_in(key(cfg.seed), ATTACK_KEY) seeds targets and attacks
+TABLES = ("fixed", "matched")
+CHUNK = 250  # images per compiled chunk: a family's rows x budgets of them stay in memory
+
+
+def attack_params(spec: DictConfig, name: str, norm: str, steps: int, epsilon: float) -> dict:
+    """conf/attack/<name>.yaml's params with the benchmark's changes and the protocol's norm,
+    steps, alpha = epsilon / steps and epsilon."""
+    if name not in ATTACKS:
+        close = difflib.get_close_matches(name, ATTACKS, n=1)
+        raise ValueError(f"unknown attack {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                         + " (conf/attack/)")
+    base = OmegaConf.to_container(compose([f"attack={name}"]).attack.params)
+    changes = OmegaConf.to_container(spec.params[name]) if name in spec.params else {}
+    return {**base, **changes, "norm": norm, "steps": steps, "relative_step_size": 1.0 / steps,
+            "epsilon": epsilon}
+
+
+def protocol_attack(spec: DictConfig, name: str, norm: str, steps: int, pool=None):
+    """Attack `name` under the protocol (attack_params) at its norm's first budget; admix mixes in
+    images of the run's own training data (`pool`)."""
+    params = attack_params(spec, name, norm, steps, spec.budgets[norm][0])
+    if name == "admix" and pool is not None:
+        params.pop("pool_per_class", None)
+        params["admix_pool"] = pool
+    return make_attack(name, params)
+
+
+def surrogate_keys(cfg: DictConfig) -> list[str]:
+    spec = cfg.experiment.benchmark
+    return list(spec.surrogates) or list(cfg.experiment.models)
+
+
+def families(spec: DictConfig) -> dict[str, list[str]]:
+    """benchmark.families, or when empty the protocol's (config.BENCHMARK_FAMILIES)."""
+    chosen = OmegaConf.to_container(spec.families) or BENCHMARK_FAMILIES
+    return {family: list(names) for family, names in chosen.items()}
+
+
+def families_of(spec: DictConfig, ensemble: bool) -> dict[str, list[str]]:
+    """The families a surrogate runs: the ensemble strategies on an ensemble, the others on a model."""
+    return {f: names for f, names in families(spec).items() if (f == ENSEMBLE_FAMILY) == ensemble}
+
+
+def _probe_views(cfg: DictConfig) -> dict[str, tuple[Any, tuple]]:
+    """Each surrogate's view at initial parameters (what start-up traces attacks on)."""
+    exp, views = cfg.experiment, {}
+    plain = {}
+    for key in exp.models:
+        model = build_model(model_config(cfg, key).model)
+        params = model.init(jax.random.key(0))
+        plain[key] = (model, params)
+    for key in surrogate_keys(cfg):
+        model, params = plain[key]
+        views[key] = (layered(model, params), model.input_shape)
+    for key, ens in exp.benchmark.ensembles.items():
+        fns = [layered(*plain[m]) for m in ens.members]
+        views[key] = (ensemble_of(fns, ens.reduction), plain[ens.members[0]][0].input_shape)
+    return views
+
+
+def check(cfg: DictConfig) -> None:
+    """Before any training: the surrogates and ensembles name experiment models, every attack and
+    its params exist; an attack that does not apply to a surrogate is logged and skipped."""
+    exp, spec = cfg.experiment, cfg.experiment.benchmark
+    if not exp.models:
+        raise ConfigError("experiment.models is empty: the benchmark needs models to attack and classify")
+    for key in surrogate_keys(cfg):
+        if key not in exp.models:
+            raise ConfigError(f"experiment.benchmark.surrogates: {key!r} is not one of experiment.models "
+                              f"({list(exp.models)})")
+    for key, ens in spec.ensembles.items():
+        unknown = [m for m in ens.members if m not in exp.models]
+        if unknown or not ens.members or ens.reduction not in REDUCTIONS:
+            raise ConfigError(f"experiment.benchmark.ensembles.{key}: members {list(ens.members)} (unknown: "
+                              f"{unknown}), reduction {ens.reduction!r} (one of {list(REDUCTIONS)})")
+    if spec.target not in ("untargeted", "random"):
+        raise ConfigError(f"experiment.benchmark.target={spec.target!r}: one of ['untargeted', 'random']")
+    for norm, budgets in spec.budgets.items():
+        if norm not in ("linf", "l2") or not budgets or any(b <= 0 for b in budgets):
+            raise ConfigError(f"experiment.benchmark.budgets.{norm}={list(budgets)}: norms linf and l2, "
+                              "each with positive budgets")
+    for names in families(spec).values():
+        for name in names:
+            try:
+                protocol_attack(spec, name, next(iter(spec.budgets)), spec.steps, pool=probe_pool())
+            except ValueError as e:
+                raise ConfigError(f"experiment.benchmark.families: {e}") from None
+
+
+def probe_pool() -> ImagePool:
+    """Ten blank images, one per class: admix's pool where only its shape matters (start-up)."""
+    return ImagePool(np.zeros((10, 28, 28, 1), np.float32), np.arange(10))
+
+
+def skipped_attacks(cfg: DictConfig) -> dict[str, dict[str, str]]:
+    """surrogate -> attack -> why it does not apply (SGM without skips, LinBP without ReLU, ...),
+    traced on initial parameters; logged once."""
+    spec, out = cfg.experiment.benchmark, {}
+    for key, (view, shape) in _probe_views(cfg).items():
+        for name in {n for names in families_of(spec, key in spec.ensembles).values() for n in names}:
+            reason = inapplicable(protocol_attack(spec, name, "linf", 1, probe_pool()), view, shape)
+            if reason:
+                out.setdefault(key, {})[name] = reason
+                log.info("benchmark: %s does not apply to %s (%s): skipped", name, key, reason)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A surrogate: what its attacks run on (a layered model, or an Ensemble of them)."""
+
+    label: str
+    view: Any
+    members: tuple[str, ...]
+
+
+def sources(cfg: DictConfig, models: dict[str, Run]) -> dict[str, Source]:
+    """The surrogate models, then benchmark.ensembles, each with its view."""
+    exp = cfg.experiment
+    views = {k: layered(models[k].model, models[k].params) for k in exp.models}
+    out = {k: Source(exp.models[k].label or k, views[k], (k,)) for k in surrogate_keys(cfg)}
+    for key, ens in exp.benchmark.ensembles.items():
+        out[key] = Source(ens.label or key, ensemble_of([views[m] for m in ens.members], ens.reduction),
+                          tuple(ens.members))
+    return out
+
+
+def is_robust(cfg: DictConfig, key: str) -> bool:
+    """Whether experiment model `key` is adversarially trained (PGD or pools)."""
+    adv = model_config(cfg, key).train.adversarial
+    return adv.pgd_epsilon > 0 or bool(adv.layers)
+
+
+def scenario(cfg: DictConfig, members: tuple[str, ...], victim: str) -> str:
+    """white-box (the victim is a member of the source), robust victim, cross-training-set (a
+    member's architecture and training on another split) or cross-architecture."""
+    models = cfg.experiment.models
+    if victim in members:
+        return "white-box"
+    if is_robust(cfg, victim):
+        return "robust victim"
+
+    def recipe(key):
+        entry = OmegaConf.to_container(models[key])
+        return json.dumps({k: v for k, v in entry.items() if k not in ("label", "split")}, sort_keys=True)
+
+    return "cross-training-set" if any(recipe(m) == recipe(victim) for m in members) else "cross-architecture"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One attack in one norm of a family's battery."""
+
+    name: str
+    norm: str
+    attack: Any
+    budgets: tuple[float, ...]
+    evals: int  # gradient evaluations per image
+    steps: int
+
+
+def family_rows(spec: DictConfig, names: list[str], table: str, view, pool: ImagePool) -> list[Row]:
+    """The rows of one family on one source: each attack in each norm, at T = steps (fixed) or at
+    matched_evals evaluations per image (matched, first budget only)."""
+    rows = []
+    for name in names:
+        for norm, budgets in spec.budgets.items():
+            attack = protocol_attack(spec, name, norm, spec.steps, pool)
+            steps = spec.steps
+            if table == "matched":
+                budgets = budgets[:1]
+                steps = matched_steps(gradient_evals(attack, view), spec.steps, spec.matched_evals)
+                attack = protocol_attack(spec, name, norm, steps, pool)
+            rows.append(Row(name, norm, attack, tuple(float(b) for b in budgets), gradient_evals(attack, view),
+                            steps))
+    return rows
+
+
+def predictions(fn, images: np.ndarray) -> np.ndarray:
+    return np.asarray(jnp.argmax(batched_logits(fn, jnp.asarray(images)), -1))
+
+
+def family_cells(where: dict, rows: list[Row], x_adv: np.ndarray, data: dict, source: Source,
+                 victims: dict[str, Any], scenarios: dict[str, str], confidence: float) -> list[dict]:
+    """One cell per row, budget and victim of x_adv (R, E, N, ...): success over all images and
+    over the images every model gets right, with intervals, beside the set's imperceptibility."""
+    x, y, target, correct = data["x"], data["y"], data["target"], data["correct"]
+    flat = x_adv.reshape(-1, *x.shape[1:])
+    shape = x_adv.shape[:3]
+    at_source = fooled(predictions(source.view, flat).reshape(shape), y, target)
+    fooled_by = {v: fooled(predictions(fn, flat).reshape(shape), y, target) for v, fn in victims.items()}
+    cells = []
+    for r, row in enumerate(rows):
+        for e, budget in enumerate(row.budgets):
+            seen = imperceptibility(x, x_adv[r, e])
+            for victim, hits in fooled_by.items():
+                cells.append({**where, "attack": row.name, "norm": row.norm, "budget": budget,
+                              "budget_index": e, "row": r, "victim": victim, "scenario": scenarios[victim],
+                              "evals": row.evals, "steps": row.steps,
+                              "source_success": 100.0 * float(at_source[r, e].mean()),
+                              "all": rate(hits[r, e], confidence), "correct": rate(hits[r, e][correct], confidence),
+                              **seen})
+    return cells
+
+
+def run_family(run_dir: Path, where: dict, rows: list[Row], source: Source, data: dict,
+               key: jax.Array, round_8bit: bool) -> tuple[np.ndarray, str]:
+    """The family's battery on the source, one compiled program: x_adv (R, E, N, ...) (8-bit
+    rounded if asked), saved to adversarials/<surrogate>/<table>_<family>.npz (returned)."""
+    battery = Battery(tuple(r.attack for r in rows), tuple(r.budgets for r in rows))
+    x_adv, _ = attack_batch(battery, source.view, jnp.asarray(data["x"]), data["y"], data["target"], key=key,
+                            chunk_size=CHUNK)
+    x_adv = np.moveaxis(np.asarray(x_adv), 0, 2)
+    if round_8bit:
+        x_adv = to_8bit(x_adv)
+    family = re.sub(r"\W+", "_", where["family"]).strip("_")
+    rel = Path("adversarials") / where["surrogate"] / f"{where['table']}_{family}.npz"
+    (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(run_dir / rel, x=data["x"], y=data["y"], target=data["target"], x_adv=x_adv,
+                        rows=np.array([f"{r.name}/{r.norm}" for r in rows]),
+                        budgets=np.array([r.budgets for r in rows]))
+    return x_adv, str(rel)
+
+
+def family_key(key: jax.Array, surrogate: str, family: str, table: str) -> jax.Array:
+    """A key fixed by the names (not the order) of surrogate, family and table."""
+    return jax.random.fold_in(key, zlib.crc32(f"{surrogate}/{family}/{table}".encode()) & 0x7FFFFFFF)
+
+
+def tables(spec: DictConfig) -> tuple[str, ...]:
+    return TABLES if spec.matched_evals else TABLES[:1]
+
+
+def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], victims: dict, data: dict,
+                      skipped: dict, key: jax.Array) -> tuple[list[dict], dict]:
+    """Every table, surrogate and family: its adversarials and cells; and the attacks' evals and
+    steps per table and surrogate."""
+    spec, cells, attacks = cfg.experiment.benchmark, [], {}
+    pool = class_pool(*data["pool"])
+    for table in tables(spec):
+        for s_key, source in srcs.items():
+            scenarios = {v: scenario(cfg, source.members, v) for v in victims}
+            for family, names in families_of(spec, s_key in spec.ensembles).items():
+                names = [n for n in names if n not in skipped.get(s_key, {})]
+                if not names:
+                    continue
+                start = time.perf_counter()
+                rows = family_rows(spec, names, table, source.view, pool)
+                where = {"table": table, "family": family, "surrogate": s_key}
+                x_adv, rel = run_family(run_dir, where, rows, source, data,
+                                        family_key(key, s_key, family, table), spec.round_8bit)
+                cells += family_cells({**where, "file": rel}, rows, x_adv, data, source, victims, scenarios,
+                                      spec.confidence)
+                for row in rows:
+                    attacks.setdefault(table, {}).setdefault(s_key, {})[row.name] = {
+                        "family": family, "evals": row.evals, "steps": row.steps}
+                log.info("benchmark %s: %s on %s, %d attacks x norms in one program, %d images: %.1f s",
+                         table, family, s_key, len(rows), len(data["y"]), time.perf_counter() - start)
+    return cells, attacks
+
+
+def benchmark_data(cfg: DictConfig, models: dict[str, Run], key: jax.Array) -> dict:
+    """The attacked images, their labels and targets, every model's clean predictions, the filter
+    (every model correct) and admix's pool (the training data's first images of each class)."""
+    clean = study_examples(cfg)
+    x, y = np.asarray(clean.x), np.asarray(clean.y)
+    spec = cfg.experiment.benchmark
+    target = np.asarray(choose_targets(spec.target, jnp.zeros((len(y), 10)), jnp.asarray(y), key=key))
+    clean_predictions = {k: predictions(run.logits_fn, x) for k, run in models.items()}
+    train = load_splits(cfg.data)["full"]
+    return {"x": x, "y": y, "target": target, "clean": clean_predictions,
+            "correct": every_model_correct(clean_predictions, y), "pool": (train.x, train.y)}
+
+
+def work(run: RunDirectory, logger) -> dict[str, Any]:
+    cfg, start = run.cfg, time.perf_counter()
+    exp, spec = cfg.experiment, cfg.experiment.benchmark
+    skipped = skipped_attacks(cfg)
+    models = models_for(cfg, run.path)
+    target_key, attack_key = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), ATTACK_KEY))
+    data = benchmark_data(cfg, models, target_key)
+    log.info("benchmark: %d images, %d classified correctly by all %d models", len(data["y"]),
+             int(data["correct"].sum()), len(models))
+    srcs = sources(cfg, models)
+    victims = {k: run_m.logits_fn for k, run_m in models.items()}
+    cells, attacks = attack_everything(cfg, run.path, srcs, victims, data, skipped, attack_key)
+    result = {"experiment": exp.name, "seed": cfg.seed, "protocol": OmegaConf.to_container(spec),
+              "families": families(spec),
+              "num_examples": len(data["y"]), "num_correct": int(data["correct"].sum()),
+              "models": {k: {"label": exp.models[k].label or k, "model": exp.models[k].model,
+                             "split": exp.models[k].split, "robust": is_robust(cfg, k),
+                             "clean_accuracy": 100.0 * float(np.mean(data["clean"][k] == data["y"]))}
+                         for k in exp.models},
+              "surrogates": {k: {"label": s.label, "members": list(s.members)} for k, s in srcs.items()},
+              "attacks": attacks, "skipped": skipped, "cells": cells, "seconds": time.perf_counter() - start}
+    run.write_json(BENCHMARK_FILE, result)
+    log_tables(logger, result)
+    return summary(result)
+
+
+def run(cfg, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Runs the benchmark on cfg.experiment's models into run_dir; returns flat summary metrics."""
+    return RunDirectory.for_run(cfg, run_dir, cfg.experiment.name).execute(work)
+
+
+def summary(result: dict) -> dict[str, Any]:
+    """Flat metrics: per table, attack, norm, budget and scenario, the mean success (%, all
+    images) over its (surrogate, victim) cells; the time."""
+    groups: dict[str, list[float]] = {}
+    for c in result["cells"]:
+        name = f"benchmark/{c['table']}/{c['attack']}/{c['norm']}/{c['budget']:g}/{c['scenario'].replace(' ', '_')}"
+        groups.setdefault(name, []).append(c["all"]["rate"])
+    return {"experiment/seconds": result["seconds"], **{k: float(np.mean(v)) for k, v in groups.items()}}
+
+
+CELL_COLUMNS = ["table", "family", "attack", "norm", "budget", "surrogate", "victim", "scenario", "evals",
+                "steps", "source_success", "rate_all", "low_all", "high_all", "rate_correct", "low_correct",
+                "high_correct", "n_correct", "l2", "linf", "ssim", "file"]
+
+
+def cell_row(c: dict) -> list:
+    flat = {**c, **{f"{k}_all": c["all"][k] for k in ("rate", "low", "high")},
+            **{f"{k}_correct": c["correct"][k] for k in ("rate", "low", "high")}, "n_correct": c["correct"]["n"]}
+    return [flat[k] for k in CELL_COLUMNS]
+
+
+def log_tables(logger, result: dict) -> None:
+    """W&B / file logger: every cell as one table."""
+    logger.table("benchmark_cells", CELL_COLUMNS, [cell_row(c) for c in result["cells"]])
+
+
+def recompute_cells(run_dir: str | Path) -> list[dict]:
+    """Every cell of a finished run's benchmark.json, recomputed from the saved files alone: the
+    models' run directories and each cell's adversarials file."""
+    run_dir = Path(run_dir)
+    result = json.loads((run_dir / BENCHMARK_FILE).read_text())
+    fns = {k: load_run(run_dir / MODELS_DIR / k).logits_fn for k in result["models"]}
+    confidence, out, files = result["protocol"]["confidence"], [], {}
+    for c in result["cells"]:
+        if c["file"] not in files:
+            with np.load(run_dir / c["file"]) as f:
+                files[c["file"]] = {k: f[k] for k in ("x", "y", "target", "x_adv")}
+            x, y = files[c["file"]]["x"], files[c["file"]]["y"]
+            files[c["file"]]["correct"] = every_model_correct({k: predictions(fn, x) for k, fn in fns.items()}, y)
+        f, correct = files[c["file"]], files[c["file"]]["correct"]
+        hits = fooled(predictions(fns[c["victim"]], f["x_adv"][c["row"], c["budget_index"]]), f["y"], f["target"])
+        out.append({**c, "all": rate(hits, confidence), "correct": rate(hits[correct], confidence)})
+    return out

@@ -1,0 +1,102 @@
+"""The fair transfer benchmark (job=transfer_benchmark) at a debug size: its cells against the
+saved 8-bit adversarials, the two tables, the skipped attacks, the scenarios; start-up errors; the
+PGD-trained robust victim's training step."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+import adv_jax
+from adv_jax import adversarial_training, validate
+from adv_jax.config import as_config, compose
+from adv_jax.jobs import check, job_name
+from adv_jax.jobs.transfer_benchmark import recompute_cells, scenario
+from adv_jax.models import build_model
+
+FAMILIES = {"baselines": ["pgd", "mi_fgsm"], "model related": ["sgm", "ghost"],
+            "ensemble strategies": ["mi_fgsm", "svre"]}
+
+
+def tiny_benchmark(overrides: list[str]) -> dict:
+    """experiment=transfer_benchmark with three 8-8-unit models (P1, P2, a PGD-trained P1), two
+    surrogates (a model and an ensemble), three small families, 2 steps, 10 images."""
+    cfg = OmegaConf.to_container(compose(["experiment=transfer_benchmark", *overrides,
+                                          "experiment.num_examples=10", "experiment.benchmark.steps=2",
+                                          "experiment.benchmark.matched_evals=6", "train.learning_rate=0.02"]))
+    small = {"model": "relu_mlp", "hidden": [8, 8]}
+    cfg["experiment"]["models"] = {
+        "a_p1": {**small, "split": "p1"}, "a_p2": {**small, "split": "p2"},
+        "robust": {**small, "split": "p1", "train_overrides": {"adversarial": {"pgd_epsilon": 0.1, "pgd_steps": 2}}}}
+    cfg["experiment"]["benchmark"].update(
+        families=FAMILIES, surrogates=["a_p1"],
+        ensembles={"ens": {"members": ["a_p1", "robust"], "reduction": "loss"}})
+    return cfg
+
+
+def test_scenarios_name_white_box_cross_training_set_cross_architecture_and_robust():
+    cfg = compose(["experiment=transfer_benchmark"])
+    assert scenario(cfg, ("conv_p1",), "conv_p1") == "white-box"
+    assert scenario(cfg, ("conv_p1",), "conv_p2") == "cross-training-set"
+    assert scenario(cfg, ("conv_p1",), "vit_p2") == "cross-architecture"
+    assert scenario(cfg, ("conv_p1",), "robust_conv_p1") == "robust victim"
+    assert scenario(cfg, ("relu_p1", "vit_p1"), "vit_p2") == "cross-training-set"
+
+
+def test_start_up_refuses_an_unknown_surrogate_and_an_unknown_attack(tiny_overrides):
+    cfg = tiny_benchmark(tiny_overrides)
+    cfg["experiment"]["benchmark"]["surrogates"] = ["nope"]
+    with pytest.raises(validate.ConfigError, match="surrogates: 'nope' is not one of experiment.models"):
+        check(as_config(cfg))
+    cfg = tiny_benchmark(tiny_overrides)
+    cfg["experiment"]["benchmark"]["families"] = {"baselines": ["pgd", "pgdd"]}
+    with pytest.raises(validate.ConfigError, match="unknown attack 'pgdd'"):
+        check(as_config(cfg))
+
+
+def test_the_benchmark_at_a_debug_size(tiny_overrides, tmp_path):
+    cfg = as_config(tiny_benchmark(tiny_overrides))
+    assert job_name(cfg) == "transfer_benchmark"
+    metrics = adv_jax.run(cfg, tmp_path / "run")
+    result = json.loads((tmp_path / "run" / "benchmark.json").read_text())
+    assert result["skipped"] == {"a_p1": {"sgm": result["skipped"]["a_p1"]["sgm"]}}  # no skips in an MLP
+    victims, cells = result["models"], result["cells"]
+    # fixed: (pgd, mi, ghost) x 2 norms x 2 budgets on a_p1 + (mi, svre) x 2 x 2 on ens; matched: 1 budget
+    assert len(cells) == (3 + 2) * 2 * (2 + 1) * len(victims)
+    for c in cells:
+        with np.load(tmp_path / "run" / c["file"]) as f:
+            x, x_adv = f["x"], f["x_adv"][c["row"], c["budget_index"]]
+            assert str(f["rows"][c["row"]]) == f"{c['attack']}/{c['norm']}"
+        assert np.allclose(x_adv * 255, np.round(x_adv * 255), atol=1e-3)  # 8-bit pixels
+        delta = (x_adv - x).reshape(len(x), -1)
+        size = np.abs(delta).max(1) if c["norm"] == "linf" else np.linalg.norm(delta, axis=1)
+        assert size.max() <= c["budget"] + (0.5 / 255 if c["norm"] == "linf" else 28 * 0.5 / 255) + 1e-5
+        assert c["all"]["low"] <= c["all"]["rate"] <= c["all"]["high"] and c["all"]["n"] == 10
+        assert c["correct"]["n"] == result["num_correct"] and 0 < c["ssim"] <= 1
+        if c["table"] == "matched":
+            assert c["evals"] <= 6 or c["steps"] == 1
+    expected = {"a_p1": "white-box", "a_p2": "cross-training-set", "robust": "robust victim"}
+    assert {c["victim"]: c["scenario"] for c in cells if c["surrogate"] == "a_p1"} == expected
+    recomputed = recompute_cells(tmp_path / "run")
+    assert [(c["all"], c["correct"]) for c in recomputed] == [(c["all"], c["correct"]) for c in cells]
+    assert metrics["benchmark/fixed/pgd/linf/0.1/white-box"] >= 0
+
+
+def test_pgd_training_trains_on_adversarials_inside_the_box_and_needs_a_minibatch_optimizer():
+    cfg = compose(["model=relu_mlp", "train=adam", "train.adversarial.pgd_epsilon=0.1", "train.adversarial.pgd_steps=3"])
+    assert adversarial_training.enabled(cfg.train)
+    model = build_model(cfg.model)
+    params = model.init(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+    y = jnp.array([0, 1, 2, 3])
+    x_adv = adversarial_training.madry_batch(model, params, x, y, jax.random.key(2), cfg.train.adversarial)
+    assert float(jnp.abs(x_adv - x).max()) <= 0.1 + 1e-6 and 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
+    loss = jnp.mean(jax.vmap(lambda a, b: -jax.nn.log_softmax(model.apply(params, a[None])[0])[b])(x_adv, y))
+    clean = jnp.mean(jax.vmap(lambda a, b: -jax.nn.log_softmax(model.apply(params, a[None])[0])[b])(x, y))
+    assert loss > clean  # the inner maximization raised the loss
+    lbfgs = compose(["model=relu_mlp", "train.adversarial.pgd_epsilon=0.1"])
+    with pytest.raises(ValueError, match="PGD training needs a minibatch optimizer"):
+        adversarial_training.check_config(model, lbfgs.train)
