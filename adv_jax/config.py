@@ -287,7 +287,7 @@ class BenchmarkConfig:
     steps: int = 10  # T; targeted transfer (target=random): 300
     # The compute-matched table: every attack gets this many gradient evaluations per image
     # (its steps = this / its evaluations per step), at each norm's first budget; null = none.
-    matched_evals: Optional[int] = 200
+    matched_evals: Optional[int] = 100
     round_8bit: bool = True  # adversarials rounded to 8-bit pixels before any model sees them
     confidence: float = 0.95  # bootstrap intervals over images
     target: str = "untargeted"  # untargeted | random (targeted transfer)

@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from adv_jax.attacks import ATTACKS, attack_batch, batched_logits, choose_targets, inapplicable, layered, make_attack
+from adv_jax.attacks import (ATTACKS, attack_batch, batched_logits, choose_targets, compile_attack_batch,
+                             inapplicable, layered, make_attack)
 from adv_jax.attacks.battery import Battery, gradient_evals
 from adv_jax.attacks.ensemble_source import REDUCTIONS, ensemble_of
 from adv_jax.attacks.input_copies import ImagePool, class_pool
@@ -260,12 +261,17 @@ def family_cells(where: dict, rows: list[Row], x_adv: np.ndarray, data: dict, so
 
 
 def run_family(run_dir: Path, where: dict, rows: list[Row], source: Source, data: dict,
-               key: jax.Array, round_8bit: bool) -> tuple[np.ndarray, str]:
+               key: jax.Array, round_8bit: bool) -> tuple[np.ndarray, str, dict[str, float]]:
     """The family's battery on the source, one compiled program: x_adv (R, E, N, ...) (8-bit
-    rounded if asked), saved to adversarials/<surrogate>/<table>_<family>.npz (returned)."""
+    rounded if asked), saved to adversarials/<surrogate>/<table>_<family>.npz (returned), and
+    the seconds it took to compile and to run."""
     battery = Battery(tuple(r.attack for r in rows), tuple(r.budgets for r in rows))
-    x_adv, _ = attack_batch(battery, source.view, jnp.asarray(data["x"]), data["y"], data["target"], key=key,
-                            chunk_size=CHUNK)
+    inputs = (battery, source.view, jnp.asarray(data["x"]), data["y"], data["target"])
+    start = time.perf_counter()
+    compile_attack_batch(*inputs, key=key, chunk_size=CHUNK)
+    compiled = time.perf_counter()
+    x_adv, _ = attack_batch(*inputs, key=key, chunk_size=CHUNK)
+    seconds = {"compile": compiled - start, "run": time.perf_counter() - compiled}
     x_adv = np.moveaxis(np.asarray(x_adv), 0, 2)
     if round_8bit:
         x_adv = to_8bit(x_adv)
@@ -275,7 +281,7 @@ def run_family(run_dir: Path, where: dict, rows: list[Row], source: Source, data
     np.savez_compressed(run_dir / rel, x=data["x"], y=data["y"], target=data["target"], x_adv=x_adv,
                         rows=np.array([f"{r.name}/{r.norm}" for r in rows]),
                         budgets=np.array([r.budgets for r in rows]))
-    return x_adv, str(rel)
+    return x_adv, str(rel), seconds
 
 
 def family_key(key: jax.Array, surrogate: str, family: str, table: str) -> jax.Array:
@@ -288,10 +294,10 @@ def tables(spec: DictConfig) -> tuple[str, ...]:
 
 
 def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], victims: dict, data: dict,
-                      skipped: dict, key: jax.Array) -> tuple[list[dict], dict]:
-    """Every table, surrogate and family: its adversarials and cells; and the attacks' evals and
-    steps per table and surrogate."""
-    spec, cells, attacks = cfg.experiment.benchmark, [], {}
+                      skipped: dict, key: jax.Array) -> tuple[list[dict], dict, list[dict]]:
+    """Every table, surrogate and family: its adversarials and cells; the attacks' evals and
+    steps per table and surrogate; each family's compile and run seconds."""
+    spec, cells, attacks, timing = cfg.experiment.benchmark, [], {}, []
     pool = class_pool(*data["pool"])
     for table in tables(spec):
         for s_key, source in srcs.items():
@@ -300,19 +306,21 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
                 names = [n for n in names if n not in skipped.get(s_key, {})]
                 if not names:
                     continue
-                start = time.perf_counter()
                 rows = family_rows(spec, names, table, source.view, pool)
                 where = {"table": table, "family": family, "surrogate": s_key}
-                x_adv, rel = run_family(run_dir, where, rows, source, data,
-                                        family_key(key, s_key, family, table), spec.round_8bit)
+                x_adv, rel, seconds = run_family(run_dir, where, rows, source, data,
+                                                 family_key(key, s_key, family, table), spec.round_8bit)
                 cells += family_cells({**where, "file": rel}, rows, x_adv, data, source, victims, scenarios,
                                       spec.confidence)
                 for row in rows:
                     attacks.setdefault(table, {}).setdefault(s_key, {})[row.name] = {
                         "family": family, "evals": row.evals, "steps": row.steps}
-                log.info("benchmark %s: %s on %s, %d attacks x norms in one program, %d images: %.1f s",
-                         table, family, s_key, len(rows), len(data["y"]), time.perf_counter() - start)
-    return cells, attacks
+                timing.append({**where, **seconds, "rows": len(rows), "budgets": len(rows[0].budgets),
+                               "evals_per_image": sum(r.evals * len(r.budgets) for r in rows)})
+                log.info("benchmark %s: %s on %s, %d attack-norm rows, one program compiled in %.1f s, "
+                         "%d images in %.1f s", table, family, s_key, len(rows), seconds["compile"],
+                         len(data["y"]), seconds["run"])
+    return cells, attacks, timing
 
 
 def benchmark_data(cfg: DictConfig, models: dict[str, Run], key: jax.Array) -> dict:
@@ -339,7 +347,7 @@ def work(run: RunDirectory, logger) -> dict[str, Any]:
              int(data["correct"].sum()), len(models))
     srcs = sources(cfg, models)
     victims = {k: run_m.logits_fn for k, run_m in models.items()}
-    cells, attacks = attack_everything(cfg, run.path, srcs, victims, data, skipped, attack_key)
+    cells, attacks, timing = attack_everything(cfg, run.path, srcs, victims, data, skipped, attack_key)
     result = {"experiment": exp.name, "seed": cfg.seed, "protocol": OmegaConf.to_container(spec),
               "families": families(spec),
               "num_examples": len(data["y"]), "num_correct": int(data["correct"].sum()),
@@ -348,7 +356,8 @@ def work(run: RunDirectory, logger) -> dict[str, Any]:
                              "clean_accuracy": 100.0 * float(np.mean(data["clean"][k] == data["y"]))}
                          for k in exp.models},
               "surrogates": {k: {"label": s.label, "members": list(s.members)} for k, s in srcs.items()},
-              "attacks": attacks, "skipped": skipped, "cells": cells, "seconds": time.perf_counter() - start}
+              "attacks": attacks, "skipped": skipped, "cells": cells, "timing": timing,
+              "seconds": time.perf_counter() - start}
     run.write_json(BENCHMARK_FILE, result)
     log_tables(logger, result)
     return summary(result)
