@@ -83,6 +83,7 @@ SLOW = (
     "tests/test_experiment.py::test_experiment_runs_in_debug_size[cross_model]",
     "tests/test_experiment.py::test_experiment_runs_in_debug_size[adversarial_training]",
     "tests/test_transfer_attacks.py::test_the_job_at_a_debug_size",
+    "tests/test_transfer_benchmark.py::test_the_benchmark_at_a_debug_size",
     "tests/test_launchers.py::test_a_ray_multirun",
     "tests/test_ensemble.py::test_members_split_over_four_devices_train_as_on_one",
     "tests/test_train.py::test_autoencoder_layer_is_pretrained_then_frozen[pretraining1]",

@@ -3,6 +3,7 @@ saved 8-bit adversarials, the two tables, the skipped attacks, the scenarios; st
 PGD-trained robust victim's training step."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,18 +22,24 @@ FAMILIES = {"baselines": ["pgd", "mi_fgsm"], "model related": ["sgm", "ghost"],
             "ensemble strategies": ["mi_fgsm", "svre"]}
 
 
+TESTS = Path(__file__).resolve().parent
+
+
 def tiny_benchmark(overrides: list[str]) -> dict:
-    """experiment=transfer_benchmark with three 8-8-unit models (P1, P2, a PGD-trained P1), two
-    surrogates (a model and an ensemble), three small families, 2 steps, 10 images."""
+    """experiment=transfer_benchmark with three 8-8-unit models (P1, P2, a PGD-trained P1) and a
+    user's flax.linen module from a file outside adv_jax (tests/zoo_modules.py), three surrogates
+    (two models and an ensemble), three small families, 2 steps, 10 images."""
     cfg = OmegaConf.to_container(compose(["experiment=transfer_benchmark", *overrides,
                                           "experiment.num_examples=10", "experiment.benchmark.steps=2",
                                           "experiment.benchmark.matched_evals=6", "train.learning_rate=0.02"]))
     small = {"model": "relu_mlp", "hidden": [8, 8]}
     cfg["experiment"]["models"] = {
         "a_p1": {**small, "split": "p1"}, "a_p2": {**small, "split": "p2"},
-        "robust": {**small, "split": "p1", "train_overrides": {"adversarial": {"pgd_epsilon": 0.1, "pgd_steps": 2}}}}
+        "robust": {**small, "split": "p1", "train_overrides": {"adversarial": {"pgd_epsilon": 0.1, "pgd_steps": 2}}},
+        "mine": {"model": "custom", "split": "p2",
+                 "model_overrides": {"_target_": "zoo_modules.LinenMLP", "kwargs": {"hidden": 8}}}}
     cfg["experiment"]["benchmark"].update(
-        families=FAMILIES, surrogates=["a_p1"],
+        families=FAMILIES, surrogates=["a_p1", "mine"],
         ensembles={"ens": {"members": ["a_p1", "robust"], "reduction": "loss"}})
     return cfg
 
@@ -57,15 +64,20 @@ def test_start_up_refuses_an_unknown_surrogate_and_an_unknown_attack(tiny_overri
         check(as_config(cfg))
 
 
-def test_the_benchmark_at_a_debug_size(tiny_overrides, tmp_path):
+def test_the_benchmark_at_a_debug_size(tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))  # the user's module file, as on PYTHONPATH
     cfg = as_config(tiny_benchmark(tiny_overrides))
     assert job_name(cfg) == "transfer_benchmark"
     metrics = adv_jax.run(cfg, tmp_path / "run")
     result = json.loads((tmp_path / "run" / "benchmark.json").read_text())
-    assert result["skipped"] == {"a_p1": {"sgm": result["skipped"]["a_p1"]["sgm"]}}  # no skips in an MLP
+    assert set(result["skipped"]["a_p1"]) == {"sgm"}  # an MLP has no skip connections
+    assert {"sgm", "ghost"} <= set(result["skipped"]["mine"])  # a whole module has no layers to read
     victims, cells = result["models"], result["cells"]
-    # fixed: (pgd, mi, ghost) x 2 norms x 2 budgets on a_p1 + (mi, svre) x 2 x 2 on ens; matched: 1 budget
-    assert len(cells) == (3 + 2) * 2 * (2 + 1) * len(victims)
+    assert set(result["attacks"]["fixed"]) == {"a_p1", "mine", "ens"}
+    assert set(result["attacks"]["fixed"]["mine"]) == {"pgd", "mi_fgsm"}
+    per_table = {"fixed": 2 * 2, "matched": 2 * 1}  # norms x budgets
+    rows = sum(len(names) * per_table[t] for t, by in result["attacks"].items() for names in by.values())
+    assert len(cells) == rows * len(victims)
     for c in cells:
         with np.load(tmp_path / "run" / c["file"]) as f:
             x, x_adv = f["x"], f["x_adv"][c["row"], c["budget_index"]]
@@ -78,10 +90,12 @@ def test_the_benchmark_at_a_debug_size(tiny_overrides, tmp_path):
         assert c["correct"]["n"] == result["num_correct"] and 0 < c["ssim"] <= 1
         if c["table"] == "matched":
             assert c["evals"] <= 6 or c["steps"] == 1
-    expected = {"a_p1": "white-box", "a_p2": "cross-training-set", "robust": "robust victim"}
+    expected = {"a_p1": "white-box", "a_p2": "cross-training-set", "robust": "robust victim",
+                "mine": "cross-architecture"}
     assert {c["victim"]: c["scenario"] for c in cells if c["surrogate"] == "a_p1"} == expected
     recomputed = recompute_cells(tmp_path / "run")
-    assert [(c["all"], c["correct"]) for c in recomputed] == [(c["all"], c["correct"]) for c in cells]
+    rates = lambda cs: json.dumps([(c["all"], c["correct"]) for c in cs], sort_keys=True)  # noqa: E731 (NaN == NaN)
+    assert rates(recomputed) == rates(cells)
     assert metrics["benchmark/fixed/pgd/linf/0.1/white-box"] >= 0
 
 
