@@ -114,3 +114,40 @@ def test_pgd_training_trains_on_adversarials_inside_the_box_and_needs_a_minibatc
     lbfgs = compose(["model=relu_mlp", "train.adversarial.pgd_epsilon=0.1"])
     with pytest.raises(ValueError, match="PGD training needs a minibatch optimizer"):
         adversarial_training.check_config(model, lbfgs.train)
+
+
+def _cell(attack, surrogate, victim, scenario, hits, n=100):
+    rate = {"rate": float(hits), "low": hits - 5.0, "high": hits + 5.0, "n": n}
+    return {"table": "fixed", "family": "f", "attack": attack, "norm": "linf", "budget": 0.1, "budget_index": 0,
+            "row": 0, "surrogate": surrogate, "victim": victim, "scenario": scenario, "evals": 10, "steps": 10,
+            "source_success": 100.0, "all": rate, "correct": rate, "l2": 2.0, "linf": 0.1, "ssim": 0.7,
+            "file": "x.npz"}
+
+
+def _result(seed, gain):
+    """Two surrogates' cells: 'new' is `gain` points above MI-FGSM cross-architecture."""
+    cells = []
+    for s, v, sc in (("a", "b", "cross-architecture"), ("b", "a", "cross-architecture"), ("a", "a2", "cross-training-set")):
+        for attack, hits in (("pgd", 20 + seed), ("mi_fgsm", 30 + seed), ("new", 30 + seed + gain)):
+            cells.append(_cell(attack, s, v, sc, hits))
+    models = {k: {"label": k.upper(), "model": k, "split": "p1", "robust": False, "clean_accuracy": 98.0}
+              for k in ("a", "a2", "b")}
+    return {"seed": seed, "num_examples": 100, "num_correct": 90, "seconds": 1.0, "skipped": {},
+            "protocol": {"budgets": {"linf": [0.1]}, "steps": 10, "matched_evals": None},
+            "families": {"baselines": ["pgd", "mi_fgsm"], "f": ["new"]}, "models": models,
+            "surrogates": {"a": {"label": "A", "members": ["a"]}, "b": {"label": "B", "members": ["b"]}},
+            "cells": cells}
+
+
+@pytest.mark.parametrize("gain, word", [(10, "beats"), (0, "ties with"), (-10, "loses to")])
+def test_the_reports_verdicts_follow_the_numbers(tmp_path, gain, word):
+    from adv_jax.reports.transfer_benchmark import report
+
+    for seed in (0, 1, 2):
+        (tmp_path / f"run{seed}").mkdir()
+        (tmp_path / f"run{seed}" / "benchmark.json").write_text(json.dumps(_result(seed, gain)))
+    text = report([tmp_path], "cmd", "run cmd", ["a note"])
+    assert f"new (f) {word} the better baseline ({gain:+.1f} points)" in text
+    assert "mi_fgsm's mean success: cross-training-set 31.0%, cross-architecture 31.0%" in text
+    new = f"{31 + gain:.1f} ± 1.0 [±5.0]"  # mean ± std over the seeds [mean bootstrap half-width]
+    assert f"| f | new | {new} | {new} | - | 10 | 2.00 | 0.100 | 0.700 |" in text
