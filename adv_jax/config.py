@@ -342,6 +342,10 @@ class Config:
     cpu_devices: Any = "auto"
     # Trained models are cached here, keyed by everything that determines them.
     cache_dir: str = "${oc.env:ADV_JAX_CACHE_DIR,'~/.cache/adv_jax'}"
+    # Compiled XLA programs are kept here (JAX's persistent compilation cache), so a later process
+    # with the same programs (another seed, a resumed sweep, the next run) skips their
+    # compilation; null = compile anew in every process.
+    compilation_cache: Optional[str] = "${cache_dir}/xla"
     # A metric of the run (e.g. error/validation) that scripts/sweep.py returns to Hydra, for a
     # sweeper that optimizes it (conf/hydra/sweeper/optuna_tpe.yaml); null = return nothing.
     objective: Optional[str] = None
@@ -469,7 +473,7 @@ def derive(cfg: DictConfig, model: str, split: str, *, model_changes: Any = None
 # Keys that change where and how a run is recorded or computed, never its results: resuming
 # ignores them, and so do Hydra's job directory names (conf/config.yaml).
 RESULT_NEUTRAL = ("data.source", "data.mnist_dir", "data.mnist_url", "data.download_dir", "data.tfds_dir",
-                  "cache_dir", "wandb", "cpu_devices",
+                  "cache_dir", "compilation_cache", "wandb", "cpu_devices",
                   "train.cache", "attack.chunk_size", "objective")
 
 

@@ -28,6 +28,13 @@ MEMBER_AXIS = "members"
 log = logging.getLogger(__name__)
 
 
+def use_compilation_cache(directory: str | None) -> None:
+    """Keeps compiled programs in `directory` (JAX's persistent compilation cache: keyed by the
+    program, the JAX version and the device), read back by any later process; None: off."""
+    if directory is not None:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+
+
 def use_cpu_devices(count: int | str = "auto") -> int:
     """Asks JAX for `count` CPU devices ("auto": one per core this process may use) and returns
     how many it has (0 when JAX runs without its CPU backend). Only JAX's first operation fixes the

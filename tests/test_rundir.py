@@ -262,8 +262,11 @@ def test_a_run_recorded_before_a_schema_key_existed_keeps_its_checksum(tmp_path)
     cfg = compose(["model=fc100"])
     old = OmegaConf.to_container(cfg, resolve=True)
     for dotted in LATER_KEYS:
-        parent, leaf = dotted.rsplit(".", 1)
-        del old[parent][leaf]
+        *parents, leaf = dotted.split(".")
+        node = old
+        for name in parents:
+            node = node[name]
+        del node[leaf]
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
     recorded = config_sha256(json.loads(json.dumps(old)))  # what the older code stored
     assert config_sha256(read_config(tmp_path / "config.yaml")) == recorded == config_sha256(cfg)

@@ -38,6 +38,7 @@ def run(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     check(cfg)
     job = importlib.import_module(f"adv_jax.jobs.{job_name(cfg)}")
     devices.use_cpu_devices(cfg.cpu_devices)
+    devices.use_compilation_cache(cfg.compilation_cache)
     return job.run(cfg, run_dir)
 
 
