@@ -141,14 +141,30 @@ def conclusions(results: list[dict], table: str, norm: str, budget: float) -> li
             lines.append(f"{attack} ({family}) {found[1]} the better baseline ({found[0]:+.1f} points)")
     for b in BASELINES:
         rates = {sc: scenario_value(results, table, b, norm, budget, sc) for sc in SCENARIOS}
-        lines.append(f"{b}'s mean success: " + ", ".join(f"{sc} {v.mean():.1f}%" for sc, v in rates.items()
-                                                         if len(v)))
+        line = f"{b}'s mean success: " + ", ".join(f"{sc} {v.mean():.1f}%" for sc, v in rates.items() if len(v))
+        across, within = rates["cross-architecture"], rates["cross-training-set"]
+        if len(across) and len(within) and within.mean() > 0:
+            line += f"; cross-architecture / cross-training-set = {across.mean() / within.mean():.2f}"
+        lines.append(line)
     return lines
 
 
 def norms(budgets: dict) -> list[str]:
     """The budgets' norms, L-inf first."""
     return sorted(budgets, key=lambda n: n != "linf")
+
+
+def timing_table(results: list[dict]) -> str:
+    """Per table, surrogate and family: its one program's compile and run seconds (median over
+    seeds) and the gradient evaluations per image it spent over all its rows and budgets."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        for t in r.get("timing", []):
+            groups[(t["table"], t["surrogate"], t["family"])].append(t)
+    body = [[*key, f"{np.median([t['compile'] for t in ts]):.1f}", f"{np.median([t['run'] for t in ts]):.1f}",
+             str(ts[0]["evals_per_image"])] for key, ts in groups.items()]
+    total = [["all", "", "", f"{sum(float(b[3]) for b in body):.0f}", f"{sum(float(b[4]) for b in body):.0f}", ""]]
+    return markdown(["table", "surrogate", "family", "compile (s)", "run (s)", "evals / image"], body + total)
 
 
 def clean_table(results: list[dict]) -> str:
@@ -200,6 +216,10 @@ def report(paths: Sequence[str | Path], command: str, run_command: str, notes: S
             for budget in budgets[norm]:
                 lines += [f"### {s['label']}: {norm} {budget:g}", "",
                           surrogate_block(results, cells, surrogate, norm, budget)]
+    lines += ["## Time", "", f"Seconds of each family's one compiled program ({first['num_examples']} images; median "
+              "over seeds; the first seed compiles, later seeds in the same process reuse the programs). "
+              "Job seconds per seed, models cached: " + ", ".join(f"{r['seconds']:.0f}" for r in results) + ".",
+              "", timing_table(results), ""]
     skipped = {(k, a): why for r in results for k, v in r["skipped"].items() for a, why in v.items()}
     if skipped:
         lines += ["## Attacks that do not apply", ""]
