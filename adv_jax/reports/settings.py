@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,3 +23,21 @@ def load(name: str, path: str | Path | None = None) -> dict[str, Any]:
 def paragraphs(notes: list[str] | None) -> list[str]:
     """Notes as markdown lines: each paragraph, then a blank line."""
     return [line for note in notes or [] for line in (note.strip(), "")]
+
+
+def runs_report(doc: str, script: str, name: str, make: Callable[..., str], argv: list[str] | None = None) -> None:
+    """The command line of a results file made from run directories: `paths`, --out (default
+    results/<name>.md), --config (default conf/report/<name>.yaml); make(paths, command, conf, out)
+    -> its markdown, written to --out and printed."""
+    from adv_jax.reports import provenance
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
+    parser.add_argument("--out", type=Path, default=Path(f"results/{name}.md"))
+    parser.add_argument("--config", type=Path, default=None, help=f"default: conf/report/{name}.yaml")
+    args = parser.parse_args(argv)
+    command = provenance.command(script, sys.argv[1:] if argv is None else argv)
+    text = make(args.paths, command, load(name, args.config), args.out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
