@@ -308,18 +308,22 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
                     continue
                 rows = family_rows(spec, names, table, source.view, pool)
                 where = {"table": table, "family": family, "surrogate": s_key}
+                log.info("benchmark %s: compiling %s on %s (%d attack-norm rows x %d budgets)", table, family,
+                         s_key, len(rows), len(rows[0].budgets))
                 x_adv, rel, seconds = run_family(run_dir, where, rows, source, data,
                                                  family_key(key, s_key, family, table), spec.round_8bit)
+                start = time.perf_counter()
                 cells += family_cells({**where, "file": rel}, rows, x_adv, data, source, victims, scenarios,
                                       spec.confidence)
+                seconds["cells"] = time.perf_counter() - start
                 for row in rows:
                     attacks.setdefault(table, {}).setdefault(s_key, {})[row.name] = {
                         "family": family, "evals": row.evals, "steps": row.steps}
                 timing.append({**where, **seconds, "rows": len(rows), "budgets": len(rows[0].budgets),
                                "evals_per_image": sum(r.evals * len(r.budgets) for r in rows)})
-                log.info("benchmark %s: %s on %s, %d attack-norm rows, one program compiled in %.1f s, "
-                         "%d images in %.1f s", table, family, s_key, len(rows), seconds["compile"],
-                         len(data["y"]), seconds["run"])
+                log.info("benchmark %s: %s on %s, one program compiled in %.1f s, %d images in %.1f s, "
+                         "%d victims' cells in %.1f s", table, family, s_key, seconds["compile"], len(data["y"]),
+                         seconds["run"], len(victims), seconds["cells"])
     return cells, attacks, timing
 
 
