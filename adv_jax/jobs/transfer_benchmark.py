@@ -100,24 +100,22 @@ def families_of(spec: DictConfig, ensemble: bool) -> dict[str, list[str]]:
 
 def _probe_views(cfg: DictConfig) -> dict[str, tuple[Any, tuple]]:
     """Each surrogate's view at initial parameters (what start-up traces attacks on)."""
-    exp, views = cfg.experiment, {}
-    plain = {}
-    for key in exp.models:
+    exp = cfg.experiment
+    needed = dict.fromkeys([*surrogate_keys(cfg), *(m for e in exp.benchmark.ensembles.values() for m in e.members)])
+    built = {}
+    for key in needed:
         model = build_model(model_config(cfg, key).model)
-        params = model.init(jax.random.key(0))
-        plain[key] = (model, params)
-    for key in surrogate_keys(cfg):
-        model, params = plain[key]
-        views[key] = (layered(model, params), model.input_shape)
+        built[key] = (layered(model, model.init(jax.random.key(0))), model.input_shape)
+    views = {key: built[key] for key in surrogate_keys(cfg)}
     for key, ens in exp.benchmark.ensembles.items():
-        fns = [layered(*plain[m]) for m in ens.members]
-        views[key] = (ensemble_of(fns, ens.reduction), plain[ens.members[0]][0].input_shape)
+        views[key] = (ensemble_of([built[m][0] for m in ens.members], ens.reduction), built[ens.members[0]][1])
     return views
 
 
 def check(cfg: DictConfig) -> None:
-    """Before any training: the surrogates and ensembles name experiment models, every attack and
-    its params exist; an attack that does not apply to a surrogate is logged and skipped."""
+    """Before any training: the surrogates and ensembles name experiment models, the target mode
+    and budgets are allowed, every attack and its params exist (`skipped_attacks` then finds the
+    attacks that do not apply to a surrogate, also before training)."""
     exp, spec = cfg.experiment, cfg.experiment.benchmark
     if not exp.models:
         raise ConfigError("experiment.models is empty: the benchmark needs models to attack and classify")
@@ -154,7 +152,7 @@ def skipped_attacks(cfg: DictConfig) -> dict[str, dict[str, str]]:
     traced on initial parameters; logged once."""
     spec, out = cfg.experiment.benchmark, {}
     for key, (view, shape) in _probe_views(cfg).items():
-        for name in {n for names in families_of(spec, key in spec.ensembles).values() for n in names}:
+        for name in dict.fromkeys(n for names in families_of(spec, key in spec.ensembles).values() for n in names):
             reason = inapplicable(protocol_attack(spec, name, "linf", 1, probe_pool()), view, shape)
             if reason:
                 out.setdefault(key, {})[name] = reason
