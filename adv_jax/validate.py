@@ -98,14 +98,19 @@ def check_train(train: DictConfig) -> None:
 
 
 def check_attack_params(name: str, params: Any, prefix: str = "attack.params") -> None:
-    """Numeric hyperparameters in range, and unknown ones named with a did-you-mean."""
+    """Numeric hyperparameters in range, and unknown ones named with a did-you-mean (admix built
+    on a blank pool: no data is read to check it)."""
     from adv_jax.attacks import ATTACKS, make_attack
+    from adv_jax.attacks.input_copies import blank_pool
 
     for key, value in dict(params or {}).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             (_positive if key in POSITIVE_ATTACK_PARAMS else _non_negative)(f"{prefix}.{key}", value)
+    built = dict(params or {})
+    if name == "admix" and "admix_pool" not in built:
+        built["admix_pool"] = blank_pool()
     try:
-        make_attack(name, params)
+        make_attack(name, built)
     except ValueError as e:
         known = sorted(ATTACKS)
         if name not in ATTACKS:

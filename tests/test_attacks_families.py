@@ -274,3 +274,19 @@ def test_the_presets_report_their_papers_gradient_evaluations():
         assert attack.gradient_evals == count, name  # what with_diagnostics reports (common.py)
     with pytest.raises(ValueError, match="admix_pool"):
         TransferFamily(copies="admix")
+
+
+def test_a_run_with_admix_mixes_in_its_own_training_images(tiny_overrides, mnist_dir, tmp_path, monkeypatch):
+    """attack=admix in a run reads its pool from the run's data (data.mnist_dir), not again from
+    ADV_JAX_MNIST_DIR or the download cache (here both point nowhere)."""
+    import adv_jax
+    from adv_jax.attacks.input_copies import mnist_pool
+    from adv_jax.config import compose
+
+    mnist_pool.cache_clear()
+    monkeypatch.setenv("ADV_JAX_MNIST_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("ADV_JAX_CACHE_DIR", str(tmp_path / "nowhere"))
+    cfg = compose([*tiny_overrides, f"data.mnist_dir={mnist_dir}", "model=fc10", "attack=admix",
+                   "attack.num_examples=4", "attack.params.steps=2", "lipschitz.images=4"])
+    metrics = adv_jax.run(cfg, tmp_path / "run")
+    assert metrics["attack/num_examples"] == 4

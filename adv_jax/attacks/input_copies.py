@@ -32,7 +32,7 @@ import numpy as np
 
 from adv_jax import data
 
-__all__ = ["ImagePool", "admix_copies", "class_pool", "mnist_pool", "scale_copies", "shuffle_rotate",
+__all__ = ["ImagePool", "admix_copies", "blank_pool", "class_pool", "mnist_pool", "scale_copies", "shuffle_rotate",
            "structure_invariant"]
 
 SIA_OPS = 8  # roll rows, roll columns, flip rows, flip columns, rotate 180, scale, noise, dropout
@@ -57,6 +57,12 @@ class ImagePool:
 
     def __repr__(self) -> str:
         return f"ImagePool({len(self.labels)} images of shape {self.images.shape[1:]})"
+
+
+def blank_pool() -> ImagePool:
+    """Ten blank images, one per class: an admix pool where only its shape matters (checking an
+    attack's params before any data is read)."""
+    return ImagePool(np.zeros((10, 28, 28, 1), np.float32), np.arange(10))
 
 
 def class_pool(images, labels, per_class: int = 2) -> ImagePool:

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from omegaconf import OmegaConf
 
 from adv_jax import checkpoint, lipschitz
 from adv_jax.attacks import LAYERED_ATTACKS, inapplicable, make_attack, model_view
 from adv_jax.attacks.generate import generate, summarize
+from adv_jax.attacks.input_copies import class_pool
 from adv_jax.data import load_splits
 from adv_jax.figures import adversarial_grid
 from adv_jax.logger import Logger
@@ -51,12 +53,23 @@ def check(cfg) -> None:
         raise ConfigError(f"attack={cfg.attack.name} on model={cfg.model.name}: {reason}")
 
 
-def attack_run(cfg, model: Model, params: Params, test, run_dir: Path, logger: Logger):
+def attack_of(cfg, train):
+    """The run's attack: cfg.attack, admix with its pool from the run's own training images (not
+    read again from ADV_JAX_MNIST_DIR or the download cache)."""
+    if cfg.attack.name != "admix":
+        return cfg.attack
+    params = OmegaConf.to_container(cfg.attack.params)
+    return make_attack("admix", {**params, "admix_pool": class_pool(train.x, train.y, params.get("pool_per_class", 2))})
+
+
+def attack_run(cfg, model: Model, params: Params, splits, run_dir: Path, logger: Logger):
     """Attacks the first attack.num_examples test images; writes adversarials.npz and a figure."""
+    test = splits["test"]
     n = len(test) if cfg.attack.num_examples is None else min(cfg.attack.num_examples, len(test))
     log.info("attacking %d test images with %s (target: %s)", n, cfg.attack.name, cfg.attack.target)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-    generated = generate(cfg.attack, model_view(cfg.attack.name, model, params), test.x[:n], test.y[:n], key=key)
+    generated = generate(attack_of(cfg, splits["train"]), model_view(cfg.attack.name, model, params), test.x[:n],
+                         test.y[:n], key=key, target=cfg.attack.target, chunk_size=cfg.attack.chunk_size)
     adv, metrics = generated.adversarials, summarize(generated)
     log.info("attack: %d of %d succeeded, mean RMS distortion %.4g, %.1f s (%.0f examples/s)",
              adv.success.sum(), n, metrics["attack/mean_distortion"], generated.seconds,
@@ -105,7 +118,7 @@ def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
                "model/num_params": num_params(params), "data/train_size": len(splits["train"])}
     adv = None
     if cfg.attack.name != "none":
-        attack_metrics, adv = attack_run(cfg, model, params, splits["test"], run.path, logger)
+        attack_metrics, adv = attack_run(cfg, model, params, splits, run.path, logger)
         metrics.update(attack_metrics)
     metrics.update(lipschitz_run(cfg, model, params, splits["test"], adv, run.path, logger))
     logger.table("layers", ["index", "layer"], list(enumerate(model.summary(params))))

@@ -42,7 +42,7 @@ from adv_jax.attacks import (ATTACKS, attack_batch, batched_logits, choose_targe
                              inapplicable, layered, make_attack)
 from adv_jax.attacks.battery import Battery, gradient_evals
 from adv_jax.attacks.ensemble_source import REDUCTIONS, ensemble_of
-from adv_jax.attacks.input_copies import ImagePool, class_pool
+from adv_jax.attacks.input_copies import blank_pool, class_pool
 from adv_jax.config import BENCHMARK_FAMILIES, ENSEMBLE_FAMILY, compose
 from adv_jax.data import load_splits
 from adv_jax.model_set import model_config, models_for, study_examples
@@ -72,13 +72,13 @@ def attack_params(spec: DictConfig, name: str, norm: str, steps: int, epsilon: f
             "epsilon": epsilon}
 
 
-def protocol_attack(spec: DictConfig, name: str, norm: str, steps: int, pool=None):
+def protocol_attack(spec: DictConfig, name: str, norm: str, steps: int, train=None):
     """Attack `name` under the protocol (attack_params) at its norm's first budget; admix mixes in
-    images of the run's own training data (`pool`)."""
+    images of the run's own training data (`train`: (images, labels)), else blank ones (start-up)."""
     params = attack_params(spec, name, norm, steps, spec.budgets[norm][0])
-    if name == "admix" and pool is not None:
-        params.pop("pool_per_class", None)
-        params["admix_pool"] = pool
+    if name == "admix":
+        per_class = params.get("pool_per_class", 2)
+        params["admix_pool"] = blank_pool() if train is None else class_pool(*train, per_class)
     return make_attack(name, params)
 
 
@@ -137,14 +137,9 @@ def check(cfg: DictConfig) -> None:
     for names in families(spec).values():
         for name in names:
             try:
-                protocol_attack(spec, name, next(iter(spec.budgets)), spec.steps, pool=probe_pool())
+                protocol_attack(spec, name, next(iter(spec.budgets)), spec.steps)
             except ValueError as e:
                 raise ConfigError(f"experiment.benchmark.families: {e}") from None
-
-
-def probe_pool() -> ImagePool:
-    """Ten blank images, one per class: admix's pool where only its shape matters (start-up)."""
-    return ImagePool(np.zeros((10, 28, 28, 1), np.float32), np.arange(10))
 
 
 def skipped_attacks(cfg: DictConfig) -> dict[str, dict[str, str]]:
@@ -153,7 +148,7 @@ def skipped_attacks(cfg: DictConfig) -> dict[str, dict[str, str]]:
     spec, out = cfg.experiment.benchmark, {}
     for key, (view, shape) in _probe_views(cfg).items():
         for name in dict.fromkeys(n for names in families_of(spec, key in spec.ensembles).values() for n in names):
-            reason = inapplicable(protocol_attack(spec, name, "linf", 1, probe_pool()), view, shape)
+            reason = inapplicable(protocol_attack(spec, name, "linf", 1), view, shape)
             if reason:
                 out.setdefault(key, {})[name] = reason
                 log.info("benchmark: %s does not apply to %s (%s): skipped", name, key, reason)
@@ -214,18 +209,18 @@ class Row:
     steps: int
 
 
-def family_rows(spec: DictConfig, names: list[str], table: str, view, pool: ImagePool) -> list[Row]:
+def family_rows(spec: DictConfig, names: list[str], table: str, view, train: tuple) -> list[Row]:
     """The rows of one family on one source: each attack in each norm, at T = steps (fixed) or at
     matched_evals evaluations per image (matched, first budget only)."""
     rows = []
     for name in names:
         for norm, budgets in spec.budgets.items():
-            attack = protocol_attack(spec, name, norm, spec.steps, pool)
+            attack = protocol_attack(spec, name, norm, spec.steps, train)
             steps = spec.steps
             if table == "matched":
                 budgets = budgets[:1]
                 steps = matched_steps(gradient_evals(attack, view), spec.steps, spec.matched_evals)
-                attack = protocol_attack(spec, name, norm, steps, pool)
+                attack = protocol_attack(spec, name, norm, steps, train)
             rows.append(Row(name, norm, attack, tuple(float(b) for b in budgets), gradient_evals(attack, view),
                             steps))
     return rows
@@ -296,7 +291,6 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
     """Every table, surrogate and family: its adversarials and cells; the attacks' evals and
     steps per table and surrogate; each family's compile and run seconds."""
     spec, cells, attacks, timing = cfg.experiment.benchmark, [], {}, []
-    pool = class_pool(*data["pool"])
     for table in tables(spec):
         for s_key, source in srcs.items():
             scenarios = {v: scenario(cfg, source.members, v) for v in victims}
@@ -304,7 +298,7 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
                 names = [n for n in names if n not in skipped.get(s_key, {})]
                 if not names:
                     continue
-                rows = family_rows(spec, names, table, source.view, pool)
+                rows = family_rows(spec, names, table, source.view, data["train"])
                 where = {"table": table, "family": family, "surrogate": s_key}
                 log.info("benchmark %s: compiling %s on %s (%d attack-norm rows x %d budgets)", table, family,
                          s_key, len(rows), len(rows[0].budgets))
@@ -327,7 +321,7 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
 
 def benchmark_data(cfg: DictConfig, models: dict[str, Run], key: jax.Array) -> dict:
     """The attacked images, their labels and targets, every model's clean predictions, the filter
-    (every model correct) and admix's pool (the training data's first images of each class)."""
+    (every model correct) and the training images admix mixes in."""
     clean = study_examples(cfg)
     x, y = np.asarray(clean.x), np.asarray(clean.y)
     spec = cfg.experiment.benchmark
@@ -335,7 +329,7 @@ def benchmark_data(cfg: DictConfig, models: dict[str, Run], key: jax.Array) -> d
     clean_predictions = {k: predictions(run.logits_fn, x) for k, run in models.items()}
     train = load_splits(cfg.data)["full"]
     return {"x": x, "y": y, "target": target, "clean": clean_predictions,
-            "correct": every_model_correct(clean_predictions, y), "pool": (train.x, train.y)}
+            "correct": every_model_correct(clean_predictions, y), "train": (train.x, train.y)}
 
 
 def work(run: RunDirectory, logger) -> dict[str, Any]:
