@@ -6,7 +6,7 @@ Any run                   config.yaml  metrics.json (last: the run finished)  me
 A single run              params.msgpack  adversarials.npz  adversarials.png  lipschitz.json
 A study (`experiment=`)   matrix.json  matrix.csv  matrix.md  heatmap.png  models/<key>/ (runs)
 A transfer-attacks study  transfer.json  analysis.npz  adversarials/  models/<key>/ (runs)
-A transfer benchmark      benchmark.json  adversarials/  models/<key>/ (runs)
+A transfer benchmark      benchmark.json  adversarial_sets/  models/<key>/ (runs)
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ LIPSCHITZ_FILE = "lipschitz.json"  # lipschitz.measure's result
 MATRIX_FILE = "matrix.json"  # a study's rows, clean errors and checks (jobs/study.py)
 TRANSFER_FILE = "transfer.json"  # a transfer-attacks study's cells (jobs/transfer_attacks.py)
 BENCHMARK_FILE = "benchmark.json"  # the transfer benchmark's cells (jobs/transfer_benchmark.py)
+BENCHMARK_SETS_DIR = "adversarial_sets"  # its adversarials, one file per surrogate, table and family
 MODELS_DIR = "models"  # a study's per-model run directories, models/<key>/
 
 # Files that hold results: a directory with none of them holds no work (a failed start).

@@ -10,7 +10,7 @@
      (RunDirectoryInUse names the keys that differ), so no result is ever overwritten;
   3. a redo starts clean: the first attempt lists what the directory held before it
      (.preexisting.json: Hydra's .hydra/ and run.log, the user's files), and a redo removes
-     every other entry but RESUMED (a study's finished per-model runs);
+     every other entry but RESUMED (a study's finished per-model runs, a benchmark's finished families);
   4. run.log attached, config.yaml written, the logger opened (each backend on its first call);
   5. `work(run_dir, logger) -> metrics`, then checksums.json (the result config's sha256; the
      params have their own sidecar) and metrics.json, last and atomically: its presence means the
@@ -47,12 +47,14 @@ from adv_jax.config import as_config, legacy_result_config, result_config, upgra
 from adv_jax.logger import Logger, one_line, open_logger
 from adv_jax.models import Model, Params, build_model, logits_fn
 from adv_jax.run_files import (ARTIFACT_FILES, CHECKSUMS_FILE, CONFIG_FILE, LOG_FILE,
-                               METRICS_FILE, METRICS_LOG_FILE, MODELS_DIR, PARAMS_FILE)
+                               METRICS_FILE, METRICS_LOG_FILE, MODELS_DIR, PARAMS_FILE, BENCHMARK_SETS_DIR)
 
 log = logging.getLogger(__name__)
 LOCK_FILE, MANIFEST_FILE = ".lock", ".preexisting.json"
 STARTUP_FILES = (CONFIG_FILE, LOG_FILE)  # written before the work starts
-RESUMED = (MODELS_DIR,)  # kept by a redo: per-model run directories, each resumed or redone itself
+# Kept by a redo: per-model run directories (each resumed or redone itself) and the transfer
+# benchmark's finished families (each reused only under the config it was made with).
+RESUMED = (MODELS_DIR, BENCHMARK_SETS_DIR)
 FAILED_KEY = "logger/failed"  # in metrics.json: "<backend>: <why>; ..." when a logger failed
 
 

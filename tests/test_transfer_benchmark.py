@@ -96,6 +96,11 @@ def test_the_benchmark_at_a_debug_size(tiny_overrides, tmp_path, monkeypatch):
     recomputed = recompute_cells(tmp_path / "run")
     rates = lambda cs: json.dumps([(c["all"], c["correct"]) for c in cs], sort_keys=True)  # noqa: E731 (NaN == NaN)
     assert rates(recomputed) == rates(cells)
+    # Interrupted after its families: a redo reads each back (same config) and gives the same cells.
+    (tmp_path / "run" / "metrics.json").unlink()
+    adv_jax.run(cfg, tmp_path / "run")
+    again = json.loads((tmp_path / "run" / "benchmark.json").read_text())
+    assert all(t["run"] is None for t in again["timing"]) and rates(again["cells"]) == rates(cells)
     assert metrics["benchmark/fixed/pgd/linf/0.1/white-box"] >= 0
 
 

@@ -16,8 +16,9 @@ Two tables (a cell's `table`):
                   attacks per table and surrogate (family, evals, steps); skipped (surrogate ->
                   attack -> why it does not apply); cells, one per table, surrogate, attack, norm,
                   budget and victim, each naming the adversarials (`file`, `row`) it came from
-  adversarials/<surrogate>/<table>_<family>.npz   x, y, target (N, ...), x_adv (R, E, N, 28, 28, 1)
-                  rounded to 8 bits, rows (R,) "<attack>/<norm>", budgets (R, E)
+  adversarial_sets/<surrogate>/<table>_<family>.npz   x, y, target (N, ...), x_adv (R, E, N, 28, 28, 1)
+                  rounded to 8 bits, rows (R,) "<attack>/<norm>", budgets (R, E), config_sha256 (the
+                  run's result config: a redo of an interrupted run reads a family back only under it)
   models/<key>/   the models' run directories (adv_jax.load_run reads them)
 """
 
@@ -47,8 +48,8 @@ from adv_jax.config import BENCHMARK_FAMILIES, ENSEMBLE_FAMILY, compose
 from adv_jax.data import load_splits
 from adv_jax.model_set import model_config, models_for, study_examples
 from adv_jax.models import build_model
-from adv_jax.run_files import BENCHMARK_FILE, MODELS_DIR
-from adv_jax.rundir import Run, RunDirectory, load_run
+from adv_jax.run_files import BENCHMARK_FILE, BENCHMARK_SETS_DIR, MODELS_DIR
+from adv_jax.rundir import Run, RunDirectory, config_sha256, load_run
 from adv_jax.transfer_protocol import (every_model_correct, fooled, imperceptibility, matched_steps, rate,
                                        to_8bit)
 from adv_jax.validate import ConfigError
@@ -253,11 +254,32 @@ def family_cells(where: dict, rows: list[Row], x_adv: np.ndarray, data: dict, so
     return cells
 
 
+def set_path(where: dict) -> Path:
+    """adversarial_sets/<surrogate>/<table>_<family>.npz, relative to the run directory."""
+    family = re.sub(r"\W+", "_", where["family"]).strip("_")
+    return Path(BENCHMARK_SETS_DIR) / where["surrogate"] / f"{where['table']}_{family}.npz"
+
+
+def finished_set(path: Path, rows: list[Row], stamp: str) -> np.ndarray | None:
+    """x_adv of a family an interrupted attempt finished under the same config (its stamp) and
+    rows, else None."""
+    if not path.exists():
+        return None
+    with np.load(path) as f:
+        if "config_sha256" not in f.files or str(f["config_sha256"]) != stamp:
+            return None
+        return f["x_adv"] if [str(r) for r in f["rows"]] == [f"{r.name}/{r.norm}" for r in rows] else None
+
+
 def run_family(run_dir: Path, where: dict, rows: list[Row], source: Source, data: dict,
-               key: jax.Array, round_8bit: bool) -> tuple[np.ndarray, str, dict[str, float]]:
+               key: jax.Array, spec: DictConfig, stamp: str) -> tuple[np.ndarray, str, dict]:
     """The family's battery on the source, one compiled program: x_adv (R, E, N, ...) (8-bit
-    rounded if asked), saved to adversarials/<surrogate>/<table>_<family>.npz (returned), and
-    the seconds it took to compile and to run."""
+    rounded if asked), saved with the config's stamp to `set_path` (returned), and the seconds it
+    took to compile and to run; a set an interrupted attempt finished is read back instead."""
+    rel = set_path(where)
+    if (done := finished_set(run_dir / rel, rows, stamp)) is not None:
+        log.info("benchmark %s: %s on %s read back from %s", where["table"], where["family"], where["surrogate"], rel)
+        return done, str(rel), {"compile": None, "run": None}
     battery = Battery(tuple(r.attack for r in rows), tuple(r.budgets for r in rows))
     inputs = (battery, source.view, jnp.asarray(data["x"]), data["y"], data["target"])
     start = time.perf_counter()
@@ -266,14 +288,13 @@ def run_family(run_dir: Path, where: dict, rows: list[Row], source: Source, data
     x_adv, _ = attack_batch(*inputs, key=key, chunk_size=CHUNK)
     seconds = {"compile": compiled - start, "run": time.perf_counter() - compiled}
     x_adv = np.moveaxis(np.asarray(x_adv), 0, 2)
-    if round_8bit:
+    if spec.round_8bit:
         x_adv = to_8bit(x_adv)
-    family = re.sub(r"\W+", "_", where["family"]).strip("_")
-    rel = Path("adversarials") / where["surrogate"] / f"{where['table']}_{family}.npz"
     (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run_dir / rel, x=data["x"], y=data["y"], target=data["target"], x_adv=x_adv,
                         rows=np.array([f"{r.name}/{r.norm}" for r in rows]),
-                        budgets=np.array([r.budgets for r in rows]))
+                        budgets=np.array([r.budgets for r in rows]), config_sha256=stamp)
+    jax.clear_caches()  # each family's program is used once: holding them all exhausts XLA's code maps
     return x_adv, str(rel), seconds
 
 
@@ -303,7 +324,7 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
                 log.info("benchmark %s: compiling %s on %s (%d attack-norm rows x %d budgets)", table, family,
                          s_key, len(rows), len(rows[0].budgets))
                 x_adv, rel, seconds = run_family(run_dir, where, rows, source, data,
-                                                 family_key(key, s_key, family, table), spec.round_8bit)
+                                                 family_key(key, s_key, family, table), spec, config_sha256(cfg))
                 start = time.perf_counter()
                 cells += family_cells({**where, "file": rel}, rows, x_adv, data, source, victims, scenarios,
                                       spec.confidence)
@@ -313,9 +334,10 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
                         "family": family, "evals": row.evals, "steps": row.steps}
                 timing.append({**where, **seconds, "rows": len(rows), "budgets": len(rows[0].budgets),
                                "evals_per_image": sum(r.evals * len(r.budgets) for r in rows)})
-                log.info("benchmark %s: %s on %s, one program compiled in %.1f s, %d images in %.1f s, "
-                         "%d victims' cells in %.1f s", table, family, s_key, seconds["compile"], len(data["y"]),
-                         seconds["run"], len(victims), seconds["cells"])
+                if seconds["run"] is not None:
+                    log.info("benchmark %s: %s on %s, one program compiled in %.1f s, %d images in %.1f s, "
+                             "%d victims' cells in %.1f s", table, family, s_key, seconds["compile"],
+                             len(data["y"]), seconds["run"], len(victims), seconds["cells"])
     return cells, attacks, timing
 
 
@@ -337,6 +359,7 @@ def work(run: RunDirectory, logger) -> dict[str, Any]:
     exp, spec = cfg.experiment, cfg.experiment.benchmark
     skipped = skipped_attacks(cfg)
     models = models_for(cfg, run.path)
+    jax.clear_caches()  # the models' Lipschitz programs
     target_key, attack_key = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), ATTACK_KEY))
     data = benchmark_data(cfg, models, target_key)
     log.info("benchmark: %d images, %d classified correctly by all %d models", len(data["y"]),

@@ -161,7 +161,8 @@ def timing_table(results: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
         for t in r.get("timing", []):
-            groups[(t["table"], t["surrogate"], t["family"])].append(t)
+            if t["run"] is not None:  # None: read back from an interrupted attempt, not timed
+                groups[(t["table"], t["surrogate"], t["family"])].append(t)
     body = [[*key, f"{np.max([t['compile'] for t in ts]):.1f}", f"{np.median([t['run'] for t in ts]):.1f}",
              str(ts[0]["evals_per_image"])] for key, ts in groups.items()]
     total = [["all", "", "", f"{sum(float(b[3]) for b in body):.0f}", f"{sum(float(b[4]) for b in body):.0f}", ""]]
