@@ -280,6 +280,8 @@ def run_family(run_dir: Path, where: dict, rows: list[Row], source: Source, data
     if (done := finished_set(run_dir / rel, rows, stamp)) is not None:
         log.info("benchmark %s: %s on %s read back from %s", where["table"], where["family"], where["surrogate"], rel)
         return done, str(rel), {"compile": None, "run": None}
+    log.info("benchmark %s: compiling %s on %s (%d attack-norm rows x %d budgets)", where["table"],
+             where["family"], where["surrogate"], len(rows), len(rows[0].budgets))
     battery = Battery(tuple(r.attack for r in rows), tuple(r.budgets for r in rows))
     inputs = (battery, source.view, jnp.asarray(data["x"]), data["y"], data["target"])
     start = time.perf_counter()
@@ -321,8 +323,6 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
                     continue
                 rows = family_rows(spec, names, table, source.view, data["train"])
                 where = {"table": table, "family": family, "surrogate": s_key}
-                log.info("benchmark %s: compiling %s on %s (%d attack-norm rows x %d budgets)", table, family,
-                         s_key, len(rows), len(rows[0].budgets))
                 x_adv, rel, seconds = run_family(run_dir, where, rows, source, data,
                                                  family_key(key, s_key, family, table), spec, config_sha256(cfg))
                 start = time.perf_counter()
