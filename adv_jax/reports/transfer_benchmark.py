@@ -112,20 +112,16 @@ def scenario_value(results: list[dict], table: str, attack: str, norm: str, budg
 def verdict(results: list[dict], table: str, attack: str, norm: str, budget: float,
             scenario: str = "cross-architecture") -> tuple[float, str] | None:
     """The attack's cross-architecture success minus the better baseline's (per seed, then mean),
-    and 'beats' / 'loses to' / 'ties with': decided where the mean difference exceeds twice its
-    std over seeds, or with one seed the mean bootstrap half-width. None where the attack or a
-    baseline has no such cell (it does not apply, or no victim of that scenario)."""
+    and 'beats' / 'loses to' / 'ties with': decided where the mean difference exceeds both twice
+    its std over seeds and the mean 95% bootstrap half-width of one cell (conservative: a
+    scenario's cells share their images). None where the attack or a baseline has no such cell."""
     base = np.max([scenario_value(results, table, b, norm, budget, scenario) for b in BASELINES], axis=0)
     value = scenario_value(results, table, attack, norm, budget, scenario)
     if len(value) != len(results) or np.shape(base) != value.shape:
         return None
     diff = value - base
-    if len(diff) > 1:
-        margin = 2 * diff.std(ddof=1)
-    else:
-        widths = [scenario_means(r, table, "all").get((attack, norm, budget, "model", scenario), {}).get("width", 0)
-                  for r in results]
-        margin = float(np.mean(widths))
+    widths = [scenario_means(r, table, "all")[(attack, norm, budget, "model", scenario)]["width"] for r in results]
+    margin = max(2 * diff.std(ddof=1) if len(diff) > 1 else 0.0, float(np.mean(widths)))
     word = "beats" if diff.mean() > margin else "loses to" if diff.mean() < -margin else "ties with"
     return float(diff.mean()), word
 
@@ -133,12 +129,16 @@ def verdict(results: list[dict], table: str, attack: str, norm: str, budget: flo
 def conclusions(results: list[dict], table: str, norm: str, budget: float) -> list[str]:
     """Which attacks beat the better of PGD and MI-FGSM cross-architecture, and how much harder
     cross-architecture transfer is than cross-training-set transfer."""
-    lines = []
+    lines, by_word = [], defaultdict(list)
     for family, attack in family_rows(results[0], "model"):
         if family == "baselines":
             continue
         if (found := verdict(results, table, attack, norm, budget)) is not None:
             lines.append(f"{attack} ({family}) {found[1]} the better baseline ({found[0]:+.1f} points)")
+            by_word[found[1]].append(attack)
+    summary = "; ".join(f"{word}: {', '.join(names)}" for word, names in by_word.items() if word != "ties with")
+    lines.insert(0, f"**{summary or 'none beats or loses to the better baseline'}** "
+                    f"({len(by_word['ties with'])} tie)")
     for b in BASELINES:
         rates = {sc: scenario_value(results, table, b, norm, budget, sc) for sc in SCENARIOS}
         line = f"{b}'s mean success: " + ", ".join(f"{sc} {v.mean():.1f}%" for sc, v in rates.items() if len(v))
