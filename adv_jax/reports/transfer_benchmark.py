@@ -169,6 +169,16 @@ def timing_table(results: list[dict]) -> str:
     return markdown(["table", "surrogate", "family", "compile (s)", "run (s)", "evals / image"], body + total)
 
 
+def job_seconds(result: dict) -> str:
+    """The job's seconds, and how many families it read back from an interrupted attempt (their
+    cost is not in it)."""
+    timing = result.get("timing", [])
+    read_back = sum(t["run"] is None for t in timing)
+    text = f"{result['seconds']:.0f}"
+    return text + (f" (seed {result['seed']}: a resumed attempt that read back {read_back} of its {len(timing)} "
+                   "families, so not their cost)" if read_back else "")
+
+
 def clean_table(results: list[dict]) -> str:
     first = results[0]
     body = [[m["label"], m["model"], m["split"], mean_std([r["models"][k]["clean_accuracy"] for r in results])]
@@ -188,7 +198,7 @@ def report(paths: Sequence[str | Path], command: str, run_command: str, notes: S
     lines += [f"Runs: `{run_command}`; {len(runs)} seed(s) {sorted(r['seed'] for r in results)}, "
               f"{first['num_examples']} test images each, of which every model classifies "
               + ", ".join(str(r["num_correct"]) for r in results) + " correctly; job seconds per seed "
-              "(models cached): " + ", ".join(f"{r['seconds']:.0f}" for r in results) + ".", "", *notes, ""]
+              "(models cached): " + ", ".join(job_seconds(r) for r in results) + ".", "", *notes, ""]
     lines += ["## Models", "", clean_table(results), ""]
     lines += ["## Conclusions", "", "Computed from the summary tables below (cross-architecture success, "
               "model surrogates, all images; the better of PGD and MI-FGSM as the baseline).", ""]
@@ -221,7 +231,7 @@ def report(paths: Sequence[str | Path], command: str, run_command: str, notes: S
     lines += ["## Time", "", f"Seconds of each family's one compiled program ({first['num_examples']} images): compile "
               "seconds where a seed compiled it (later seeds in the same process reuse the program), run "
               "seconds the median over seeds. "
-              "Job seconds per seed, models cached: " + ", ".join(f"{r['seconds']:.0f}" for r in results) + ".",
+              "Job seconds per seed, models cached: " + ", ".join(job_seconds(r) for r in results) + ".",
               "", timing_table(results), ""]
     skipped = {(k, a): why for r in results for k, v in r["skipped"].items() for a, why in v.items()}
     if skipped:
