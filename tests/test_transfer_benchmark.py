@@ -156,3 +156,17 @@ def test_the_reports_verdicts_follow_the_numbers(tmp_path, gain, word):
     assert "mi_fgsm's mean success: cross-training-set 31.0%, cross-architecture 31.0%" in text
     new = f"{31 + gain:.1f} ± 1.0 [±5.0]"  # mean ± std over the seeds [mean bootstrap half-width]
     assert f"| f | new | {new} | {new} | - | 10 | 2.00 | 0.100 | 0.700 |" in text
+
+
+def test_an_attack_is_compared_with_the_baselines_on_its_own_surrogates(tmp_path):
+    """'new' applies to surrogate b only, where every attack transfers less: equal to the baseline
+    there, it ties (compared over all surrogates it would seem to lose)."""
+    from adv_jax.reports.transfer_benchmark import verdict
+
+    result = _result(0, 0)
+    easy = {"a": 60.0, "b": 20.0}
+    for c in result["cells"]:
+        c["all"] = {**c["all"], "rate": easy[c["surrogate"]], "low": easy[c["surrogate"]] - 1,
+                    "high": easy[c["surrogate"]] + 1}
+    result["cells"] = [c for c in result["cells"] if c["attack"] != "new" or c["surrogate"] == "b"]
+    assert verdict([result], "fixed", "new", "linf", 0.1) == (0.0, "ties with")

@@ -50,13 +50,15 @@ def by_cell(results: list[dict]) -> dict[tuple, list[dict]]:
     return out
 
 
-def scenario_means(result: dict, table: str, which: str) -> dict[tuple, dict[str, float]]:
+def scenario_means(result: dict, table: str, which: str,
+                   surrogates: set[str] | None = None) -> dict[tuple, dict[str, float]]:
     """One seed: (attack, norm, budget, family kind, scenario) -> mean success and half-width over
-    that scenario's (surrogate, victim) cells; kind "ensemble" for ensemble surrogates."""
+    that scenario's (surrogate, victim) cells (of `surrogates` only, when given); kind "ensemble"
+    for ensemble surrogates."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     ensembles = {k for k, s in result["surrogates"].items() if len(s["members"]) > 1}
     for c in result["cells"]:
-        if c["table"] == table:
+        if c["table"] == table and (surrogates is None or c["surrogate"] in surrogates):
             kind = "ensemble" if c["surrogate"] in ensembles else "model"
             groups[(c["attack"], c["norm"], c["budget"], kind, c["scenario"])].append(c)
     return {k: {"rate": float(np.mean([c[which]["rate"] for c in v])),
@@ -103,19 +105,29 @@ def surrogate_block(results: list[dict], cells: dict, surrogate: str, norm: str,
 
 
 def scenario_value(results: list[dict], table: str, attack: str, norm: str, budget: float, scenario: str,
-                   which: str = "all") -> np.ndarray:
-    """Per seed: the attack's mean success over one scenario's cells (model surrogates)."""
-    means = [scenario_means(r, table, which).get((attack, norm, budget, "model", scenario)) for r in results]
+                   which: str = "all", surrogates: list[set[str]] | None = None) -> np.ndarray:
+    """Per seed: the attack's mean success over one scenario's cells (model surrogates; per seed
+    those of `surrogates[seed index]` only, when given)."""
+    means = [scenario_means(r, table, which, surrogates[i] if surrogates else None).get(
+        (attack, norm, budget, "model", scenario)) for i, r in enumerate(results)]
     return np.array([m["rate"] for m in means if m])
+
+
+def surrogates_of(result: dict, table: str, attack: str) -> set[str]:
+    """The surrogates an attack ran on (those it applies to)."""
+    return {c["surrogate"] for c in result["cells"] if c["table"] == table and c["attack"] == attack}
 
 
 def verdict(results: list[dict], table: str, attack: str, norm: str, budget: float,
             scenario: str = "cross-architecture") -> tuple[float, str] | None:
-    """The attack's cross-architecture success minus the better baseline's (per seed, then mean),
-    and 'beats' / 'loses to' / 'ties with': decided where the mean difference exceeds both twice
-    its std over seeds and the mean 95% bootstrap half-width of one cell (conservative: a
-    scenario's cells share their images). None where the attack or a baseline has no such cell."""
-    base = np.max([scenario_value(results, table, b, norm, budget, scenario) for b in BASELINES], axis=0)
+    """The attack's cross-architecture success minus the better baseline's on the same cells (the
+    surrogates the attack applies to), per seed, then mean; and 'beats' / 'loses to' / 'ties
+    with': decided where the mean difference exceeds both twice its std over seeds and the mean
+    95% bootstrap half-width of one cell (conservative: a scenario's cells share their images).
+    None where the attack or a baseline has no such cell."""
+    same = [surrogates_of(r, table, attack) for r in results]
+    base = np.max([scenario_value(results, table, b, norm, budget, scenario, surrogates=same) for b in BASELINES],
+                  axis=0)
     value = scenario_value(results, table, attack, norm, budget, scenario)
     if len(value) != len(results) or np.shape(base) != value.shape:
         return None
