@@ -199,6 +199,8 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                 "lipschitz": {"title", "models", "measure", "sweep_common", "sweeps", "sweeps_intro", "notes"},
                 "transfer": {"default", "cross_training_set", "cross_model"},
                 "transfer_attacks": {"command", "notes"},
+                "transfer_benchmark": {"command", "notes"},
+                "zoo": {"title", "common", "rows", "notes"},
                 "adversarial_training": {"title", "reference", "paper", "notes"},
                 "adversarial_training_search": {"title", "search", "objective", "paper", "top", "rules_out", "notes"},
                 "demos": {"title", "notes", "sections"},
@@ -208,7 +210,7 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                                    "common", "models", "attacks", "select", "notes"},
                 "select_ae400": {"title", "evaluate_on", "common", "rows", "notes"}}[name]
     assert required <= conf.keys()
-    if name == "models":
+    if name in ("models", "zoo"):
         for row in conf["rows"]:
             assert row["paper"] is None or paper.clean_errors(row["paper"])
     if name == "adversarial_training":
