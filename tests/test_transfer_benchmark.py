@@ -15,7 +15,7 @@ import adv_jax
 from adv_jax import adversarial_training, validate
 from adv_jax.config import as_config, compose
 from adv_jax.jobs import check, job_name
-from adv_jax.jobs.transfer_benchmark import recompute_cells, scenario
+from adv_jax.jobs.transfer_benchmark import is_robust, recompute_cells, scenario
 from adv_jax.models import build_model
 
 FAMILIES = {"baselines": ["pgd", "mi_fgsm"], "model related": ["sgm", "ghost"],
@@ -46,11 +46,13 @@ def tiny_benchmark(overrides: list[str]) -> dict:
 
 def test_scenarios_name_white_box_cross_training_set_cross_architecture_and_robust():
     cfg = compose(["experiment=transfer_benchmark"])
-    assert scenario(cfg, ("conv_p1",), "conv_p1") == "white-box"
-    assert scenario(cfg, ("conv_p1",), "conv_p2") == "cross-training-set"
-    assert scenario(cfg, ("conv_p1",), "vit_p2") == "cross-architecture"
-    assert scenario(cfg, ("conv_p1",), "robust_conv_p1") == "robust victim"
-    assert scenario(cfg, ("relu_p1", "vit_p1"), "vit_p2") == "cross-training-set"
+    robust = {k for k in cfg.experiment.models if is_robust(cfg, k)}
+    assert robust == {"robust_conv_p1"}
+    assert scenario(cfg, ("conv_p1",), "conv_p1", robust) == "white-box"
+    assert scenario(cfg, ("conv_p1",), "conv_p2", robust) == "cross-training-set"
+    assert scenario(cfg, ("conv_p1",), "vit_p2", robust) == "cross-architecture"
+    assert scenario(cfg, ("conv_p1",), "robust_conv_p1", robust) == "robust victim"
+    assert scenario(cfg, ("relu_p1", "vit_p1"), "vit_p2", robust) == "cross-training-set"
 
 
 def test_start_up_refuses_an_unknown_surrogate_and_an_unknown_attack(tiny_overrides):

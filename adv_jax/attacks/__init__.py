@@ -58,6 +58,7 @@ from adv_jax.attacks.common import (
     batched_logits,
     compile_attack_batch,
     is_adversarial,
+    predicted_labels,
     rms_distortion,
     run_attack,
     single_example,
@@ -82,6 +83,7 @@ __all__ = [
     "CarliniWagnerL2", "DDN", "DeepFool", "FGSM", "FMN", "FoolingImage", "LBFGSAttack", "LogitsFn",
     "MinimalEpsilon", "MomentumIterative", "PGD", "Refined", "TemplateAddition", "TransferFamily",
     "attack_all_targets", "attack_batch", "batched_logits", "choose_targets", "compile_attack_batch", "is_adversarial",
+    "predicted_labels",
     "make_attack", "rms_distortion", "run_attack", "single_example",
 ]
 __all__ += ["AdaEA", "CWA", "FIA", "Ghost", "ILA", "LayeredModel", "LinBP", "NAA", "SGM", "SVRE",

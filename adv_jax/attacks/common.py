@@ -145,6 +145,11 @@ def batched_logits(logits_fn: LogitsFn, x: jax.Array, batch_size: int = 10000) -
                             for i in range(0, len(x), batch_size)])
 
 
+def predicted_labels(logits_fn: LogitsFn, x) -> np.ndarray:
+    """The argmax class (N,) of logits_fn on x (N, *shape), batched as `batched_logits`."""
+    return np.asarray(jnp.argmax(batched_logits(logits_fn, jnp.asarray(x)), -1))
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _attack_chunk(attack: Attack, static, arrays, x, label, target, keys):
     """The chunk's rows vmapped, once per device on its own rows (a shard_map): an attack's

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adv_jax.attacks import make_attack
 from adv_jax.attacks.budgets import AcrossBudgets, perturbation_norm, rescale_to_budget
-from adv_jax.attacks.common import attack_batch, batched_logits, is_adversarial
+from adv_jax.attacks.common import attack_batch, batched_logits, is_adversarial, predicted_labels
 from adv_jax.attacks.ensemble_source import REDUCTIONS, ensemble_of
 from adv_jax.attacks.targets import choose_targets
 from adv_jax.config import compose
@@ -110,9 +110,6 @@ def adversarial_sets(entry, source_fn, x, y, target, key, budgets: dict) -> dict
     return out
 
 
-def predictions(fn, images: np.ndarray) -> np.ndarray:
-    return np.asarray(jnp.argmax(batched_logits(fn, jnp.asarray(images)), -1))
-
 
 def cells_for(where: dict, budgets: np.ndarray, x_adv: np.ndarray, data: dict, source: dict,
               targets: dict[str, Any]) -> list[dict]:
@@ -123,7 +120,7 @@ def cells_for(where: dict, budgets: np.ndarray, x_adv: np.ndarray, data: dict, s
         fooled = np.asarray(is_adversarial(batched_logits(source["fn"], jnp.asarray(x_adv[e])), y, target))
         size = perturbation_norm(jnp.asarray(x_adv[e] - data["x"]), "l2")
         for t_key, t_fn in targets.items():
-            rates = transfer_rates(y, target, fooled, data["clean"][t_key], predictions(t_fn, x_adv[e]))
+            rates = transfer_rates(y, target, fooled, data["clean"][t_key], predicted_labels(t_fn, x_adv[e]))
             cells.append({**where, "budget": None if np.isnan(budget) else float(budget), "budget_index": e,
                           "target": t_key, "white_box": t_key in source["members"],
                           "source_success": 100.0 * float(fooled.mean()),
@@ -168,7 +165,7 @@ def work(run: RunDirectory, logger) -> dict[str, Any]:
     target = np.asarray(choose_targets(spec.target, batched_logits(first, jnp.asarray(clean.x)),
                                        jnp.asarray(clean.y), key=target_key))
     data = {"x": np.asarray(clean.x), "y": np.asarray(clean.y), "target": target,
-            "clean": {k: predictions(fn, clean.x) for k, fn in targets.items()}}
+            "clean": {k: predicted_labels(fn, clean.x) for k, fn in targets.items()}}
     cells, kept = attack_everything(cfg, run.path, srcs, targets, data, attack_key)
     pairs = pair_analysis(cfg, run.path, targets, data, kept)
     result = {"experiment": exp.name, "seed": cfg.seed, "target_mode": spec.target,
@@ -274,6 +271,6 @@ def recompute_cells(run_dir: str | Path) -> list[dict]:
             x, y, x_adv = f["x"], f["y"], f["x_adv"][c["budget_index"]]
             target = f["target"] if "target" in f.files else np.full(len(y), -1)
         fooled = np.asarray(is_adversarial(batched_logits(source_fns[c["source"]], jnp.asarray(x_adv)), y, target))
-        clean, adv = predictions(fns[c["target"]], x), predictions(fns[c["target"]], x_adv)
+        clean, adv = predicted_labels(fns[c["target"]], x), predicted_labels(fns[c["target"]], x_adv)
         cells.append({**c, **transfer_rates(y, target, fooled, clean, adv)})
     return cells

@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from adv_jax.attacks import (ATTACKS, attack_batch, batched_logits, choose_targets, compile_attack_batch,
-                             inapplicable, layered, make_attack)
+from adv_jax.attacks import (ATTACKS, attack_batch, choose_targets, compile_attack_batch,
+                             inapplicable, layered, make_attack, predicted_labels)
 from adv_jax.attacks.battery import Battery, gradient_evals
 from adv_jax.attacks.ensemble_source import REDUCTIONS, ensemble_of
 from adv_jax.attacks.input_copies import blank_pool, class_pool
@@ -182,13 +182,14 @@ def is_robust(cfg: DictConfig, key: str) -> bool:
     return adv.pgd_epsilon > 0 or bool(adv.layers)
 
 
-def scenario(cfg: DictConfig, members: tuple[str, ...], victim: str) -> str:
-    """white-box (the victim is a member of the source), robust victim, cross-training-set (a
-    member's architecture and training on another split) or cross-architecture."""
+def scenario(cfg: DictConfig, members: tuple[str, ...], victim: str, robust: set[str]) -> str:
+    """white-box (the victim is a member of the source), robust victim (in `robust`, the keys
+    `is_robust` holds for), cross-training-set (a member's architecture and training on another
+    split) or cross-architecture."""
     models = cfg.experiment.models
     if victim in members:
         return "white-box"
-    if is_robust(cfg, victim):
+    if victim in robust:
         return "robust victim"
 
     def recipe(key):
@@ -227,9 +228,6 @@ def family_rows(spec: DictConfig, names: list[str], table: str, view, train: tup
     return rows
 
 
-def predictions(fn, images: np.ndarray) -> np.ndarray:
-    return np.asarray(jnp.argmax(batched_logits(fn, jnp.asarray(images)), -1))
-
 
 def family_cells(where: dict, rows: list[Row], x_adv: np.ndarray, data: dict, source: Source,
                  victims: dict[str, Any], scenarios: dict[str, str], confidence: float) -> list[dict]:
@@ -238,8 +236,8 @@ def family_cells(where: dict, rows: list[Row], x_adv: np.ndarray, data: dict, so
     x, y, target, correct = data["x"], data["y"], data["target"], data["correct"]
     flat = x_adv.reshape(-1, *x.shape[1:])
     shape = x_adv.shape[:3]
-    at_source = fooled(predictions(source.view, flat).reshape(shape), y, target)
-    fooled_by = {v: fooled(predictions(fn, flat).reshape(shape), y, target) for v, fn in victims.items()}
+    at_source = fooled(predicted_labels(source.view, flat).reshape(shape), y, target)
+    fooled_by = {v: fooled(predicted_labels(fn, flat).reshape(shape), y, target) for v, fn in victims.items()}
     cells = []
     for r, row in enumerate(rows):
         for e, budget in enumerate(row.budgets):
@@ -314,9 +312,10 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
     """Every table, surrogate and family: its adversarials and cells; the attacks' evals and
     steps per table and surrogate; each family's compile and run seconds."""
     spec, cells, attacks, timing = cfg.experiment.benchmark, [], {}, []
+    robust = {k for k in victims if is_robust(cfg, k)}
+    scenarios = {s: {v: scenario(cfg, src.members, v, robust) for v in victims} for s, src in srcs.items()}
     for table in tables(spec):
         for s_key, source in srcs.items():
-            scenarios = {v: scenario(cfg, source.members, v) for v in victims}
             for family, names in families_of(spec, s_key in spec.ensembles).items():
                 names = [n for n in names if n not in skipped.get(s_key, {})]
                 if not names:
@@ -326,8 +325,8 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
                 x_adv, rel, seconds = run_family(run_dir, where, rows, source, data,
                                                  family_key(key, s_key, family, table), spec, config_sha256(cfg))
                 start = time.perf_counter()
-                cells += family_cells({**where, "file": rel}, rows, x_adv, data, source, victims, scenarios,
-                                      spec.confidence)
+                cells += family_cells({**where, "file": rel}, rows, x_adv, data, source, victims,
+                                      scenarios[s_key], spec.confidence)
                 seconds["cells"] = time.perf_counter() - start
                 for row in rows:
                     attacks.setdefault(table, {}).setdefault(s_key, {})[row.name] = {
@@ -348,7 +347,7 @@ def benchmark_data(cfg: DictConfig, models: dict[str, Run], key: jax.Array) -> d
     x, y = np.asarray(clean.x), np.asarray(clean.y)
     spec = cfg.experiment.benchmark
     target = np.asarray(choose_targets(spec.target, jnp.zeros((len(y), 10)), jnp.asarray(y), key=key))
-    clean_predictions = {k: predictions(run.logits_fn, x) for k, run in models.items()}
+    clean_predictions = {k: predicted_labels(run.logits_fn, x) for k, run in models.items()}
     train = load_splits(cfg.data)["full"]
     return {"x": x, "y": y, "target": target, "clean": clean_predictions,
             "correct": every_model_correct(clean_predictions, y), "train": (train.x, train.y)}
@@ -425,8 +424,8 @@ def recompute_cells(run_dir: str | Path) -> list[dict]:
             with np.load(run_dir / c["file"]) as f:
                 files[c["file"]] = {k: f[k] for k in ("x", "y", "target", "x_adv")}
             x, y = files[c["file"]]["x"], files[c["file"]]["y"]
-            files[c["file"]]["correct"] = every_model_correct({k: predictions(fn, x) for k, fn in fns.items()}, y)
+            files[c["file"]]["correct"] = every_model_correct({k: predicted_labels(fn, x) for k, fn in fns.items()}, y)
         f, correct = files[c["file"]], files[c["file"]]["correct"]
-        hits = fooled(predictions(fns[c["victim"]], f["x_adv"][c["row"], c["budget_index"]]), f["y"], f["target"])
+        hits = fooled(predicted_labels(fns[c["victim"]], f["x_adv"][c["row"], c["budget_index"]]), f["y"], f["target"])
         out.append({**c, "all": rate(hits, confidence), "correct": rate(hits[correct], confidence)})
     return out
