@@ -17,10 +17,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 BATCH_AXIS = "batch"
@@ -95,6 +97,31 @@ def pad_rows(array: jax.Array, size: int) -> jax.Array:
     every device gets the same number of rows. Padded rows are real examples: no NaNs appear."""
     missing = size - len(array)
     return array if missing == 0 else jnp.concatenate([array, jnp.repeat(array[-1:], missing, 0)])
+
+
+HELD_CHUNK = 1024  # rows per call of a held program
+
+
+def held_program(fn: Callable, consts: Any, row_shapes: list[tuple], chunk: int = HELD_CHUNK) -> Callable:
+    """fn(consts, *rows) on float32 row batches (N, *row_shape) of any N: compiled once, ahead of
+    time, for `chunk` rows and held by the returned function, so that jax.clear_caches() (a job
+    freeing its one-off programs) never makes it compile again; the last chunk is padded. Returns
+    numpy arrays."""
+    specs = [jax.ShapeDtypeStruct((chunk, *shape), jnp.float32) for shape in row_shapes]
+    out = jax.eval_shape(fn, consts, *specs)
+    program = jax.jit(fn).lower(consts, *specs).compile()
+
+    def apply(*rows: Any) -> np.ndarray:
+        n, parts = len(rows[0]), []
+        for start in range(0, n, chunk):
+            size = min(chunk, n - start)
+            padded = (np.asarray(r[start:start + size], np.float32) for r in rows)
+            # host-side padding: an eager jnp op would itself compile again after clear_caches()
+            parts.append(np.asarray(program(consts, *(np.concatenate([p, np.repeat(p[-1:], chunk - size, 0)])
+                                                      for p in padded)))[:size])
+        return np.concatenate(parts) if parts else np.zeros((0, *out.shape[1:]), out.dtype)
+
+    return apply
 
 
 def shard_rows(*arrays: Any) -> tuple:

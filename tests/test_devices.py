@@ -66,3 +66,23 @@ def test_cpu_device_count_is_checked_and_fixed_by_jax_first_operation(caplog):
     with caplog.at_level(logging.WARNING, logger="adv_jax.devices"):
         assert devices.use_cpu_devices(have + 1) == have
     assert f"cpu_devices={have + 1} ignored" in caplog.text
+
+
+def test_held_program_equals_the_function_on_any_count_and_survives_clear_caches():
+    """Any row count (padded last chunk, none at all) gives fn's rows; jax.clear_caches() does not
+    make it trace (so compile) again."""
+    traces = []
+
+    def scaled_sum(consts, a, b):
+        traces.append(1)
+        return (a * consts["w"] + b).sum(axis=(1, 2))
+
+    w = np.float32(3.0)
+    held = devices.held_program(scaled_sum, {"w": w}, [(2, 2), (2, 2)], chunk=4)
+    built = len(traces)
+    a, b = np.random.default_rng(0).random((2, 9, 2, 2), dtype=np.float32)
+    np.testing.assert_allclose(held(a, b), (a * w + b).sum(axis=(1, 2)), rtol=1e-6)
+    jax.clear_caches()
+    np.testing.assert_allclose(held(a[:3], b[:3]), (a[:3] * w + b[:3]).sum(axis=(1, 2)), rtol=1e-6)
+    assert held(a[:0], b[:0]).shape == (0,)
+    assert len(traces) == built

@@ -150,6 +150,15 @@ def predicted_labels(logits_fn: LogitsFn, x) -> np.ndarray:
     return np.asarray(jnp.argmax(batched_logits(logits_fn, jnp.asarray(x)), -1))
 
 
+def held_predictor(logits_fn: LogitsFn, example_shape: tuple) -> Callable[[Any], np.ndarray]:
+    """`predicted_labels` for one logits_fn as a `devices.held_program`: compiled once, its
+    program surviving jax.clear_caches(); x (N, *example_shape) -> (N,) classes."""
+    arrays, static = split_arrays(logits_fn)
+    program = devices.held_program(lambda a, x: jnp.argmax(join_arrays(a, static)(x), -1), arrays,
+                                   [example_shape])
+    return program
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _attack_chunk(attack: Attack, static, arrays, x, label, target, keys):
     """The chunk's rows vmapped, once per device on its own rows (a shard_map): an attack's

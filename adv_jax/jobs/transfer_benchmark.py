@@ -31,6 +31,7 @@ import logging
 import re
 import zlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adv_jax.attacks import (ATTACKS, attack_batch, choose_targets, compile_attack_batch,
                              inapplicable, layered, make_attack, predicted_labels)
+from adv_jax.attacks.common import held_predictor
 from adv_jax.attacks.battery import Battery, gradient_evals
 from adv_jax.attacks.ensemble_source import REDUCTIONS, ensemble_of
 from adv_jax.attacks.input_copies import blank_pool, class_pool
@@ -50,8 +52,8 @@ from adv_jax.model_set import model_config, models_for, study_examples
 from adv_jax.models import build_model
 from adv_jax.run_files import BENCHMARK_FILE, BENCHMARK_SETS_DIR, MODELS_DIR
 from adv_jax.rundir import Run, RunDirectory, config_sha256, load_run
-from adv_jax.transfer_protocol import (every_model_correct, fooled, imperceptibility, matched_steps, rate,
-                                       to_8bit)
+from adv_jax.transfer_protocol import (every_model_correct, fooled, held_ssim, imperceptibility, matched_steps,
+                                       rate, to_8bit)
 from adv_jax.validate import ConfigError
 
 log = logging.getLogger(__name__)
@@ -229,19 +231,35 @@ def family_rows(spec: DictConfig, names: list[str], table: str, view, train: tup
 
 
 
-def family_cells(where: dict, rows: list[Row], x_adv: np.ndarray, data: dict, source: Source,
-                 victims: dict[str, Any], scenarios: dict[str, str], confidence: float) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class Judges:
+    """What every family's sets go through, compiled once per job as held programs (they survive
+    the jax.clear_caches() after each family): each source's and victim's classes, and SSIM."""
+
+    sources: dict[str, Callable]  # source key -> x (N, 28, 28, 1) -> classes (N,)
+    victims: dict[str, Callable]
+    ssim: Callable
+
+    @classmethod
+    def of(cls, srcs: dict[str, Source], victims: dict[str, Any], shape: tuple) -> "Judges":
+        return cls({k: held_predictor(s.view, shape) for k, s in srcs.items()},
+                   {k: held_predictor(fn, shape) for k, fn in victims.items()}, held_ssim(shape))
+
+
+def family_cells(where: dict, rows: list[Row], x_adv: np.ndarray, data: dict, judges: Judges,
+                 scenarios: dict[str, str], confidence: float) -> list[dict]:
     """One cell per row, budget and victim of x_adv (R, E, N, ...): success over all images and
     over the images every model gets right, with intervals, beside the set's imperceptibility."""
     x, y, target, correct = data["x"], data["y"], data["target"], data["correct"]
     flat = x_adv.reshape(-1, *x.shape[1:])
     shape = x_adv.shape[:3]
-    at_source = fooled(predicted_labels(source.view, flat).reshape(shape), y, target)
-    fooled_by = {v: fooled(predicted_labels(fn, flat).reshape(shape), y, target) for v, fn in victims.items()}
+    at_source = fooled(judges.sources[where["surrogate"]](flat).reshape(shape), y, target)
+    fooled_by = {v: fooled(labels(flat).reshape(shape), y, target) for v, labels in judges.victims.items()}
+    ssims = judges.ssim(np.broadcast_to(x, x_adv.shape).reshape(flat.shape), flat).reshape(shape)
     cells = []
     for r, row in enumerate(rows):
         for e, budget in enumerate(row.budgets):
-            seen = imperceptibility(x, x_adv[r, e])
+            seen = imperceptibility(x, x_adv[r, e], ssims[r, e])
             for victim, hits in fooled_by.items():
                 cells.append({**where, "attack": row.name, "norm": row.norm, "budget": budget,
                               "budget_index": e, "row": r, "victim": victim, "scenario": scenarios[victim],
@@ -313,6 +331,7 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
     steps per table and surrogate; each family's compile and run seconds."""
     spec, cells, attacks, timing = cfg.experiment.benchmark, [], {}, []
     robust = {k for k in victims if is_robust(cfg, k)}
+    judges = Judges.of(srcs, victims, data["x"].shape[1:])
     scenarios = {s: {v: scenario(cfg, src.members, v, robust) for v in victims} for s, src in srcs.items()}
     for table in tables(spec):
         for s_key, source in srcs.items():
@@ -325,8 +344,8 @@ def attack_everything(cfg: DictConfig, run_dir: Path, srcs: dict[str, Source], v
                 x_adv, rel, seconds = run_family(run_dir, where, rows, source, data,
                                                  family_key(key, s_key, family, table), spec, config_sha256(cfg))
                 start = time.perf_counter()
-                cells += family_cells({**where, "file": rel}, rows, x_adv, data, source, victims,
-                                      scenarios[s_key], spec.confidence)
+                cells += family_cells({**where, "file": rel}, rows, x_adv, data, judges, scenarios[s_key],
+                                      spec.confidence)
                 seconds["cells"] = time.perf_counter() - start
                 for row in rows:
                     attacks.setdefault(table, {}).setdefault(s_key, {})[row.name] = {
@@ -358,6 +377,7 @@ def work(run: RunDirectory, logger) -> dict[str, Any]:
     exp, spec = cfg.experiment, cfg.experiment.benchmark
     skipped = skipped_attacks(cfg)
     models = models_for(cfg, run.path)
+    models_seconds = time.perf_counter() - start
     jax.clear_caches()  # the models' Lipschitz programs
     target_key, attack_key = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), ATTACK_KEY))
     data = benchmark_data(cfg, models, target_key)
@@ -375,7 +395,7 @@ def work(run: RunDirectory, logger) -> dict[str, Any]:
                          for k in exp.models},
               "surrogates": {k: {"label": s.label, "members": list(s.members)} for k, s in srcs.items()},
               "attacks": attacks, "skipped": skipped, "cells": cells, "timing": timing,
-              "seconds": time.perf_counter() - start}
+              "seconds": time.perf_counter() - start, "models_seconds": models_seconds}
     run.write_json(BENCHMARK_FILE, result)
     log_tables(logger, result)
     return summary(result)

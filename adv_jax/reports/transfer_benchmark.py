@@ -182,11 +182,11 @@ def timing_table(results: list[dict]) -> str:
 
 
 def job_seconds(result: dict) -> str:
-    """The job's seconds, and how many families it read back from an interrupted attempt (their
-    cost is not in it)."""
+    """The job's seconds after its models were ready (trained or read from the cache: not timed
+    here), and how many families it read back from an interrupted attempt (their cost is not in it)."""
     timing = result.get("timing", [])
     read_back = sum(t["run"] is None for t in timing)
-    text = f"{result['seconds']:.0f}"
+    text = f"{result['seconds'] - result.get('models_seconds', 0.0):.0f}"
     return text + (f" (seed {result['seed']}: a resumed attempt that read back {read_back} of its {len(timing)} "
                    "families, so not their cost)" if read_back else "")
 
@@ -210,7 +210,7 @@ def report(paths: Sequence[str | Path], command: str, run_command: str, notes: S
     lines += [f"Runs: `{run_command}`; {len(runs)} seed(s) {sorted(r['seed'] for r in results)}, "
               f"{first['num_examples']} test images each, of which every model classifies "
               + ", ".join(str(r["num_correct"]) for r in results) + " correctly; job seconds per seed "
-              "(models cached): " + ", ".join(job_seconds(r) for r in results) + ".", "", *notes, ""]
+              "once its models are ready: " + ", ".join(job_seconds(r) for r in results) + ".", "", *notes, ""]
     lines += ["## Models", "", clean_table(results), ""]
     lines += ["## Conclusions", "", "Computed from the summary tables below (cross-architecture success, "
               "model surrogates, all images; the better of PGD and MI-FGSM as the baseline).", ""]
@@ -243,7 +243,8 @@ def report(paths: Sequence[str | Path], command: str, run_command: str, notes: S
     lines += ["## Time", "", f"Seconds of each family's one compiled program ({first['num_examples']} images): compile "
               "seconds where a seed compiled it (later seeds in the same process reuse the program), run "
               "seconds the median over seeds. "
-              "Job seconds per seed, models cached: " + ", ".join(job_seconds(r) for r in results) + ".",
+              "Job seconds per seed once its models are ready (trained or read from the cache): "
+              + ", ".join(job_seconds(r) for r in results) + ".",
               "", timing_table(results), ""]
     skipped = {(k, a): why for r in results for k, v in r["skipped"].items() for a, why in v.items()}
     if skipped:
