@@ -96,6 +96,10 @@ SMALL = {"fgsm": ({}, 1), "pgd": ({"steps": 3}, 3), "fgsm_min": ({"search_steps"
 # ensemble_strategies.py: a bare logits_fn is one member; evals = member gradients
 SMALL |= {"svre": ({"steps": 2, "inner_steps_per_member": 1}, 4), "cwa": ({"steps": 2}, 4),
           "adaea": ({"steps": 2}, 4)}
+# AutoAttack and its stages; autoattack's evals are those of the stages each example reached
+SMALL |= {"apgd_ce": ({"steps": 2}, 3), "apgd_dlr": ({"steps": 2, "target_classes": 2}, 6),
+          "fab": ({"steps": 2, "target_classes": 2}, 4), "square": ({"queries": 5}, 0),
+          "autoattack": ({"apgd_steps": 2, "target_classes": 2, "fab_steps": 2, "square_queries": 5}, None)}
 # They need layered(model, params), not a bare logits_fn: their evals are checked in
 # tests/test_attacks_feature_ensemble.py.
 LAYERED = {"ila", "fia", "naa", "linbp", "sgm", "ghost"}
@@ -118,6 +122,9 @@ def test_every_attack_reports_its_gradient_evaluations_in_the_metrics(name):
     got, metrics = made.diagnostics["evals"], summarize(made)
     if name == "refined":  # L-BFGS's own count, then the refinement's steps
         evals = made.diagnostics["first_evals"] + 5
+    elif name == "autoattack":  # every example starts correct (y is fn's class): APGD-CE on all
+        d = made.diagnostics
+        evals = 3 + 6 * d["robust_after_apgd_ce"] + 4 * d["robust_after_apgd_t"]
     elif evals is None and "steps" in made.diagnostics:  # DeepFool: a Jacobian (10) per step
         evals = made.diagnostics["steps"] * (10 if name == "deepfool" else 1)
     elif evals is None:  # L-BFGS: at most c_steps * max_evals, plus its rescue solves

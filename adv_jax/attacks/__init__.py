@@ -34,6 +34,8 @@ alignment and boundary distances (analysis.py).
 Feature-level (ILA, FIA, NAA; feature_level.py) and model-related (LinBP, SGM, Ghost;
 model_related.py) attacks take `layered(model, params)` (layered.py) as their logits_fn; the
 ensemble strategies (SVRE, CWA, AdaEA; ensemble_strategies.py) an `Ensemble`'s members.
+Robustness evaluation: `AutoAttack` (APGD-CE, APGD-T, FAB-T, Square; autoattack.py, apgd.py,
+fab.py, square.py), which `attack_batch` runs stage by stage on the examples still correct.
 A pytree logits_fn (`jax.tree_util.Partial`, as `adv_jax.models.logits_fn` returns) passes its
 arrays as traced arguments, so one compilation serves every parameter set of a shape. Distortion
 = per-pixel RMS (`rms_distortion`).
@@ -42,6 +44,7 @@ arrays as traced arguments, so one compilation serves every parameter set of a s
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +52,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from adv_jax.attacks.apgd import APGD
+from adv_jax.attacks.autoattack import AutoAttack
 from adv_jax.attacks.carlini_wagner import CarliniWagnerL2
 from adv_jax.attacks.common import (
     UNTARGETED,
@@ -65,6 +70,7 @@ from adv_jax.attacks.common import (
 )
 from adv_jax.attacks.deepfool import DeepFool
 from adv_jax.attacks.essays import FoolingImage, TemplateAddition
+from adv_jax.attacks.fab import FAB
 from adv_jax.attacks.ensemble_strategies import CWA, SVRE, AdaEA
 from adv_jax.attacks.feature_level import FIA, ILA, NAA
 from adv_jax.attacks.gradient import FGSM, PGD, MinimalEpsilon
@@ -74,6 +80,7 @@ from adv_jax.attacks.lbfgs import LBFGSAttack
 from adv_jax.attacks.minnorm import DDN, FMN
 from adv_jax.attacks.model_related import SGM, Ghost, LinBP
 from adv_jax.attacks.refined import Refined
+from adv_jax.attacks.square import Square
 from adv_jax.attacks.targets import TARGET_MODES, attack_all_targets, choose_targets
 from adv_jax.attacks.transfer_enhancing import MomentumIterative, preset
 from adv_jax.attacks.transfer_families import TransferFamily, family
@@ -89,6 +96,7 @@ __all__ = [
 __all__ += ["AdaEA", "CWA", "FIA", "Ghost", "ILA", "LayeredModel", "LinBP", "NAA", "SGM", "SVRE",
             "layered"]
 __all__ += ["LAYERED_ATTACKS", "inapplicable", "model_view"]
+__all__ += ["APGD", "FAB", "AutoAttack", "Square"]
 
 
 # The names conf/attack/*.yaml use, where they read naturally (torchattacks' names).
@@ -162,6 +170,11 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "admix": family("admix"),  # transfer_families.py
     "sia": family("sia"),  # transfer_families.py
     "bsr": family("bsr"),  # transfer_families.py
+    "apgd_ce": APGD,  # apgd.py, fab.py, square.py, autoattack.py: AutoAttack and its stages
+    "apgd_dlr": functools.partial(APGD, loss="dlr", target_classes=9),
+    "fab": FAB,
+    "square": Square,
+    "autoattack": AutoAttack,
 }
 
 # Attacks that read the model's layers: they take `layered(model, params)` as their logits_fn.

@@ -173,12 +173,13 @@ def _attack_chunk(attack: Attack, static, arrays, x, label, target, keys):
                          out_specs=rows, check_vma=False)(arrays, x, label, target, keys)
 
 
-def _batch_inputs(logits_fn: LogitsFn, x, y, target, key: jax.Array, chunk_size: int):
+def _batch_inputs(logits_fn: LogitsFn, x, y, target, key: jax.Array, chunk_size: int, keys=None):
     """(chunk size rounded for the devices, logits_fn's static part, its replicated arrays, the
     per-example inputs (x, y, target, keys)) that attack_batch feeds `_attack_chunk`."""
     chunk_size = devices.round_up(min(chunk_size, len(x)))
     arrays, static = split_arrays(logits_fn)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(x)))
+    if keys is None:
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(x)))
     rows = (x, jnp.asarray(y, jnp.int32), jnp.asarray(target, jnp.int32), keys)
     return chunk_size, static, devices.replicate(arrays), rows
 
@@ -189,8 +190,8 @@ def _chunk(rows: tuple, start: int, chunk_size: int) -> tuple:
 
 
 def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
-                 target: jax.Array, *, key: jax.Array, chunk_size: int,
-                 progress: bool = True) -> tuple[jax.Array, dict[str, np.ndarray]]:
+                 target: jax.Array, *, key: jax.Array, chunk_size: int, progress: bool = True,
+                 example_keys: jax.Array | None = None) -> tuple[jax.Array, dict[str, np.ndarray]]:
     """Runs `attack` against the batched `logits_fn` ((B, *shape) -> (B, K)) on every example:
     x (N, *shape) in [0, 1], true labels y and targets (N,) (-1: untargeted) -> x_adv (N, *shape)
     and the attack's diagnostics {name: (N,)} (empty if it reports none).
@@ -198,13 +199,16 @@ def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array
     Vmapped and jitted in chunks of `chunk_size` (rounded up to a multiple of the device count,
     the last one padded), so the loop compiles once per attack, input shape and logits_fn
     structure (`split_arrays`). Each chunk is split across all local devices (`adv_jax.devices`)
-    with logits_fn's arrays replicated. Each example's key is folded in from its index, so results
-    do not depend on chunking. `progress` shows a progress bar in examples.
+    with logits_fn's arrays replicated. Each example's key is folded in from its index (or given,
+    example_keys (N,)), so results do not depend on chunking. `progress` shows a progress bar in
+    examples. An attack with its own `attack_batch` (AutoAttack: stage by stage) runs that.
     """
     n = len(x)
     if n == 0:
         return x, {}
-    chunk_size, static, arrays, rows = _batch_inputs(logits_fn, x, y, target, key, chunk_size)
+    if hasattr(attack, "attack_batch"):
+        return attack.attack_batch(logits_fn, x, y, target, key=key, chunk_size=chunk_size, progress=progress)
+    chunk_size, static, arrays, rows = _batch_inputs(logits_fn, x, y, target, key, chunk_size, example_keys)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n, desc=type(attack).__name__, unit="ex", leave=False, disable=not progress)

@@ -192,7 +192,9 @@ def _check_classes(name: str, values: jax.Array, num_classes: int | None, lowest
 def summarize(generated: Generated) -> dict[str, float]:
     """Flat metrics: success rate, mean and median per-pixel RMS distortion over successes, the
     largest pixel change, speed; with diagnostics "evals", their mean and max (evaluations per
-    example), and with "c", its mean over the examples where some c succeeded (c > 0)."""
+    example); "queries", their mean; "robust_after_<stage>" (AutoAttack), the robust accuracy
+    after each stage and at the end; and with "c", its mean over the examples where some c
+    succeeded (c > 0)."""
     adv, seconds, diagnostics = generated
     distortion = adv.distortion()[adv.success]
     n = len(adv.y)
@@ -208,6 +210,13 @@ def summarize(generated: Generated) -> dict[str, float]:
     if "evals" in diagnostics and n:
         metrics["attack/evals_mean"] = float(np.mean(diagnostics["evals"]))
         metrics["attack/evals_max"] = int(np.max(diagnostics["evals"]))
+    if "queries" in diagnostics and n:
+        metrics["attack/queries_mean"] = float(np.mean(diagnostics["queries"]))
+    stages = {k.removeprefix("robust_after_"): v for k, v in diagnostics.items() if k.startswith("robust_after_")}
+    for stage, robust in stages.items():  # AutoAttack: accuracy left after each stage, the last its result
+        metrics[f"attack/robust_accuracy/{stage}"] = float(np.mean(robust)) if n else float("nan")
+    if stages and n:
+        metrics["attack/robust_accuracy"] = float(np.mean(list(stages.values())[-1]))
     if "c" in diagnostics:
         c = np.asarray(diagnostics["c"])
         metrics["attack/c_mean"] = float(c[c > 0].mean()) if (c > 0).any() else float("nan")
