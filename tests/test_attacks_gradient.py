@@ -9,6 +9,8 @@ Closed forms for an affine model Z = x W + b around x (the box [0, 1] inactive):
   here with scipy's SLSQP in the span of its constraint normals (where its optimum lies).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,3 +169,19 @@ def test_cross_entropy_keeps_the_true_class_gradient_when_saturated():
 def test_pgd_rejects_unknown_norm():
     with pytest.raises(ValueError, match="unknown norm 'l1'"):
         PGD(norm="l1")
+
+
+def test_pgd_restarts_keep_the_first_random_start_that_succeeds():
+    """restarts=3 equals the single runs with the keys split from the example's, taking the first
+    adversarial one (else the last)."""
+    model, params, w, b, x, label = affine_model(10, seed=7)
+    pgd = PGD(0.004, steps=5, relative_step_size=0.5)
+    fn = lambda image: model.apply(params, image[None])[0]  # noqa: E731
+    for i in range(N):
+        key = jax.random.fold_in(jax.random.key(0), i)
+        singles = [pgd(fn, jnp.asarray(x[i]), label[i], jnp.int32(-1), k) for k in jax.random.split(key, 3)]
+        hits = [bool(is_adversarial(fn(s), label[i], -1)) for s in singles]
+        want = singles[hits.index(True)] if any(hits) else singles[-1]
+        got = dataclasses.replace(pgd, restarts=3)(fn, jnp.asarray(x[i]), label[i], jnp.int32(-1), key)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert dataclasses.replace(pgd, restarts=3).gradient_evals == 15

@@ -10,12 +10,13 @@ inside an epsilon-ball around x intersected with the box [0, 1]:
   FGSM            one step  x' = clip(x + eps * sign(grad J), 0, 1)              (L-inf)
   PGD             random start in the ball, then `steps` steps of size
                   relative_step_size * eps along sign(grad J) (L-inf) or
-                  grad J / |grad J|_2 (L2), each projected onto the ball and the box
+                  grad J / |grad J|_2 (L2), each projected onto the ball and the box;
+                  with `restarts`, the first of several random starts that succeeds
   MinimalEpsilon  wraps either: the smallest eps for which it succeeds, per example, by a
                   bisection over eps inside jit. Its output's per-pixel RMS distortion is
                   comparable with the paper's minimum-distortion L-BFGS examples.
 
-Each reports {"evals": gradient evaluations} from `with_diagnostics`: FGSM 1, PGD `steps`,
+Each reports {"evals": gradient evaluations} from `with_diagnostics`: FGSM 1, PGD `steps` x `restarts`,
 MinimalEpsilon (1 + search_steps) times its attack's.
 
 Units: pixels in [0, 1]. `epsilon` is the largest per-pixel change for norm="linf" and the
@@ -111,6 +112,7 @@ class PGD(FixedBudget):
     steps: int = 40
     relative_step_size: float = 2.5 / 40  # step = relative_step_size * epsilon (Madry: 2.5/steps)
     random_start: bool = True  # start uniformly inside the ball (uses the key)
+    restarts: int = 1  # random starts; the first that succeeds is kept (else the last)
 
     def __post_init__(self):
         _check_norm(self.norm)
@@ -118,10 +120,22 @@ class PGD(FixedBudget):
     @property
     def gradient_evals(self) -> int:
         """Forward and backward passes of one `perturb`."""
-        return self.steps
+        return self.steps * self.restarts
 
     def perturb(self, logits_fn, x, label, target, key, epsilon) -> jax.Array:
         """The attack at a given (possibly traced) epsilon; x (28, 28, 1) -> x_adv."""
+        if self.restarts == 1:
+            return self._run(logits_fn, x, label, target, key, epsilon)
+
+        def restart(carry, key):
+            kept, found = carry
+            x_adv = self._run(logits_fn, x, label, target, key, epsilon)
+            return (jnp.where(found, kept, x_adv), found | is_adversarial(logits_fn(x_adv), label, target)), None
+
+        (x_adv, _), _ = jax.lax.scan(restart, (x, jnp.bool_(False)), jax.random.split(key, self.restarts))
+        return x_adv
+
+    def _run(self, logits_fn, x, label, target, key, epsilon) -> jax.Array:
         grad_fn = jax.grad(attack_objective, argnums=1)
         step_size = self.relative_step_size * epsilon
 

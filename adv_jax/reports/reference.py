@@ -149,6 +149,10 @@ METRICS = {
                           "`attack.target=all`, summed over the targets"),
     "attack/evals_max": "gradient evaluations of the example that used the most",
     "attack/c_mean": "L-BFGS: mean final constant c over the examples where some c succeeded",
+    "attack/queries_mean": "score-based attacks (Square, AutoAttack's last stage): forward passes per example, mean",
+    "attack/robust_accuracy": ("AutoAttack: the share of attacked images still correctly classified after every "
+                               "stage (a misclassified clean image counts as broken)"),
+    "attack/robust_accuracy/<stage>": "AutoAttack: the share still correctly classified after that stage",
     "lipschitz/upper_bound": "product of the per-layer bounds ([lipschitz.md](lipschitz.md))",
     "lipschitz/layer<i>": "layer i's bound",
     "lipschitz/jacobian_lower_bound": ("largest local Jacobian norm over `lipschitz.images` test images "
