@@ -172,6 +172,7 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "bsr": family("bsr"),  # transfer_families.py
     "apgd_ce": APGD,  # apgd.py, fab.py, square.py, autoattack.py: AutoAttack and its stages
     "apgd_dlr": functools.partial(APGD, loss="dlr", target_classes=9),
+    "apgd_min": _minimal(APGD, max_epsilon=10.0, norm="l2"),  # the smallest L2 radius
     "fab": FAB,
     "square": Square,
     "autoattack": AutoAttack,

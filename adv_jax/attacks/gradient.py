@@ -170,7 +170,7 @@ class MinimalEpsilon:
     succeeds, returns the attempt at max_epsilon (check `is_adversarial`).
     """
 
-    attack: FGSM | PGD = PGD()
+    attack: FGSM | PGD = PGD()  # or any attack with `perturb(..., epsilon)` and `gradient_evals` (APGD)
     max_epsilon: float = 1.0  # in the wrapped attack's norm
     search_steps: int = 10
 
