@@ -140,3 +140,14 @@ def test_autoattack_is_registered_with_its_yaml_and_refuses_unknown_stages():
     assert make_attack("apgd_dlr") == APGD(loss="dlr", target_classes=9)
     with pytest.raises(ValueError, match="unknown AutoAttack stages"):
         AutoAttack(stages=("apgd_ce", "pgd"))
+
+
+def test_autoattacks_square_halves_its_windows_at_the_reference_iterations():
+    """The reference AutoAttack runs Square unrescaled: p = 0.8 halves after iterations 10, 50,
+    200, ... whatever the query budget (sides 25, 18, 13 on 28 x 28)."""
+    from adv_jax.attacks.square import window_side
+
+    square = AutoAttack(square_queries=5000).components()[-1][2]
+    assert square.rescale_schedule is False
+    sides = [int(window_side(jnp.int32(i), 0.8, 5000, 28, 28, "linf", rescale=False)) for i in (10, 11, 50, 51)]
+    assert sides == [25, 18, 18, 13]

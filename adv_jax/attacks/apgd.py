@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adv_jax.attacks.common import LogitsFn, is_adversarial
-from adv_jax.attacks.gradient import _check_norm, attack_objective, project
+from adv_jax.attacks.gradient import attack_objective, check_norm, project
 
 __all__ = ["APGD", "checkpoint_windows", "dlr_loss", "targeted_dlr_loss"]
 
@@ -91,7 +91,7 @@ class APGD:
     random_start: bool = True  # off: start at x (the paper always starts at random)
 
     def __post_init__(self):
-        _check_norm(self.norm)
+        check_norm(self.norm)
         if self.loss not in ("ce", "dlr"):
             raise ValueError(f"unknown loss {self.loss!r}; choose one of ['ce', 'dlr']")
 
@@ -110,8 +110,10 @@ class APGD:
         """The attack at a given (possibly traced) epsilon."""
         if self.target_classes == 0:
             return self._restarts(logits_fn, x, label, target, target, key, epsilon)[0]
-        ranked = jnp.argsort(jnp.where(jnp.arange(logits_fn(x).shape[-1]) == label, -jnp.inf, logits_fn(x)))[::-1]
-        wanted = jnp.where(target >= 0, jnp.full(self.target_classes, target), ranked[:self.target_classes])
+        logits = logits_fn(x)
+        ranked = jnp.argsort(jnp.where(jnp.arange(logits.shape[-1]) == label, -jnp.inf, logits))[::-1]
+        count = min(self.target_classes, logits.shape[-1] - 1)  # the wrong classes there are
+        wanted = jnp.where(target >= 0, jnp.full(count, target), ranked[:count])
 
         def toward(carry, cls_and_key):
             best, found = carry
@@ -119,7 +121,7 @@ class APGD:
             keep = found | ~success
             return (jnp.where(keep, best, x_adv), found | success), None
 
-        keys = jax.random.split(key, self.target_classes)
+        keys = jax.random.split(key, count)
         first, _ = self._restarts(logits_fn, x, label, target, wanted[0], keys[0], epsilon)
         (x_adv, _), _ = jax.lax.scan(toward, (first, is_adversarial(logits_fn(first), label, target)),
                                      (wanted[1:], keys[1:]))

@@ -7,7 +7,9 @@ Per example, `AutoAttack` is one pure function (each stage runs only while the e
 robust). Batched, `attack_batch` runs it stage by stage instead (`staged_batch`): each stage on the
 examples still robust, compacted, so a model that APGD-CE breaks almost everywhere costs little
 more than APGD-CE. The two give the same x_adv per example: each stage of example i draws from
-the same key in both (split from its own key, `stage_keys`).
+the same key in both (split from its own key, `stage_keys`); exactly so where the model's outputs
+do not depend on the batch's size (CPU), while on a GPU a point on the boundary can fall either way.
+Square runs with its reference schedule (rescale_schedule=False), as the reference AutoAttack.
 
 Diagnostics: "evals" (gradient evaluations of the stages run), "queries" (Square's forward
 passes), and "robust_after_<stage>" (1: still correctly classified after that stage), from which
@@ -25,7 +27,7 @@ import numpy as np
 from adv_jax.attacks.apgd import APGD
 from adv_jax.attacks.common import LogitsFn, attack_batch, batched_logits, is_adversarial, run_attack
 from adv_jax.attacks.fab import FAB
-from adv_jax.attacks.gradient import _check_norm
+from adv_jax.attacks.gradient import check_norm
 from adv_jax.attacks.square import Square
 
 __all__ = ["AutoAttack", "staged_batch", "stage_keys"]
@@ -51,7 +53,7 @@ class AutoAttack:
     stages: tuple[str, ...] = STAGES
 
     def __post_init__(self):
-        _check_norm(self.norm)
+        check_norm(self.norm)
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown AutoAttack stages {unknown}; choose from {list(STAGES)}")
@@ -63,7 +65,7 @@ class AutoAttack:
                  "apgd_t": APGD(self.epsilon, self.norm, self.apgd_steps, loss="dlr",
                                 target_classes=self.target_classes),
                  "fab_t": FAB(self.epsilon, self.norm, self.fab_steps, target_classes=self.target_classes),
-                 "square": Square(self.epsilon, self.norm, self.square_queries)}
+                 "square": Square(self.epsilon, self.norm, self.square_queries, rescale_schedule=False)}
         return [(i, name, build[name]) for i, name in enumerate(STAGES) if name in self.stages]
 
     def __call__(self, logits_fn: LogitsFn, x, label, target, key) -> jax.Array:
@@ -90,16 +92,22 @@ class AutoAttack:
                            f"robust_after_{name}": robust.astype(jnp.float32)}
         return x_adv, diagnostics
 
-    def attack_batch(self, logits_fn: LogitsFn, x, y, target, *, key, chunk_size: int, progress: bool = True):
-        return staged_batch(self, logits_fn, x, y, target, key=key, chunk_size=chunk_size, progress=progress)
+    def attack_batch(self, logits_fn: LogitsFn, x, y, target, *, key, chunk_size: int, progress: bool = True,
+                     example_keys=None):
+        return staged_batch(self, logits_fn, x, y, target, key=key, chunk_size=chunk_size, progress=progress,
+                            example_keys=example_keys)
 
 
 def staged_batch(attack: AutoAttack, logits_fn: LogitsFn, x, y, target, *, key: jax.Array, chunk_size: int,
-                 progress: bool = True) -> tuple[jax.Array, dict[str, np.ndarray]]:
+                 progress: bool = True, example_keys=None) -> tuple[jax.Array, dict[str, np.ndarray]]:
     """`attack` on every example, stage by stage on those still robust; the same x_adv (N, ...) and
-    diagnostics {name: (N,)} as its per-example function."""
+    diagnostics {name: (N,)} as its per-example function (exactly where the model's outputs do not
+    depend on the batch's size, as on CPU; on a GPU a point at the boundary can fall either way).
+    example_keys (N,): each example's key (default: key folded with its index)."""
     x, y, target = jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(target, jnp.int32)
-    keys = jax.vmap(stage_keys)(jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(x))))
+    if example_keys is None:
+        example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(x)))
+    keys = jax.vmap(stage_keys)(example_keys)
     x_adv = np.array(x)
     robust = ~np.asarray(is_adversarial(batched_logits(logits_fn, x), y, target))
     diagnostics = {"evals": np.zeros(len(x), np.int32), "queries": np.zeros(len(x), np.int32)}

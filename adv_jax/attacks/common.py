@@ -207,7 +207,8 @@ def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array
     if n == 0:
         return x, {}
     if hasattr(attack, "attack_batch"):
-        return attack.attack_batch(logits_fn, x, y, target, key=key, chunk_size=chunk_size, progress=progress)
+        return attack.attack_batch(logits_fn, x, y, target, key=key, chunk_size=chunk_size, progress=progress,
+                                   example_keys=example_keys)
     chunk_size, static, arrays, rows = _batch_inputs(logits_fn, x, y, target, key, chunk_size, example_keys)
     from tqdm.auto import tqdm
 

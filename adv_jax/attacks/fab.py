@@ -10,12 +10,15 @@ it). Then, with eta = 1.05 (overshoot) and alpha = min(|d_i| / (|d_i| + |d_0|), 
 
 and an adversarial x_{i+1} is kept if it is the closest so far, then pulled back toward x_0:
 x_{i+1} = x_0 + beta (x_{i+1} - x_0). Success is any misclassification, as AutoAttack counts it.
-Restarts after the first start at random inside the ball of radius min(epsilon, closest) / 2.
+Restarts after the first start at a random point on the sphere of radius min(epsilon, closest) / 2
+(the paper's; the reference code always takes epsilon / 2). With target_classes = k, a class is
+tried only while no adversarial within epsilon has been found (epsilon = inf: every class, the
+closest over all kept).
 
 The box-constrained projections are solved by bisection on the step's radius (L-inf) or on the
 log of its Lagrange multiplier (L2), to float precision, where the official code sorts: same
 points, simpler code. With target_classes = k and no target given, the attack runs toward each
-of the k most likely wrong classes.
+of the k most likely wrong classes (at most K - 1).
 
 An attack at a budget: the closest adversarial if its distance is at most epsilon, else x
 (epsilon = inf: the minimum-norm attack, the closest found or x). Evaluations: steps per restart
@@ -30,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from adv_jax.attacks.common import LogitsFn, is_adversarial
-from adv_jax.attacks.gradient import _check_norm
+from adv_jax.attacks.gradient import check_norm
 
 __all__ = ["FAB", "box_projection", "distance"]
 
@@ -97,7 +100,7 @@ class FAB:
     beta: float = 0.9
 
     def __post_init__(self):
-        _check_norm(self.norm)
+        check_norm(self.norm)
 
     @property
     def gradient_evals(self) -> int:
@@ -115,17 +118,20 @@ class FAB:
         """(x_adv at a given epsilon, the closest adversarial's distance)."""
         logits = logits_fn(x)
         ranked = jnp.argsort(jnp.where(jnp.arange(logits.shape[-1]) == label, -jnp.inf, logits))[::-1]
-        count = max(self.target_classes, 1)
+        count = max(min(self.target_classes, logits.shape[-1] - 1), 1)
         aims = jnp.where(target >= 0, jnp.full(count, target), ranked[:count])
 
         def toward(carry, aim_and_key):
+            # as the reference code: a class is tried only while nothing within epsilon was found
             aim, key = aim_and_key
+            tried = carry
             for r in range(self.restarts):
-                carry = self._run(logits_fn, x, label, target, aim, jax.random.fold_in(key, r), r > 0, epsilon, carry)
-            return carry, None
+                tried = self._run(logits_fn, x, label, target, aim, jax.random.fold_in(key, r), r > 0, epsilon, tried)
+            done = jnp.isfinite(carry[1]) & (carry[1] <= epsilon)
+            return (jnp.where(done, carry[0], tried[0]), jnp.where(done, carry[1], tried[1])), None
 
         (best, closest), _ = jax.lax.scan(toward, (x, jnp.float32(jnp.inf)), (aims, jax.random.split(key, count)))
-        kept = closest <= epsilon * (1.0 + 1e-6)
+        kept = closest <= epsilon
         return jnp.where(kept, best, x), closest
 
     def _run(self, logits_fn, x, label, target, aim, key, random_start: bool, epsilon, carry):
@@ -137,7 +143,8 @@ class FAB:
         if random_start:
             diameter = 1.0 if self.norm == "linf" else float(x.size) ** 0.5
             radius = 0.5 * jnp.minimum(jnp.minimum(carry[1], epsilon), diameter)
-            t = jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
+            t = (jax.random.uniform(key, shape, minval=-1.0, maxval=1.0) if self.norm == "linf"
+                 else jax.random.normal(key, shape))
             start = jnp.clip(x + radius * t / distance(t, self.norm), 0.0, 1.0)
 
         def step(_, state):

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from adv_jax.attacks.common import FixedBudget, LogitsFn, is_adversarial, smallest_success
 from adv_jax.attacks.ensemble_source import member_averaged
 
-__all__ = ["FGSM", "PGD", "MinimalEpsilon", "attack_objective", "cross_entropy", "project"]
+__all__ = ["FGSM", "PGD", "MinimalEpsilon", "attack_objective", "check_norm", "cross_entropy", "project"]
 
 NORMS = ("linf", "l2")
 _TINY = 1e-12  # keeps a zero gradient's normalization finite
@@ -79,7 +79,7 @@ def project(x_adv: jax.Array, x: jax.Array, epsilon: jax.Array, norm: str) -> ja
     return jnp.clip(x + delta, 0.0, 1.0)
 
 
-def _check_norm(norm: str) -> None:
+def check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
 
@@ -115,7 +115,7 @@ class PGD(FixedBudget):
     restarts: int = 1  # random starts; the first that succeeds is kept (else the last)
 
     def __post_init__(self):
-        _check_norm(self.norm)
+        check_norm(self.norm)
 
     @property
     def gradient_evals(self) -> int:

@@ -20,7 +20,8 @@ the cross-entropy some official versions use):
         the freed mass moves there; the whole perturbation is then rescaled to epsilon.
 Both clip to the box [0, 1]. The window's side follows p(i), the fraction of pixels changed:
 p_init halved each time i * 10000 / queries passes 10, 50, 200, 500, 1000, 2000, 4000, 6000
-and 8000 (`window_side`), as the official `p_selection` with its rescaled schedule.
+and 8000 (`window_side`), as the official `p_selection` with its rescaled schedule; with
+rescale_schedule=False (AutoAttack's, as in its reference code) each time i itself does.
 
 Queries: the first forward pass is at x itself (already adversarial: x is returned, 1 query),
 the second at the start, then one per step until m < 0 or `queries` passes in all; an example
@@ -51,7 +52,7 @@ import numpy as np
 
 from adv_jax.attacks.carlini_wagner import margin
 from adv_jax.attacks.common import LogitsFn
-from adv_jax.attacks.gradient import _check_norm
+from adv_jax.attacks.gradient import check_norm
 
 __all__ = ["Square", "fraction_changed", "rectangle_pattern", "square_pattern", "window_side"]
 
@@ -61,10 +62,11 @@ GRID_CELLS = 5  # L2 start: squares per row and per column
 _TINY = 1e-12  # keeps an empty window's normalization finite
 
 
-def fraction_changed(iteration: int, p_init: float, queries: int) -> float:
+def fraction_changed(iteration: int, p_init: float, queries: int, rescale: bool = True) -> float:
     """p(i), the fraction of pixels step `iteration` (0-based, a Python int) changes: p_init
-    halved once per HALVING_POINTS entry that i * SCHEDULE_LENGTH / queries has passed."""
-    rescaled = int(iteration / queries * SCHEDULE_LENGTH)
+    halved once per HALVING_POINTS entry that i * SCHEDULE_LENGTH / queries (rescale) or i has
+    passed."""
+    rescaled = int(iteration / queries * SCHEDULE_LENGTH) if rescale else iteration
     return p_init / 2 ** sum(rescaled > point for point in HALVING_POINTS)
 
 
@@ -77,8 +79,10 @@ def _side_of(fraction: float, height: int, width: int, norm: str) -> int:
     return min(max(side, 1), height, width)
 
 
-def _first_step_past(point: int, queries: int) -> int:
-    """The first iteration whose rescaled index exceeds `point` (float rounding as the official)."""
+def _first_step_past(point: int, queries: int, rescale: bool) -> int:
+    """The first iteration whose (rescaled) index exceeds `point` (float rounding as the official)."""
+    if not rescale:
+        return point + 1
     step = max(math.ceil((point + 1) * queries / SCHEDULE_LENGTH) - 1, 0)
     while int(step / queries * SCHEDULE_LENGTH) <= point:
         step += 1
@@ -86,10 +90,10 @@ def _first_step_past(point: int, queries: int) -> int:
 
 
 def window_side(iteration: jax.Array, p_init: float, queries: int, height: int, width: int,
-                norm: str) -> jax.Array:
+                norm: str, rescale: bool = True) -> jax.Array:
     """The window side (int32) of step `iteration` (traced, 0-based): `fraction_changed`'s p(i)
     made a side, read from tables built at trace time, so no float rounding differs."""
-    starts = jnp.asarray([_first_step_past(point, queries) for point in HALVING_POINTS])
+    starts = jnp.asarray([_first_step_past(point, queries, rescale) for point in HALVING_POINTS])
     sides = jnp.asarray([_side_of(p_init / 2**k, height, width, norm)
                          for k in range(len(HALVING_POINTS) + 1)], jnp.int32)
     return sides[jnp.sum(iteration >= starts)]
@@ -148,9 +152,12 @@ class Square:
     norm: str = "linf"  # linf | l2
     queries: int = 5000  # forward passes per example, the one at x and the start included
     p_init: float = 0.8  # fraction of the pixels the first steps' windows cover
+    # halving points rescaled to `queries` (the paper's Square); AutoAttack's reference code runs
+    # it at the 10000-query points unrescaled, and so does AutoAttack here
+    rescale_schedule: bool = True
 
     def __post_init__(self):
-        _check_norm(self.norm)
+        check_norm(self.norm)
         if self.queries < 2:
             raise ValueError(f"queries must be at least 2 (x and the start), got {self.queries}")
 
@@ -197,7 +204,7 @@ class Square:
     def _candidate(self, x, best, iteration, key) -> jax.Array:
         """Step `iteration`'s change of `best` (H, W, C), inside the ball and the box."""
         height, width, channels = x.shape
-        side = window_side(iteration, self.p_init, self.queries, height, width, self.norm)
+        side = window_side(iteration, self.p_init, self.queries, height, width, self.norm, self.rescale_schedule)
         window_key, sign_key, second_key, turn_key = jax.random.split(key, 4)
         rows, cols, window = _random_window(window_key, height, width, side)
         signs = jax.random.rademacher(sign_key, (channels,), x.dtype)

@@ -1,0 +1,94 @@
+"""CROWN (adv_jax/crown.py) is sound: every relaxation holds its activation between its lines,
+every sampled point of the ball cut by the box lies inside the layer bounds and above the margin
+bounds, and at the certified radius neither samples nor PGD change the class."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adv_jax import crown
+from adv_jax.attacks.common import is_adversarial
+from adv_jax.attacks.gradient import PGD
+from adv_jax.certify import DenseChain
+from adv_jax.models.layers import ACTIVATIONS
+
+N_IN = 64  # an 8x8 image
+
+
+def chain_of(activation: str, seed: int = 0, widths=(N_IN, 24, 16, 10)) -> DenseChain:
+    rng = np.random.default_rng(seed)
+    weights = tuple(jnp.asarray(rng.normal(size=(o, i)) * 2.0 / np.sqrt(i), jnp.float32)
+                    for i, o in zip(widths[:-1], widths[1:]))
+    biases = tuple(jnp.asarray(rng.normal(size=o) * 0.1, jnp.float32) for o in widths[1:])
+    return DenseChain(weights, biases, (activation,) * (len(widths) - 2) + ("identity",))
+
+
+def forward(chain: DenseChain, x):
+    """Pre-activations of every layer and the logits, for points x (S, n)."""
+    pre, h = [], x
+    for w, b, act in zip(chain.weights, chain.biases, chain.activations):
+        z = h @ w.T + b
+        pre.append(z)
+        h = ACTIVATIONS[act](z)
+    return pre, h
+
+
+def ball_samples(x, eps, norm, count, seed=1):
+    rng = np.random.default_rng(seed)
+    if norm == "linf":  # many corners: where the extremes of a near-linear map lie
+        delta = eps * rng.choice([-1.0, 1.0], size=(count, x.size)) * rng.uniform(0.5, 1, size=(count, 1))
+    else:
+        delta = rng.normal(size=(count, x.size))
+        delta *= eps * rng.uniform(0.5, 1, size=(count, 1)) ** (1 / x.size) / np.linalg.norm(delta, axis=1, keepdims=True)
+    return np.clip(x + delta, 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_each_relaxation_holds_its_activation_between_its_lines(activation):
+    rng = np.random.default_rng(2)
+    lo = jnp.asarray(rng.uniform(-6, 4, 300), jnp.float32)
+    hi = lo + jnp.asarray(rng.uniform(0, 6, 300), jnp.float32)
+    a_lo, c_lo, a_up, c_up = crown.relaxation(activation, lo, hi)
+    z = lo[None] + (hi - lo)[None] * jnp.linspace(0, 1, 401)[:, None]
+    phi = ACTIVATIONS[activation](z)
+    assert jnp.all(a_lo * z + c_lo <= phi + 1e-5) and jnp.all(phi <= a_up * z + c_up + 1e-5)
+
+
+@pytest.mark.parametrize("activation, norm, eps", [("relu", "linf", 0.02), ("sigmoid", "linf", 0.05),
+                                                   ("tanh", "l2", 0.3), ("relu", "l2", 0.3)])
+def test_bounds_contain_every_sampled_point(activation, norm, eps):
+    chain = chain_of(activation)
+    x = np.random.default_rng(3).uniform(0, 1, N_IN).astype(np.float32)
+    x[:10] = 0.0  # pixels on the box's edge
+    samples = ball_samples(x, eps, norm, 4000)
+    pre, logits = forward(chain, samples)
+    for (lo, hi), z in zip(crown.layer_bounds(chain, jnp.asarray(x), eps, norm), pre):
+        assert jnp.all(z >= lo - 1e-4) and jnp.all(z <= hi + 1e-4)
+    label = int(jnp.argmax(forward(chain, x[None])[1][0]))
+    margins = logits[:, label:label + 1] - logits
+    bound = crown.margin_lower_bounds(chain, jnp.asarray(x), label, eps, norm)
+    others = jnp.arange(10) != label
+    assert jnp.all(margins[:, others] >= bound[None, others] - 1e-4) and bool(jnp.all(jnp.isfinite(bound[others])))
+
+
+@pytest.mark.parametrize("activation, norm", [("relu", "linf"), ("sigmoid", "l2")])
+def test_at_the_certified_radius_no_sample_and_no_pgd_point_changes_the_class(activation, norm):
+    chain = chain_of(activation, seed=4)
+    xs = np.random.default_rng(5).uniform(0, 1, (4, N_IN)).astype(np.float32)
+    labels = jnp.argmax(forward(chain, xs)[1], 1)
+    upper = 0.5 if norm == "linf" else 5.0
+    radii = jax.vmap(lambda x, y: crown.certified_radius(chain, x, y, upper, norm))(jnp.asarray(xs), labels)
+    assert jnp.all(radii > 0) and jnp.all(radii < upper)
+
+    def logits_one(v):
+        return forward(chain, v[None])[1][0]
+
+    for x, y, r in zip(xs, labels, radii):
+        samples = ball_samples(x, float(r), norm, 2000, seed=6)
+        assert not jnp.any(is_adversarial(forward(chain, samples)[1], y, -1))
+        x_adv = PGD(float(r), norm, steps=100, relative_step_size=0.05)(logits_one, jnp.asarray(x), y, jnp.int32(-1),
+                                                                       jax.random.key(0))
+        assert not bool(is_adversarial(logits_one(x_adv), y, -1))
+        # and the bound is not vacuous: four times the radius, PGD or the margin bound gives way
+        assert not bool(jnp.all(crown.margin_lower_bounds(chain, jnp.asarray(x), y, 4 * r, norm) > 0))
