@@ -171,6 +171,9 @@ class LipschitzConfig:
 
     images: int = 1000  # test images whose local Jacobian norm is measured (0 = skip)
     power_iters: int = 50
+    # Gradient ascent on the Jacobian's norm over the box from the first lipschitz.ASCENT_STARTS of
+    # those images, this many steps (0 = skip): a sharper lower bound than the single pass
+    ascent_steps: int = 1000
     # Certified upper bounds (adv_jax/lipschitz.py METHODS): product, eclipse_fast, lipsdp.
     # lipsdp needs the `lipschitz` extra (cvxpy, SCS) and is skipped, with the reason logged and
     # stored, above lipsdp_max_size (LMI dimension: reduced input + hidden units).
@@ -480,7 +483,7 @@ RESULT_NEUTRAL = ("data.source", "data.mnist_dir", "data.mnist_url", "data.downl
 # Keys the schema gained after runs were recorded with it. At their default they are left out of
 # the result config, so an older run (read back with the default filled in) keeps its checksum
 # and is still recognized when resumed; set to anything else, they count.
-LATER_KEYS = ("lipschitz.local_examples", "model.arch", "model.stages", "model.blocks", "model.width",
+LATER_KEYS = ("lipschitz.local_examples", "lipschitz.ascent_steps", "model.arch", "model.stages", "model.blocks", "model.width",
               "model.patch", "model.heads", "model.mlp_width", "model.token_mlp_width", "model._target_",
               "model.kwargs", "model.params_file", "experiment.benchmark", "train.adversarial.pgd_epsilon",
               "train.adversarial.pgd_steps")

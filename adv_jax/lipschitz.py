@@ -328,6 +328,10 @@ def _flat_layers(layers):
 
 # ----------------------------------------------------------------------------- lower bounds
 
+ASCENT_STARTS = 32  # test images the Jacobian ascent starts from
+ASCENT_STEP = 0.3  # L2 length of the first ascent step (pixels in [0, 1]), decayed linearly to 0
+ASCENT_POWER_ITERS = 5  # power steps per ascent step (warm-started from the last)
+
 def jacobian_norm(logits_fn_single: Callable[[Array], Array], x: Array, key: Array,
                   iters: int = 50) -> Array:
     """Largest singular value of d logits / d x at one image x (28, 28, 1), logits (K,). Scalar.
@@ -346,6 +350,42 @@ def max_jacobian_norm(logits_fn_single: Callable[[Array], Array], xs: Array, key
     keys = jax.random.split(key, xs.shape[0])
     per_image = jax.vmap(lambda x, k: jacobian_norm(logits_fn_single, x, k, iters))
     return jnp.max(jax.jit(per_image)(xs, keys))
+
+
+def _unit(v: Array) -> Array:
+    v = v / jnp.maximum(jnp.max(jnp.abs(v)), jnp.finfo(v.dtype).tiny)
+    return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
+
+
+def jacobian_ascent(logits_fn_single: Callable[[Array], Array], starts: Array, key: Array, steps: int,
+                    step_size: float = ASCENT_STEP, power_iters: int = ASCENT_POWER_ITERS, box: bool = True) -> Array:
+    """The largest ||J(x) v|| found by gradient ascent over x from each start (B, 28, 28, 1): each
+    step refines v, the top right singular vector of the Jacobian J(x) (warm-started power steps),
+    then moves x along the normalized gradient of ||J(x) v||^2, a step of L2 length `step_size`
+    decayed linearly to 0 (box: clipped to [0, 1]; else anywhere). ||J(x) v|| for a unit v never exceeds ||J(x)||, so every
+    value found is a lower bound on the Lipschitz constant (over the box, or everywhere). Scalar."""
+    def stretch(x, v):
+        return jnp.sum(jax.jvp(logits_fn_single, (x,), (v,))[1] ** 2)
+
+    def refine(x, v):
+        _, jvp = jax.linearize(logits_fn_single, x)
+        vjp = jax.linear_transpose(jvp, x)
+        return jax.lax.fori_loop(0, power_iters, lambda _, v: _unit(vjp(jvp(v))[0]), v)
+
+    def one(x, key):
+        def step(i, carry):
+            x, v, best = carry
+            v = refine(x, v)
+            best = jnp.maximum(best, jnp.sqrt(stretch(x, v)))
+            grad = jax.grad(stretch)(x, v)
+            x = x + step_size * (1.0 - i / steps) * _unit(grad)  # decayed to 0: settle on a peak
+            return (jnp.clip(x, 0.0, 1.0) if box else x), v, best
+
+        v0 = _unit(jax.random.normal(key, x.shape, x.dtype))
+        x, v, best = jax.lax.fori_loop(0, steps, step, (x, v0, jnp.zeros((), x.dtype)))
+        return jnp.maximum(best, jnp.sqrt(stretch(x, refine(x, v))))
+
+    return jnp.max(jax.jit(jax.vmap(one))(starts, jax.random.split(key, len(starts))))
 
 
 def pair_ratio_bound(logits_fn_batch: Callable[[Array], Array], x: Array, x_adv: Array) -> Array:
@@ -453,15 +493,20 @@ def bracket_summary(model, params, attacked: dict[str, np.ndarray], certified: f
 
 # ----------------------------------------------------------------------------- one network
 
-def _measured_lower_bounds(model, params, test_x, pairs, key, images: int,
-                           power_iters: int) -> tuple[dict[str, float], dict[str, float]]:
-    """({name: lower bound}, {name: seconds}) for "jacobian" and "pair_ratio" (see `measure`)."""
+def _measured_lower_bounds(model, params, test_x, pairs, key, images: int, power_iters: int,
+                           ascent_steps: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+    """({name: lower bound}, {name: seconds}) for "jacobian", "jacobian_ascent" and "pair_ratio"
+    (see `measure`)."""
     apply = lambda x: model.apply(params, x)  # noqa: E731
     values, seconds = {}, {}
     if images and test_x is not None:
         single = lambda x: apply(x[None])[0]  # noqa: E731
         values["jacobian"], seconds["jacobian"] = _timed(lambda: float(max_jacobian_norm(
             single, jnp.asarray(test_x[:images]), key, power_iters)))
+        if ascent_steps:
+            starts = jnp.asarray(test_x[:min(images, ASCENT_STARTS)])
+            values["jacobian_ascent"], seconds["jacobian_ascent"] = _timed(lambda: float(jacobian_ascent(
+                single, starts, jax.random.fold_in(key, 1), ascent_steps)))
     if pairs is not None:
         x, x_adv = (np.asarray(a) for a in pairs)
         moved = np.any(x_adv != x, axis=tuple(range(1, x.ndim)))  # (P,); P = 0 when no success
@@ -472,14 +517,15 @@ def _measured_lower_bounds(model, params, test_x, pairs, key, images: int,
 
 
 def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | None, *, key: Array,
-            images: int, power_iters: int, methods: Sequence[str] = DEFAULT_METHODS,
+            images: int, power_iters: int, ascent_steps: int = 0, methods: Sequence[str] = DEFAULT_METHODS,
             lipsdp_max_size: int = lipsdp.DEFAULT_MAX_SIZE, lipsdp_solver: str = "SCS",
             attacked: dict[str, np.ndarray] | None = None, local: bool = True,
             local_examples: int | None = None, progress: bool = False) -> LipschitzResult:
     """Upper and lower Lipschitz bounds of one trained network: what lipschitz.json holds.
 
     test_x (N, 28, 28, 1): the Jacobian bound is the max over its first `images` (none if 0 or
-    test_x is None), `power_iters` iterations each, from `key`. pairs (x, x_adv), each (P, ...):
+    test_x is None), `power_iters` iterations each, from `key`; with `ascent_steps`, the
+    Jacobian ascent (`jacobian_ascent`) from the first ASCENT_STARTS of them. pairs (x, x_adv), each (P, ...):
     adversarial pairs for the pair-ratio bound; pairs with x_adv == x carry no slope and are
     dropped, and with none left there is no pair bound. methods: certified upper bounds to
     compute (`certified_bounds`). attacked (x, x_adv, y, target, success arrays): the attack's
@@ -496,7 +542,8 @@ def measure(model, params, test_x: Array | None, pairs: tuple[Array, Array] | No
     product_seconds = time.perf_counter() - start
     say = log.info if progress else log.debug  # a line per stage: none is silent for long
     say("Lipschitz: product of the layers' bounds %.4g, %.1f s", product, product_seconds)
-    lower, lower_seconds = _measured_lower_bounds(model, params, test_x, pairs, key, images, power_iters)
+    lower, lower_seconds = _measured_lower_bounds(model, params, test_x, pairs, key, images, power_iters,
+                                                  ascent_steps)
     say("Lipschitz: lower bounds %s", "  ".join(f"{m}={v:.4g} ({lower_seconds[m]:.1f} s)"
                                                 for m, v in lower.items()) or "none")
     found = certified_bounds(model, params, methods, lipsdp_max_size=lipsdp_max_size,

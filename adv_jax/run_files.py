@@ -42,7 +42,7 @@ class LipschitzResult:
     layers: the per-layer table rows ({"index", "layer", "shape", "bound", ...}); upper_bound:
     their product; bounds {method: certified bound} with `certified` the smallest (from
     `certified_method`), seconds {stage: s}, skipped {method: why}; lower_bounds {"jacobian",
-    "pair_ratio": measured slope}; bracket: the certified distortion bracket's means (or None).
+    "jacobian_ascent", "pair_ratio": measured slope}; bracket: the certified distortion bracket's means (or None).
     """
 
     layers: list[dict[str, Any]]
@@ -69,6 +69,8 @@ class LipschitzResult:
         out.update({f"lipschitz/bound/{m}": v for m, v in self.bounds.items()})
         if self.certified is not None:
             out["lipschitz/certified"] = self.certified
+        if self.lower_bounds:  # the true constant lies between the two: how wide the bracket is
+            out["lipschitz/bracket_ratio"] = (self.certified or self.upper_bound) / max(self.lower_bounds.values())
         bracket = {k: v for k, v in (self.bracket or {}).items() if k != "seconds"}
         out.update({f"certified/{k}": v for k, v in bracket.items() if v is not None})
         return out

@@ -104,7 +104,8 @@ def test_measure_gives_the_bounds_a_run_logged(tiny_sweep):
     measured = lipschitz.measure(run.model, run.params, test.x, (adv["x"][ok], adv["x_adv"][ok]),
                                  key=jax.random.fold_in(jax.random.key(run.config.seed), 2),
                                  images=run.config.lipschitz.images,
-                                 power_iters=run.config.lipschitz.power_iters, attacked=adv).to_json()
+                                 power_iters=run.config.lipschitz.power_iters,
+                                 ascent_steps=run.config.lipschitz.ascent_steps, attacked=adv).to_json()
     stored = json.loads((run_dir / "lipschitz.json").read_text())
     assert measured.keys() == stored.keys()
     for key, value in stored.items():

@@ -94,7 +94,8 @@ def lipschitz_run(cfg, model: Model, params: Params, test, adv, run_dir: Path,
     pairs = None if adv is None else (adv.x[adv.success], adv.x_adv[adv.success])
     lip = cfg.lipschitz
     measured = lipschitz.measure(model, params, test.x, pairs, key=jax.random.fold_in(jax.random.key(cfg.seed), 2),
-                                 images=lip.images, power_iters=lip.power_iters, methods=list(lip.methods),
+                                 images=lip.images, power_iters=lip.power_iters, ascent_steps=lip.ascent_steps,
+                                 methods=list(lip.methods),
                                  lipsdp_max_size=lip.lipsdp_max_size, lipsdp_solver=lip.lipsdp_solver,
                                  attacked=None if adv is None else adv._asdict(), local=lip.local,
                                  local_examples=lip.local_examples, progress=True)

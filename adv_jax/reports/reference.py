@@ -157,6 +157,10 @@ METRICS = {
     "lipschitz/layer<i>": "layer i's bound",
     "lipschitz/jacobian_lower_bound": ("largest local Jacobian norm over `lipschitz.images` test images "
                                        "(a lower bound)"),
+    "lipschitz/jacobian_ascent_lower_bound": ("largest Jacobian norm found by gradient ascent over the box from "
+                                              "the first 32 of those images, `lipschitz.ascent_steps` steps (a lower bound)"),
+    "lipschitz/bracket_ratio": ("the smallest certified upper bound (else the product) over the largest lower "
+                                "bound: how far apart the two sides that hold the true constant are"),
     "lipschitz/pair_ratio_lower_bound": ("largest |f(x')-f(x)|/|x'-x| over the run's adversarial pairs "
                                          "(a lower bound)"),
     "lipschitz/bound/<method>": ("the certified upper bound of each of `lipschitz.methods` that ran "
