@@ -15,6 +15,7 @@ import adv_jax
 from adv_jax import adversarial_training, validate
 from adv_jax.config import as_config, compose
 from adv_jax.jobs import check, job_name
+from adv_jax.jobs import transfer_benchmark
 from adv_jax.jobs.transfer_benchmark import is_robust, recompute_cells, scenario
 from adv_jax.models import build_model
 
@@ -103,6 +104,14 @@ def test_the_benchmark_at_a_debug_size(tiny_overrides, tmp_path, monkeypatch):
     adv_jax.run(cfg, tmp_path / "run")
     again = json.loads((tmp_path / "run" / "benchmark.json").read_text())
     assert all(t["run"] is None for t in again["timing"]) and rates(again["cells"]) == rates(cells)
+    # conf/attack/pgd.yaml edited since: PGD's family runs again, the others are read back.
+    (tmp_path / "run" / "metrics.json").unlink()
+    edited = transfer_benchmark.attack_params
+    monkeypatch.setattr(transfer_benchmark, "attack_params", lambda spec, name, *rest: {
+        **edited(spec, name, *rest), **({"random_start": False} if name == "pgd" else {})})
+    adv_jax.run(cfg, tmp_path / "run")
+    redone = json.loads((tmp_path / "run" / "benchmark.json").read_text())
+    assert {t["family"] for t in redone["timing"] if t["run"] is not None} == {"baselines"}
     assert metrics["benchmark/fixed/pgd/linf/0.1/white-box"] >= 0
 
 

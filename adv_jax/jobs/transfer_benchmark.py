@@ -17,8 +17,9 @@ Two tables (a cell's `table`):
                   attack -> why it does not apply); cells, one per table, surrogate, attack, norm,
                   budget and victim, each naming the adversarials (`file`, `row`) it came from
   adversarial_sets/<surrogate>/<table>_<family>.npz   x, y, target (N, ...), x_adv (R, E, N, 28, 28, 1)
-                  rounded to 8 bits, rows (R,) "<attack>/<norm>", budgets (R, E), config_sha256 (the
-                  run's result config: a redo of an interrupted run reads a family back only under it)
+                  rounded to 8 bits, rows (R,) "<attack>/<norm>", budgets (R, E), stamp (the run's
+                  result config and the family's attacks with their hyperparameters: a redo of an
+                  interrupted run reads a family back only under the same)
   models/<key>/   the models' run directories (adv_jax.load_run reads them)
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
 import re
@@ -276,13 +278,20 @@ def set_path(where: dict) -> Path:
     return Path(BENCHMARK_SETS_DIR) / where["surrogate"] / f"{where['table']}_{family}.npz"
 
 
+def family_stamp(config_stamp: str, rows: list[Row]) -> str:
+    """The run's result-config digest joined with the family's attacks (every hyperparameter) and
+    budgets: a conf/attack file edited since makes a set another family's."""
+    made_by = "".join(f"{r.name}/{r.norm}/{r.budgets}/{r.attack!r};" for r in rows)
+    return hashlib.sha256((config_stamp + made_by).encode()).hexdigest()
+
+
 def finished_set(path: Path, rows: list[Row], stamp: str) -> np.ndarray | None:
-    """x_adv of a family an interrupted attempt finished under the same config (its stamp) and
-    rows, else None."""
+    """x_adv of a family an interrupted attempt finished with the same config and attacks (its
+    `family_stamp`), else None."""
     if not path.exists():
         return None
     with np.load(path) as f:
-        if "config_sha256" not in f.files or str(f["config_sha256"]) != stamp:
+        if "stamp" not in f.files or str(f["stamp"]) != stamp:
             return None
         return f["x_adv"] if [str(r) for r in f["rows"]] == [f"{r.name}/{r.norm}" for r in rows] else None
 
@@ -290,9 +299,9 @@ def finished_set(path: Path, rows: list[Row], stamp: str) -> np.ndarray | None:
 def run_family(run_dir: Path, where: dict, rows: list[Row], source: Source, data: dict,
                key: jax.Array, spec: DictConfig, stamp: str) -> tuple[np.ndarray, str, dict]:
     """The family's battery on the source, one compiled program: x_adv (R, E, N, ...) (8-bit
-    rounded if asked), saved with the config's stamp to `set_path` (returned), and the seconds it
+    rounded if asked), saved with its `family_stamp` to `set_path` (returned), and the seconds it
     took to compile and to run; a set an interrupted attempt finished is read back instead."""
-    rel = set_path(where)
+    rel, stamp = set_path(where), family_stamp(stamp, rows)
     if (done := finished_set(run_dir / rel, rows, stamp)) is not None:
         log.info("benchmark %s: %s on %s read back from %s", where["table"], where["family"], where["surrogate"], rel)
         return done, str(rel), {"compile": None, "run": None}
@@ -311,7 +320,7 @@ def run_family(run_dir: Path, where: dict, rows: list[Row], source: Source, data
     (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run_dir / rel, x=data["x"], y=data["y"], target=data["target"], x_adv=x_adv,
                         rows=np.array([f"{r.name}/{r.norm}" for r in rows]),
-                        budgets=np.array([r.budgets for r in rows]), config_sha256=stamp)
+                        budgets=np.array([r.budgets for r in rows]), stamp=stamp)
     jax.clear_caches()  # each family's program is used once: holding them all exhausts XLA's code maps
     return x_adv, str(rel), seconds
 
