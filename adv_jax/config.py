@@ -172,7 +172,9 @@ class LipschitzConfig:
     images: int = 1000  # test images whose local Jacobian norm is measured (0 = skip)
     power_iters: int = 50
     # Gradient ascent on the Jacobian's norm over the box from the first lipschitz.ASCENT_STARTS of
-    # those images, this many steps (0 = skip): a sharper lower bound than the single pass
+    # those images, this many steps (0 = skip): a sharper lower bound than the single pass on
+    # smooth networks (sigmoid, tanh); a ReLU network's Jacobian is piecewise constant, so there
+    # it stays where it starts
     ascent_steps: int = 1000
     # Certified upper bounds (adv_jax/lipschitz.py METHODS): product, eclipse_fast, lipsdp.
     # lipsdp needs the `lipschitz` extra (cvxpy, SCS) and is skipped, with the reason logged and

@@ -27,6 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from adv_jax.attacks.gradient import check_norm
 from adv_jax.certify import DenseChain
 from adv_jax.models.layers import ACTIVATIONS
 
@@ -94,10 +95,12 @@ def relaxation(activation: str, lo: Array, hi: Array) -> tuple[Array, Array, Arr
         return one, zero, one, zero
     if activation == "relu":
         crossing = (lo < 0) & (hi > 0)
-        up = jnp.where(crossing, hi / jnp.maximum(hi - lo, _TINY), (lo >= 0).astype(lo.dtype))
+        up = jnp.where(crossing, hi / jnp.where(crossing, hi - lo, 1.0), (lo >= 0).astype(lo.dtype))
         c_up = jnp.where(crossing, -lo * up, 0.0)
         a_lo = jnp.where(crossing, (hi >= -lo).astype(lo.dtype), (lo >= 0).astype(lo.dtype))
         return a_lo, jnp.zeros_like(lo), up, c_up
+    if activation not in ("sigmoid", "tanh"):
+        raise ValueError(f"CROWN has lines for relu, sigmoid, tanh and identity, not {activation!r}")
     return _s_shaped(activation, lo, hi)
 
 
@@ -138,6 +141,7 @@ def layer_bounds(chain: DenseChain, x: Array, eps: Array, norm: str = "linf") ->
 def margin_lower_bounds(chain: DenseChain, x: Array, label: Array, eps: Array, norm: str = "linf") -> Array:
     """Certified lower bounds (K,) of z_label - z_j over ball(x, eps) cut by the box (+inf at
     j = label); all > 0: no point of the set is misclassified. x (n,) flattened, pixels in [0, 1]."""
+    check_norm(norm)
     lines = [relaxation(a, lo, hi) for a, (lo, hi) in zip(chain.activations, layer_bounds(chain, x, eps, norm))]
     k = chain.weights[-1].shape[0]
     spec = jax.nn.one_hot(label, k, dtype=x.dtype)[None, :] - jnp.eye(k, dtype=x.dtype)
@@ -149,7 +153,9 @@ def certified_radius(chain: DenseChain, x: Array, label: Array, upper: Array, no
                      steps: int = RADIUS_STEPS) -> Array:
     """The largest radius found (by bisection on [0, upper]) at which CROWN certifies every point
     of ball(x, r) cut by the box as class `label`: a lower bound on x's minimum distortion in
-    `norm`. 0 when x itself is misclassified. x (n,) flattened."""
+    `norm`, at most `upper` (pass the attack's distortion: the true minimum lies below it). 0 when x
+    itself is misclassified. x (n,) flattened. Compute in float64 (a float64 chain under
+    jax.enable_x64) where the margins are small: the backward pass adds no rounding margin."""
     def certified(r):
         return jnp.all(margin_lower_bounds(chain, x, label, r, norm) > 0)
 

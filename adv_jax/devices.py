@@ -103,7 +103,7 @@ HELD_CHUNK = 1024  # rows per call of a held program
 
 
 def held_program(fn: Callable, consts: Any, row_shapes: list[tuple], chunk: int = HELD_CHUNK) -> Callable:
-    """fn(consts, *rows) on float32 row batches (N, *row_shape) of any N: compiled once, ahead of
+    """fn(consts, *rows) -> one array (N, ...), on float32 row batches (N, *row_shape) of one N: compiled once, ahead of
     time, for `chunk` rows and held by the returned function, so that jax.clear_caches() (a job
     freeing its one-off programs) never makes it compile again; the last chunk is padded. Returns
     numpy arrays."""

@@ -1,5 +1,5 @@
-"""Exact minimum adversarial distortions of linear classifiers (FC10: logits z = W x + b), the truth
-that attacks and certified bounds are measured against.
+"""Exact minimum adversarial distortions of linear classifiers (FC10: logits z = x w + b, w (n, K)
+as adv_jax stores a dense layer), the truth that attacks and certified bounds are measured against.
 
 Reaching class t from x (n,) takes a perturbation d with x + d in the box [0, 1]^n and
 (w_t - w_j) . (x + d) + (b_t - b_j) >= 0 for every j != t. The smallest such d is
@@ -13,7 +13,7 @@ misclassified), inf where the box makes a class unreachable. Each (norm, K, n) p
 built once with cvxpy parameters for x and the target's constraint rows, then re-solved per
 example and target. cvxpy and a solver come with the `lipschitz` extra (pip install -e
 '.[lipschitz]'). Distances: L2 of the whole perturbation, L-inf per pixel, L1 summed; pixels in
-[0, 1].
+[0, 1] (per-pixel RMS = L2 / sqrt(n)).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
+from adv_jax import extras
 
 __all__ = ["NORMS", "linear_minimum", "minimum_distortions"]
 
@@ -31,6 +33,7 @@ SOLVERS = {"l2": "CLARABEL", "linf": "HIGHS", "l1": "HIGHS"}
 @functools.lru_cache(maxsize=16)
 def _problem(norm: str, classes: int, n: int):
     """(problem, parameters x (n,), rows (K-1, n), offsets (K-1,), perturbation variable)."""
+    extras.require("lipsdp")  # cvxpy
     import cvxpy as cp
 
     x, rows, offsets = cp.Parameter(n), cp.Parameter((classes - 1, n)), cp.Parameter(classes - 1)
@@ -58,8 +61,10 @@ def linear_minimum(w: np.ndarray, b: np.ndarray, x: np.ndarray, target: int, nor
     rows.value = diff
     offsets.value = diff @ x.astype(np.float64) + (b[target] - b[others]).astype(np.float64)
     problem.solve(solver=SOLVERS[norm])
-    if problem.status not in ("optimal", "optimal_inaccurate") or d.value is None:
+    if problem.status == "infeasible":  # the box keeps the target from winning
         return float("inf"), None
+    if problem.status != "optimal" or d.value is None:
+        raise RuntimeError(f"{SOLVERS[norm]} ended with status {problem.status!r} toward class {target}")
     ord_ = {"l2": 2, "linf": np.inf, "l1": 1}[norm]
     return float(np.linalg.norm(d.value, ord_)), d.value
 

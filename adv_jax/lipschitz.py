@@ -60,15 +60,16 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 # ----------------------------------------------------------------------------- linear algebra
 
+def _unit(v: Array) -> Array:
+    """v / |v|_2. Rescaled by the largest entry first: squaring entries near 1e-20 underflows
+    float32 and would divide by `tiny` instead of the true norm; max(., tiny) keeps 0 at 0, not NaN."""
+    v = v / jnp.maximum(jnp.max(jnp.abs(v)), jnp.finfo(v.dtype).tiny)
+    return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
+
+
 def _power_norm(forward: Callable, backward: Callable, v0: Array, iters: int) -> Array:
     """||A v|| after `iters` steps of power iteration on A^T A from v0: a LOWER bound on ||A||."""
-    def unit(v):
-        # Rescale by the largest entry first: squaring entries near 1e-20 underflows float32 and
-        # would divide by `tiny` instead of the true norm. max(., tiny) keeps A = 0 at 0, not NaN.
-        v = v / jnp.maximum(jnp.max(jnp.abs(v)), jnp.finfo(v.dtype).tiny)
-        return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
-
-    v = jax.lax.fori_loop(0, iters, lambda _, v: unit(backward(forward(v))), unit(v0))
+    v = jax.lax.fori_loop(0, iters, lambda _, v: _unit(backward(forward(v))), _unit(v0))
     return jnp.linalg.norm(forward(v))
 
 
@@ -350,11 +351,6 @@ def max_jacobian_norm(logits_fn_single: Callable[[Array], Array], xs: Array, key
     keys = jax.random.split(key, xs.shape[0])
     per_image = jax.vmap(lambda x, k: jacobian_norm(logits_fn_single, x, k, iters))
     return jnp.max(jax.jit(per_image)(xs, keys))
-
-
-def _unit(v: Array) -> Array:
-    v = v / jnp.maximum(jnp.max(jnp.abs(v)), jnp.finfo(v.dtype).tiny)
-    return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
 
 
 def jacobian_ascent(logits_fn_single: Callable[[Array], Array], starts: Array, key: Array, steps: int,

@@ -69,8 +69,10 @@ class LipschitzResult:
         out.update({f"lipschitz/bound/{m}": v for m, v in self.bounds.items()})
         if self.certified is not None:
             out["lipschitz/certified"] = self.certified
-        if self.lower_bounds:  # the true constant lies between the two: how wide the bracket is
-            out["lipschitz/bracket_ratio"] = (self.certified or self.upper_bound) / max(self.lower_bounds.values())
+        lower = max(self.lower_bounds.values(), default=0.0)
+        if lower > 0:  # the true constant lies between the two: how wide the bracket is
+            upper = self.certified if self.certified is not None else self.upper_bound
+            out["lipschitz/bracket_ratio"] = upper / lower
         bracket = {k: v for k, v in (self.bracket or {}).items() if k != "seconds"}
         out.update({f"certified/{k}": v for k, v in bracket.items() if v is not None})
         return out

@@ -13,7 +13,8 @@ hyperparameters and whose `__call__` is the function above, so it is hashable an
 argument of `jax.jit`. An attack with something to report per example (evaluations used, the
 penalty or epsilon reached) also has `with_diagnostics(logits_fn, x, label, target, key) ->
 (x_adv, {name: scalar})`, and its `__call__` is that method's x_adv; `run_attack` calls either
-kind. `attack_batch` vmaps it over examples against a BATCHED logits_fn, (B, *shape) -> (B, K).
+kind. `attack_batch` vmaps it over examples against a BATCHED logits_fn, (B, *shape) -> (B, K);
+an attack with its own `attack_batch` method (AutoAttack, run stage by stage) is handed the batch.
 Distortion is the per-pixel RMS, sqrt(sum_i (x'_i - x_i)^2 / n).
 """
 
@@ -229,6 +230,6 @@ def compile_attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: j
     """Compiles what `attack_batch` with the same arguments runs, without running it (every chunk
     has the first one's shape): a benchmark's warm-up that costs the compilation alone, where a
     warm-up call would cost a slow attack's whole run again."""
-    if len(x):
+    if len(x) and not hasattr(attack, "attack_batch"):  # a staged attack compiles stage by stage as it runs
         chunk_size, static, arrays, rows = _batch_inputs(logits_fn, x, y, target, key, chunk_size)
         _attack_chunk.lower(attack, static, arrays, *_chunk(rows, 0, chunk_size)).compile()

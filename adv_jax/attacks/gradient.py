@@ -116,6 +116,8 @@ class PGD(FixedBudget):
 
     def __post_init__(self):
         check_norm(self.norm)
+        if self.restarts < 1 or (self.restarts > 1 and not self.random_start):
+            raise ValueError(f"restarts={self.restarts} needs restarts >= 1, and random_start for more than one")
 
     @property
     def gradient_evals(self) -> int:
