@@ -151,3 +151,14 @@ def test_autoattacks_square_halves_its_windows_at_the_reference_iterations():
     assert square.rescale_schedule is False
     sides = [int(window_side(jnp.int32(i), 0.8, 5000, 28, 28, "linf", rescale=False)) for i in (10, 11, 50, 51)]
     assert sides == [25, 18, 18, 13]
+
+
+def test_minimum_norm_fab_keeps_the_closest_over_every_class_and_a_budget_stops_at_the_first():
+    model, params, w, b, x, label = affine_model(10, seed=8)
+    target = np.full(N, -1, np.int32)
+    _, one = run_batch(FAB(np.inf, steps=20, target_classes=1), model, params, x, label, target)
+    _, three = run_batch(FAB(np.inf, steps=20, target_classes=3), model, params, x, label, target)
+    assert np.all(three["distance"] <= one["distance"] * (1 + 1e-6))
+    _, budget = run_batch(FAB(float(np.max(one["distance"])) * 1.01, steps=20, target_classes=3), model, params, x,
+                          label, target)
+    np.testing.assert_allclose(budget["distance"], one["distance"], rtol=1e-6)  # found on the first class

@@ -127,7 +127,7 @@ class FAB:
             tried = carry
             for r in range(self.restarts):
                 tried = self._run(logits_fn, x, label, target, aim, jax.random.fold_in(key, r), r > 0, epsilon, tried)
-            done = jnp.isfinite(carry[1]) & (carry[1] <= epsilon)
+            done = jnp.isfinite(epsilon) & (carry[1] <= epsilon)  # epsilon = inf: try every class
             return (jnp.where(done, carry[0], tried[0]), jnp.where(done, carry[1], tried[1])), None
 
         (best, closest), _ = jax.lax.scan(toward, (x, jnp.float32(jnp.inf)), (aims, jax.random.split(key, count)))
