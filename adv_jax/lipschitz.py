@@ -340,9 +340,15 @@ def jacobian_norm(logits_fn_single: Callable[[Array], Array], x: Array, key: Arr
     Power iteration on J^T J with a jvp (J v) and its transpose (J^T u); ||J v|| for a unit v never
     exceeds ||J||, so this is a lower bound on the network's Lipschitz constant.
     """
-    _, jvp = jax.linearize(logits_fn_single, x)
-    vjp = jax.linear_transpose(jvp, x)
-    return _power_norm(jvp, lambda u: vjp(u)[0], jax.random.normal(key, x.shape, x.dtype), iters)
+    jvp, vjp = _jacobian_maps(logits_fn_single, x)
+    return _power_norm(jvp, vjp, jax.random.normal(key, x.shape, x.dtype), iters)
+
+
+def _jacobian_maps(fn: Callable[[Array], Array], x: Array) -> tuple[Callable, Callable]:
+    """(v -> J v, u -> J^T u) of fn's Jacobian J at x."""
+    _, jvp = jax.linearize(fn, x)
+    transposed = jax.linear_transpose(jvp, x)
+    return jvp, lambda u: transposed(u)[0]
 
 
 def max_jacobian_norm(logits_fn_single: Callable[[Array], Array], xs: Array, key: Array,
@@ -364,9 +370,8 @@ def jacobian_ascent(logits_fn_single: Callable[[Array], Array], starts: Array, k
         return jnp.sum(jax.jvp(logits_fn_single, (x,), (v,))[1] ** 2)
 
     def refine(x, v):
-        _, jvp = jax.linearize(logits_fn_single, x)
-        vjp = jax.linear_transpose(jvp, x)
-        return jax.lax.fori_loop(0, power_iters, lambda _, v: _unit(vjp(jvp(v))[0]), v)
+        jvp, vjp = _jacobian_maps(logits_fn_single, x)
+        return jax.lax.fori_loop(0, power_iters, lambda _, v: _unit(vjp(jvp(v))), v)
 
     def one(x, key):
         def step(i, carry):

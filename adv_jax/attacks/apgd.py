@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from adv_jax.attacks.common import LogitsFn, is_adversarial
-from adv_jax.attacks.gradient import attack_objective, check_norm, project
+from adv_jax.attacks.ensemble_source import member_averaged
+from adv_jax.attacks.gradient import check_norm, cross_entropy, project
 
 __all__ = ["APGD", "checkpoint_windows", "dlr_loss", "targeted_dlr_loss"]
 
@@ -137,20 +138,24 @@ class APGD:
         (x_adv, found), _ = jax.lax.scan(restart, (x, jnp.bool_(False)), jax.random.split(key, self.restarts))
         return x_adv, found
 
-    def _objective(self, logits_fn, x, label, target, aim) -> jax.Array:
-        """The loss to maximize; `aim` the class a targeted loss pushes toward (target_classes)."""
-        if self.loss == "ce":
-            return attack_objective(logits_fn, x, label, aim)
-        logits = logits_fn(x)
-        return jnp.where(aim >= 0, targeted_dlr_loss(logits, label, jnp.maximum(aim, 0)), dlr_loss(logits, label))
+    def _objective(self, logits_fn, x, label, aim) -> tuple[jax.Array, jax.Array]:
+        """(the loss to maximize, the logits it saw); `aim` the class a targeted loss pushes toward
+        (target_classes), -1 for none. One forward pass (an ensemble's loss averaged over members)."""
+        def loss(logits):
+            toward = jnp.maximum(aim, 0)
+            if self.loss == "ce":
+                return jnp.where(aim >= 0, -cross_entropy(logits, toward), cross_entropy(logits, label))
+            return jnp.where(aim >= 0, targeted_dlr_loss(logits, label, toward), dlr_loss(logits, label))
+
+        return member_averaged(loss, logits_fn, x)
 
     def _run(self, logits_fn, x, label, target, aim, key, epsilon) -> tuple[jax.Array, jax.Array]:
         """One restart: (the last adversarial iterate, else the highest-loss one; success)."""
-        value_and_grad = jax.value_and_grad(self._objective, argnums=1)
+        value_and_grad = jax.value_and_grad(self._objective, argnums=1, has_aux=True)
         windows = jnp.asarray(checkpoint_windows(self.steps))
         start = _sphere_start(key, x, epsilon, self.norm) if self.random_start else x
-        loss, grad = value_and_grad(logits_fn, start, label, target, aim)
-        found = is_adversarial(logits_fn(start), label, target)
+        (loss, logits), grad = value_and_grad(logits_fn, start, label, aim)
+        found = is_adversarial(logits, label, target)
         state = {"x": start, "previous": start, "grad": grad, "loss": loss, "best_x": start, "best_grad": grad,
                  "best_loss": loss, "adv": start, "found": found, "eta": 2.0 * epsilon, "rises": 0,
                  "best_at_check": loss, "halved_at_check": jnp.bool_(True)}
@@ -160,8 +165,8 @@ class APGD:
             z = project(s["x"] + s["eta"] * direction, x, epsilon, self.norm)
             a = jnp.where(i == 0, 1.0, MOMENTUM)
             new = project(s["x"] + a * (z - s["x"]) + (1.0 - a) * (s["x"] - s["previous"]), x, epsilon, self.norm)
-            loss, grad = value_and_grad(logits_fn, new, label, target, aim)
-            fooled = is_adversarial(logits_fn(new), label, target)
+            (loss, logits), grad = value_and_grad(logits_fn, new, label, aim)
+            fooled = is_adversarial(logits, label, target)
             better = loss > s["best_loss"]
             s = {**s, "previous": s["x"], "x": new, "grad": grad, "loss": loss,
                  "rises": s["rises"] + (loss > s["loss"]), "adv": jnp.where(fooled, new, s["adv"]),

@@ -26,6 +26,7 @@ import numpy as np
 
 from adv_jax.attacks.apgd import APGD
 from adv_jax.attacks.common import LogitsFn, attack_batch, batched_logits, is_adversarial, run_attack
+from adv_jax.attacks.common import example_keys as per_example_keys  # the parameter below takes the name
 from adv_jax.attacks.fab import FAB
 from adv_jax.attacks.gradient import check_norm
 from adv_jax.attacks.square import Square
@@ -105,9 +106,7 @@ def staged_batch(attack: AutoAttack, logits_fn: LogitsFn, x, y, target, *, key: 
     depend on the batch's size, as on CPU; on a GPU a point at the boundary can fall either way).
     example_keys (N,): each example's key (default: key folded with its index)."""
     x, y, target = jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(target, jnp.int32)
-    if example_keys is None:
-        example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(x)))
-    keys = jax.vmap(stage_keys)(example_keys)
+    keys = jax.vmap(stage_keys)(per_example_keys(key, len(x)) if example_keys is None else example_keys)
     x_adv = np.array(x)
     robust = ~np.asarray(is_adversarial(batched_logits(logits_fn, x), y, target))
     diagnostics = {"evals": np.zeros(len(x), np.int32), "queries": np.zeros(len(x), np.int32)}

@@ -174,13 +174,18 @@ def _attack_chunk(attack: Attack, static, arrays, x, label, target, keys):
                          out_specs=rows, check_vma=False)(arrays, x, label, target, keys)
 
 
+def example_keys(key: jax.Array, n: int) -> jax.Array:
+    """Example i's key (n,): key folded with i, so results do not depend on chunking."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
 def _batch_inputs(logits_fn: LogitsFn, x, y, target, key: jax.Array, chunk_size: int, keys=None):
     """(chunk size rounded for the devices, logits_fn's static part, its replicated arrays, the
     per-example inputs (x, y, target, keys)) that attack_batch feeds `_attack_chunk`."""
     chunk_size = devices.round_up(min(chunk_size, len(x)))
     arrays, static = split_arrays(logits_fn)
     if keys is None:
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(x)))
+        keys = example_keys(key, len(x))
     rows = (x, jnp.asarray(y, jnp.int32), jnp.asarray(target, jnp.int32), keys)
     return chunk_size, static, devices.replicate(arrays), rows
 
