@@ -67,3 +67,116 @@ def test_no_attack_goes_below_the_exact_minimum():
         fooled = np.argmax(x_adv.reshape(N, -1) @ w + b, 1) != label
         assert np.all(found[fooled] >= truth[fooled] * (1 - 1e-4)), type(attack).__name__
         assert fooled.any()
+
+
+def tiny_relu_chain(seed: int, sizes=(3, 4, 3, 3)):
+    """A random ReLU network 3-4-3-3 as a float64 DenseChain (weights (out, in))."""
+    from adv_jax.certify import DenseChain
+
+    rng = np.random.default_rng(seed)
+    weights = tuple(rng.normal(size=(o, i)) for i, o in zip(sizes[:-1], sizes[1:]))
+    biases = tuple(0.3 * rng.normal(size=o) for o in sizes[1:])
+    return DenseChain(weights, biases, ("relu",) * (len(sizes) - 2) + ("identity",))
+
+
+def pattern_minimum(chain, x, label, norm):
+    """The minimum by brute force: one LP per activation pattern (the network is affine on each
+    pattern's region) and target, the smallest over all of them."""
+    from itertools import product
+    from scipy.optimize import linprog
+
+    n, widths = x.size, [w.shape[0] for w in chain.weights[:-1]]
+    best = np.inf
+    for pattern in product([0, 1], repeat=sum(widths)):
+        masks, start, a, c, rows, rhs = [], 0, np.eye(n), np.zeros(n), [], []
+        for k, width in enumerate(widths):  # z_k = a x' + c, affine on the region
+            mask = np.array(pattern[start:start + width], bool)
+            start += width
+            z_a, z_c = chain.weights[k] @ a, chain.weights[k] @ c + chain.biases[k]
+            sign = np.where(mask, -1.0, 1.0)  # on: z >= 0, off: z <= 0
+            rows.append(sign[:, None] * z_a), rhs.append(-sign * z_c)
+            a, c = z_a * mask[:, None], z_c * mask
+        out_a, out_c = chain.weights[-1] @ a, chain.weights[-1] @ c + chain.biases[-1]
+        for t in range(len(out_c)):
+            if t == label:
+                continue
+            best = min(best, _region_lp(x, rows + [(out_a[label] - out_a[t])[None]],
+                                        rhs + [np.array([out_c[t] - out_c[label]])], norm, linprog))
+    return best
+
+
+def _region_lp(x, rows, rhs, norm, linprog):
+    """min |x' - x|_norm over x' in the box with rows x' <= rhs: variables [x' (n), r (1 or n)]."""
+    n = x.size
+    m = 1 if norm == "linf" else n
+    slack = -np.ones((n, 1)) if norm == "linf" else -np.eye(n)
+    a_ub = np.vstack([np.hstack([np.vstack(rows), np.zeros((sum(len(r) for r in rows), m))]),
+                      np.hstack([np.eye(n), slack]), np.hstack([-np.eye(n), slack])])
+    b_ub = np.concatenate([*rhs, x, -x])
+    result = linprog(np.r_[np.zeros(n), np.ones(m)], A_ub=a_ub, b_ub=b_ub,
+                     bounds=[(0, 1)] * n + [(0, None)] * m, method="highs")
+    return result.fun if result.status == 0 else np.inf
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_relu_program_equals_brute_force_over_activation_patterns(norm):
+    for seed in range(3):
+        chain = tiny_relu_chain(seed)
+        x = np.random.default_rng(10 + seed).uniform(0.2, 0.8, size=(4, 3))
+        logits = np.stack([_forward(chain, xi) for xi in x])
+        y = logits.argmax(1)
+        got, solved = exact.relu_minimum_distortions(chain, x, y, norm=norm)
+        want = [pattern_minimum(chain, xi, yi, norm) for xi, yi in zip(x, y)]
+        assert solved.all()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def _forward(chain, x):
+    h = x
+    for w, b, activation in zip(chain.weights, chain.biases, chain.activations):
+        h = w @ h + b
+        h = np.maximum(h, 0) if activation == "relu" else h
+    return h
+
+
+def test_no_attack_goes_below_the_relu_program():
+    """FAB's L-inf minimum-norm attack on the same network never lands closer than the solver's
+    tolerance."""
+    from adv_jax.attacks.fab import FAB
+    from adv_jax.attacks import attack_batch
+
+    chain = tiny_relu_chain(2, sizes=(6, 8, 8, 4))
+    x = np.random.default_rng(0).uniform(0.3, 0.7, size=(8, 6))
+    y = np.stack([_forward(chain, xi) for xi in x]).argmax(1)
+    truth, solved = exact.relu_minimum_distortions(chain, x, y, norm="linf")
+    assert solved.all() and np.all(np.isfinite(truth))
+
+    def logits_fn(images):
+        return jax.vmap(lambda v: _jax_forward(chain, v))(images)
+
+    x_adv, _ = attack_batch(FAB(norm="linf", epsilon=np.inf), logits_fn, x.astype(np.float32), y,
+                            np.full(len(x), -1), key=jax.random.key(0), chunk_size=len(x), progress=False)
+    x_adv = np.asarray(x_adv, np.float64)
+    fooled = np.stack([_forward(chain, xi) for xi in x_adv]).argmax(1) != y
+    found = np.abs(x_adv - x).max(1)
+    assert fooled.all()
+    assert np.all(found >= truth - 1e-5)
+
+
+def _jax_forward(chain, x):
+    h = x
+    for w, b, activation in zip(chain.weights, chain.biases, chain.activations):
+        h = jax.numpy.asarray(w, np.float32) @ h + jax.numpy.asarray(b, np.float32)
+        h = jax.nn.relu(h) if activation == "relu" else h
+    return h
+
+
+def test_relu_program_refuses_l2_and_sigmoid():
+    chain = tiny_relu_chain(0)
+    x, y = np.full((1, 3), 0.5), np.array([0])
+    with pytest.raises(ValueError, match="mixed-integer QP"):
+        exact.relu_minimum_distortions(chain, x, y, norm="l2")
+    from adv_jax.certify import DenseChain
+    sigmoid = DenseChain(chain.weights, chain.biases, ("sigmoid", "sigmoid", "identity"))
+    with pytest.raises(ValueError, match="ReLU hidden layers"):
+        exact.relu_minimum_distortions(sigmoid, x, y)
