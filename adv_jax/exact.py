@@ -47,6 +47,7 @@ NORMS = ("l2", "linf", "l1")
 SOLVERS = {"l2": "CLARABEL", "linf": "HIGHS", "l1": "HIGHS"}
 MILP_NORMS = ("linf", "l1")
 TIME_LIMIT = 30.0  # seconds per example, over all its targets
+MIP_GAP = 1e-4  # relative: the minimum to 4 digits, the solver stops at that
 
 
 @functools.lru_cache(maxsize=16)
@@ -179,7 +180,7 @@ def relu_minimum(chain: DenseChain, x: np.ndarray, target: int, rivals, radius: 
     cost[offsets[-1]:] = 1.0
     result = scipy.optimize.milp(cost, constraints=rows.constraint(), integrality=integrality,
                                  bounds=scipy.optimize.Bounds(lower, upper),
-                                 options={"time_limit": time_limit, "mip_rel_gap": 1e-6})
+                                 options={"time_limit": time_limit, "mip_rel_gap": MIP_GAP})
     if result.status == 2:
         return float("inf"), "infeasible", None
     if result.status != 0:

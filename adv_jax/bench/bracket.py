@@ -1,0 +1,111 @@
+"""The minimum-distortion bracket per example: certified from below (CROWN, `crown.certified_radius`;
+for L2 also the Lipschitz bracket, `certify.certified_distortion` with global and local pair
+constants), known exactly where it can be (adv_jax/exact.py) and attacked from above, on the same
+images. The attacked and exact sides are read from the minimum-norm benchmark's measurements
+(results/bench_minnorm.json: the best of its attacks per example, its exact column); this module
+adds the certified side on those images (the first N the model classifies correctly, as there).
+
+Distances in the model's unit: per-pixel RMS (L2 / sqrt(784)) or L-inf per pixel, pixels in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import adv_jax
+from adv_jax import certify, crown
+from adv_jax.bench.foolbox_compare import correctly_classified
+from adv_jax.bench.minnorm import model_run
+from adv_jax.lipschitz import pair_lipschitz
+
+CHUNK = 100  # examples per CROWN call (its backward passes hold (width, 784) per example)
+TOLERANCE = 1e-6  # relative: certified above attacked (or exact) by more is a violation
+
+
+def sides(mode: dict) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
+    """(best attacked distance (N,), {attack: (N,)}, exact (N,) or None, solved (N,) or None) from a
+    bench_minnorm mode's measurements; inf where nothing succeeded."""
+    attacks = {name: np.asarray(m["d"], np.float64) for name, m in mode.items() if name != "exact"}
+    best = np.min(np.stack(list(attacks.values())), axis=0)
+    exact = mode.get("exact")
+    if exact is None:
+        return best, attacks, None, None
+    return best, attacks, np.asarray(exact["d"], np.float64), np.asarray(exact["solved"], bool)
+
+
+def _crown_radii(chain, x, y, upper, norm: str) -> np.ndarray:
+    """CROWN's certified radius (N,) per example, raw norm, by chunks of CHUNK."""
+    radius = jax.jit(jax.vmap(lambda xi, yi, ui: crown.certified_radius(chain, xi, yi, ui, norm)))
+    out = []
+    for start in range(0, len(x), CHUNK):
+        part = slice(start, start + CHUNK)
+        out.append(np.asarray(radius(x[part], y[part], upper[part])))
+    return np.concatenate(out)
+
+
+def lipschitz_radii(run, chain, x, y, upper) -> dict[str, np.ndarray]:
+    """{"lipschitz global", "lipschitz local"}: the certified L2 bracket (raw L2) with the global
+    pair constants, and with constants certified on the ball of radius `upper` (capped there)."""
+    logits = certify.chain_logits(chain, x)
+    untargeted = jnp.full(len(y), -1)
+    global_ = certify.certified_distortion(logits, y, untargeted, pair_lipschitz(run.model, run.params))
+    grams, _ = certify.local_output_gram(chain, x, upper)
+    local = jnp.minimum(upper, certify.certified_distortion(logits, y, untargeted, certify.pair_constants(grams)))
+    return {"lipschitz global": np.asarray(global_), "lipschitz local": np.asarray(jnp.maximum(global_, local))}
+
+
+def certified(run, x, y, best: np.ndarray, norm: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """({method: certified lower bound (N,) in the model's unit}, {method: seconds}) on images x
+    (N, ...) with labels y; best (N,): the attacked distance (the search's upper end), same unit."""
+    scale = math.sqrt(math.prod(run.model.input_shape)) if norm == "l2" else 1.0
+    reach = scale if norm == "l2" else 1.0  # the box's farthest point: where no attack succeeded
+    with jax.enable_x64(True):
+        chain = certify.dense_chain(run.model, run.params)
+        flat = jnp.asarray(x, jnp.float64).reshape(len(x), -1)
+        upper = jnp.asarray(np.where(np.isfinite(best), best * scale, reach), jnp.float64)
+        methods, seconds = {}, {}
+        start = time.perf_counter()
+        methods["crown"] = _crown_radii(chain, flat, jnp.asarray(y), upper, norm) / scale
+        seconds["crown"] = time.perf_counter() - start
+        if norm == "l2":
+            start = time.perf_counter()
+            methods.update({k: v / scale for k, v in lipschitz_radii(run, chain, flat, jnp.asarray(y), upper).items()})
+            seconds["lipschitz"] = time.perf_counter() - start
+    return methods, seconds
+
+
+def measure_model(run, entry: dict, measured: dict, mode: str) -> dict:
+    """One model: its bench_minnorm measurements (`measured`, for this model) and its certified
+    side -> {"norm", "images", "attacked" (N,), "attacks" {name: (N,)}, "exact", "solved",
+    "certified" {method: (N,)}, "seconds"}, as lists."""
+    best, attacks, exact, solved = sides(measured["modes"][mode])
+    x, y = correctly_classified(run, measured["images"], measured.get("split", "test"))
+    norm = entry.get("norm", "l2")
+    methods, seconds = certified(run, x, y, best, norm)
+    listed = lambda a: None if a is None else np.asarray(a).tolist()  # noqa: E731
+    return {"norm": norm, "images": len(y), "attacked": best.tolist(),
+            "attacks": {k: v.tolist() for k, v in attacks.items()}, "exact": listed(exact),
+            "solved": listed(solved), "certified": {k: v.tolist() for k, v in methods.items()},
+            "seconds": seconds}
+
+
+def run(conf: dict, minnorm_conf: dict, measured: dict, runs: Path) -> dict[str, dict]:
+    """Every model of conf (bench_minnorm's names, measured there): {label: `measure_model`}."""
+    entries = {e["name"]: e for e in minnorm_conf["models"]}
+    out = {}
+    for name in conf["models"]:
+        entry = entries[name]
+        if entry["label"] not in measured["models"]:
+            raise KeyError(f"{entry['label']!r} is not in the minimum-norm measurements; run "
+                           f"scripts/bench_minnorm.py with it first")
+        model = model_run(entry, minnorm_conf["common"], runs / name)
+        print(f"{entry['label']}: certifying", flush=True)
+        out[entry["label"]] = measure_model(model, entry, measured["models"][entry["label"]], conf["mode"])
+        print(f"  done in {sum(out[entry['label']]['seconds'].values()):.1f} s", flush=True)
+    return out

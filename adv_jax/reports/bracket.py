@@ -1,0 +1,117 @@
+"""results/bracket.md from the bracket's measurements (adv_jax/bench/bracket.py): per model the
+certified, exact and attacked minimum distortions of the same examples, their means and ratios,
+the violations (none may occur), and the gap curves as a table and a figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from adv_jax.bench.bracket import TOLERANCE
+from adv_jax.reports import provenance, settings
+from adv_jax.reports.tables import fmt, markdown, percent
+
+UNITS = {"l2": "per-pixel RMS", "linf": "L-inf"}
+SUMMARY = ["model", "distance", "N", "certified: method", "certified mean", "exact mean (solved)",
+           "attacked mean", "attacked / exact", "exact / certified", "attacked / certified", "violations"]
+
+
+def _mean(values: np.ndarray, keep: np.ndarray) -> float | None:
+    return float(values[keep].mean()) if keep.any() else None
+
+
+def _ratio(top: np.ndarray, bottom: np.ndarray, keep: np.ndarray) -> float | None:
+    """The mean per-example ratio top / bottom over `keep` where both are finite and bottom > 0."""
+    keep = keep & np.isfinite(top) & np.isfinite(bottom) & (bottom > 0)
+    return float((top[keep] / bottom[keep]).mean()) if keep.any() else None
+
+
+def violations(model: dict) -> int:
+    """Examples where a side crosses another: certified above exact or attacked, attacked below exact."""
+    attacked, exact = np.asarray(model["attacked"]), _exact(model)
+    count = 0
+    for bound in model["certified"].values():
+        bound = np.asarray(bound)
+        count += int(np.sum(bound > attacked * (1 + TOLERANCE)))
+        count += 0 if exact is None else int(np.sum(bound > exact * (1 + TOLERANCE)))
+    if exact is not None:
+        count += int(np.sum(attacked < exact * (1 - TOLERANCE)))
+    return count
+
+
+def _exact(model: dict) -> np.ndarray | None:
+    """Exact minima (N,), NaN where unsolved; None without an exact column."""
+    if model["exact"] is None:
+        return None
+    return np.where(np.asarray(model["solved"], bool), np.asarray(model["exact"], np.float64), np.nan)
+
+
+def summary_rows(label: str, model: dict) -> list[list[str]]:
+    """One row per certified method: means over the examples some attack fooled."""
+    attacked, exact = np.asarray(model["attacked"], np.float64), _exact(model)
+    fooled = np.isfinite(attacked)
+    solved = "-" if exact is None else f"{fmt(_mean(exact, fooled & np.isfinite(exact)), 4)} ({int(np.isfinite(exact).sum())}/{len(attacked)})"
+    rows = []
+    for method, bound in model["certified"].items():
+        bound = np.asarray(bound, np.float64)
+        rows.append([label, UNITS[model["norm"]], str(len(attacked)), method, fmt(_mean(bound, fooled), 4), solved,
+                     fmt(_mean(attacked, fooled), 4),
+                     "-" if exact is None else fmt(_ratio(attacked, exact, fooled), 4),
+                     "-" if exact is None else fmt(_ratio(exact, bound, fooled), 3),
+                     fmt(_ratio(attacked, bound, fooled), 3), str(violations(model))])
+    return rows
+
+
+def curves(model: dict, radii: list[float]) -> list[list[str]]:
+    """Rows per radius r: % of examples certified robust at r (every method's best bound > r),
+    % whose exact minimum is > r, % no attack fooled within r: nested from below."""
+    best = np.max(np.stack([np.asarray(b, np.float64) for b in model["certified"].values()]), axis=0)
+    attacked, exact = np.asarray(model["attacked"], np.float64), _exact(model)
+    rows = []
+    for r in radii:
+        rows.append([fmt(r, 3), percent(float(np.mean(best > r)), 1),
+                     "-" if exact is None else percent(float(np.mean(exact > r)), 1),
+                     percent(float(np.mean(attacked > r)), 1)])
+    return rows
+
+
+def plot(measured: dict[str, dict], path: Path) -> None:
+    """One panel per model: the three robust fractions against the radius."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(measured), figsize=(4 * len(measured), 3.4), squeeze=False)
+    for ax, (label, model) in zip(axes[0], measured.items()):
+        attacked = np.asarray(model["attacked"], np.float64)
+        top = np.nanmax(attacked[np.isfinite(attacked)]) if np.isfinite(attacked).any() else 1.0
+        r = np.linspace(0, top, 200)
+        best = np.max(np.stack([np.asarray(b, np.float64) for b in model["certified"].values()]), axis=0)
+        ax.plot(r, [np.mean(best > v) for v in r], label="certified (best bound)")
+        exact = _exact(model)
+        if exact is not None:
+            ax.plot(r, [np.mean(exact > v) for v in r], label="exact")
+        ax.plot(r, [np.mean(attacked > v) for v in r], label="not fooled by any attack")
+        ax.set(title=label, xlabel=f"radius ({UNITS[model['norm']]})", ylabel="fraction robust", ylim=(0, 1.02))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(conf: dict, measured: dict[str, dict], command: str, figure_link: str | None) -> str:
+    """The markdown; figure_link: the figure's path relative to the results file."""
+    lines = provenance.header(conf["title"], command) + settings.paragraphs(conf.get("notes"))
+    lines += ["## Summary", "", markdown(SUMMARY, [row for label, m in measured.items() for row in summary_rows(label, m)]), ""]
+    if figure_link is not None:
+        lines += [f"![gap curves]({figure_link})", ""]
+    for label, model in measured.items():
+        lines += [f"## {label}", "", f"{model['images']} correctly classified test images; distances "
+                  f"{UNITS[model['norm']]}; certification took "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in model["seconds"].items()) + ".", "",
+                  markdown(["radius", "certified robust %", "exactly robust %", "not fooled %"],
+                           curves(model, conf["radii"][model["norm"]])), ""]
+    return "\n".join(lines)

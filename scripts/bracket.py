@@ -1,0 +1,48 @@
+"""The minimum-distortion bracket per example -> results/bracket.md (+ .json, figures/bracket.png):
+certified from below (CROWN; for L2 also the Lipschitz bracket), exact where computable and
+attacked from above, on the minimum-norm benchmark's images.
+
+    ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bracket.py
+        [--minnorm results/bench_minnorm.json] [--runs runs/models] [--config FILE] [--out FILE]
+
+Reads the attacked and exact distances from scripts/bench_minnorm.py's .json (run it first, with
+the models of conf/report/bracket.yaml); loads each model from its run directory <runs>/<name>
+(made there if missing, as bench_minnorm does). Measured by adv_jax/bench/bracket.py; the markdown
+and figure: adv_jax/reports/bracket.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from adv_jax.bench import bracket as measure
+from adv_jax.reports import bracket, provenance, settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minnorm", type=Path, default=Path("results/bench_minnorm.json"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/models"))
+    parser.add_argument("--config", type=Path, default=None, help="default: conf/report/bracket.yaml")
+    parser.add_argument("--out", type=Path, default=Path("results/bracket.md"))
+    args = parser.parse_args(argv)
+    conf = settings.load("bracket", args.config)
+    if not args.minnorm.exists():
+        parser.error(f"--minnorm {args.minnorm} does not exist; run scripts/bench_minnorm.py first")
+    command = provenance.command("scripts/bracket.py", sys.argv[1:] if argv is None else argv, provenance.MNIST_ENV)
+    measured = measure.run(conf, settings.load("bench_minnorm", conf.get("minnorm_config")),
+                           json.loads(args.minnorm.read_text()), args.runs)
+    figure = args.out.parent / "figures" / "bracket.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    bracket.plot(measured, figure)
+    text = bracket.report(conf, measured, command, figure.relative_to(args.out.parent).as_posix())
+    args.out.with_suffix(".json").write_text(json.dumps(measured))
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The minimum-distortion bracket (adv_jax/bench/bracket.py measures, adv_jax/reports/bracket.py
+writes): violations and gap curves on hand-made sides, and the whole report on a tiny FC10 whose
+exact minima come from the minimum-norm benchmark's QP."""
+
+import json
+
+import numpy as np
+import pytest
+
+from adv_jax.bench import bracket as measure
+from adv_jax.reports import bracket, settings
+
+INF = np.inf
+
+
+def hand_made(certified, exact, solved, attacked, norm="linf") -> dict:
+    return {"norm": norm, "images": len(attacked), "attacked": attacked, "attacks": {"a": attacked},
+            "exact": exact, "solved": solved, "certified": {"crown": certified}, "seconds": {"crown": 0.1}}
+
+
+def test_violations_count_every_crossing():
+    ordered = hand_made([0.1, 0.2, 0.0], [0.2, 0.3, 0.5], [True, True, False], [0.25, 0.3, 0.1])
+    assert bracket.violations(ordered) == 0  # the unsolved third example's exact is not compared
+    crossing = hand_made([0.3, 0.2, 0.0], [0.2, 0.3, 0.5], [True, True, True], [0.25, 0.29, 0.6])
+    # certified 0.3 > exact 0.2 and > attacked 0.25; attacked 0.29 < exact 0.3
+    assert bracket.violations(crossing) == 3
+
+
+def test_gap_curves_nest_and_count_fractions():
+    model = hand_made([0.01, 0.02, 0.04, 0.0], [0.02, 0.03, 0.05, 0.01], [True] * 4, [0.02, 0.04, 0.06, INF])
+    rows = bracket.curves(model, [0.015, 0.03])
+    assert rows[0] == ["0.015", "50.0", "75.0", "100.0"]
+    assert rows[1] == ["0.03", "25.0", "25.0", "75.0"]
+
+
+def test_sides_take_the_best_attack_and_the_exact_column():
+    mode = {"a": {"d": [0.3, INF]}, "b": {"d": [0.2, 0.5]}, "exact": {"d": [0.1, 0.4], "solved": [True, False]}}
+    best, attacks, exact, solved = measure.sides(mode)
+    np.testing.assert_allclose(best, [0.2, 0.5])
+    assert list(attacks) == ["a", "b"] and solved.tolist() == [True, False]
+    assert measure.sides({"a": {"d": [1.0]}})[2] is None
+
+
+def test_report_states_units_and_ratios():
+    conf = settings.load("bracket")
+    model = hand_made([0.01, 0.02], [0.02, 0.04], [True, True], [0.03, 0.04])
+    text = bracket.report(conf, {"tiny": model}, "python scripts/bracket.py", "figures/bracket.png")
+    assert "| tiny | L-inf | 2 | crown | 0.015 | 0.03 (2/2) | 0.035 | 1.25 | 2 | 2.5 | 0 |" in text
+    assert "![gap curves](figures/bracket.png)" in text
