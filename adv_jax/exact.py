@@ -27,7 +27,10 @@ solver in scipy or HiGHS handles; it is left out.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import multiprocessing
+import os
 import time
 
 import jax
@@ -191,8 +194,12 @@ def relu_minimum(chain: DenseChain, x: np.ndarray, target: int, rivals, radius: 
 
 @jax.jit
 def _crown_bounds(chain: DenseChain, x, label, radius):
-    """CROWN over the L-inf ball: [(l, u)] per hidden layer and lower bounds of z_label - z_j."""
-    return layer_bounds(chain, x, radius, "linf"), margin_lower_bounds(chain, x, label, radius, "linf")
+    """Per example of x (N, n): CROWN's [(l, u)] of every hidden layer over the L-inf ball of
+    `radius` (N,), lower bounds of z_label - z_j (N, K), and the logits (N, K)."""
+    def one(xi, yi, ri):
+        return (layer_bounds(chain, xi, ri, "linf"), margin_lower_bounds(chain, xi, yi, ri, "linf"),
+                _logits(chain, xi))
+    return jax.vmap(one)(x, label, radius)
 
 
 def _logits(chain: DenseChain, x):
@@ -203,29 +210,43 @@ def _logits(chain: DenseChain, x):
     return h
 
 
-def _example_minimum(chain: DenseChain, x: np.ndarray, label: int, aim: int, radius: float, norm: str,
-                     time_limit: float) -> tuple[float, bool]:
-    """(x's exact minimum distortion toward `aim` (>= 0) or any class but `label` (-1), solved)."""
-    with jax.enable_x64(True):
-        logits = np.asarray(_logits(_jax64(chain), x))
-        if np.argmax(logits) != label:
-            return 0.0, True
-        bounds, margins = _crown_bounds(_jax64(chain), x, label, radius)
-    bounds, margins = [(np.asarray(lo), np.asarray(hi)) for lo, hi in bounds], np.asarray(margins)
+def _plans(logits: np.ndarray, margins: np.ndarray, label: int, aim: int) -> list[tuple[int, list[int]]]:
+    """(target, rivals it must beat) of each program to solve: the aim over every other class, or
+    each class the label over CROWN cannot rule out, closest first (a small incumbent shrinks
+    the later programs' radius)."""
     classes = len(logits)
     if aim >= 0:
-        plans = [(aim, [j for j in range(classes) if j != aim])]
-    else:  # closest first: a small incumbent shrinks the later programs; CROWN rules some out
-        plans = [(t, [label]) for t in np.argsort(-logits) if t != label and margins[t] <= 0]
+        return [(aim, [j for j in range(classes) if j != aim])]
+    return [(int(t), [label]) for t in np.argsort(-logits) if t != label and margins[t] <= 0]
+
+
+def _solve_example(job: tuple) -> tuple[float, bool]:
+    """(the smallest distance over the job's programs, solved): runs in a worker process."""
+    chain, x, plans, radius, bounds, norm, time_limit = job
     best, solved, deadline = float("inf"), True, time.monotonic() + time_limit
     for target, rivals in plans:
         left = deadline - time.monotonic()
         if left <= 0:
             return best, False
-        d, status, _ = relu_minimum(chain, x, int(target), rivals, min(best, radius), bounds, norm, left)
+        d, status, _ = relu_minimum(chain, x, target, rivals, min(best, radius), bounds, norm, left)
         solved &= status != "time limit"
         best = min(best, d) if status == "optimal" else best
     return best, solved
+
+
+def _jobs(chain: DenseChain, flat: np.ndarray, y, target, radius, norm: str, time_limit: float):
+    """(index, job) of every example still correctly classified, CROWN run here by chunks of 100."""
+    numpy_chain = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), chain)
+    for start in range(0, len(flat), 100):
+        part = slice(start, start + 100)
+        with jax.enable_x64(True):
+            bounds, margins, logits = jax.tree_util.tree_map(np.asarray, _crown_bounds(
+                _jax64(chain), jnp.asarray(flat[part]), jnp.asarray(y[part]), jnp.asarray(radius[part])))
+        for k, i in enumerate(range(len(flat))[part]):
+            if np.argmax(logits[k]) == y[i]:
+                example_bounds = [(lo[k], hi[k]) for lo, hi in bounds]
+                plans = _plans(logits[k], margins[k], int(y[i]), int(target[i]))
+                yield i, (numpy_chain, flat[i], plans, float(radius[i]), example_bounds, norm, time_limit)
 
 
 def _jax64(chain: DenseChain) -> DenseChain:
@@ -233,24 +254,38 @@ def _jax64(chain: DenseChain) -> DenseChain:
 
 
 def relu_minimum_distortions(chain: DenseChain, x: np.ndarray, y: np.ndarray, target: np.ndarray | None = None,
-                             upper: np.ndarray | None = None, norm: str = "linf",
-                             time_limit: float = TIME_LIMIT) -> tuple[np.ndarray, np.ndarray]:
+                             upper: np.ndarray | None = None, norm: str = "linf", time_limit: float = TIME_LIMIT,
+                             workers: int | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(exact minimum distortions (N,), solved (N,) bool) of images x (N, ...) with labels y under
     a ReLU `chain`: toward target[i] where >= 0, else any class but y[i] (0 if misclassified).
     upper (N,): distances at which an adversarial is known (an attack's; the search stays inside;
-    inf or None: the whole box). Unsolved (time limit): the best found, an upper bound, or inf.
-    inf where solved: no adversarial within upper (or the box)."""
+    inf or None: the whole box). Unsolved (time limit per example): the best found, an upper
+    bound, or inf. inf where solved: no adversarial within upper. workers: processes solving
+    examples side by side (None: one per CPU core)."""
     if norm not in MILP_NORMS:
         raise ValueError(f"the ReLU program takes norm {list(MILP_NORMS)}, not {norm!r} (L2 needs a mixed-integer QP)")
     if any(a != "relu" for a in chain.activations[:-1]):
         raise ValueError(f"the mixed-integer program needs ReLU hidden layers, not {chain.activations[:-1]}")
     flat = np.asarray(x, np.float64).reshape(len(x), -1)
-    numpy_chain = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), chain)
     reach = 1.0 if norm == "linf" else float(flat.shape[1])  # the box's farthest point
     target = np.full(len(x), -1) if target is None else np.asarray(target)
     upper = np.full(len(x), np.inf) if upper is None else np.asarray(upper, np.float64)
-    out, solved = np.empty(len(x)), np.empty(len(x), bool)
-    for i in range(len(x)):
-        out[i], solved[i] = _example_minimum(numpy_chain, flat[i], int(y[i]), int(target[i]),
-                                             min(float(upper[i]), reach), norm, time_limit)
+    out, solved = np.zeros(len(x)), np.ones(len(x), bool)  # misclassified: 0, solved
+    pending = list(_jobs(chain, flat, np.asarray(y), target, np.minimum(upper, reach), norm, time_limit))
+    jobs = [job for _, job in pending]
+    for (i, _), (distance, done) in zip(pending, _map(_solve_example, jobs, workers, progress)):
+        out[i], solved[i] = distance, done
     return out, solved
+
+
+def _map(function, jobs, workers: int | None, progress: bool):
+    """function over jobs in order, in `workers` spawned processes (1: here), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
+    bar = dict(total=len(jobs), desc="exact minima (MILP)", unit="ex", disable=not progress)
+    if workers == 1:
+        return list(tqdm(map(function, jobs), **bar))
+    context = multiprocessing.get_context("spawn")  # JAX's threads make fork unsafe
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return list(tqdm(pool.map(function, jobs), **bar))

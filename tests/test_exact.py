@@ -125,7 +125,7 @@ def test_relu_program_equals_brute_force_over_activation_patterns(norm):
         x = np.random.default_rng(10 + seed).uniform(0.2, 0.8, size=(4, 3))
         logits = np.stack([_forward(chain, xi) for xi in x])
         y = logits.argmax(1)
-        got, solved = exact.relu_minimum_distortions(chain, x, y, norm=norm)
+        got, solved = exact.relu_minimum_distortions(chain, x, y, norm=norm, workers=1, progress=False)
         want = [pattern_minimum(chain, xi, yi, norm) for xi, yi in zip(x, y)]
         assert solved.all()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
@@ -140,7 +140,7 @@ def _forward(chain, x):
 
 
 def test_no_attack_goes_below_the_relu_program():
-    """FAB's L-inf minimum-norm attack on the same network never lands closer than the solver's
+    """Two worker processes find what one does; FAB's L-inf minimum-norm attack on the same network never lands closer than the solver's
     tolerance."""
     from adv_jax.attacks.fab import FAB
     from adv_jax.attacks import attack_batch
@@ -148,8 +148,10 @@ def test_no_attack_goes_below_the_relu_program():
     chain = tiny_relu_chain(2, sizes=(6, 8, 8, 4))
     x = np.random.default_rng(0).uniform(0.3, 0.7, size=(8, 6))
     y = np.stack([_forward(chain, xi) for xi in x]).argmax(1)
-    truth, solved = exact.relu_minimum_distortions(chain, x, y, norm="linf")
+    truth, solved = exact.relu_minimum_distortions(chain, x, y, norm="linf", workers=2, progress=False)
     assert solved.all() and np.all(np.isfinite(truth))
+    alone, _ = exact.relu_minimum_distortions(chain, x, y, norm="linf", workers=1, progress=False)
+    np.testing.assert_allclose(truth, alone, rtol=1e-9)  # two worker processes, the same minima
 
     def logits_fn(images):
         return jax.vmap(lambda v: _jax_forward(chain, v))(images)
