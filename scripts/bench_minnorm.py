@@ -1,5 +1,6 @@
 """Minimum-norm attacks (adv_jax's and foolbox 3.3.4's DDN and L2 FMN) on FC10(1e-4), FC100 (P1)
-and the conv net: success, distortion, speed, AttackBench optimality -> results/bench_minnorm.md.
+and the conv net in L2, a ReLU 64-64 net in L-inf: success, distortion, speed, AttackBench
+optimality, and the ratio to exact minima (FC10, the ReLU net) -> results/bench_minnorm.md.
 
     ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bench_minnorm.py [--examples 500]
         [--runs runs/models] [--run fc100_p1=DIR ...] [--config FILE] [--models NAME,...] [--out FILE]

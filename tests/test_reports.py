@@ -208,7 +208,8 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                                   "models", "attacks", "foolbox", "notes"},
                 "select_refined": {"title", "split", "examples", "seed", "repeats", "target_modes",
                                    "common", "models", "attacks", "select", "notes"},
-                "select_ae400": {"title", "evaluate_on", "common", "rows", "notes"}}[name]
+                "select_ae400": {"title", "evaluate_on", "common", "rows", "notes"},
+                "bracket": {"title", "minnorm_config", "mode", "models", "radii", "notes"}}[name]
     assert required <= conf.keys()
     if name in ("models", "zoo"):
         for row in conf["rows"]:
@@ -218,6 +219,11 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
     if name == "adversarial_training_search":
         assert conf["paper"] in paper.ADVERSARIAL_TRAINING_TEST_ERROR
         assert set(conf["rules_out"]) <= search.search_space(conf["search"]).keys()
+    if name == "bracket":  # its models are bench_minnorm's, in the mode bench_minnorm measures them
+        entries = {e["name"]: e for e in settings.load("bench_minnorm")["models"]}
+        assert set(conf["models"]) <= entries.keys()
+        assert all(conf["mode"] in entries[m].get("target_modes", settings.load("bench_minnorm")["target_modes"])
+                   for m in conf["models"])
     if name == "lipschitz":
         model_rows = {row["name"] for row in settings.load("models")["rows"]}
         assert set(conf["models"]) <= model_rows | conf["fallbacks"].keys()

@@ -25,7 +25,6 @@ from adv_jax.bench.minnorm import model_run
 from adv_jax.lipschitz import pair_lipschitz
 
 CHUNK = 100  # examples per CROWN call (its backward passes hold (width, 784) per example)
-TOLERANCE = 1e-6  # relative: certified above attacked (or exact) by more is a violation
 
 
 def sides(mode: dict) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:

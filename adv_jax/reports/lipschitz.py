@@ -24,6 +24,7 @@ from adv_jax.run_files import LIPSCHITZ_FILE, METRICS_FILE, PARAMS_FILE
 
 log = logging.getLogger(__name__)
 LOWER_KEYS = ("lipschitz/jacobian_lower_bound", "lipschitz/pair_ratio_lower_bound")
+ASCENT_KEY = "lipschitz/jacobian_ascent_lower_bound"  # runs since the ascent logged it; else "-"
 
 
 def sweep_argv(sweep: dict, common: list[str]) -> list[str]:
@@ -109,11 +110,12 @@ def summarize(name: str, run_dir: Path, stored: dict, measure: dict) -> dict[str
     cfg, metrics = read_config(run_dir), read_json(run_dir / METRICS_FILE) or {}
     low = lower_bounds(run_dir, metrics, cfg["model.name"], measure) or {}
     jac, pairs = (low.get(k) for k in LOWER_KEYS)
-    lower = max((v for v in (jac, pairs) if v is not None), default=None)
+    ascent = metrics.get(ASCENT_KEY)
+    lower = max((v for v in (jac, pairs, ascent) if v is not None), default=None)
     found = certified(stored) or {"bounds": None, "seconds": {}, "skipped": {}, "bracket": None}
     product = stored["lipschitz/upper_bound"]
     return dict(name=name, model=cfg["model.name"], split=cfg["data.split"], optimizer=cfg["train.optimizer"],
-                product=product, jacobian=jac, pairs=pairs, lower=lower, source=low.get("source"),
+                product=product, jacobian=jac, pairs=pairs, ascent=ascent, lower=lower, source=low.get("source"),
                 gap=product / lower if lower else None, **found, error=metrics.get("error/test"),
                 distortion=low.get("attack/mean_distortion", metrics.get("attack/mean_distortion")))
 
@@ -127,7 +129,8 @@ def model_section(name: str, run_dir: Path, command: str, measure: dict) -> tupl
     s = summarize(name, run_dir, stored, measure)
     lower = ("Lower bounds: missing (the run did not log them; `python scripts/report_lipschitz.py` "
              "measures them)" if s["source"] is None else
-             f"Lower bounds ({s['source']}): Jacobian {fmt4(s['jacobian'])}, adversarial pairs {fmt4(s['pairs'])}")
+             f"Lower bounds ({s['source']}): Jacobian {fmt4(s['jacobian'])}, adversarial pairs {fmt4(s['pairs'])}"
+             f", Jacobian ascent {fmt4(s['ascent'])}")
     certified_line = ("Certified bounds: missing (its lipschitz.json predates them)." if s["bounds"] is None else
                       "Certified bounds: " + ", ".join(f"{m} {v:.4g}" for m, v in s["bounds"].items())
                       + "".join(f"; {m} skipped ({why})" for m, why in s["skipped"].items()) + ".")
@@ -141,9 +144,9 @@ def model_section(name: str, run_dir: Path, command: str, measure: dict) -> tupl
 
 def summary_table(summaries: list[dict], pair_images: int) -> str:
     columns = ["row", "model", "trained on", "product (upper)", "Jacobian (lower)", "pairs (lower)",
-               "gap upper/lower", "test error %", f"mean distortion (L-BFGS, {pair_images} images)"]
+               "Jacobian ascent (lower)", "gap upper/lower", "test error %", f"mean distortion (L-BFGS, {pair_images} images)"]
     body = [[s["name"], s["model"], s["split"], f"{s['product']:.4g}", fmt4(s["jacobian"]), fmt4(s["pairs"]),
-             "-" if s["gap"] is None else f"{s['gap']:.3g}",
+             fmt4(s["ascent"]), "-" if s["gap"] is None else f"{s['gap']:.3g}",
              "-" if s["error"] is None else f"{100 * s['error']:.2f}",
              "-" if s["distortion"] is None else f"{s['distortion']:.4f}"] for s in summaries]
     return markdown(columns, body)
@@ -199,8 +202,10 @@ def intro() -> list[str]:
         "(marked `(upper)`); max-pooling with non-overlapping windows is 1. Inputs are images in "
         "[0, 1]^784, so L is in logits per unit L2 distance in pixel space. The lower bounds are "
         "measured slopes of the same map: the largest local Jacobian norm over test images (power "
-        "iteration) and the largest ||f(x') - f(x)|| / ||x' - x|| over adversarial pairs; both must "
-        "sit below the product, and their ratio (gap) says how loose the product is.", "",
+        "iteration), the largest ||f(x') - f(x)|| / ||x' - x|| over adversarial pairs, and (runs that "
+        "log it) the largest Jacobian norm found by projected gradient ascent over the box "
+        "(`lipschitz.jacobian_ascent`); all must sit below the product, and the ratio of the product "
+        "to the largest (gap) says how loose the product is.", "",
         "## The paper's models", "",
         f"Tables in the layout of the paper's Table 5 (which lists AlexNet on ImageNet: {alexnet}; "
         "each row there is ||W_k||, ReLU slope 1). Layer shapes are in x out for dense layers and "
