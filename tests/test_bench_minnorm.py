@@ -220,3 +220,12 @@ def test_relu_milp_searches_within_the_best_attack_in_float64(affine_digits, mon
     np.testing.assert_allclose(measured["exact"]["d"], best * minnorm.UPPER_MARGIN / 2)
     assert measured["exact"]["solved"] == [i % 2 == 0 for i in range(len(y))]
     assert measured["exact"]["method"] == "relu_milp" and measured["exact"]["seconds"] >= 0
+
+
+def test_parts_measured_apart_merge_in_the_configs_order():
+    conf = settings.load("bench_minnorm")
+    first, second = (conf["models"][i]["label"] for i in (0, 1))
+    parts = [{"foolbox": False, "commands": ["b"], "models": {second: {"x": 2}}},
+             {"foolbox": True, "commands": ["a"], "models": {first: {"x": 1}}}]
+    merged = minnorm.merge(conf, parts)
+    assert list(merged["models"]) == [first, second] and merged["foolbox"] and merged["commands"] == ["b", "a"]

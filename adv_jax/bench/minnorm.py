@@ -201,3 +201,13 @@ def run(conf: dict, runs: Path, run_dirs: dict[str, Path]) -> dict:
         model = model_run(entry, conf["common"], Path(run_dirs.get(entry["name"], runs / entry["name"])))
         models[entry["label"]] = measure_model(model, own, with_foolbox, entry.get("examples", conf["examples"]))
     return {"foolbox": with_foolbox, "models": models}
+
+
+def merge(conf: dict, parts: list[dict]) -> dict:
+    """Measurements saved by separate runs (`run`'s dicts, e.g. --models on different machines) as
+    one, their models in conf's order; a model measured twice keeps the last part's."""
+    models = {label: m for part in parts for label, m in part["models"].items()}
+    order = [e["label"] for e in conf["models"] if e["label"] in models]
+    return {"foolbox": any(part["foolbox"] for part in parts),
+            "commands": [c for part in parts for c in part.get("commands", [])],
+            "models": {label: models[label] for label in order + [k for k in models if k not in order]}}

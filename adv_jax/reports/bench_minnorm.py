@@ -181,7 +181,10 @@ def report(conf: dict, measured: dict, command: str) -> str:
     wanted = conf.get("foolbox") or any(entry.get("foolbox") for entry in conf["models"])
     missing = [] if measured["foolbox"] or not wanted else [
         "foolbox is not installed: its rows are left out (`pip install -e '.[bench]'`).", ""]
-    head = [*provenance.header(conf["title"], command), *FORMULA, *missing,
+    parts = measured.get("commands", [])
+    measured_by = ["Measured in parts, merged by the command above: "
+                   + "; ".join(f"`{c}`" for c in parts) + ".", ""] if len(parts) > 1 else []
+    head = [*provenance.header(conf["title"], command), *measured_by, *FORMULA, *missing,
             *settings.paragraphs(conf.get("notes")), *chosen, "## Optimality", "", summary(scores).rstrip(), "",
             *exact_summary(models)]
     sections = [line for label, model in measured["models"].items() for line in model_lines(label, model)]
