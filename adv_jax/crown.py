@@ -18,6 +18,12 @@ over the set is exact for L-inf (coordinate-wise over the ball cut by the box) a
 ball's alone, Lambda x - eps |Lambda|_2 (the box only shrinks the set: still sound). Each hidden
 layer's [l, u] come from the same backward pass to the input (full CROWN, O(depth^2) passes).
 
+alpha-CROWN (Xu et al. 2021) as an option (`slope_steps`): each unit has a family of valid lines
+(relu: any lower slope in [0, 1] where l < 0 < u; sigmoid, tanh: tangents at any point of the
+range where a tangent stays a bound), indexed by t in [0, 1]; each margin's bound raises its own
+t's by signed gradient steps from CROWN's, keeping the best iterate (every iterate is a bound).
+The hidden layers' intervals stay CROWN's.
+
 Works on a certify.DenseChain (weights (out, in)), one example at a time (vmap for batches),
 in the chain's dtype. Distances: L2 of the whole perturbation or L-inf per pixel, pixels in [0, 1].
 """
@@ -31,12 +37,13 @@ from adv_jax.attacks.gradient import check_norm
 from adv_jax.certify import DenseChain
 from adv_jax.models.layers import ACTIVATIONS
 
-__all__ = ["certified_radius", "layer_bounds", "margin_lower_bounds", "relaxation"]
+__all__ = ["certified_radius", "default_slopes", "layer_bounds", "margin_lower_bounds", "relaxation"]
 
 Array = jax.Array
 RADIUS_STEPS = 20  # bisection steps: the radius to within upper / 2^20
 _TINY = 1e-12
 SLACK = 1e-6  # added to a mixed-sign tangent's intercept
+SLOPE_STEP = 0.1  # alpha-CROWN: each step moves a free slope parameter t in [0, 1] by this much
 
 
 def _derivative(activation: str, z: Array) -> Array:
@@ -62,7 +69,9 @@ def _tangent_through(activation: str, end: Array, lo: Array, hi: Array, upper: b
     return (b, gap(hi) >= 0) if upper else (a, gap(lo) <= 0)
 
 
-def _s_shaped(activation: str, lo: Array, hi: Array) -> tuple[Array, Array, Array, Array]:
+def _s_shaped(activation: str, lo: Array, hi: Array, t_lo: Array, t_up: Array) -> tuple[Array, Array, Array, Array]:
+    """Lines of a sigmoid or tanh unit; t_lo, t_up in [0, 1] place the tangent points in the
+    ranges where a tangent stays a bound (`default_slopes`: CROWN's)."""
     phi = ACTIVATIONS[activation]
     chord = (phi(hi) - phi(lo)) / jnp.maximum(hi - lo, _TINY)
     chord = jnp.where(hi - lo > _TINY, chord, _derivative(activation, lo))
@@ -73,35 +82,51 @@ def _s_shaped(activation: str, lo: Array, hi: Array) -> tuple[Array, Array, Arra
         return slope, phi(d) - slope * d
 
     convex, concave = hi <= 0, lo >= 0
-    a_mid, c_mid = tangent(0.5 * (lo + hi))
+    mixed = ~convex & ~concave
     zero = jnp.zeros_like(lo)
-    # mixed signs (CROWN): the tangent through the far end where one exists inside, else the chord;
-    # SLACK covers the rounding of a line that passes exactly through (end, phi(end))
+    # mixed signs (CROWN): upper tangents at d >= the one through (lo, phi(lo)), lower ones at
+    # d <= the one through (hi, phi(hi)); the chord where no such d lies inside
     up_point, up_found = _tangent_through(activation, lo, zero, jnp.maximum(hi, zero), upper=True)
     lo_point, lo_found = _tangent_through(activation, hi, jnp.minimum(lo, zero), zero, upper=False)
-    a_up_mixed, c_up_mixed = tangent(up_point)
-    a_lo_mixed, c_lo_mixed = tangent(lo_point)
-    a_up = jnp.where(concave, a_mid, jnp.where(convex | ~up_found, chord, a_up_mixed))
-    c_up = jnp.where(concave, c_mid, jnp.where(convex | ~up_found, chord_c, c_up_mixed + SLACK))
-    a_lo = jnp.where(convex, a_mid, jnp.where(concave | ~lo_found, chord, a_lo_mixed))
-    c_lo = jnp.where(convex, c_mid, jnp.where(concave | ~lo_found, chord_c, c_lo_mixed - SLACK))
+    up_start, lo_end = jnp.where(concave, lo, up_point), jnp.where(convex, hi, lo_point)
+    a_up, c_up = tangent(up_start + t_up * (jnp.maximum(hi, up_start) - up_start))
+    a_lo, c_lo = tangent(lo + t_lo * (jnp.maximum(lo_end, lo) - lo))
+    use_up, use_lo = concave | (mixed & up_found), convex | (mixed & lo_found)
+    # SLACK covers the rounding of a line that passes exactly through (end, phi(end))
+    a_up, c_up = jnp.where(use_up, a_up, chord), jnp.where(use_up, c_up + jnp.where(mixed, SLACK, 0.0), chord_c)
+    a_lo, c_lo = jnp.where(use_lo, a_lo, chord), jnp.where(use_lo, c_lo - jnp.where(mixed, SLACK, 0.0), chord_c)
     return a_lo, c_lo, a_up, c_up
 
 
-def relaxation(activation: str, lo: Array, hi: Array) -> tuple[Array, Array, Array, Array]:
-    """(a_lo, c_lo, a_up, c_up) (n,) each: a_lo z + c_lo <= phi(z) <= a_up z + c_up on [lo, hi]."""
+def default_slopes(activation: str, lo: Array, hi: Array) -> tuple[Array, Array]:
+    """(t_lo, t_up) of CROWN's own lines: relu's adaptive lower slope (1 where u >= -l); sigmoid
+    and tanh: tangents at the midpoint where the interval is one-sided, through the far end where
+    it is mixed."""
+    if activation == "relu":
+        return (hi >= -lo).astype(lo.dtype), jnp.zeros_like(lo)
+    return jnp.where(hi <= 0, 0.5, 1.0).astype(lo.dtype), jnp.where(lo >= 0, 0.5, 0.0).astype(lo.dtype)
+
+
+def relaxation(activation: str, lo: Array, hi: Array, t_lo: Array | None = None,
+               t_up: Array | None = None) -> tuple[Array, Array, Array, Array]:
+    """(a_lo, c_lo, a_up, c_up) (n,) each: a_lo z + c_lo <= phi(z) <= a_up z + c_up on [lo, hi].
+    t_lo, t_up (n,) in [0, 1]: which of the valid lines (alpha-CROWN's free slopes; relu: the
+    lower slope where the interval crosses 0); None: CROWN's (`default_slopes`)."""
     if activation == "identity":
         one, zero = jnp.ones_like(lo), jnp.zeros_like(lo)
         return one, zero, one, zero
+    if activation not in ("relu", "sigmoid", "tanh"):
+        raise ValueError(f"CROWN has lines for relu, sigmoid, tanh and identity, not {activation!r}")
+    default_lo, default_up = default_slopes(activation, lo, hi)
+    t_lo = default_lo if t_lo is None else t_lo
+    t_up = default_up if t_up is None else t_up
     if activation == "relu":
         crossing = (lo < 0) & (hi > 0)
         up = jnp.where(crossing, hi / jnp.where(crossing, hi - lo, 1.0), (lo >= 0).astype(lo.dtype))
         c_up = jnp.where(crossing, -lo * up, 0.0)
-        a_lo = jnp.where(crossing, (hi >= -lo).astype(lo.dtype), (lo >= 0).astype(lo.dtype))
+        a_lo = jnp.where(crossing, t_lo, (lo >= 0).astype(lo.dtype))
         return a_lo, jnp.zeros_like(lo), up, c_up
-    if activation not in ("sigmoid", "tanh"):
-        raise ValueError(f"CROWN has lines for relu, sigmoid, tanh and identity, not {activation!r}")
-    return _s_shaped(activation, lo, hi)
+    return _s_shaped(activation, lo, hi, t_lo, t_up)
 
 
 def _input_minimum(coef: Array, x: Array, eps: Array, norm: str) -> Array:
@@ -138,26 +163,50 @@ def layer_bounds(chain: DenseChain, x: Array, eps: Array, norm: str = "linf") ->
     return bounds
 
 
-def margin_lower_bounds(chain: DenseChain, x: Array, label: Array, eps: Array, norm: str = "linf") -> Array:
+def _margin_spec(label: Array, k: int, dtype) -> Array:
+    """(K, K) rows e_label - e_j: z_label - z_j for every j."""
+    return jax.nn.one_hot(label, k, dtype=dtype)[None, :] - jnp.eye(k, dtype=dtype)
+
+
+def margin_lower_bounds(chain: DenseChain, x: Array, label: Array, eps: Array, norm: str = "linf",
+                        slope_steps: int = 0, step_size: float = SLOPE_STEP) -> Array:
     """Certified lower bounds (K,) of z_label - z_j over ball(x, eps) cut by the box (+inf at
-    j = label); all > 0: no point of the set is misclassified. x (n,) flattened, pixels in [0, 1]."""
+    j = label); all > 0: no point of the set is misclassified. x (n,) flattened, pixels in [0, 1].
+    slope_steps > 0: alpha-CROWN, each bound's free slopes (`relaxation`'s t) raised by that many
+    signed-gradient steps of `step_size` from CROWN's, the best iterate kept (each is a bound)."""
     check_norm(norm)
-    lines = [relaxation(a, lo, hi) for a, (lo, hi) in zip(chain.activations, layer_bounds(chain, x, eps, norm))]
-    k = chain.weights[-1].shape[0]
-    spec = jax.nn.one_hot(label, k, dtype=x.dtype)[None, :] - jnp.eye(k, dtype=x.dtype)
-    bounds = _backward_lower(chain, lines, spec, len(chain.weights) - 1, x, eps, norm)
-    return jnp.where(jnp.arange(k) == label, jnp.inf, bounds)
+    bounds = layer_bounds(chain, x, eps, norm)
+    spec = _margin_spec(label, chain.weights[-1].shape[0], x.dtype)
+    last = len(chain.weights) - 1
+
+    def bound(slopes, row):
+        lines = [relaxation(a, lo, hi, *t) for a, (lo, hi), t in zip(chain.activations, bounds, slopes)]
+        return _backward_lower(chain, lines, row[None], last, x, eps, norm)[0]
+
+    start = [default_slopes(a, lo, hi) for a, (lo, hi) in zip(chain.activations, bounds)]
+
+    def optimized(row):
+        def step(slopes, _):
+            grad = jax.grad(bound)(slopes, row)
+            slopes = jax.tree_util.tree_map(lambda t, g: jnp.clip(t + step_size * jnp.sign(g), 0.0, 1.0), slopes, grad)
+            return slopes, bound(slopes, row)
+        _, history = jax.lax.scan(step, start, None, length=slope_steps)
+        return jnp.maximum(bound(start, row), jnp.max(history, initial=-jnp.inf))
+
+    values = jax.vmap(optimized)(spec)
+    return jnp.where(jnp.arange(len(spec)) == label, jnp.inf, values)
 
 
 def certified_radius(chain: DenseChain, x: Array, label: Array, upper: Array, norm: str = "linf",
-                     steps: int = RADIUS_STEPS) -> Array:
+                     steps: int = RADIUS_STEPS, slope_steps: int = 0) -> Array:
     """The largest radius found (by bisection on [0, upper]) at which CROWN certifies every point
     of ball(x, r) cut by the box as class `label`: a lower bound on x's minimum distortion in
     `norm`, at most `upper` (pass the attack's distortion: the true minimum lies below it). 0 when x
-    itself is misclassified. x (n,) flattened. Compute in float64 (a float64 chain under
-    jax.enable_x64) where the margins are small: the backward pass adds no rounding margin."""
+    itself is misclassified. x (n,) flattened. slope_steps > 0: alpha-CROWN's optimized slopes
+    (`margin_lower_bounds`), about that many times the cost. Compute in float64 (a float64 chain
+    under jax.enable_x64) where the margins are small: the backward pass adds no rounding margin."""
     def certified(r):
-        return jnp.all(margin_lower_bounds(chain, x, label, r, norm) > 0)
+        return jnp.all(margin_lower_bounds(chain, x, label, r, norm, slope_steps) > 0)
 
     def halve(_, bounds):
         lo, hi = bounds

@@ -55,6 +55,41 @@ def test_each_relaxation_holds_its_activation_between_its_lines(activation):
     assert jnp.all(a_lo * z + c_lo <= phi + 1e-5) and jnp.all(phi <= a_up * z + c_up + 1e-5)
 
 
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_every_free_slope_gives_lines_that_hold(activation):
+    """alpha-CROWN's family: any t_lo, t_up in [0, 1] is a valid pair of lines; t = CROWN's
+    defaults reproduces CROWN's lines."""
+    rng = np.random.default_rng(7)
+    with jax.enable_x64(True):
+        lo = jnp.asarray(rng.uniform(-6, 4, 300), jnp.float64)
+        hi = lo + jnp.asarray(rng.uniform(0, 6, 300), jnp.float64)
+        z = lo[None] + (hi - lo)[None] * jnp.linspace(0, 1, 401)[:, None]
+        phi = ACTIVATIONS[activation](z)
+        for t in (0.0, 0.3, 1.0):
+            t_lo, t_up = jnp.full_like(lo, t), jnp.full_like(lo, 1 - t)
+            a_lo, c_lo, a_up, c_up = crown.relaxation(activation, lo, hi, t_lo, t_up)
+            assert jnp.all(a_lo * z + c_lo <= phi + 1e-9) and jnp.all(phi <= a_up * z + c_up + 1e-9)
+        defaults = crown.relaxation(activation, lo, hi, *crown.default_slopes(activation, lo, hi))
+        for got, want in zip(defaults, crown.relaxation(activation, lo, hi)):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("activation, norm, eps", [("sigmoid", "l2", 0.6), ("relu", "linf", 0.03)])
+def test_optimized_slopes_tighten_the_margins_and_stay_sound(activation, norm, eps):
+    with jax.enable_x64(True):
+        chain = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), chain_of(activation, seed=6))
+        x = np.random.default_rng(8).uniform(0, 1, N_IN)
+        label = int(jnp.argmax(forward(chain, x[None])[1][0]))
+        plain = crown.margin_lower_bounds(chain, jnp.asarray(x), label, eps, norm)
+        optimized = crown.margin_lower_bounds(chain, jnp.asarray(x), label, eps, norm, slope_steps=20)
+        logits = forward(chain, ball_samples(x, eps, norm, 4000).astype(np.float64))[1]
+    others = np.arange(10) != label
+    assert np.all(np.asarray(optimized)[others] >= np.asarray(plain)[others])
+    assert np.any(np.asarray(optimized)[others] > np.asarray(plain)[others] + 1e-3)
+    margins = np.asarray(logits[:, label:label + 1] - logits)
+    assert np.all(margins[:, others] >= np.asarray(optimized)[None, others] - 1e-6)
+
+
 @pytest.mark.parametrize("activation, norm, eps", [("relu", "linf", 0.02), ("sigmoid", "linf", 0.05),
                                                    ("tanh", "l2", 0.3), ("relu", "l2", 0.3)])
 def test_bounds_contain_every_sampled_point(activation, norm, eps):

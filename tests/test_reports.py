@@ -209,7 +209,7 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                 "select_refined": {"title", "split", "examples", "seed", "repeats", "target_modes",
                                    "common", "models", "attacks", "select", "notes"},
                 "select_ae400": {"title", "evaluate_on", "common", "rows", "notes"},
-                "bracket": {"title", "minnorm_config", "mode", "models", "radii", "notes"}}[name]
+                "bracket": {"title", "minnorm_config", "mode", "alpha_crown_steps", "models", "radii", "notes"}}[name]
     assert required <= conf.keys()
     if name in ("models", "zoo"):
         for row in conf["rows"]:

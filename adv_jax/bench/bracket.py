@@ -1,5 +1,5 @@
-"""The minimum-distortion bracket per example: certified from below (CROWN, `crown.certified_radius`;
-for L2 also the Lipschitz bracket, `certify.certified_distortion` with global and local pair
+"""The minimum-distortion bracket per example: certified from below (CROWN and alpha-CROWN,
+`crown.certified_radius`; for L2 also the Lipschitz bracket, `certify.certified_distortion` with global and local pair
 constants), known exactly where it can be (adv_jax/exact.py) and attacked from above, on the same
 images. The attacked and exact sides are read from the minimum-norm benchmark's measurements
 (results/bench_minnorm.json: the best of its attacks per example, its exact column); this module
@@ -38,9 +38,11 @@ def sides(mode: dict) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | N
     return best, attacks, np.asarray(exact["d"], np.float64), np.asarray(exact["solved"], bool)
 
 
-def _crown_radii(chain, x, y, upper, norm: str) -> np.ndarray:
-    """CROWN's certified radius (N,) per example, raw norm, by chunks of CHUNK."""
-    radius = jax.jit(jax.vmap(lambda xi, yi, ui: crown.certified_radius(chain, xi, yi, ui, norm)))
+def _crown_radii(chain, x, y, upper, norm: str, slope_steps: int = 0) -> np.ndarray:
+    """CROWN's certified radius (N,) per example, raw norm, by chunks of CHUNK (slope_steps > 0:
+    alpha-CROWN's)."""
+    radius = jax.jit(jax.vmap(lambda xi, yi, ui: crown.certified_radius(chain, xi, yi, ui, norm,
+                                                                         slope_steps=slope_steps)))
     out = []
     for start in range(0, len(x), CHUNK):
         part = slice(start, start + CHUNK)
@@ -59,9 +61,10 @@ def lipschitz_radii(run, chain, x, y, upper) -> dict[str, np.ndarray]:
     return {"lipschitz global": np.asarray(global_), "lipschitz local": np.asarray(jnp.maximum(global_, local))}
 
 
-def certified(run, x, y, best: np.ndarray, norm: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def certified(run, x, y, best: np.ndarray, norm: str, slope_steps: int = 0) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """({method: certified lower bound (N,) in the model's unit}, {method: seconds}) on images x
-    (N, ...) with labels y; best (N,): the attacked distance (the search's upper end), same unit."""
+    (N, ...) with labels y; best (N,): the attacked distance (the search's upper end), same unit.
+    Methods: crown, alpha-crown (slope_steps > 0), and for L2 the Lipschitz bracket."""
     scale = math.sqrt(math.prod(run.model.input_shape)) if norm == "l2" else 1.0
     reach = scale if norm == "l2" else 1.0  # the box's farthest point: where no attack succeeded
     with jax.enable_x64(True):
@@ -72,6 +75,10 @@ def certified(run, x, y, best: np.ndarray, norm: str) -> tuple[dict[str, np.ndar
         start = time.perf_counter()
         methods["crown"] = _crown_radii(chain, flat, jnp.asarray(y), upper, norm) / scale
         seconds["crown"] = time.perf_counter() - start
+        if slope_steps > 0:
+            start = time.perf_counter()
+            methods["alpha-crown"] = _crown_radii(chain, flat, jnp.asarray(y), upper, norm, slope_steps) / scale
+            seconds["alpha-crown"] = time.perf_counter() - start
         if norm == "l2":
             start = time.perf_counter()
             methods.update({k: v / scale for k, v in lipschitz_radii(run, chain, flat, jnp.asarray(y), upper).items()})
@@ -79,14 +86,14 @@ def certified(run, x, y, best: np.ndarray, norm: str) -> tuple[dict[str, np.ndar
     return methods, seconds
 
 
-def measure_model(run, entry: dict, measured: dict, mode: str) -> dict:
+def measure_model(run, entry: dict, measured: dict, mode: str, slope_steps: int = 0) -> dict:
     """One model: its bench_minnorm measurements (`measured`, for this model) and its certified
     side -> {"norm", "images", "attacked" (N,), "attacks" {name: (N,)}, "exact", "solved",
     "certified" {method: (N,)}, "seconds"}, as lists."""
     best, attacks, exact, solved = sides(measured["modes"][mode])
     x, y = correctly_classified(run, measured["images"], measured.get("split", "test"))
     norm = entry.get("norm", "l2")
-    methods, seconds = certified(run, x, y, best, norm)
+    methods, seconds = certified(run, x, y, best, norm, slope_steps)
     listed = lambda a: None if a is None else np.asarray(a).tolist()  # noqa: E731
     return {"norm": norm, "images": len(y), "attacked": best.tolist(),
             "attacks": {k: v.tolist() for k, v in attacks.items()}, "exact": listed(exact),
@@ -105,6 +112,7 @@ def run(conf: dict, minnorm_conf: dict, measured: dict, runs: Path) -> dict[str,
                            f"scripts/bench_minnorm.py with it first")
         model = model_run(entry, minnorm_conf["common"], runs / name)
         print(f"{entry['label']}: certifying", flush=True)
-        out[entry["label"]] = measure_model(model, entry, measured["models"][entry["label"]], conf["mode"])
+        out[entry["label"]] = measure_model(model, entry, measured["models"][entry["label"]], conf["mode"],
+                                            conf.get("alpha_crown_steps", 0))
         print(f"  done in {sum(out[entry['label']]['seconds'].values()):.1f} s", flush=True)
     return out
