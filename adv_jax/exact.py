@@ -51,6 +51,7 @@ SOLVERS = {"l2": "CLARABEL", "linf": "HIGHS", "l1": "HIGHS"}
 MILP_NORMS = ("linf", "l1")
 TIME_LIMIT = 30.0  # seconds per example, over all its targets
 MIP_GAP = 1e-4  # relative: the minimum to 4 digits, the solver stops at that
+WIN_TOLERANCE = 1e-6  # logits: how far below a rival the solver's point may land (its tolerances)
 
 
 @functools.lru_cache(maxsize=16)
@@ -150,20 +151,26 @@ def _network_rows(chain: DenseChain, bounds: list, rows: _Rows, offsets: np.ndar
             binary += int(free.sum())
 
 
-def _norm_rows(x: np.ndarray, rows: _Rows, start: int, norm: str) -> None:
-    """|x'_i - x_i| <= r (L-inf: one r at `start`) or <= r_i (L1: r (n,) from `start`)."""
+def _norm_rows(x: np.ndarray, rows: _Rows, start: int, norm: str, radius: float) -> None:
+    """|x'_i - x_i| <= r (L-inf: one r at `start`, at most radius by its column bound) or <= r_i
+    (L1: r (n,) from `start`, sum r <= radius)."""
     eye = np.eye(x.size)
     slack = -np.ones((x.size, 1)) if norm == "linf" else -eye
     rows.add([(0, eye), (start, slack)], -np.inf, x)
     rows.add([(0, -eye), (start, slack)], -np.inf, -x)
+    if norm == "l1":
+        rows.add([(start, np.ones((1, x.size)))], -np.inf, radius)
 
 
 def relu_minimum(chain: DenseChain, x: np.ndarray, target: int, rivals, radius: float, bounds: list,
                  norm: str = "linf", time_limit: float = TIME_LIMIT) -> tuple[float, str, np.ndarray | None]:
     """(the smallest |d|_norm <= radius with z_target >= z_j at x + d for every j in `rivals`,
-    "optimal" | "infeasible" (nothing within radius) | "time limit", x + d (n,) or None).
-    chain: ReLU hidden layers, numpy float64; x (n,) flattened; bounds [(l, u)] of every hidden
-    pre-activation over the L-inf ball of `radius` cut by the box (`crown.layer_bounds`)."""
+    "optimal" | "infeasible" (nothing within radius) | "time limit" (the distance of the best
+    point found, or nan) | "failed" (the solver's point is not adversarial through the network in
+    float64, or another solver status), x + d (n,) or None). Optimal is the minimum to MIP_GAP
+    (relative, from above). chain: ReLU hidden layers, numpy float64; x (n,) flattened; bounds
+    [(l, u)] of every hidden pre-activation over the L-inf ball of `radius` cut by the box
+    (`crown.layer_bounds`)."""
     n, widths = x.size, [w.shape[0] for w in chain.weights[:-1]]
     binaries = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in bounds)
     offsets = np.cumsum([0, n, *widths, binaries])
@@ -174,7 +181,7 @@ def relu_minimum(chain: DenseChain, x: np.ndarray, target: int, rivals, radius: 
                             np.ones(binaries), np.full(size - offsets[-1], radius)])
     rows = _Rows(size)
     _network_rows(chain, bounds, rows, offsets)
-    _norm_rows(x, rows, offsets[-1], norm)
+    _norm_rows(x, rows, offsets[-1], norm, radius)
     w, b, rivals = chain.weights[-1], chain.biases[-1], list(rivals)
     rows.add([(offsets[-3], w[target] - w[rivals])], b[rivals] - b[target], np.inf)
     integrality = np.zeros(size)
@@ -186,10 +193,21 @@ def relu_minimum(chain: DenseChain, x: np.ndarray, target: int, rivals, radius: 
                                  options={"time_limit": time_limit, "mip_rel_gap": MIP_GAP})
     if result.status == 2:
         return float("inf"), "infeasible", None
-    if result.status != 0:
-        return float("nan"), "time limit", None
-    found = result.x[:n]
-    return float(np.linalg.norm(found - x, np.inf if norm == "linf" else 1)), "optimal", found
+    found = None if result.x is None else result.x[:n]
+    if result.status not in (0, 1) or (found is not None and not _wins(chain, found, target, rivals)):
+        return float("nan"), "failed", None
+    distance = float("nan") if found is None else float(np.linalg.norm(found - x, np.inf if norm == "linf" else 1))
+    return distance, "optimal" if result.status == 0 else "time limit", found
+
+
+def _wins(chain: DenseChain, point: np.ndarray, target: int, rivals: list[int]) -> bool:
+    """Whether z_target >= z_j (to WIN_TOLERANCE) at point for every rival, through the network
+    in float64: the solver's integrality tolerance must not have let a unit cheat."""
+    h = point
+    for w, b, activation in zip(chain.weights, chain.biases, chain.activations):
+        h = w @ h + b
+        h = np.maximum(h, 0.0) if activation == "relu" else h
+    return bool(np.all(h[target] - h[rivals] >= -WIN_TOLERANCE))
 
 
 @jax.jit
@@ -229,13 +247,18 @@ def _solve_example(job: tuple) -> tuple[float, bool]:
         if left <= 0:
             return best, False
         d, status, _ = relu_minimum(chain, x, target, rivals, min(best, radius), bounds, norm, left)
-        solved &= status != "time limit"
-        best = min(best, d) if status == "optimal" else best
-    return best, solved
+        solved &= status in ("optimal", "infeasible")
+        best = min(best, d) if np.isfinite(d) else best  # a time limit's point: an upper bound
+    # nothing within an attack's distance contradicts the attack: not solved
+    return best, solved and (np.isfinite(best) or not np.isfinite(radius) or radius >= _REACH[norm](x.size))
+
+
+_REACH = {"linf": lambda n: 1.0, "l1": float}  # the box's farthest point from any x, per norm
 
 
 def _jobs(chain: DenseChain, flat: np.ndarray, y, target, radius, norm: str, time_limit: float):
-    """(index, job) of every example still correctly classified, CROWN run here by chunks of 100."""
+    """(index, job) of every example not already adversarial (untargeted: misclassified;
+    targeted: the target wins), CROWN run here by chunks of 100."""
     numpy_chain = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), chain)
     for start in range(0, len(flat), 100):
         part = slice(start, start + 100)
@@ -243,7 +266,8 @@ def _jobs(chain: DenseChain, flat: np.ndarray, y, target, radius, norm: str, tim
             bounds, margins, logits = jax.tree_util.tree_map(np.asarray, _crown_bounds(
                 _jax64(chain), jnp.asarray(flat[part]), jnp.asarray(y[part]), jnp.asarray(radius[part])))
         for k, i in enumerate(range(len(flat))[part]):
-            if np.argmax(logits[k]) == y[i]:
+            aim, winner = int(target[i]), int(np.argmax(logits[k]))
+            if (winner == y[i]) if aim < 0 else (winner != aim):  # else 0: already there
                 example_bounds = [(lo[k], hi[k]) for lo, hi in bounds]
                 plans = _plans(logits[k], margins[k], int(y[i]), int(target[i]))
                 yield i, (numpy_chain, flat[i], plans, float(radius[i]), example_bounds, norm, time_limit)
@@ -257,11 +281,13 @@ def relu_minimum_distortions(chain: DenseChain, x: np.ndarray, y: np.ndarray, ta
                              upper: np.ndarray | None = None, norm: str = "linf", time_limit: float = TIME_LIMIT,
                              workers: int | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(exact minimum distortions (N,), solved (N,) bool) of images x (N, ...) with labels y under
-    a ReLU `chain`: toward target[i] where >= 0, else any class but y[i] (0 if misclassified).
+    a ReLU `chain`: toward target[i] where >= 0 (0 if it already wins), else any class but y[i]
+    (0 if misclassified).
     upper (N,): distances at which an adversarial is known (an attack's; the search stays inside;
-    inf or None: the whole box). Unsolved (time limit per example): the best found, an upper
-    bound, or inf. inf where solved: no adversarial within upper. workers: processes solving
-    examples side by side (None: one per CPU core)."""
+    inf or None: the whole box). Solved: the minimum to MIP_GAP (relative, from above), each
+    program's point checked through the network in float64. Unsolved (the time limit per example,
+    a solver failure, or nothing found within an attack's distance): the best point found (an
+    upper bound) or inf. workers: processes solving examples side by side (None: one per core)."""
     if norm not in MILP_NORMS:
         raise ValueError(f"the ReLU program takes norm {list(MILP_NORMS)}, not {norm!r} (L2 needs a mixed-integer QP)")
     if any(a != "relu" for a in chain.activations[:-1]):
