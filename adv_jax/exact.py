@@ -40,7 +40,7 @@ import scipy.optimize
 import scipy.sparse as sp
 
 from adv_jax import extras
-from adv_jax.certify import DenseChain
+from adv_jax.certify import DenseChain, as_numpy, chain_logits
 from adv_jax.crown import layer_bounds, margin_lower_bounds
 
 __all__ = ["NORMS", "MILP_NORMS", "linear_minimum", "minimum_distortions", "relu_minimum",
@@ -94,13 +94,17 @@ def linear_minimum(w: np.ndarray, b: np.ndarray, x: np.ndarray, target: int, nor
 
 
 def minimum_distortions(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray, target: np.ndarray | None = None,
-                        norm: str = "l2") -> np.ndarray:
+                        norm: str = "l2", progress: bool = True) -> np.ndarray:
     """Exact minimum distortions (N,) of images x (N, ...) with labels y: toward target[i] where
-    it is >= 0, else the smallest over every class but y[i] (0 if already misclassified)."""
+    it is >= 0, else the smallest over every class but y[i] (0 if already misclassified); a
+    progress bar in examples where `progress`."""
+    from tqdm.auto import tqdm
+
     flat = x.reshape(len(x), -1)
     target = np.full(len(x), -1) if target is None else np.asarray(target)
     out = np.empty(len(x))
-    for i, (image, label, aim) in enumerate(zip(flat, y, target)):
+    examples = tqdm(zip(flat, y, target), total=len(x), desc=f"exact minima ({norm})", unit="ex", disable=not progress)
+    for i, (image, label, aim) in enumerate(examples):
         if aim >= 0:
             out[i] = linear_minimum(w, b, image, int(aim), norm)[0]
         elif np.argmax(image @ w + b) != label:
@@ -203,11 +207,9 @@ def relu_minimum(chain: DenseChain, x: np.ndarray, target: int, rivals, radius: 
 def _wins(chain: DenseChain, point: np.ndarray, target: int, rivals: list[int]) -> bool:
     """Whether z_target >= z_j (to WIN_TOLERANCE) at point for every rival, through the network
     in float64: the solver's integrality tolerance must not have let a unit cheat."""
-    h = point
-    for w, b, activation in zip(chain.weights, chain.biases, chain.activations):
-        h = w @ h + b
-        h = np.maximum(h, 0.0) if activation == "relu" else h
-    return bool(np.all(h[target] - h[rivals] >= -WIN_TOLERANCE))
+    with jax.enable_x64(True):
+        z = np.asarray(chain_logits(chain, point[None])[0])
+    return bool(np.all(z[target] - z[rivals] >= -WIN_TOLERANCE))
 
 
 @jax.jit
@@ -216,16 +218,8 @@ def _crown_bounds(chain: DenseChain, x, label, radius):
     `radius` (N,), lower bounds of z_label - z_j (N, K), and the logits (N, K)."""
     def one(xi, yi, ri):
         return (layer_bounds(chain, xi, ri, "linf"), margin_lower_bounds(chain, xi, yi, ri, "linf"),
-                _logits(chain, xi))
+                chain_logits(chain, xi[None])[0])
     return jax.vmap(one)(x, label, radius)
-
-
-def _logits(chain: DenseChain, x):
-    h = x
-    for w, b, activation in zip(chain.weights, chain.biases, chain.activations):
-        h = w @ h + b
-        h = jnp.maximum(h, 0) if activation == "relu" else h
-    return h
 
 
 def _plans(logits: np.ndarray, margins: np.ndarray, label: int, aim: int) -> list[tuple[int, list[int]]]:
@@ -259,7 +253,7 @@ _REACH = {"linf": lambda n: 1.0, "l1": float}  # the box's farthest point from a
 def _jobs(chain: DenseChain, flat: np.ndarray, y, target, radius, norm: str, time_limit: float):
     """(index, job) of every example not already adversarial (untargeted: misclassified;
     targeted: the target wins), CROWN run here by chunks of 100."""
-    numpy_chain = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), chain)
+    numpy_chain = as_numpy(chain)
     for start in range(0, len(flat), 100):
         part = slice(start, start + 100)
         with jax.enable_x64(True):

@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         conf["examples"] = args.examples
         conf["models"] = [{k: v for k, v in m.items() if k != "examples"} for m in conf["models"]]
     if args.models is not None:
-        left_out = [m["label"] for m in conf["models"] if m["name"] not in args.models.split(",")]
-        conf["models"] = [m for m in conf["models"] if m["name"] in args.models.split(",")]
-        conf["notes"] = [*conf.get("notes", []),
-                         f"Left out of this run (--models): {', '.join(left_out) or 'none'}."]
+        conf = minnorm.only_models(conf, args.models.split(","))
     run_dirs = {name: Path(path) for name, path in (item.split("=", 1) for item in args.run)}
     command = provenance.command("scripts/bench_minnorm.py", sys.argv[1:] if argv is None else argv,
                                  provenance.MNIST_ENV)

@@ -33,8 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     if not args.minnorm.exists():
         parser.error(f"--minnorm {args.minnorm} does not exist; run scripts/bench_minnorm.py first")
     command = provenance.command("scripts/bracket.py", sys.argv[1:] if argv is None else argv, provenance.MNIST_ENV)
-    measured = measure.run(conf, settings.load("bench_minnorm", conf.get("minnorm_config")),
-                           json.loads(args.minnorm.read_text()), args.runs)
+    minnorm_conf, minnorm = settings.load("bench_minnorm", conf.get("minnorm_config")), json.loads(args.minnorm.read_text())
+    try:
+        measure.check(conf, minnorm_conf, minnorm)
+    except ValueError as e:
+        parser.error(str(e))
+    measured = measure.run(conf, minnorm_conf, minnorm, args.runs)
     figure = args.out.parent / "figures" / "bracket.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     bracket.plot(measured, figure)

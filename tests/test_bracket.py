@@ -1,6 +1,6 @@
 """The minimum-distortion bracket (adv_jax/bench/bracket.py measures, adv_jax/reports/bracket.py
-writes): violations and gap curves on hand-made sides, and the whole report on a tiny FC10 whose
-exact minima come from the minimum-norm benchmark's QP."""
+writes): violations and gap curves on hand-made sides, the sides read from bench_minnorm's
+measurements, and the report's summary row."""
 
 import json
 
@@ -14,16 +14,19 @@ INF = np.inf
 
 
 def hand_made(certified, exact, solved, attacked, norm="linf") -> dict:
-    return {"norm": norm, "images": len(attacked), "attacked": attacked, "attacks": {"a": attacked},
+    return {"norm": norm, "images": len(attacked), "split": "test", "attacked": attacked, "attacks": {"a": attacked},
             "exact": exact, "solved": solved, "certified": {"crown": certified}, "seconds": {"crown": 0.1}}
 
 
 def test_violations_count_every_crossing():
     ordered = hand_made([0.1, 0.2, 0.0], [0.2, 0.3, 0.5], [True, True, False], [0.25, 0.3, 0.1])
-    assert bracket.violations(ordered) == 0  # the unsolved third example's exact is not compared
+    assert bracket.violations(ordered, "crown") == 0  # the unsolved third example's exact is not compared
     crossing = hand_made([0.3, 0.2, 0.0], [0.2, 0.3, 0.5], [True, True, True], [0.25, 0.29, 0.6])
     # certified 0.3 > exact 0.2 and > attacked 0.25; attacked 0.29 < exact 0.3
-    assert bracket.violations(crossing) == 3
+    assert bracket.violations(crossing, "crown") == 3
+    within_gap = {**hand_made([0.1], [0.3], [True], [0.3 * (1 - 0.5e-4)]), "exact_gap": 1e-4}
+    assert bracket.violations(within_gap, "crown") == 0  # the exact minimum is solved to a 1e-4 gap
+    assert bracket.violations({**within_gap, "exact_gap": 0.0}, "crown") == 1
 
 
 def test_gap_curves_nest_and_count_fractions():
@@ -47,3 +50,11 @@ def test_report_states_units_and_ratios():
     text = bracket.report(conf, {"tiny": model}, "python scripts/bracket.py", "figures/bracket.png")
     assert "| tiny | L-inf | 2 | crown | 0.015 | 0.03 (2/2) | 0.035 | 1.25 | 2 | 2.5 | 0 |" in text
     assert "![gap curves](figures/bracket.png)" in text
+
+
+def test_models_missing_from_the_measurements_fail_before_any_work():
+    conf, minnorm_conf = settings.load("bracket"), settings.load("bench_minnorm")
+    with pytest.raises(ValueError, match="lack"):
+        measure.check(conf, minnorm_conf, {"models": {}})
+    with pytest.raises(ValueError, match="not bench_minnorm models"):
+        measure.check({**conf, "models": ["nonesuch"]}, minnorm_conf, {"models": {}})

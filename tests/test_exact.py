@@ -79,9 +79,9 @@ def tiny_relu_chain(seed: int, sizes=(3, 4, 3, 3)):
     return DenseChain(weights, biases, ("relu",) * (len(sizes) - 2) + ("identity",))
 
 
-def pattern_minimum(chain, x, label, norm):
+def pattern_minimum(chain, x, label, norm, aim=-1):
     """The minimum by brute force: one LP per activation pattern (the network is affine on each
-    pattern's region) and target, the smallest over all of them."""
+    pattern's region) and target (aim >= 0: that class over every other), the smallest of all."""
     from itertools import product
     from scipy.optimize import linprog
 
@@ -97,11 +97,12 @@ def pattern_minimum(chain, x, label, norm):
             rows.append(sign[:, None] * z_a), rhs.append(-sign * z_c)
             a, c = z_a * mask[:, None], z_c * mask
         out_a, out_c = chain.weights[-1] @ a, chain.weights[-1] @ c + chain.biases[-1]
-        for t in range(len(out_c)):
-            if t == label:
+        for t in ([aim] if aim >= 0 else range(len(out_c))):
+            rivals = [j for j in range(len(out_c)) if j != t] if aim >= 0 else [label]
+            if t == label and aim < 0:
                 continue
-            best = min(best, _region_lp(x, rows + [(out_a[label] - out_a[t])[None]],
-                                        rhs + [np.array([out_c[t] - out_c[label]])], norm, linprog))
+            best = min(best, _region_lp(x, rows + [out_a[rivals] - out_a[t]],
+                                        rhs + [out_c[t] - out_c[rivals]], norm, linprog))
     return best
 
 
@@ -120,6 +121,7 @@ def _region_lp(x, rows, rhs, norm, linprog):
 
 @pytest.mark.parametrize("norm", ["linf", "l1"])
 def test_relu_program_equals_brute_force_over_activation_patterns(norm):
+    """Untargeted (the closest class) and targeted (one class over all others)."""
     for seed in range(3):
         chain = tiny_relu_chain(seed)
         x = np.random.default_rng(10 + seed).uniform(0.2, 0.8, size=(4, 3))
@@ -127,6 +129,11 @@ def test_relu_program_equals_brute_force_over_activation_patterns(norm):
         y = logits.argmax(1)
         got, solved = exact.relu_minimum_distortions(chain, x, y, norm=norm, workers=1, progress=False)
         want = [pattern_minimum(chain, xi, yi, norm) for xi, yi in zip(x, y)]
+        assert solved.all()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        aims = (y + 1) % 3
+        got, solved = exact.relu_minimum_distortions(chain, x, y, aims, norm=norm, workers=1, progress=False)
+        want = [pattern_minimum(chain, xi, yi, norm, int(a)) for xi, yi, a in zip(x, y, aims)]
         assert solved.all()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 

@@ -10,7 +10,6 @@ Distances in the model's unit: per-pixel RMS (L2 / sqrt(784)) or L-inf per pixel
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -19,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import adv_jax
-from adv_jax import certify, crown
+from adv_jax import certify, crown, exact
 from adv_jax.bench.foolbox_compare import correctly_classified
-from adv_jax.bench.minnorm import model_run
+from adv_jax.bench.minnorm import model_run, unit_scale
 from adv_jax.lipschitz import pair_lipschitz
+from adv_jax.reports.bench_minnorm import EXACT
 
 CHUNK = 100  # examples per CROWN call (its backward passes hold (width, 784) per example)
 
@@ -30,12 +30,11 @@ CHUNK = 100  # examples per CROWN call (its backward passes hold (width, 784) pe
 def sides(mode: dict) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
     """(best attacked distance (N,), {attack: (N,)}, exact (N,) or None, solved (N,) or None) from a
     bench_minnorm mode's measurements; inf where nothing succeeded."""
-    attacks = {name: np.asarray(m["d"], np.float64) for name, m in mode.items() if name != "exact"}
+    attacks = {name: np.asarray(m["d"], np.float64) for name, m in mode.items() if name != EXACT}
     best = np.min(np.stack(list(attacks.values())), axis=0)
-    exact = mode.get("exact")
-    if exact is None:
+    if EXACT not in mode:
         return best, attacks, None, None
-    return best, attacks, np.asarray(exact["d"], np.float64), np.asarray(exact["solved"], bool)
+    return best, attacks, np.asarray(mode[EXACT]["d"], np.float64), np.asarray(mode[EXACT]["solved"], bool)
 
 
 def _crown_radii(chain, x, y, upper, norm: str, slope_steps: int = 0) -> np.ndarray:
@@ -43,8 +42,10 @@ def _crown_radii(chain, x, y, upper, norm: str, slope_steps: int = 0) -> np.ndar
     alpha-CROWN's)."""
     radius = jax.jit(jax.vmap(lambda xi, yi, ui: crown.certified_radius(chain, xi, yi, ui, norm,
                                                                          slope_steps=slope_steps)))
+    from tqdm.auto import tqdm
+
     out = []
-    for start in range(0, len(x), CHUNK):
+    for start in tqdm(range(0, len(x), CHUNK), desc="alpha-CROWN" if slope_steps else "CROWN", unit="chunk"):
         part = slice(start, start + CHUNK)
         out.append(np.asarray(radius(x[part], y[part], upper[part])))
     return np.concatenate(out)
@@ -56,7 +57,7 @@ def lipschitz_radii(run, chain, x, y, upper) -> dict[str, np.ndarray]:
     logits = certify.chain_logits(chain, x)
     untargeted = jnp.full(len(y), -1)
     global_ = certify.certified_distortion(logits, y, untargeted, pair_lipschitz(run.model, run.params))
-    grams, _ = certify.local_output_gram(chain, x, upper)
+    grams, _ = certify.local_output_gram(chain, x, upper, progress=True)
     local = jnp.minimum(upper, certify.certified_distortion(logits, y, untargeted, certify.pair_constants(grams)))
     return {"lipschitz global": np.asarray(global_), "lipschitz local": np.asarray(jnp.maximum(global_, local))}
 
@@ -65,8 +66,8 @@ def certified(run, x, y, best: np.ndarray, norm: str, slope_steps: int = 0) -> t
     """({method: certified lower bound (N,) in the model's unit}, {method: seconds}) on images x
     (N, ...) with labels y; best (N,): the attacked distance (the search's upper end), same unit.
     Methods: crown, alpha-crown (slope_steps > 0), and for L2 the Lipschitz bracket."""
-    scale = math.sqrt(math.prod(run.model.input_shape)) if norm == "l2" else 1.0
-    reach = scale if norm == "l2" else 1.0  # the box's farthest point: where no attack succeeded
+    scale = unit_scale(run, norm)
+    reach = scale  # the box's farthest point (sqrt(n) in L2, 1 in L-inf): where no attack succeeded
     with jax.enable_x64(True):
         chain = certify.dense_chain(run.model, run.params)
         flat = jnp.asarray(x, jnp.float64).reshape(len(x), -1)
@@ -90,27 +91,38 @@ def measure_model(run, entry: dict, measured: dict, mode: str, slope_steps: int 
     """One model: its bench_minnorm measurements (`measured`, for this model) and its certified
     side -> {"norm", "images", "attacked" (N,), "attacks" {name: (N,)}, "exact", "solved",
     "certified" {method: (N,)}, "seconds"}, as lists."""
-    best, attacks, exact, solved = sides(measured["modes"][mode])
-    x, y = correctly_classified(run, measured["images"], measured.get("split", "test"))
-    norm = entry.get("norm", "l2")
+    best, attacks, minima, solved = sides(measured["modes"][mode])
+    split = measured.get("split", "test")
+    x, y = correctly_classified(run, measured["images"], split)
+    norm = measured["norm"]
     methods, seconds = certified(run, x, y, best, norm, slope_steps)
     listed = lambda a: None if a is None else np.asarray(a).tolist()  # noqa: E731
-    return {"norm": norm, "images": len(y), "attacked": best.tolist(),
-            "attacks": {k: v.tolist() for k, v in attacks.items()}, "exact": listed(exact),
-            "solved": listed(solved), "certified": {k: v.tolist() for k, v in methods.items()},
-            "seconds": seconds}
+    return {"norm": norm, "images": len(y), "split": split, "attacked": best.tolist(),
+            "attacks": {k: v.tolist() for k, v in attacks.items()}, "exact": listed(minima),
+            "solved": listed(solved), "exact_gap": exact.MIP_GAP if entry.get("exact") == "relu_milp" else 0.0,
+            "certified": {k: v.tolist() for k, v in methods.items()}, "seconds": seconds}
+
+
+def check(conf: dict, minnorm_conf: dict, measured: dict) -> list[dict]:
+    """conf's models as bench_minnorm's entries, each measured there in conf's mode; else one
+    ValueError naming what is missing (before any work)."""
+    entries = {e["name"]: e for e in minnorm_conf["models"]}
+    unknown = [name for name in conf["models"] if name not in entries]
+    if unknown:
+        raise ValueError(f"bracket models {unknown} are not bench_minnorm models; choose from {sorted(entries)}")
+    chosen = [entries[name] for name in conf["models"]]
+    missing = [e["label"] for e in chosen if conf["mode"] not in measured["models"].get(e["label"], {}).get("modes", {})]
+    if missing:
+        raise ValueError(f"the minimum-norm measurements lack {missing} in mode {conf['mode']!r}; "
+                         "run scripts/bench_minnorm.py with them first")
+    return chosen
 
 
 def run(conf: dict, minnorm_conf: dict, measured: dict, runs: Path) -> dict[str, dict]:
     """Every model of conf (bench_minnorm's names, measured there): {label: `measure_model`}."""
-    entries = {e["name"]: e for e in minnorm_conf["models"]}
     out = {}
-    for name in conf["models"]:
-        entry = entries[name]
-        if entry["label"] not in measured["models"]:
-            raise KeyError(f"{entry['label']!r} is not in the minimum-norm measurements; run "
-                           f"scripts/bench_minnorm.py with it first")
-        model = model_run(entry, minnorm_conf["common"], runs / name)
+    for entry in check(conf, minnorm_conf, measured):
+        model = model_run(entry, minnorm_conf["common"], runs / entry["name"])
         print(f"{entry['label']}: certifying", flush=True)
         out[entry["label"]] = measure_model(model, entry, measured["models"][entry["label"]], conf["mode"],
                                             conf.get("alpha_crown_steps", 0))

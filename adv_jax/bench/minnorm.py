@@ -52,6 +52,8 @@ def model_settings(conf: dict, entry: dict) -> dict:
         raise ValueError(f"model {entry['name']}: unknown norm {norm!r}; choose one of {list(NORMS)}")
     if solver is not None and solver not in EXACT_SOLVERS:
         raise ValueError(f"model {entry['name']}: unknown exact {solver!r}; choose one of {list(EXACT_SOLVERS)}")
+    if solver == "relu_milp" and norm not in exact.MILP_NORMS:
+        raise ValueError(f"model {entry['name']}: exact relu_milp takes norm {list(exact.MILP_NORMS)}, not {norm!r}")
     foolbox = entry.get("foolbox", (conf.get("foolbox") or []) if norm == "l2" else [])
     return {**conf, "norm": norm, "exact": solver, "attacks": entry.get("attacks", conf["attacks"]),
             "foolbox": foolbox, "target_modes": entry.get("target_modes", conf["target_modes"])}
@@ -211,3 +213,10 @@ def merge(conf: dict, parts: list[dict]) -> dict:
     return {"foolbox": any(part["foolbox"] for part in parts),
             "commands": [c for part in parts for c in part.get("commands", [])],
             "models": {label: models[label] for label in order + [k for k in models if k not in order]}}
+
+
+def only_models(conf: dict, names: list[str]) -> dict:
+    """conf with the named models alone, and a note saying which were left out (--models)."""
+    left_out = [m["label"] for m in conf["models"] if m["name"] not in names]
+    return {**conf, "models": [m for m in conf["models"] if m["name"] in names],
+            "notes": [*conf.get("notes", []), f"Left out of this run (--models): {', '.join(left_out) or 'none'}."]}

@@ -111,7 +111,7 @@ def summarize(name: str, run_dir: Path, stored: dict, measure: dict) -> dict[str
     low = lower_bounds(run_dir, metrics, cfg["model.name"], measure) or {}
     jac, pairs = (low.get(k) for k in LOWER_KEYS)
     ascent = metrics.get(ASCENT_KEY)
-    lower = max((v for v in (jac, pairs, ascent) if v is not None), default=None)
+    lower = max((v for v in (jac, pairs, ascent) if v), default=None)
     found = certified(stored) or {"bounds": None, "seconds": {}, "skipped": {}, "bracket": None}
     product = stored["lipschitz/upper_bound"]
     return dict(name=name, model=cfg["model.name"], split=cfg["data.split"], optimizer=cfg["train.optimizer"],

@@ -15,7 +15,8 @@ from adv_jax.reports.runs import read_run
 def load_entry(run_dir: str | Path) -> dict[str, Any] | None:
     """{'path', 'config' (flat dotted keys), 'metrics', 'layers', 'upper', 'bounds' (method ->
     certified value; the product alone when lipschitz.json predates the certified bounds),
-    'certified' (the smallest), 'certified_method', 'jacobian', 'pairs'}; None for a run without
+    'certified' (the smallest), 'certified_method', 'jacobian', 'pairs', 'ascent' (the Jacobian
+    ascent's; None in runs before it)}; None for a run without
     lipschitz.json (made before the bounds were wired in)."""
     run = read_run(run_dir)
     stored = run["lipschitz"]
@@ -27,7 +28,8 @@ def load_entry(run_dir: str | Path) -> dict[str, Any] | None:
     return dict(path=run["path"], config=run["config"], metrics=metrics, layers=stored["layers"], upper=upper,
                 bounds=bounds, certified=bounds[best], certified_method=best,
                 jacobian=metrics.get("lipschitz/jacobian_lower_bound"),
-                pairs=metrics.get("lipschitz/pair_ratio_lower_bound"), only_product="bounds" not in stored)
+                pairs=metrics.get("lipschitz/pair_ratio_lower_bound"),
+                ascent=metrics.get("lipschitz/jacobian_ascent_lower_bound"), only_product="bounds" not in stored)
 
 
 def attack_moved(entry: dict) -> bool:
@@ -47,7 +49,7 @@ def consistent(entry: dict, value: float | None) -> bool:
 
 def lower_bound(entry: dict) -> float | None:
     """The larger of the run's valid, nonzero lower bounds (None if it has none)."""
-    values = [v for v in (entry["jacobian"], entry["pairs"]) if v and consistent(entry, v)]
+    values = [v for v in (entry["jacobian"], entry["pairs"], entry.get("ascent")) if v and consistent(entry, v)]
     return max(values) if values else None
 
 
