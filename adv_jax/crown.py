@@ -14,8 +14,11 @@ a_lo z + c_lo <= phi(z) <= a_up z + c_up on [l, u]:
   identity z
 A lower bound on Lambda . h_k + c (h_k layer k's input) passes back through the lines (the lower
 line where Lambda > 0, the upper one where < 0) and the weights to the input, where its minimum
-over the set is exact for L-inf (coordinate-wise over the ball cut by the box) and, for L2, the
-ball's alone, Lambda x - eps |Lambda|_2 (the box only shrinks the set: still sound). Each hidden
+over the set is exact for L-inf (coordinate-wise over the ball cut by the box) and, for L2, bounded
+from below by Lagrangian duality: for any lam > 0 the minimum over the box of
+Lambda x' + lam (|x' - x|^2 - eps^2) is separable (each coordinate a clipped quadratic), and the
+best lam is found by ternary search (lam = |Lambda| / (2 eps) gives the ball's own bound,
+Lambda x - eps |Lambda|, which the box can only raise). Each hidden
 layer's [l, u] come from the same backward pass to the input (full CROWN, O(depth^2) passes).
 
 alpha-CROWN (Xu et al. 2021) as an option (`slope_steps`): each unit has a family of valid lines
@@ -43,6 +46,8 @@ Array = jax.Array
 RADIUS_STEPS = 20  # bisection steps: the radius to within upper / 2^20
 _TINY = 1e-12
 SLACK = 1e-6  # added to a mixed-sign tangent's intercept
+DUAL_STEPS = 20  # ternary-search steps for the L2 ball-and-box bound (log(lam) to within 4e-4 of range)
+DUAL_RANGE = (-9.0, 1.0)  # log(lam / lam_ball): the box lowers the best lam, never by more than e^9
 SLOPE_STEP = 0.1  # alpha-CROWN: each step moves a free slope parameter t in [0, 1] by this much
 
 
@@ -130,11 +135,40 @@ def relaxation(activation: str, lo: Array, hi: Array, t_lo: Array | None = None,
 
 
 def _input_minimum(coef: Array, x: Array, eps: Array, norm: str) -> Array:
-    """min over x' in ball(x, eps) cut by [0, 1]^n of coef . x' (coef (m, n)) -> (m,)."""
+    """min over x' in ball(x, eps) cut by [0, 1]^n of coef . x' (coef (m, n)) -> (m,): exact for
+    L-inf; for L2 a lower bound, the best Lagrangian dual bound found (`_box_dual`)."""
     if norm == "linf":
         lo, hi = jnp.clip(x - eps, 0.0, 1.0), jnp.clip(x + eps, 0.0, 1.0)
         return jnp.minimum(coef * lo, coef * hi).sum(1)
-    return coef @ x - eps * jnp.sqrt(jnp.sum(coef**2, 1))
+    return _box_dual(coef, x, eps)
+
+
+def _dual_value(coef: Array, x: Array, eps: Array, lam: Array) -> Array:
+    """g(lam) = min over the box of coef . x' + lam (|x' - x|^2 - eps^2) (m,): a lower bound on the
+    minimum over the L2 ball cut by the box for any lam > 0 (weak duality), the box's minimizer
+    coordinate by coordinate, clip(x - coef / (2 lam), 0, 1)."""
+    moved = jnp.clip(x[None] - coef / (2 * lam[:, None]), 0.0, 1.0)
+    return jnp.sum(coef * moved + lam[:, None] * (moved - x[None]) ** 2, 1) - lam * eps**2
+
+
+def _box_dual(coef: Array, x: Array, eps: Array) -> Array:
+    """The L2 minimum's dual bound, maximized over lam by ternary search on log(lam / lam_ball)
+    in [DUAL_RANGE] (g is concave in lam); lam_ball = |coef| / (2 eps) gives the ball's own bound
+    coef . x - eps |coef|, which the box can only raise. Where images have many pixels at 0 or 1
+    (MNIST's background), the box blocks half the directions the ball allows."""
+    radius = jnp.maximum(eps, _TINY)
+    lam_ball = jnp.sqrt(jnp.sum(coef**2, 1)) / (2 * radius) + _TINY
+
+    def third(_, ends):
+        a, b = ends
+        left, right = a + (b - a) / 3, b - (b - a) / 3
+        lower = _dual_value(coef, x, radius, lam_ball * jnp.exp(left)) < _dual_value(coef, x, radius, lam_ball * jnp.exp(right))
+        return jnp.where(lower, left, a), jnp.where(lower, b, right)
+
+    start = (jnp.full_like(lam_ball, DUAL_RANGE[0]), jnp.full_like(lam_ball, DUAL_RANGE[1]))
+    a, b = jax.lax.fori_loop(0, DUAL_STEPS, third, start)
+    found = _dual_value(coef, x, radius, lam_ball * jnp.exp(0.5 * (a + b)))
+    return jnp.maximum(found, _dual_value(coef, x, radius, lam_ball))
 
 
 def _backward_lower(chain: DenseChain, lines: list, spec: Array, layer: int, x: Array, eps: Array,

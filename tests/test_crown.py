@@ -127,3 +127,20 @@ def test_at_the_certified_radius_no_sample_and_no_pgd_point_changes_the_class(ac
         assert not bool(is_adversarial(logits_one(x_adv), y, -1))
         # and the bound is not vacuous: four times the radius, PGD or the margin bound gives way
         assert not bool(jnp.all(crown.margin_lower_bounds(chain, jnp.asarray(x), y, 4 * r, norm) > 0))
+
+
+def test_the_l2_bound_over_ball_and_box_is_sound_and_beats_the_ball_alone():
+    """On an image with pixels at 0 and 1, the dual bound on min coef . x' over the L2 ball cut
+    by the box lies below every sampled point of that set and at or above the ball's own bound,
+    strictly above it for some rows (the box blocks directions)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(11)
+        x = np.clip(rng.uniform(-0.5, 1.5, N_IN), 0, 1)
+        coef = jnp.asarray(rng.normal(size=(30, N_IN)))
+        eps = 0.8
+        bound = np.asarray(crown._input_minimum(coef, jnp.asarray(x), eps, "l2"))
+        ball = np.asarray(coef @ x - eps * jnp.linalg.norm(coef, axis=1))
+        samples = ball_samples(x, eps, "l2", 20000).astype(np.float64)
+        inside = samples[np.linalg.norm(samples - x, axis=1) <= eps]
+        assert np.all(np.asarray(coef) @ inside.T >= bound[:, None] - 1e-9)
+        assert np.all(bound >= ball - 1e-9) and np.any(bound > ball + 0.1)
