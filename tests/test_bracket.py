@@ -58,3 +58,26 @@ def test_models_missing_from_the_measurements_fail_before_any_work():
         measure.check(conf, minnorm_conf, {"models": {}})
     with pytest.raises(ValueError, match="not bench_minnorm models"):
         measure.check({**conf, "models": ["nonesuch"]}, minnorm_conf, {"models": {}})
+
+
+def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, monkeypatch):
+    """A tiny FC10 through bench_minnorm (two attacks, the exact QP) and then the bracket: CROWN
+    and the Lipschitz bracket stay below the exact minima, which stay below the attacks."""
+    pytest.importorskip("cvxpy")
+    from test_bench_minnorm import tiny_conf
+    from adv_jax.bench import minnorm
+
+    monkeypatch.setattr(minnorm, "foolbox_available", lambda: False)
+    minnorm_conf = tiny_conf(tiny_overrides, ["deepfool", "fmn"])
+    minnorm_conf.update(target_modes=["untargeted"], examples=4)
+    minnorm_conf["models"][0].update(name="tiny", exact="linear")
+    measured = json.loads(json.dumps(minnorm.run(minnorm_conf, tmp_path / "runs", {})))
+    conf = {**settings.load("bracket"), "models": ["tiny"], "alpha_crown_steps": 2}
+    out = measure.run(conf, minnorm_conf, measured, tmp_path / "runs")["tiny FC10"]
+    assert set(out["certified"]) == {"crown", "alpha-crown", "lipschitz global", "lipschitz local"}
+    assert all(bracket.violations(out, method) == 0 for method in out["certified"])
+    exact = np.asarray(out["exact"])
+    assert np.all(np.asarray(out["certified"]["alpha-crown"]) >= np.asarray(out["certified"]["crown"]) - 1e-12)
+    assert np.all(np.asarray(out["certified"]["crown"]) > 0) and np.all(np.isfinite(exact))
+    text = bracket.report(conf, {"tiny FC10": out}, "python scripts/bracket.py", None)
+    assert "| tiny FC10 | per-pixel RMS | 4 | crown |" in text
