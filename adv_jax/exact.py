@@ -51,6 +51,7 @@ SOLVERS = {"l2": "CLARABEL", "linf": "HIGHS", "l1": "HIGHS"}
 MILP_NORMS = ("linf", "l1")
 TIME_LIMIT = 30.0  # seconds per example, over all its targets
 MIP_GAP = 1e-4  # relative: the minimum to 4 digits, the solver stops at that
+MIP_ABS_GAP = 1e-6  # HiGHS's absolute gap (its default; scipy does not expose it): binds near 0
 WIN_TOLERANCE = 1e-6  # logits: how far below a rival the solver's point may land (its tolerances)
 
 
@@ -172,7 +173,7 @@ def relu_minimum(chain: DenseChain, x: np.ndarray, target: int, rivals, radius: 
     "optimal" | "infeasible" (nothing within radius) | "time limit" (the distance of the best
     point found, or nan) | "failed" (the solver's point is not adversarial through the network in
     float64, or another solver status), x + d (n,) or None). Optimal is the minimum to MIP_GAP
-    (relative, from above). chain: ReLU hidden layers, numpy float64; x (n,) flattened; bounds
+    (relative, from above; MIP_ABS_GAP absolute near 0). chain: ReLU hidden layers, numpy float64; x (n,) flattened; bounds
     [(l, u)] of every hidden pre-activation over the L-inf ball of `radius` cut by the box
     (`crown.layer_bounds`)."""
     n, widths = x.size, [w.shape[0] for w in chain.weights[:-1]]

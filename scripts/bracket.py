@@ -3,7 +3,8 @@ certified from below (CROWN; for L2 also the Lipschitz bracket), exact where com
 attacked from above, on the minimum-norm benchmark's images.
 
     ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bracket.py
-        [--minnorm results/bench_minnorm.json] [--runs runs/models] [--config FILE] [--out FILE]
+        [--minnorm results/bench_minnorm.json] [--runs runs/models] [--config FILE] [--models NAME,...]
+        [--out FILE]
 
 Reads the attacked and exact distances from scripts/bench_minnorm.py's .json (run it first, with
 the models of conf/report/bracket.yaml); loads each model from its run directory <runs>/<name>
@@ -28,8 +29,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/models"))
     parser.add_argument("--config", type=Path, default=None, help="default: conf/report/bracket.yaml")
     parser.add_argument("--out", type=Path, default=Path("results/bracket.md"))
+    parser.add_argument("--models", default=None, help="comma-separated names of the config's models to run")
     args = parser.parse_args(argv)
     conf = settings.load("bracket", args.config)
+    if args.models is not None:
+        conf["models"] = [m for m in conf["models"] if m in args.models.split(",")]
     if not args.minnorm.exists():
         parser.error(f"--minnorm {args.minnorm} does not exist; run scripts/bench_minnorm.py first")
     command = provenance.command("scripts/bracket.py", sys.argv[1:] if argv is None else argv, provenance.MNIST_ENV)

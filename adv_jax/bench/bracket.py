@@ -100,6 +100,7 @@ def measure_model(run, entry: dict, measured: dict, mode: str, slope_steps: int 
     return {"norm": norm, "images": len(y), "split": split, "attacked": best.tolist(),
             "attacks": {k: v.tolist() for k, v in attacks.items()}, "exact": listed(minima),
             "solved": listed(solved), "exact_gap": exact.MIP_GAP if entry.get("exact") == "relu_milp" else 0.0,
+            "exact_abs_gap": exact.MIP_ABS_GAP if entry.get("exact") == "relu_milp" else 0.0,
             "certified": {k: v.tolist() for k, v in methods.items()}, "seconds": seconds}
 
 
