@@ -288,7 +288,7 @@ def relu_minimum_distortions(chain: DenseChain, x: np.ndarray, y: np.ndarray, ta
     if any(a != "relu" for a in chain.activations[:-1]):
         raise ValueError(f"the mixed-integer program needs ReLU hidden layers, not {chain.activations[:-1]}")
     flat = np.asarray(x, np.float64).reshape(len(x), -1)
-    reach = 1.0 if norm == "linf" else float(flat.shape[1])  # the box's farthest point
+    reach = _REACH[norm](flat.shape[1])
     target = np.full(len(x), -1) if target is None else np.asarray(target)
     upper = np.full(len(x), np.inf) if upper is None else np.asarray(upper, np.float64)
     out, solved = np.zeros(len(x)), np.ones(len(x), bool)  # misclassified: 0, solved
