@@ -246,6 +246,12 @@ def data_fingerprint(data) -> str:
     return digest.hexdigest()[:16]
 
 
+def params_fingerprint(params: Params) -> str:
+    """sha256 (16 hex digits) of a model's parameters as saved: which trained model a measurement
+    was made on."""
+    return hashlib.sha256(params_to_bytes(params)).hexdigest()[:16]
+
+
 def model_identity(cfg: Any, data=None) -> dict:
     """Everything that determines a trained model's parameters (and nothing else): the changed
     model and training fields, the split, the seed, and (given `data`, the training set) a

@@ -87,6 +87,11 @@ def test_report_on_a_tiny_model(tmp_path, tiny_overrides, monkeypatch):
     assert "2 correctly classified p2 images." in text and "| fmn, 10 steps |" in text
     assert "### Targets: untargeted" in text and len(scores_in(text)) == 2
     assert "## Selection" in text and "| fmn, 10 steps | 10 |" in text
+    # A model that wants no foolbox rows (an L-inf model's default): no note about it.
+    conf["models"][0]["foolbox"] = []
+    measured = minnorm.run(conf, tmp_path / "runs", {})
+    assert not measured["foolbox_missing"]
+    assert "foolbox is not installed" not in bench_minnorm.report(conf, measured, "cmd")
 
 
 def test_slow_rates_keep_their_digits():
@@ -106,6 +111,10 @@ def test_selection_takes_the_smallest_distortion_within_the_budget_that_fools_ev
     assert "| costly | 500 | 0.05000 | no |" in text and "| foolbox | - | 0.01000 | no |" in text
     text = "\n".join(bench_minnorm.selection({"m": {"random": by_attack}}, 400))
     assert "**best**" in text
+    # An attack one model lacks is not judged; one the first model lacks is not either.
+    text = "\n".join(bench_minnorm.selection({"m": {"random": by_attack}, "n": {"random": {
+        "cheap": by_attack["cheap"], "extra": cell([0.01, 0.01], 10)}}}, 400))
+    assert "**cheap**" in text and "| best |" not in text and "| extra |" not in text
 
 
 def fake_run(model, params) -> SimpleNamespace:
@@ -225,7 +234,8 @@ def test_relu_milp_searches_within_the_best_attack_in_float64(affine_digits, mon
 def test_parts_measured_apart_merge_in_the_configs_order():
     conf = settings.load("bench_minnorm")
     first, second = (conf["models"][i]["label"] for i in (0, 1))
-    parts = [{"foolbox": False, "commands": ["b"], "models": {second: {"x": 2}}},
+    parts = [{"foolbox": False, "foolbox_missing": True, "commands": ["b"], "models": {second: {"x": 2}}},
              {"foolbox": True, "commands": ["a"], "models": {first: {"x": 1}}}]
     merged = minnorm.merge(conf, parts)
     assert list(merged["models"]) == [first, second] and merged["foolbox"] and merged["commands"] == ["b", "a"]
+    assert merged["foolbox_missing"]

@@ -81,3 +81,8 @@ def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, mon
     assert np.all(np.asarray(out["certified"]["crown"]) > 0) and np.all(np.isfinite(exact))
     text = bracket.report(conf, {"tiny FC10": out}, "python scripts/bracket.py", None)
     assert "| tiny FC10 | per-pixel RMS | 4 | crown |" in text
+    # The images are the ones measured (by index); another model's measurements fail before work.
+    assert measured["models"]["tiny FC10"]["indices"] == sorted(measured["models"]["tiny FC10"]["indices"])
+    measured["models"]["tiny FC10"]["params_sha256"] = "0" * 16
+    with pytest.raises(ValueError, match="not the one the minimum-norm measurements"):
+        measure.run(conf, minnorm_conf, measured, tmp_path / "runs")

@@ -3,7 +3,8 @@
 constants), known exactly where it can be (adv_jax/exact.py) and attacked from above, on the same
 images. The attacked and exact sides are read from the minimum-norm benchmark's measurements
 (results/bench_minnorm.json: the best of its attacks per example, its exact column); this module
-adds the certified side on those images (the first N the model classifies correctly, as there).
+adds the certified side on those images (the split indices it stored), after checking that the
+model is the one measured there (its params' sha256).
 
 Distances in the model's unit: per-pixel RMS (L2 / sqrt(784)) or L-inf per pixel, pixels in [0, 1].
 """
@@ -18,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import adv_jax
-from adv_jax import certify, crown, exact
-from adv_jax.bench.foolbox_compare import correctly_classified
+from adv_jax import certify, checkpoint, crown, exact
+from adv_jax.bench.foolbox_compare import correctly_classified, split_images
 from adv_jax.bench.minnorm import model_run, unit_scale
 from adv_jax.lipschitz import pair_lipschitz
 from adv_jax.reports.bench_minnorm import EXACT
@@ -87,13 +88,32 @@ def certified(run, x, y, best: np.ndarray, norm: str, slope_steps: int = 0) -> t
     return methods, seconds
 
 
+def measured_images(run, measured: dict, split: str) -> tuple[jax.Array, jax.Array]:
+    """The images (N, 28, 28, 1) and labels bench_minnorm measured: by the indices it stored (older
+    measurements: the first N the model classifies correctly, as it chose them)."""
+    if "indices" not in measured:
+        return correctly_classified(run, measured["images"], split)
+    x, y = split_images(run, split)
+    indices = np.asarray(measured["indices"], int)
+    return x[indices], y[indices]
+
+
+def same_model(label: str, run, measured: dict) -> None:
+    """Raises ValueError where bench_minnorm measured another model than `run`'s (retrained since):
+    its distances would be paired with the wrong network."""
+    stored = measured.get("params_sha256")
+    if stored is not None and stored != checkpoint.params_fingerprint(run.params):
+        raise ValueError(f"{label}: the model in {run.path} is not the one the minimum-norm measurements "
+                         "were made on (params sha256 differs); rerun scripts/bench_minnorm.py on it")
+
+
 def measure_model(run, entry: dict, measured: dict, mode: str, slope_steps: int = 0) -> dict:
     """One model: its bench_minnorm measurements (`measured`, for this model) and its certified
     side -> {"norm", "images", "attacked" (N,), "attacks" {name: (N,)}, "exact", "solved",
     "certified" {method: (N,)}, "seconds"}, as lists."""
     best, attacks, minima, solved = sides(measured["modes"][mode])
     split = measured.get("split", "test")
-    x, y = correctly_classified(run, measured["images"], split)
+    x, y = measured_images(run, measured, split)
     norm = measured["norm"]
     methods, seconds = certified(run, x, y, best, norm, slope_steps)
     listed = lambda a: None if a is None else np.asarray(a).tolist()  # noqa: E731
@@ -121,9 +141,12 @@ def check(conf: dict, minnorm_conf: dict, measured: dict) -> list[dict]:
 
 def run(conf: dict, minnorm_conf: dict, measured: dict, runs: Path) -> dict[str, dict]:
     """Every model of conf (bench_minnorm's names, measured there): {label: `measure_model`}."""
+    entries = check(conf, minnorm_conf, measured)
+    models = [model_run(entry, minnorm_conf["common"], runs / entry["name"]) for entry in entries]
+    for entry, model in zip(entries, models):  # every model checked before any is certified
+        same_model(entry["label"], model, measured["models"][entry["label"]])
     out = {}
-    for entry in check(conf, minnorm_conf, measured):
-        model = model_run(entry, minnorm_conf["common"], runs / entry["name"])
+    for entry, model in zip(entries, models):
         print(f"{entry['label']}: certifying", flush=True)
         out[entry["label"]] = measure_model(model, entry, measured["models"][entry["label"]], conf["mode"],
                                             conf.get("alpha_crown_steps", 0))

@@ -63,14 +63,20 @@ def load_model(run_dir: Path) -> adv_jax.Run:
     return adv_jax.load_run(run_dir)
 
 
-def correctly_classified(run, count: int, split: str = "test") -> tuple[jax.Array, jax.Array]:
-    """The first `count` images (and labels) of `split` the run's model classifies correctly."""
+def split_images(run, split: str = "test") -> tuple[jax.Array, jax.Array]:
+    """(images (N, 28, 28, 1), labels (N,)) of the run's data split `split`."""
     splits = adv_jax.load_splits(run.config.data)
     if split not in splits:
         raise ValueError(f"unknown split {split!r}; choose one of {sorted(splits)}")
-    x, y = jnp.asarray(splits[split].x), jnp.asarray(splits[split].y)
+    return jnp.asarray(splits[split].x), jnp.asarray(splits[split].y)
+
+
+def correctly_classified(run, count: int, split: str = "test", with_indices: bool = False):
+    """The first `count` images (and labels) of `split` the run's model classifies correctly; and
+    their indices in the split (N,) where `with_indices`."""
+    x, y = split_images(run, split)
     keep = np.flatnonzero(np.asarray(jnp.argmax(jax.jit(run.logits_fn)(x), -1) == y))[:count]
-    return x[keep], y[keep]
+    return (x[keep], y[keep], keep) if with_indices else (x[keep], y[keep])
 
 
 def succeeded(forward, x_adv: jax.Array, y: jax.Array) -> np.ndarray:

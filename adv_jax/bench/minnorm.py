@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import adv_jax
-from adv_jax import certify, exact
+from adv_jax import certify, checkpoint, exact
 from adv_jax.attacks import attack_batch, compile_attack_batch, make_attack
 from adv_jax.attacks.common import batched_logits, is_adversarial, rms_distortion
 from adv_jax.attacks.targets import choose_targets
@@ -180,29 +180,33 @@ def measure_mode(conf: dict, run: adv_jax.Run, x, y, target, with_foolbox: bool)
 
 def measure_model(run: adv_jax.Run, conf: dict, with_foolbox: bool, examples: int) -> dict:
     """One model (conf: `model_settings`) on its first `examples` correctly classified images of
-    conf's `split` (default: the test set): {"images", "split", "norm", "modes": {target mode:
-    `measure_mode`}}."""
+    conf's `split` (default: the test set): {"images", "split", "indices" (in the split),
+    "params_sha256" (`checkpoint.params_fingerprint`), "norm", "modes": {target mode: `measure_mode`}}."""
     split = conf.get("split", "test")
-    x, y = correctly_classified(run, examples, split)
+    x, y, indices = correctly_classified(run, examples, split, with_indices=True)
     logits = batched_logits(run.logits_fn, x)
     by_mode = {}
     for mode in conf["target_modes"]:
         target = choose_targets(mode, logits, y, key=jax.random.key(conf["seed"]))
         print(f"{run.path}, {mode}:", flush=True)
         by_mode[mode] = measure_mode(conf, run, x, y, target, with_foolbox)
-    return {"images": len(y), "split": split, "norm": conf.get("norm", "l2"), "modes": by_mode}
+    return {"images": len(y), "split": split, "indices": indices.tolist(),
+            "params_sha256": checkpoint.params_fingerprint(run.params), "norm": conf.get("norm", "l2"),
+            "modes": by_mode}
 
 
 def run(conf: dict, runs: Path, run_dirs: dict[str, Path]) -> dict:
     """Every model of conf (from run_dirs[name] or runs/<name>), each with `model_settings`:
-    {"foolbox": whether its rows were measured, "models": {label: `measure_model`}}."""
+    {"foolbox": whether its rows were measured, "foolbox_missing": whether a model wanted them
+    but foolbox is not installed, "models": {label: `measure_model`}}."""
     settings = [(entry, model_settings(conf, entry)) for entry in conf["models"]]  # bad entries fail first
-    with_foolbox = foolbox_available() and any(s["foolbox"] for _, s in settings)
+    wanted = any(s["foolbox"] for _, s in settings)
+    with_foolbox = wanted and foolbox_available()
     models = {}
     for entry, own in settings:
         model = model_run(entry, conf["common"], Path(run_dirs.get(entry["name"], runs / entry["name"])))
         models[entry["label"]] = measure_model(model, own, with_foolbox, entry.get("examples", conf["examples"]))
-    return {"foolbox": with_foolbox, "models": models}
+    return {"foolbox": with_foolbox, "foolbox_missing": wanted and not with_foolbox, "models": models}
 
 
 def merge(conf: dict, parts: list[dict]) -> dict:
@@ -211,6 +215,7 @@ def merge(conf: dict, parts: list[dict]) -> dict:
     models = {label: m for part in parts for label, m in part["models"].items()}
     order = [e["label"] for e in conf["models"] if e["label"] in models]
     return {"foolbox": any(part["foolbox"] for part in parts),
+            "foolbox_missing": any(part.get("foolbox_missing", False) for part in parts),
             "commands": [c for part in parts for c in part.get("commands", [])],
             "models": {label: models[label] for label in order + [k for k in models if k not in order]}}
 

@@ -152,10 +152,11 @@ def exact_summary(models: dict[str, dict[str, dict]]) -> list[str]:
 def selection(measured: dict[str, dict[str, dict]], max_evals: float) -> list[str]:
     """The config's `select` rule: of the attacks whose mean evaluations per example stay within
     max_evals on every model and target mode, the one with the smallest mean distortion (over the
-    fooled examples, averaged over models and modes) among those that fool every example."""
+    fooled examples, averaged over models and modes) among those that fool every example. Only
+    attacks measured on every model and mode are judged (models may have their own lists)."""
     cells = [attacks_of(by_attack) for by_mode in measured.values() for by_attack in by_mode.values()]
     rows, eligible = [], {}
-    for name in cells[0]:
+    for name in [name for name in cells[0] if all(name in c for c in cells)]:
         evals = [c[name]["evals"] for c in cells]
         worst = max(float(np.mean(e)) for e in evals) if all(e is not None for e in evals) else None
         d = [np.asarray(c[name]["d"], np.float64) for c in cells]
@@ -178,8 +179,7 @@ def report(conf: dict, measured: dict, command: str) -> str:
     models = {label: model["modes"] for label, model in measured["models"].items()}
     scores = {label: {mode: table(m)[1] for mode, m in by_mode.items()} for label, by_mode in models.items()}
     chosen = selection(models, conf["select"]["max_evals"]) if conf.get("select") else []
-    wanted = conf.get("foolbox") or any(entry.get("foolbox") for entry in conf["models"])
-    missing = [] if measured["foolbox"] or not wanted else [
+    missing = [] if not measured.get("foolbox_missing") else [
         "foolbox is not installed: its rows are left out (`pip install -e '.[bench]'`).", ""]
     parts = measured.get("commands", [])
     measured_by = ["Measured in parts, merged by the command above: "
