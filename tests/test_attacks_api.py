@@ -99,7 +99,7 @@ SMALL |= {"svre": ({"steps": 2, "inner_steps_per_member": 1}, 4), "cwa": ({"step
 # AutoAttack and its stages; autoattack's evals are those of the stages each example reached
 SMALL |= {"apgd_ce": ({"steps": 2}, 3), "apgd_dlr": ({"steps": 2, "target_classes": 2}, 6),
           "fab": ({"steps": 2, "target_classes": 2}, 4), "square": ({"queries": 5}, 0),
-          "apgd_min": ({"steps": 2, "search_steps": 2}, 9),
+          "apgd_min": ({"steps": 2, "search_steps": 2}, 9), "alma": ({"steps": 5}, 5),
           "autoattack": ({"apgd_steps": 2, "target_classes": 2, "fab_steps": 2, "square_queries": 5}, None)}
 # They need layered(model, params), not a bare logits_fn: their evals are checked in
 # tests/test_attacks_feature_ensemble.py.

@@ -78,6 +78,7 @@ from adv_jax.attacks.layered import LayeredModel, layered
 from adv_jax.models import logits_fn
 from adv_jax.attacks.lbfgs import LBFGSAttack
 from adv_jax.attacks.minnorm import DDN, FMN
+from adv_jax.attacks.alma import ALMA
 from adv_jax.attacks.model_related import SGM, Ghost, LinBP
 from adv_jax.attacks.refined import Refined
 from adv_jax.attacks.square import Square
@@ -96,7 +97,7 @@ __all__ = [
 __all__ += ["AdaEA", "CWA", "FIA", "Ghost", "ILA", "LayeredModel", "LinBP", "NAA", "SGM", "SVRE",
             "layered"]
 __all__ += ["LAYERED_ATTACKS", "inapplicable", "model_view"]
-__all__ += ["APGD", "FAB", "AutoAttack", "Square"]
+__all__ += ["ALMA", "APGD", "FAB", "AutoAttack", "Square"]
 
 
 # The names conf/attack/*.yaml use, where they read naturally (torchattacks' names).
@@ -174,6 +175,7 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "apgd_dlr": functools.partial(APGD, loss="dlr", target_classes=9),
     "apgd_min": _minimal(APGD, max_epsilon=10.0, norm="l2"),  # the smallest L2 radius
     "fab": FAB,
+    "alma": ALMA,  # alma.py: minimum-norm L2 by an augmented Lagrangian
     "square": Square,
     "autoattack": AutoAttack,
 }
