@@ -88,6 +88,7 @@ SLOW = (
     "tests/test_ensemble.py::test_members_split_over_four_devices_train_as_on_one",
     "tests/test_train.py::test_autoencoder_layer_is_pretrained_then_frozen[pretraining1]",
     "tests/test_bench_minnorm.py::test_report_on_a_tiny_model",
+    "tests/test_bench_robustness.py::test_a_tiny_model_is_measured_and_reported",
     "tests/test_wandb.py::test_a_multiruns_jobs_are_grouped_by_sweep_and_named_by_overrides",
     "tests/test_adversarial_training.py::test_pooled_lbfgs_refreshes_between_restarts_and_learns",
     "tests/test_model_zoo.py::test_zoo_model_shapes_train_step_and_attack[mixer_small]",

@@ -1,0 +1,126 @@
+"""Robust accuracy as the field measures it: AutoAttack (adv_jax/attacks/autoattack.py) at a set
+of L-inf and L2 budgets, with PGD (many steps, random restarts) on the same images as a sanity
+check (AutoAttack must be at least as strong), per model and seed.
+
+Each model entry of the config is trained (or loaded from the model cache) once per seed, by
+`minnorm.model_run` with its overrides and `seed=S`; its clean error is measured on the whole
+test set, and both attacks run on the first `examples` test images (all of them: an image the
+model gets wrong is not robust). Budgets: L-inf per pixel, L2 of the whole image (per-pixel RMS =
+L2 / 28), pixels in [0, 1].
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import adv_jax
+from adv_jax.attacks import make_attack
+from adv_jax.attacks.common import attack_batch, batched_logits, is_adversarial
+from adv_jax.bench.foolbox_compare import split_images
+from adv_jax.bench.minnorm import model_run
+from adv_jax.bench.timing import median_seconds
+
+NORMS = ("linf", "l2")
+
+
+def check(conf: dict) -> None:
+    """Raises ValueError naming the first bad key (before any work)."""
+    for budget in conf["budgets"]:
+        if budget.get("norm") not in NORMS or not float(budget.get("epsilon", 0)) > 0:
+            raise ValueError(f"robustness budgets: {budget} needs norm in {list(NORMS)} and epsilon > 0")
+    names = [m["name"] for m in conf["models"]]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"robustness models: names must be unique and at least one, not {names}")
+    if not conf["seeds"] or conf["examples"] < 1:
+        raise ValueError("robustness: seeds must not be empty and examples must be >= 1")
+
+
+def autoattack(conf: dict, budget: dict):
+    """The config's AutoAttack at one budget."""
+    return make_attack("autoattack", {**conf["autoattack"], "norm": budget["norm"], "epsilon": budget["epsilon"]})
+
+
+def pgd(conf: dict, budget: dict):
+    """The sanity check's PGD at one budget: conf["pgd"]'s steps and restarts, Madry's step."""
+    steps = conf["pgd"]["steps"]
+    return make_attack("pgd", {"norm": budget["norm"], "epsilon": budget["epsilon"], "steps": steps,
+                               "restarts": conf["pgd"]["restarts"], "relative_step_size": 2.5 / steps})
+
+
+def robust(logits_fn, attack, x, y, key, chunk_size: int) -> tuple[np.ndarray, dict, float]:
+    """(robust (N,) bool: still correctly classified after the attack, its diagnostics, seconds
+    of the batched call, compilation included)."""
+    untargeted = jnp.full(len(y), -1, jnp.int32)
+    start = time.perf_counter()
+    x_adv, diagnostics = attack_batch(attack, logits_fn, x, y, untargeted, key=key, chunk_size=chunk_size,
+                                      progress=False)
+    fooled = np.asarray(is_adversarial(batched_logits(logits_fn, x_adv), y, untargeted))
+    return ~fooled, diagnostics, time.perf_counter() - start
+
+
+def measure_budget(conf: dict, run: adv_jax.Run, x, y, budget: dict) -> dict:
+    """AutoAttack and PGD at one budget: {"autoattack": robust accuracy, "stages": {stage:
+    accuracy after it}, "evals", "queries" (means per image), "seconds", "pgd", "pgd_seconds",
+    "robust": per image (AutoAttack), "pgd_robust"}."""
+    key, chunk = jax.random.key(conf["seed"]), conf["chunk_size"]
+    aa_robust, d, seconds = robust(run.logits_fn, autoattack(conf, budget), x, y, key, chunk)
+    pgd_robust, _, pgd_seconds = robust(run.logits_fn, pgd(conf, budget), x, y, key, chunk)
+    stages = {k.removeprefix("robust_after_"): float(np.mean(v)) for k, v in d.items() if k.startswith("robust_after_")}
+    return {"autoattack": float(aa_robust.mean()), "stages": stages, "evals": float(np.mean(d["evals"])),
+            "queries": float(np.mean(d["queries"])), "seconds": seconds, "pgd": float(pgd_robust.mean()),
+            "pgd_seconds": pgd_seconds, "robust": aa_robust.tolist(), "pgd_robust": pgd_robust.tolist()}
+
+
+def clean_error(run: adv_jax.Run) -> float:
+    """Test error (%) over the whole test set."""
+    x, y = split_images(run, "test")
+    return float(100.0 * np.mean(np.asarray(jnp.argmax(batched_logits(run.logits_fn, x), -1)) != np.asarray(y)))
+
+
+def measure_model(conf: dict, run: adv_jax.Run, label: str) -> dict:
+    """One trained model: {"clean_error", "budgets": [`measure_budget`, in conf's order]}."""
+    x, y = split_images(run, "test")
+    x, y = x[:conf["examples"]], y[:conf["examples"]]
+    out = {"clean_error": clean_error(run), "budgets": []}
+    for budget in conf["budgets"]:
+        start = time.perf_counter()
+        out["budgets"].append(measure_budget(conf, run, x, y, budget))
+        m = out["budgets"][-1]
+        print(f"  {label} {budget['norm']} {budget['epsilon']:g}: AutoAttack {100 * m['autoattack']:.1f}%, "
+              f"PGD {100 * m['pgd']:.1f}% robust ({time.perf_counter() - start:.0f} s)", flush=True)
+    return out
+
+
+def speed(conf: dict, run: adv_jax.Run) -> dict:
+    """AutoAttack's examples per second at conf["speed"]'s budget on `examples` images: the median
+    of `repeats` calls after an untimed one (compilation)."""
+    budget = conf["budgets"][conf["speed"]["budget"]]
+    x, y = split_images(run, "test")
+    x, y = x[:conf["examples"]], y[:conf["examples"]]
+    attack, untargeted = autoattack(conf, budget), jnp.full(len(y), -1, jnp.int32)
+    seconds, _ = median_seconds(lambda: attack_batch(attack, run.logits_fn, x, y, untargeted, key=jax.random.key(conf["seed"]),
+                                                     chunk_size=conf["chunk_size"], progress=False),
+                                conf["speed"]["repeats"])
+    return {"budget": budget, "examples": len(y), "seconds": seconds, "ex_per_s": len(y) / seconds}
+
+
+def run(conf: dict, runs: Path) -> dict:
+    """Every model of conf at every seed: {"models": {name: {"label", "kind", "seeds": {seed:
+    `measure_model`}}}, "speed": {name: `speed`} for conf["speed"]["models"] at the first seed}."""
+    check(conf)
+    out = {"models": {}, "speed": {}}
+    for entry in conf["models"]:
+        seeds = {}
+        for seed in conf["seeds"]:
+            print(f"{entry['label']}, seed {seed}:", flush=True)
+            model = model_run(entry, [*conf["common"], f"seed={seed}"], runs / f"{entry['name']}_seed{seed}")
+            seeds[str(seed)] = measure_model(conf, model, entry["label"])
+            if seed == conf["seeds"][0] and entry["name"] in conf["speed"]["models"]:
+                out["speed"][entry["name"]] = speed(conf, model)
+        out["models"][entry["name"]] = {"label": entry["label"], "kind": entry["kind"], "seeds": seeds}
+    return out
