@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.fft
 
-from adv_jax.attacks import MIFGSM, attack_batch, make_attack
+from adv_jax.attacks import MIFGSM, input_copies, attack_batch, make_attack
 from adv_jax.attacks.budgets import perturbation_norm
-from adv_jax.attacks.input_copies import ImagePool, admix_copies, shuffle_rotate, structure_invariant
+from adv_jax.attacks.input_copies import (ImagePool, admix_copies, dct_lowpass_operator, resize_operator,
+                                          shuffle_rotate, structure_invariant)
 from adv_jax.attacks.transfer_families import TransferFamily, ball_samples, ingredient_key
 
 N = 4
@@ -184,26 +186,122 @@ def test_sia_and_bsr_step_along_the_gradient_averaged_over_their_copies(name):
     np.testing.assert_allclose(got, reference_loop(lambda *_: total, 1, "linf"), atol=1e-5)
 
 
+def bilinear_1d(values, out_size):
+    """values (n, ...) resized to (out_size, ...) along axis 0 as torch's F.interpolate(mode="bilinear",
+    align_corners=False) does per axis: source (a + 1/2) n / out_size - 1/2, floored at 0, its two
+    neighbours (the last one twice at the end)."""
+    n, out = len(values), []
+    for a in range(out_size):
+        source = max((a + 0.5) * n / out_size - 0.5, 0.0)
+        low = int(source)
+        high = min(low + 1, n - 1)
+        out.append((1 - (source - low)) * values[low] + (source - low) * values[high])
+    return np.stack(out)
+
+
+def resized_block(block):
+    """SIA's resize of block (h, w, C), as the authors' code: to int(0.8 h) + 1 x int(0.8 w) + 1 and back."""
+    h, w = block.shape[:2]
+    small = bilinear_1d(bilinear_1d(block, int(0.8 * h) + 1).swapaxes(0, 1), int(0.8 * w) + 1)
+    return bilinear_1d(bilinear_1d(small, w).swapaxes(0, 1), h)
+
+
+def lowpass_block(block):
+    """SIA's DCT low-pass of block (h, w, C): orthonormal 2-D DCT-II, the int(0.4 n) highest frequencies
+    of each axis zeroed, inverse DCT."""
+    h, w = block.shape[:2]
+    coefficients = scipy.fft.dctn(np.asarray(block, np.float64), axes=(0, 1), norm="ortho")
+    coefficients[h - int(0.4 * h):] = 0
+    coefficients[:, w - int(0.4 * w):] = 0
+    return scipy.fft.idctn(coefficients, axes=(0, 1), norm="ortho")
+
+
 def sia_kind(x, out):
-    """Which of SIA's eight transforms of the whole image x gives out (None: none of them)."""
+    """Which of SIA's ten transforms of the whole image x gives out (None: none of them)."""
     factor = out.sum() / x.sum()
     kinds = {"roll rows": any(np.array_equal(out, np.roll(x, s, 0)) for s in range(28)),
              "roll columns": any(np.array_equal(out, np.roll(x, s, 1)) for s in range(28)),
              "flip rows": np.array_equal(out, x[::-1]), "flip columns": np.array_equal(out, x[:, ::-1]),
              "rotate 180": np.array_equal(out, x[::-1, ::-1]),
              "scale": 0 <= factor < 1 and np.allclose(out, factor * x, atol=1e-6),
+             "resize": np.allclose(out, resized_block(x), atol=1e-5),
+             "dct": np.allclose(out, lowpass_block(x), atol=1e-5),
              "noise": 0 < np.abs(out - x).max() <= 16 / 255 + 1e-6,
              "dropout": np.all(out == 0) or np.allclose(out, x / 0.9, atol=1e-6)}
     return next((kind for kind, matches in kinds.items() if matches), None)
 
 
-def test_a_one_block_sia_copy_is_one_of_its_eight_transforms():
+def test_a_one_block_sia_copy_is_one_of_its_ten_transforms():
     x = np.asarray(IMAGES[0])
     kinds = [sia_kind(x, np.asarray(structure_invariant(IMAGES[0], jax.random.key(s), 1))) for s in range(40)]
     assert None not in kinds
-    assert len(set(kinds)) >= 6  # the draw covers the transforms
+    assert len(set(kinds)) >= 7  # the draw covers the transforms (40 draws of 10: about 9.9 kinds expected)
+    assert {"resize", "dct"} <= set(kinds)  # these seeds draw both (each absent w.p. 0.9^40 = 1.5%)
     blocks = np.asarray(structure_invariant(IMAGES[0], jax.random.key(0), 3))
     assert blocks.shape == (28, 28, 1) and sia_kind(x, blocks) is None  # 9 blocks, not one transform
+
+
+@pytest.mark.parametrize("size", range(1, 13))
+def test_the_dct_lowpass_is_a_projection_that_keeps_constants(size):
+    block = (slice(0, size), slice(0, size))
+    identity = np.asarray(dct_lowpass_operator(size, size, 16))  # every frequency kept
+    np.testing.assert_allclose(identity[block], np.eye(size), atol=1e-5)
+    assert not identity[size:].any() and not identity[:, size:].any()  # nothing outside the block
+    for kept in range(1, size):
+        lowpass = np.asarray(dct_lowpass_operator(size, kept, 16), np.float64)[block]
+        np.testing.assert_allclose(lowpass @ lowpass, lowpass, atol=1e-5)
+        np.testing.assert_allclose(lowpass, lowpass.T, atol=1e-6)  # orthogonal projection
+        np.testing.assert_allclose(lowpass @ np.ones(size), np.ones(size), atol=1e-5)
+        assert np.linalg.matrix_rank(lowpass, tol=1e-4) == kept
+
+
+@pytest.mark.parametrize("size", range(1, 13))
+def test_the_resize_keeps_constants_and_is_the_identity_at_its_own_size(size):
+    block = (slice(0, size), slice(0, size))
+    np.testing.assert_allclose(np.asarray(resize_operator(size, size, 16))[block], np.eye(size), atol=1e-6)
+    for resized in range(1, size):
+        resize = np.asarray(resize_operator(size, resized, 16))
+        np.testing.assert_allclose(resize[block] @ np.ones(size), np.ones(size), atol=1e-6)
+        assert not resize[size:].any() and not resize[:, size:].any()
+        expected = bilinear_1d(bilinear_1d(np.eye(size), resized), size)  # column j: sample j's image
+        np.testing.assert_allclose(resize[block], expected, atol=1e-6)
+
+
+SIA_CUTS = ([0, 1, 12, 28], [0, 9, 11, 28])  # rows, columns: blocks of 1, 11, 16 and 9, 2, 17 px
+
+
+@pytest.mark.parametrize("ops", [np.full((3, 3), 8), np.full((3, 3), 9), [[8, 9, 3], [9, 8, 4], [8, 2, 9]]],
+                         ids=["resize", "dct", "mixed"])
+def test_sia_resize_and_dct_blocks_are_the_authors_transforms_of_each_block(ops, monkeypatch):
+    """With the cuts and the ops forced, each block of the copy is its transform of x's block
+    (numpy: torch's bilinear resize per axis, scipy's orthonormal DCT); flips fill the rest."""
+    cuts = iter(SIA_CUTS)
+    monkeypatch.setattr(input_copies, "_random_cuts", lambda *_: jnp.asarray(next(cuts)))
+    monkeypatch.setattr(input_copies, "_draw_sia_ops", lambda *_: jnp.asarray(ops, jnp.int32))
+    x = np.asarray(jax.random.uniform(jax.random.key(2), (28, 28, 2)))
+    copy = np.asarray(structure_invariant(jnp.asarray(x), jax.random.key(0), 3))
+    expected = np.empty_like(x, np.float64)
+    transforms = {8: resized_block, 9: lowpass_block, 2: lambda b: b[::-1], 3: lambda b: b[:, ::-1],
+                  4: lambda b: b[::-1, ::-1]}
+    (r0, r1), (c0, c1) = (SIA_CUTS[0][:-1], SIA_CUTS[0][1:]), (SIA_CUTS[1][:-1], SIA_CUTS[1][1:])
+    for a, (top, bottom) in enumerate(zip(r0, r1)):
+        for b, (left, right) in enumerate(zip(c0, c1)):
+            expected[top:bottom, left:right] = transforms[np.asarray(ops)[a, b]](x[top:bottom, left:right])
+    np.testing.assert_allclose(copy, expected, atol=1e-5)
+
+
+def test_sia_copies_are_linear_in_x_with_their_transpose_as_gradient():
+    """Per key, a copy is linear in x (all ten ops but noise; noise adds a constant), so its VJP is
+    its transpose: <copy(x) - copy(0), y> = <x, vjp(y)>; jit and vmap give the eager copies."""
+    x, y = IMAGES[0], IMAGES[1]
+    keys = jax.random.split(jax.random.key(5), 8)
+    copies = jax.jit(jax.vmap(lambda k: structure_invariant(x, k, 3)))(keys)
+    for key, copy in zip(keys, copies):
+        eager, pullback = jax.vjp(lambda p, key=key: structure_invariant(p, key, 3), x)
+        np.testing.assert_allclose(copy, eager, atol=1e-6)
+        linear = np.asarray(eager, np.float64) - np.asarray(structure_invariant(jnp.zeros_like(x), key, 3))
+        np.testing.assert_allclose(np.sum(linear * np.asarray(y)), np.sum(np.asarray(x) * pullback(y)[0]),
+                                   rtol=1e-5)
 
 
 def test_bsr_permutes_the_blocks_and_rotates_each_about_its_centre():
