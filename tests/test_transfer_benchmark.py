@@ -113,6 +113,12 @@ def test_the_benchmark_at_a_debug_size(tiny_overrides, tmp_path, monkeypatch):
     redone = json.loads((tmp_path / "run" / "benchmark.json").read_text())
     assert {t["family"] for t in redone["timing"] if t["run"] is not None} == {"baselines"}
     assert metrics["benchmark/fixed/pgd/linf/0.1/white-box"] >= 0
+    # An attack module edited since: nothing is read back.
+    (tmp_path / "run" / "metrics.json").unlink()
+    monkeypatch.setattr(transfer_benchmark, "attack_code_digest", lambda: "edited")
+    adv_jax.run(cfg, tmp_path / "run")
+    redone = json.loads((tmp_path / "run" / "benchmark.json").read_text())
+    assert all(t["run"] is not None for t in redone["timing"])
 
 
 def test_pgd_training_trains_on_adversarials_inside_the_box_and_needs_a_minibatch_optimizer():

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -44,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adv_jax.attacks import (ATTACKS, attack_batch, choose_targets, compile_attack_batch,
                              inapplicable, layered, make_attack, predicted_labels)
+import adv_jax.attacks as attacks_package
 from adv_jax.attacks.common import held_predictor
 from adv_jax.attacks.battery import Battery, gradient_evals
 from adv_jax.attacks.ensemble_source import REDUCTIONS, ensemble_of
@@ -278,11 +280,22 @@ def set_path(where: dict) -> Path:
     return Path(BENCHMARK_SETS_DIR) / where["surrogate"] / f"{where['table']}_{family}.npz"
 
 
+@functools.cache
+def attack_code_digest() -> str:
+    """sha256 of adv_jax/attacks/*.py as installed: an attack's code changed since a set was made
+    (a transform added, a bug fixed) makes it stale, as an edited hyperparameter does."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(attacks_package.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def family_stamp(config_stamp: str, rows: list[Row]) -> str:
-    """The run's result-config digest joined with the family's attacks (every hyperparameter) and
-    budgets: a conf/attack file edited since makes a set another family's."""
+    """The run's result-config digest joined with the family's attacks (every hyperparameter),
+    budgets and the attacks' code (`attack_code_digest`): a conf/attack file or an attack module
+    edited since makes a set another family's."""
     made_by = "".join(f"{r.name}/{r.norm}/{r.budgets}/{r.attack!r};" for r in rows)
-    return hashlib.sha256((config_stamp + made_by).encode()).hexdigest()
+    return hashlib.sha256((config_stamp + made_by + attack_code_digest()).encode()).hexdigest()
 
 
 def finished_set(path: Path, rows: list[Row], stamp: str) -> np.ndarray | None:
