@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import hashlib
+import json
 import multiprocessing
 import os
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +46,7 @@ from adv_jax import extras
 from adv_jax.certify import DenseChain, as_numpy, chain_logits
 from adv_jax.crown import layer_bounds, margin_lower_bounds
 
-__all__ = ["NORMS", "MILP_NORMS", "linear_minimum", "minimum_distortions", "relu_minimum",
+__all__ = ["NORMS", "MILP_NORMS", "SolvedStore", "linear_minimum", "minimum_distortions", "relu_minimum",
            "relu_minimum_distortions"]
 
 NORMS = ("l2", "linf", "l1")
@@ -272,9 +275,48 @@ def _jax64(chain: DenseChain) -> DenseChain:
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), chain)
 
 
+def _job_key(job: tuple) -> str:
+    """What determines a job's answer but its time limit: the network, the image, the programs'
+    targets and rivals, the radius, the norm and the solver's gap."""
+    chain, x, plans, radius, _, norm, _ = job
+    digest = hashlib.sha256(repr((plans, float(radius), norm, MIP_GAP, MIP_ABS_GAP, WIN_TOLERANCE)).encode())
+    for array in (*chain.weights, *chain.biases, x):
+        digest.update(np.ascontiguousarray(array, np.float64).tobytes())
+    return digest.hexdigest()
+
+
+class SolvedStore:
+    """Finished examples on disk (one JSON line each, appended as they finish): a run stopped
+    part way resumes where it stopped, and a run with a longer time limit re-solves only the
+    examples a shorter one left unsolved."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser()
+        self.known = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                entry = json.loads(line)
+                self.known[entry["key"]] = entry
+
+    def get(self, key: str, time_limit: float) -> tuple[float, bool] | None:
+        """(distance, solved) where a finished answer holds at this time limit, else None."""
+        entry = self.known.get(key)
+        if entry is None or not (entry["solved"] or entry["time_limit"] >= time_limit):
+            return None
+        return float(entry["distance"]), bool(entry["solved"])
+
+    def put(self, key: str, distance: float, solved: bool, time_limit: float) -> None:
+        entry = {"key": key, "distance": distance, "solved": solved, "time_limit": time_limit}
+        self.known[key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
 def relu_minimum_distortions(chain: DenseChain, x: np.ndarray, y: np.ndarray, target: np.ndarray | None = None,
                              upper: np.ndarray | None = None, norm: str = "linf", time_limit: float = TIME_LIMIT,
-                             workers: int | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                             workers: int | None = None, progress: bool = True,
+                             store: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(exact minimum distortions (N,), solved (N,) bool) of images x (N, ...) with labels y under
     a ReLU `chain`: toward target[i] where >= 0 (0 if it already wins), else any class but y[i]
     (0 if misclassified).
@@ -282,7 +324,8 @@ def relu_minimum_distortions(chain: DenseChain, x: np.ndarray, y: np.ndarray, ta
     inf or None: the whole box). Solved: the minimum to MIP_GAP (relative, from above), each
     program's point checked through the network in float64. Unsolved (the time limit per example,
     a solver failure, or nothing found within an attack's distance): the best point found (an
-    upper bound) or inf. workers: processes solving examples side by side (None: one per core)."""
+    upper bound) or inf. workers: processes solving examples side by side (None: one per core).
+    store: a `SolvedStore` file that keeps every finished example (None: none kept)."""
     if norm not in MILP_NORMS:
         raise ValueError(f"the ReLU program takes norm {list(MILP_NORMS)}, not {norm!r} (L2 needs a mixed-integer QP)")
     if any(a != "relu" for a in chain.activations[:-1]):
@@ -292,21 +335,32 @@ def relu_minimum_distortions(chain: DenseChain, x: np.ndarray, y: np.ndarray, ta
     target = np.full(len(x), -1) if target is None else np.asarray(target)
     upper = np.full(len(x), np.inf) if upper is None else np.asarray(upper, np.float64)
     out, solved = np.zeros(len(x)), np.ones(len(x), bool)  # misclassified: 0, solved
-    pending = list(_jobs(chain, flat, np.asarray(y), target, np.minimum(upper, reach), norm, time_limit))
-    jobs = [job for _, job in pending]
-    for (i, _), (distance, done) in zip(pending, _map(_solve_example, jobs, workers, progress)):
+    kept = SolvedStore(store) if store is not None else None
+    pending = []
+    for i, job in _jobs(chain, flat, np.asarray(y), target, np.minimum(upper, reach), norm, time_limit):
+        key = _job_key(job)
+        if kept is not None and (known := kept.get(key, time_limit)) is not None:
+            out[i], solved[i] = known
+        else:
+            pending.append((i, key, job))
+    results = _map(_solve_example, [job for *_, job in pending], workers, progress)
+    for (i, key, _), (distance, done) in zip(pending, results):
         out[i], solved[i] = distance, done
+        if kept is not None:
+            kept.put(key, float(distance), bool(done), time_limit)
     return out, solved
 
 
 def _map(function, jobs, workers: int | None, progress: bool):
-    """function over jobs in order, in `workers` spawned processes (1: here), with a progress bar."""
+    """function over jobs, yielded in order as they finish, in `workers` spawned processes (1:
+    here), with a progress bar."""
     from tqdm.auto import tqdm
 
     workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
     bar = dict(total=len(jobs), desc="exact minima (MILP)", unit="ex", disable=not progress)
     if workers == 1:
-        return list(tqdm(map(function, jobs), **bar))
+        yield from tqdm(map(function, jobs), **bar)
+        return
     context = multiprocessing.get_context("spawn")  # JAX's threads make fork unsafe
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return list(tqdm(pool.map(function, jobs), **bar))
+        yield from tqdm(pool.map(function, jobs), **bar)

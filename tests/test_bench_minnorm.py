@@ -6,6 +6,7 @@ column: the QP's minima on an affine model of real digits, the MILP's path with 
 
 import json
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -118,8 +119,9 @@ def test_selection_takes_the_smallest_distortion_within_the_budget_that_fools_ev
 
 
 def fake_run(model, params) -> SimpleNamespace:
-    """What the benchmark reads of a run: its model, params and logits_fn."""
-    return SimpleNamespace(model=model, params=params, logits_fn=logits_fn(model, params))
+    """What the benchmark reads of a run: its model, params, logits_fn and cache directory."""
+    return SimpleNamespace(model=model, params=params, logits_fn=logits_fn(model, params),
+                           config=SimpleNamespace(cache_dir="/nonexistent/cache"))
 
 
 def test_linf_distances_are_the_largest_pixel_change_and_l2_the_rms(affine_digits):
@@ -210,9 +212,9 @@ def test_relu_milp_searches_within_the_best_attack_in_float64(affine_digits, mon
     params = model.init(jax.random.key(0))
     seen = {}
 
-    def fake_solver(chain, x, y, target, upper, norm="linf", time_limit=30.0):
+    def fake_solver(chain, x, y, target, upper, norm="linf", time_limit=30.0, store=None):
         seen.update(dtype=chain.weights[0].dtype, activations=chain.activations, upper=upper,
-                    norm=norm, time_limit=time_limit, target=target)
+                    norm=norm, time_limit=time_limit, target=target, store=store)
         return np.where(np.isfinite(upper), upper / 2, np.inf), np.arange(len(x)) % 2 == 0
 
     monkeypatch.setattr(exact, "relu_minimum_distortions", fake_solver)
@@ -226,6 +228,7 @@ def test_relu_milp_searches_within_the_best_attack_in_float64(affine_digits, mon
     assert seen["dtype"] == jnp.float64 and seen["activations"] == ("relu", "identity")
     np.testing.assert_allclose(seen["upper"], best * minnorm.UPPER_MARGIN)  # inf stays inf
     assert seen["norm"] == "linf" and seen["time_limit"] == 7.0 and list(seen["target"]) == [-1] * len(y)
+    assert seen["store"].parent == Path("/nonexistent/cache/exact") and seen["store"].suffix == ".jsonl"
     np.testing.assert_allclose(measured["exact"]["d"], best * minnorm.UPPER_MARGIN / 2)
     assert measured["exact"]["solved"] == [i % 2 == 0 for i in range(len(y))]
     assert measured["exact"]["method"] == "relu_milp" and measured["exact"]["seconds"] >= 0

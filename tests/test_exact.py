@@ -1,7 +1,10 @@
 """Exact minimum distortions of linear classifiers (adv_jax/exact.py): the closed form on two
 classes where the box is inactive, the box respected where it binds, and no attack below them."""
 
+import json
+
 import jax
+
 import numpy as np
 import pytest
 
@@ -189,3 +192,30 @@ def test_relu_program_refuses_l2_and_sigmoid():
     sigmoid = DenseChain(chain.weights, chain.biases, ("sigmoid", "sigmoid", "identity"))
     with pytest.raises(ValueError, match="ReLU hidden layers"):
         exact.relu_minimum_distortions(sigmoid, x, y)
+
+
+def test_a_store_keeps_finished_examples_and_resolves_only_what_a_longer_limit_can_improve(tmp_path, monkeypatch):
+    """The first run fills the store; a second reads every example back without solving; an
+    example left unsolved at a short limit is solved again at a longer one, not at the same."""
+    chain = tiny_relu_chain(3, sizes=(6, 8, 8, 4))
+    x = np.random.default_rng(1).uniform(0.3, 0.7, size=(4, 6))
+    y = np.stack([_forward(chain, xi) for xi in x]).argmax(1)
+    store = tmp_path / "exact" / "minima.jsonl"
+    first, solved = exact.relu_minimum_distortions(chain, x, y, norm="linf", workers=1, progress=False, store=store)
+    assert solved.all() and len(store.read_text().splitlines()) == len(x)
+
+    def no_solving(job):
+        raise AssertionError("solved again")
+    monkeypatch.setattr(exact, "_solve_example", no_solving)
+    again, _ = exact.relu_minimum_distortions(chain, x, y, norm="linf", workers=1, progress=False, store=store)
+    np.testing.assert_array_equal(again, first)
+
+    entry = json.loads(store.read_text().splitlines()[0])  # as if the first example had timed out
+    store.write_text(json.dumps({**entry, "solved": False, "time_limit": 1.0}) + "\n")
+    monkeypatch.setattr(exact, "_solve_example", lambda job: (0.5, True))
+    out, solved = exact.relu_minimum_distortions(chain, x[:1], y[:1], norm="linf", workers=1, progress=False,
+                                                 store=store, time_limit=1.0)
+    assert not solved[0] and out[0] == entry["distance"]  # the same limit: kept
+    out, solved = exact.relu_minimum_distortions(chain, x[:1], y[:1], norm="linf", workers=1, progress=False,
+                                                 store=store, time_limit=2.0)
+    assert solved[0] and out[0] == 0.5  # a longer one: solved again

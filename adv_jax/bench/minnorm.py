@@ -150,7 +150,8 @@ def exact_minima(conf: dict, run: adv_jax.Run, x, y, target, best: np.ndarray) -
     """Each example's exact minimum distortion in the model's unit by conf's `exact` solver
     (adv_jax/exact.py): "linear", a convex program per target class; "relu_milp", a mixed-integer
     program searched within the best attack's distance `best` (N,) x UPPER_MARGIN, at most
-    `exact_time_limit` seconds per example. -> {"method", "d" (N,) (inf: unreachable, or unsolved
+    `exact_time_limit` seconds per example, each finished example kept in the model cache's
+    exact/<params sha256>.jsonl (`exact.SolvedStore`: a stopped run resumes). -> {"method", "d" (N,) (inf: unreachable, or unsolved
     with nothing found), "solved" (N,) bool, "seconds": the solver's wall time}, as lists."""
     scale, norm = unit_scale(run, conf["norm"]), conf["norm"]
     x, y, target = np.asarray(x, np.float64), np.asarray(y), np.asarray(target)
@@ -161,7 +162,8 @@ def exact_minima(conf: dict, run: adv_jax.Run, x, y, target, best: np.ndarray) -
             d, solved = linear_minima(chain, x, y, target, norm)
         else:
             upper = np.where(np.isfinite(best), best * scale * UPPER_MARGIN, np.inf)
-            d, solved = exact.relu_minimum_distortions(chain, x, y, target, upper, norm=norm,
+            store = Path(run.config.cache_dir).expanduser() / "exact" / f"{checkpoint.params_fingerprint(run.params)}.jsonl"
+            d, solved = exact.relu_minimum_distortions(chain, x, y, target, upper, norm=norm, store=store,
                                                        time_limit=conf.get("exact_time_limit", exact.TIME_LIMIT))
     return {"method": conf["exact"], "d": (np.asarray(d, np.float64) / scale).tolist(),
             "solved": np.asarray(solved, bool).tolist(), "seconds": time.perf_counter() - start}
