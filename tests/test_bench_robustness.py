@@ -53,3 +53,10 @@ def test_a_tiny_model_is_measured_and_reported(tmp_path, tiny_overrides):
     assert "### L2 3" in text and "after APGD-CE" in text and "## Speed" in text
     weaker, cells, _ = report.weaker_cells(measured)
     assert cells == 2 and f"**{weaker} of 2**" in text
+    # Saved in the run directory: a second run reads it back; other settings measure again.
+    assert json.loads(json.dumps(robustness.run(conf, tmp_path / "runs")))["models"] == measured["models"]
+    saved = tmp_path / "runs" / "tiny_seed0" / robustness.SAVED
+    assert json.loads(saved.read_text())["stamp"] == robustness.settings_stamp(conf)
+    assert robustness.settings_stamp({**conf, "examples": 5}) != robustness.settings_stamp(conf)
+    with pytest.raises(ValueError, match="not in the config"):
+        robustness.only_models(conf, ["nonesuch"])

@@ -11,6 +11,7 @@ L2 / 28), pixels in [0, 1].
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -109,18 +110,50 @@ def speed(conf: dict, run: adv_jax.Run) -> dict:
     return {"budget": budget, "examples": len(y), "seconds": seconds, "ex_per_s": len(y) / seconds}
 
 
+SAVED = "robustness.json"  # a model's measurements, in its run directory
+
+
+def settings_stamp(conf: dict) -> dict:
+    """What a model's measurements depend on besides the model: a saved file with another stamp
+    is measured again."""
+    return {k: conf[k] for k in ("examples", "seed", "budgets", "autoattack", "pgd")}
+
+
+def measured_or_saved(conf: dict, entry: dict, seed: int, run_dir: Path) -> dict:
+    """`measure_model` of the entry's model at this seed, read back from its run directory where
+    an earlier run (stopped later) saved it with the same `settings_stamp`."""
+    saved = run_dir / SAVED
+    if saved.exists() and (old := json.loads(saved.read_text())).get("stamp") == settings_stamp(conf):
+        print(f"{entry['label']}, seed {seed}: read back from {saved}", flush=True)
+        return old["measured"]
+    print(f"{entry['label']}, seed {seed}:", flush=True)
+    measured = measure_model(conf, model_run(entry, [*conf["common"], f"seed={seed}"], run_dir), entry["label"])
+    saved.write_text(json.dumps({"stamp": settings_stamp(conf), "measured": measured}))
+    return measured
+
+
 def run(conf: dict, runs: Path) -> dict:
-    """Every model of conf at every seed: {"models": {name: {"label", "kind", "seeds": {seed:
+    """Every model of conf at every seed (each saved in its run directory <runs>/<name>_seed<S> as
+    it finishes: a stopped run resumes): {"models": {name: {"label", "kind", "seeds": {seed:
     `measure_model`}}}, "speed": {name: `speed`} for conf["speed"]["models"] at the first seed}."""
     check(conf)
     out = {"models": {}, "speed": {}}
     for entry in conf["models"]:
         seeds = {}
         for seed in conf["seeds"]:
-            print(f"{entry['label']}, seed {seed}:", flush=True)
-            model = model_run(entry, [*conf["common"], f"seed={seed}"], runs / f"{entry['name']}_seed{seed}")
-            seeds[str(seed)] = measure_model(conf, model, entry["label"])
+            run_dir = runs / f"{entry['name']}_seed{seed}"
+            seeds[str(seed)] = measured_or_saved(conf, entry, seed, run_dir)
             if seed == conf["seeds"][0] and entry["name"] in conf["speed"]["models"]:
-                out["speed"][entry["name"]] = speed(conf, model)
+                out["speed"][entry["name"]] = speed(conf, adv_jax.load_run(run_dir))
         out["models"][entry["name"]] = {"label": entry["label"], "kind": entry["kind"], "seeds": seeds}
     return out
+
+
+def only_models(conf: dict, names: list[str]) -> dict:
+    """conf with the named models alone, and a note naming the ones left out (--models)."""
+    unknown = sorted(set(names) - {m["name"] for m in conf["models"]})
+    if unknown:
+        raise ValueError(f"--models {unknown} are not in the config; choose from {[m['name'] for m in conf['models']]}")
+    left_out = [m["label"] for m in conf["models"] if m["name"] not in names]
+    return {**conf, "models": [m for m in conf["models"] if m["name"] in names],
+            "notes": [*conf.get("notes", []), f"Left out of this run (--models): {', '.join(left_out) or 'none'}."]}
