@@ -242,3 +242,6 @@ def test_parts_measured_apart_merge_in_the_configs_order():
     merged = minnorm.merge(conf, parts)
     assert list(merged["models"]) == [first, second] and merged["foolbox"] and merged["commands"] == ["b", "a"]
     assert merged["foolbox_missing"]
+    merged["models"] = {first: {"images": 2, "split": "test", "norm": "l2", "modes": {}}}
+    text = bench_minnorm.report(conf, {**merged, "commands": ["a", "b"]}, "cmd")
+    assert "Not in this file (in the config, not measured by the runs above): " + second in text
