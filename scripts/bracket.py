@@ -5,6 +5,7 @@ attacked from above, on the minimum-norm benchmark's images.
     ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bracket.py
         [--minnorm results/bench_minnorm.json] [--runs runs/models] [--config FILE] [--models NAME,...]
         [--out FILE]
+    python scripts/bracket.py --measured results/bracket.json [--out FILE]   (report only)
 
 Reads the attacked and exact distances from scripts/bench_minnorm.py's .json (run it first, with
 the models of conf/report/bracket.yaml); loads each model from its run directory <runs>/<name>
@@ -30,26 +31,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=None, help="default: conf/report/bracket.yaml")
     parser.add_argument("--out", type=Path, default=Path("results/bracket.md"))
     parser.add_argument("--models", default=None, help="comma-separated names of the config's models to run")
+    parser.add_argument("--measured", type=Path, default=None, metavar="JSON",
+                        help="measure nothing: report the measurements an earlier run saved (its --out .json)")
     args = parser.parse_args(argv)
     conf = settings.load("bracket", args.config)
     if args.models is not None:
         conf["models"] = [m for m in conf["models"] if m in args.models.split(",")]
+    command = provenance.command("scripts/bracket.py", sys.argv[1:] if argv is None else argv, provenance.MNIST_ENV)
+    if args.measured is not None:
+        measured = json.loads(args.measured.read_text())
+    else:
+        measured = measure_all(parser, conf, args)
+    figure = args.out.parent / "figures" / "bracket.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    bracket.plot(measured, figure)
+    measured_by = provenance.command("scripts/bracket.py", [], provenance.MNIST_ENV) if args.measured else None
+    text = bracket.report(conf, measured, command, figure.relative_to(args.out.parent).as_posix(), measured_by)
+    args.out.with_suffix(".json").write_text(json.dumps(measured))
+    args.out.write_text(text)
+    print(text)
+
+
+def measure_all(parser: argparse.ArgumentParser, conf: dict, args: argparse.Namespace) -> dict:
+    """The certified side of every model of conf, on bench_minnorm's measurements (checked first)."""
     if not args.minnorm.exists():
         parser.error(f"--minnorm {args.minnorm} does not exist; run scripts/bench_minnorm.py first")
-    command = provenance.command("scripts/bracket.py", sys.argv[1:] if argv is None else argv, provenance.MNIST_ENV)
     minnorm_conf, minnorm = settings.load("bench_minnorm", conf.get("minnorm_config")), json.loads(args.minnorm.read_text())
     try:
         measure.check(conf, minnorm_conf, minnorm)
     except ValueError as e:
         parser.error(str(e))
-    measured = measure.run(conf, minnorm_conf, minnorm, args.runs)
-    figure = args.out.parent / "figures" / "bracket.png"
-    figure.parent.mkdir(parents=True, exist_ok=True)
-    bracket.plot(measured, figure)
-    text = bracket.report(conf, measured, command, figure.relative_to(args.out.parent).as_posix())
-    args.out.with_suffix(".json").write_text(json.dumps(measured))
-    args.out.write_text(text)
-    print(text)
+    return measure.run(conf, minnorm_conf, minnorm, args.runs)
 
 
 if __name__ == "__main__":

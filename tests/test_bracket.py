@@ -27,6 +27,10 @@ def test_violations_count_every_crossing():
     within_gap = {**hand_made([0.1], [0.3], [True], [0.3 * (1 - 0.5e-4)]), "exact_gap": 1e-4}
     assert bracket.violations(within_gap, "crown") == 0  # the exact minimum is solved to a 1e-4 gap
     assert bracket.violations({**within_gap, "exact_gap": 0.0}, "crown") == 1
+    # A float32 attack 1.7e-8 below a minimum of 2.4e-5 (FC10's closest image): rounding, not a crossing
+    near_zero = hand_made([0.0], [2.44e-5], [True], [2.44e-5 - 1.7e-8])
+    assert bracket.violations(near_zero, "crown") == 0
+    assert bracket.violations(hand_made([0.0], [2.44e-5], [True], [2.44e-5 - 1e-7]), "crown") == 1
 
 
 def test_gap_curves_nest_and_count_fractions():
@@ -80,7 +84,10 @@ def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, mon
     assert np.all(np.asarray(out["certified"]["alpha-crown"]) >= np.asarray(out["certified"]["crown"]) - 1e-12)
     assert np.all(np.asarray(out["certified"]["crown"]) > 0) and np.all(np.isfinite(exact))
     text = bracket.report(conf, {"tiny FC10": out}, "python scripts/bracket.py", None)
-    assert "| tiny FC10 | per-pixel RMS | 4 | crown |" in text
+    assert "| tiny FC10 | per-pixel RMS | 4 | crown |" in text and "Measured by" not in text
+    again = bracket.report(conf, json.loads(json.dumps({"tiny FC10": out})), "python scripts/bracket.py --measured m.json",
+                           None, measured_by="python scripts/bracket.py")
+    assert "Measured by `python scripts/bracket.py`" in again and "| tiny FC10 | per-pixel RMS | 4 | crown |" in again
     # The images are the ones measured (by index); another model's measurements fail before work.
     assert measured["models"]["tiny FC10"]["indices"] == sorted(measured["models"]["tiny FC10"]["indices"])
     measured["models"]["tiny FC10"]["params_sha256"] = "0" * 16

@@ -16,6 +16,9 @@ from adv_jax.reports.tables import fmt, markdown, percent
 # minimum solved to a relative and an absolute gap (the model's "exact_gap", "exact_abs_gap") may
 # sit that far above the truth, so an attack may sit below it by as much.
 TOLERANCE = 1e-6
+# An attack's image is float32: each pixel is known to half an ulp at 1, 2^-24, so its distance
+# (per-pixel RMS or L-inf) is only known to that much, absolutely; it matters only for minima near 0.
+FLOAT32_PIXEL = 2.0**-24
 UNITS = {"l2": "per-pixel RMS", "linf": "L-inf"}
 SUMMARY = ["model", "distance", "N", "certified: method", "certified mean", "exact mean (solved)",
            "attacked mean", "attacked / exact", "exact / certified", "attacked / certified", "violations"]
@@ -39,7 +42,7 @@ def violations(model: dict, method: str) -> int:
     count = int(np.sum(bound > attacked * (1 + TOLERANCE)))
     if exact is not None:
         count += int(np.sum(bound > exact * (1 + TOLERANCE)))  # NaN (unsolved) compares False
-        slack = exact * (model.get("exact_gap", 0.0) + 1e-5) + model.get("exact_abs_gap", 0.0)
+        slack = exact * (model.get("exact_gap", 0.0) + 1e-5) + model.get("exact_abs_gap", 0.0) + FLOAT32_PIXEL
         count += int(np.sum(attacked < exact - slack))
     return count
 
@@ -106,9 +109,14 @@ def plot(measured: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(conf: dict, measured: dict[str, dict], command: str, figure_link: str | None) -> str:
-    """The markdown; figure_link: the figure's path relative to the results file."""
-    lines = provenance.header(conf["title"], command) + settings.paragraphs(conf.get("notes"))
+def report(conf: dict, measured: dict[str, dict], command: str, figure_link: str | None,
+           measured_by: str | None = None) -> str:
+    """The markdown; figure_link: the figure's path relative to the results file; measured_by: the
+    command that measured what `command` only reported (scripts/bracket.py --measured)."""
+    lines = provenance.header(conf["title"], command)
+    if measured_by is not None:
+        lines += [f"Measured by `{measured_by}`, which saved the .json this file is reported from.", ""]
+    lines += settings.paragraphs(conf.get("notes"))
     lines += ["## Summary", "", markdown(SUMMARY, [row for label, m in measured.items() for row in summary_rows(label, m)]), ""]
     if figure_link is not None:
         lines += [f"![gap curves]({figure_link})", ""]
