@@ -38,10 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.models is not None:
         conf["models"] = [m for m in conf["models"] if m in args.models.split(",")]
     command = provenance.command("scripts/bracket.py", sys.argv[1:] if argv is None else argv, provenance.MNIST_ENV)
-    if args.measured is not None:
-        measured = json.loads(args.measured.read_text())
-    else:
-        measured = measure_all(parser, conf, args)
+    try:
+        measured = (json.loads(args.measured.read_text()) if args.measured is not None
+                    else measure.from_minnorm(conf, args.minnorm, args.runs))
+    except ValueError as e:
+        parser.error(str(e))
     figure = args.out.parent / "figures" / "bracket.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     bracket.plot(measured, figure)
@@ -50,18 +51,6 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".json").write_text(json.dumps(measured))
     args.out.write_text(text)
     print(text)
-
-
-def measure_all(parser: argparse.ArgumentParser, conf: dict, args: argparse.Namespace) -> dict:
-    """The certified side of every model of conf, on bench_minnorm's measurements (checked first)."""
-    if not args.minnorm.exists():
-        parser.error(f"--minnorm {args.minnorm} does not exist; run scripts/bench_minnorm.py first")
-    minnorm_conf, minnorm = settings.load("bench_minnorm", conf.get("minnorm_config")), json.loads(args.minnorm.read_text())
-    try:
-        measure.check(conf, minnorm_conf, minnorm)
-    except ValueError as e:
-        parser.error(str(e))
-    return measure.run(conf, minnorm_conf, minnorm, args.runs)
 
 
 if __name__ == "__main__":

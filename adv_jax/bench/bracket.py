@@ -11,6 +11,7 @@ Distances in the model's unit: per-pixel RMS (L2 / sqrt(784)) or L-inf per pixel
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from adv_jax import certify, checkpoint, crown, exact
 from adv_jax.bench.foolbox_compare import correctly_classified, split_images
 from adv_jax.bench.minnorm import model_run, unit_scale
 from adv_jax.lipschitz import pair_lipschitz
+from adv_jax.reports import settings
 from adv_jax.reports.bench_minnorm import EXACT
 
 CHUNK = 100  # examples per CROWN call (its backward passes hold (width, 784) per example)
@@ -152,3 +154,14 @@ def run(conf: dict, minnorm_conf: dict, measured: dict, runs: Path) -> dict[str,
                                             conf.get("alpha_crown_steps", 0))
         print(f"  done in {sum(out[entry['label']]['seconds'].values()):.1f} s", flush=True)
     return out
+
+
+def from_minnorm(conf: dict, minnorm_path: Path, runs: Path) -> dict[str, dict]:
+    """`run` on the minimum-norm measurements saved at minnorm_path (scripts/bench_minnorm.py's
+    .json), checked first; ValueError naming what is missing."""
+    if not minnorm_path.exists():
+        raise ValueError(f"--minnorm {minnorm_path} does not exist; run scripts/bench_minnorm.py first")
+    minnorm_conf = settings.load("bench_minnorm", conf.get("minnorm_config"))
+    measured = json.loads(minnorm_path.read_text())
+    check(conf, minnorm_conf, measured)
+    return run(conf, minnorm_conf, measured, runs)
