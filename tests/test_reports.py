@@ -23,6 +23,7 @@ from adv_jax.reports import (
     tables,
 )
 from adv_jax.bench import models as model_runs
+from adv_jax.bench import robustness
 from adv_jax.bench import timing
 from adv_jax.reports.aggregate import paper_reference
 from adv_jax.reports.lipschitz_compare import compare, lower_bound
@@ -209,7 +210,9 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                 "select_refined": {"title", "split", "examples", "seed", "repeats", "target_modes",
                                    "common", "models", "attacks", "select", "notes"},
                 "select_ae400": {"title", "evaluate_on", "common", "rows", "notes"},
-                "bracket": {"title", "minnorm_config", "mode", "alpha_crown_steps", "models", "radii", "notes"}}[name]
+                "bracket": {"title", "minnorm_config", "mode", "alpha_crown_steps", "models", "radii", "notes"},
+                "robustness": {"title", "examples", "seeds", "seed", "chunk_size", "budgets", "autoattack", "pgd",
+                               "speed", "common", "models", "notes"}}[name]
     assert required <= conf.keys()
     if name in ("models", "zoo"):
         for row in conf["rows"]:
@@ -219,6 +222,9 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
     if name == "adversarial_training_search":
         assert conf["paper"] in paper.ADVERSARIAL_TRAINING_TEST_ERROR
         assert set(conf["rules_out"]) <= search.search_space(conf["search"]).keys()
+    if name == "robustness":  # checked as the script checks it, every model with its label and kind
+        robustness.check(conf)
+        assert all({"name", "label", "kind", "overrides"} <= m.keys() for m in conf["models"])
     if name == "bracket":  # its models are bench_minnorm's, in the mode bench_minnorm measures them
         entries = {e["name"]: e for e in settings.load("bench_minnorm")["models"]}
         assert set(conf["models"]) <= entries.keys()
