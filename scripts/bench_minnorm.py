@@ -50,10 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         measured = {**minnorm.run(conf, args.runs, run_dirs), "commands": [command]}
     text = bench_minnorm.report(conf, measured, command)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(measured))
-    args.out.write_text(text)
-    print(text)
+    settings.write_report(args.out, text, measured)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ adv_jax/reports/robustness.py.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -45,10 +44,7 @@ def main(argv: list[str] | None = None) -> None:
                                  provenance.MNIST_ENV)
     measured = robustness.run(conf, args.runs)
     text = report.report(conf, measured, command)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(measured))
-    args.out.write_text(text)
-    print(text)
+    settings.write_report(args.out, text, measured)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,4 +41,13 @@ def runs_report(doc: str, script: str, name: str, make: Callable[..., str], argv
     text = make(args.paths, command, load(name, args.config), args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    print(text)
+
+
+def write_report(out: Path, text: str, measured: dict) -> None:
+    """A benchmark's results file `out` (markdown) and its numbers beside it (out with .json),
+    then the markdown on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(measured))
+    out.write_text(text)
     print(text)
