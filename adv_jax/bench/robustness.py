@@ -83,10 +83,15 @@ def clean_error(run: adv_jax.Run) -> float:
     return float(100.0 * np.mean(np.asarray(jnp.argmax(batched_logits(run.logits_fn, x), -1)) != np.asarray(y)))
 
 
+def attacked_images(conf: dict, run: adv_jax.Run) -> tuple[jax.Array, jax.Array]:
+    """The first conf["examples"] test images (N, 28, 28, 1) and labels, misclassified ones included."""
+    x, y = split_images(run, "test")
+    return x[:conf["examples"]], y[:conf["examples"]]
+
+
 def measure_model(conf: dict, run: adv_jax.Run, label: str) -> dict:
     """One trained model: {"clean_error", "budgets": [`measure_budget`, in conf's order]}."""
-    x, y = split_images(run, "test")
-    x, y = x[:conf["examples"]], y[:conf["examples"]]
+    x, y = attacked_images(conf, run)
     out = {"clean_error": clean_error(run), "budgets": []}
     for budget in conf["budgets"]:
         start = time.perf_counter()
@@ -101,8 +106,7 @@ def speed(conf: dict, run: adv_jax.Run) -> dict:
     """AutoAttack's examples per second at conf["speed"]'s budget on `examples` images: the median
     of `repeats` calls after an untimed one (compilation)."""
     budget = conf["budgets"][conf["speed"]["budget"]]
-    x, y = split_images(run, "test")
-    x, y = x[:conf["examples"]], y[:conf["examples"]]
+    x, y = attacked_images(conf, run)
     attack, untargeted = autoattack(conf, budget), jnp.full(len(y), -1, jnp.int32)
     seconds, _ = median_seconds(lambda: attack_batch(attack, run.logits_fn, x, y, untargeted, key=jax.random.key(conf["seed"]),
                                                      chunk_size=conf["chunk_size"], progress=False),
