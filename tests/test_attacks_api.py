@@ -19,6 +19,8 @@ from omegaconf import OmegaConf
 
 import adv_jax.attacks as attacks
 from adv_jax.attacks import PGD, LBFGSAttack, attack_batch, compile_attack_batch, make_attack, run_attack
+from adv_jax import devices
+from adv_jax.attacks.common import balanced_chunk
 from adv_jax.attacks.generate import Generated, generate, summarize
 from adv_jax.config import AttackConfig
 from adv_jax.models import Model, logits_fn
@@ -191,6 +193,19 @@ def test_the_attack_loop_compiles_once_for_batches_of_one_shape():
                                 progress=False)
         np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(plain))
 
+
+
+def test_chunks_are_balanced_so_little_padding_is_computed():
+    """The fewest chunks of at most chunk_size rows, of one size: 300 rows at 250 run as 2 x 150,
+    not as 250 and 50 padded to 250; padding stays under one row per chunk and device."""
+    d = devices.device_count()
+    assert balanced_chunk(300, 250) == devices.round_up(150)
+    for n in range(1, 60):
+        for size in range(d, 30, d):
+            chunk = balanced_chunk(n, size)
+            chunks = -(-n // chunk)
+            assert chunk % d == 0 and chunk <= size and chunks == -(-n // size), (n, size, chunk)
+            assert chunks * chunk - n < chunks * d, (n, size, chunk)
 
 
 def test_compile_attack_batch_compiles_the_call_without_running_it(caplog):

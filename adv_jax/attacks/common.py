@@ -179,10 +179,18 @@ def example_keys(key: jax.Array, n: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
+def balanced_chunk(n: int, chunk_size: int) -> int:
+    """Rows per chunk when n rows run in the fewest chunks of at most chunk_size, all of one size
+    (rounded for the devices): 300 rows at 250 run as 2 x 150, where 250 + 50 padded to 250 would
+    compute 500."""
+    chunks = -(-n // max(1, chunk_size))
+    return devices.round_up(-(-n // max(1, chunks)))
+
+
 def _batch_inputs(logits_fn: LogitsFn, x, y, target, key: jax.Array, chunk_size: int, keys=None):
     """(chunk size rounded for the devices, logits_fn's static part, its replicated arrays, the
     per-example inputs (x, y, target, keys)) that attack_batch feeds `_attack_chunk`."""
-    chunk_size = devices.round_up(min(chunk_size, len(x)))
+    chunk_size = balanced_chunk(len(x), chunk_size)
     arrays, static = split_arrays(logits_fn)
     if keys is None:
         keys = example_keys(key, len(x))
@@ -202,10 +210,10 @@ def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array
     x (N, *shape) in [0, 1], true labels y and targets (N,) (-1: untargeted) -> x_adv (N, *shape)
     and the attack's diagnostics {name: (N,)} (empty if it reports none).
 
-    Vmapped and jitted in chunks of `chunk_size` (rounded up to a multiple of the device count,
-    the last one padded), so the loop compiles once per attack, input shape and logits_fn
-    structure (`split_arrays`). Each chunk is split across all local devices (`adv_jax.devices`)
-    with logits_fn's arrays replicated. Each example's key is folded in from its index (or given,
+    Vmapped and jitted in the fewest chunks of at most `chunk_size`, all of one size
+    (`balanced_chunk`: a multiple of the device count, the last one padded), so the loop compiles
+    once per attack, input shape and logits_fn structure (`split_arrays`). Each chunk is split
+    across all local devices (`adv_jax.devices`) with logits_fn's arrays replicated. Each example's key is folded in from its index (or given,
     example_keys (N,)), so results do not depend on chunking. `progress` shows a progress bar in
     examples. An attack with its own `attack_batch` (AutoAttack: stage by stage) runs that.
     """

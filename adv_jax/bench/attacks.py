@@ -23,7 +23,7 @@ import numpy as np
 import adv_jax
 from adv_jax import devices
 from adv_jax.attacks import attack_batch, make_attack
-from adv_jax.attacks.common import is_adversarial, rms_distortion
+from adv_jax.attacks.common import balanced_chunk, is_adversarial, rms_distortion
 from adv_jax.attacks.lbfgs import TRIPS_PER_ROUND
 from adv_jax.attacks.scipy_reference import scipy_lbfgs_attack
 from adv_jax.attacks.targets import choose_targets
@@ -51,7 +51,7 @@ def trips(evals: np.ndarray, chunk: int, lanes: int) -> int:
     ceil((evals + 1) / TRIPS_PER_ROUND) rounds (the + 1: its start at z = x), and the next
     untaken example goes to the lane that frees first (the lowest such lane on ties); a
     device's loop ends when its last lane frees."""
-    chunk = devices.round_up(min(chunk, len(evals)))
+    chunk = balanced_chunk(len(evals), chunk)  # attack_batch's chunks
     per_device = chunk // devices.device_count()
     padded = np.concatenate([evals, np.repeat(evals[-1:], -len(evals) % chunk)])
     total = 0
