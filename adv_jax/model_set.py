@@ -2,7 +2,8 @@
 into its own run directory, with the same clean errors whatever the job.
 
   model_config(cfg, key)          the full run config of experiment model `key`
-  clean_errors(model, params, …)  error on p1, p2, full, test, train (and validation) splits
+  clean_errors(model, params, …)  error on p1, p2, full, test, train (and validation) splits,
+                                  remembered beside the model cache
   models_for(cfg, run_dir)        key -> rundir.Run, each models/<key>/ made by RunDirectory.execute
   study_examples(cfg)             the images a study attacks
 
@@ -12,8 +13,10 @@ runs and may add per-model work (the study's own attack) inside the same run dir
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,10 +53,31 @@ def model_config(cfg: DictConfig, key: str) -> DictConfig:
     return derived
 
 
-def clean_errors(model: Model, params: Params, splits: dict, data_cfg) -> dict[str, float]:
+def clean_errors(model: Model, params: Params, splits: dict, data_cfg, cache_dir: str | None = None
+                 ) -> dict[str, float]:
     """Error rate (fraction) on every CLEAN_SPLITS split, on "train" and on "validation" (when
-    data.validation holds images out), each image evaluated once where it can be: P1 and P2
-    partition the full training set, and an unlimited training split is one of them."""
+    data.validation holds images out). Given `cache_dir`, remembered there under the sha256 of the
+    params and of the evaluated images (`errors_entry`): a cached model's errors are measured
+    once, and never served for other params or data."""
+    entry = errors_entry(cache_dir, params, splits, data_cfg) if cache_dir else None
+    if entry is not None:
+        try:
+            return {k: float(v) for k, v in json.loads(entry.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            pass  # absent or unreadable: measured again and rewritten
+    errors = _measured_errors(model, params, splits, data_cfg)
+    if entry is not None:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_atomic(entry, json.dumps(errors, indent=1))
+        except OSError as e:
+            log.warning("could not remember the clean errors in %s: %s; the run goes on", entry, e)
+    return errors
+
+
+def _measured_errors(model: Model, params: Params, splits: dict, data_cfg) -> dict[str, float]:
+    """clean_errors' numbers, each image evaluated once where it can be: P1 and P2 partition the
+    full training set, and an unlimited training split is one of them."""
     errors = evaluate(model, params, {s: splits[s] for s in ("p1", "p2", "test")})
     n1, n2 = len(splits["p1"]), len(splits["p2"])
     errors["full"] = (errors["p1"] * n1 + errors["p2"] * n2) / (n1 + n2)
@@ -67,6 +91,16 @@ def clean_errors(model: Model, params: Params, splits: dict, data_cfg) -> dict[s
     return errors
 
 
+def errors_entry(cache_dir: str, params: Params, splits: dict, data_cfg) -> Path:
+    """<cache_dir>/errors/<key>.json, the key a sha256 of the params, of every split clean_errors
+    reads (images and labels) and of the training split's name."""
+    names = sorted(s for s in ("p1", "p2", "test", "validation", "train") if s in splits)
+    identity = [checkpoint.params_fingerprint(params), data_cfg.split,
+                {s: checkpoint.data_fingerprint(splits[s]) for s in names}]
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(os.path.expanduser(cache_dir)) / "errors" / f"{key}.json"
+
+
 def _record(cfg_m: DictConfig, key: str, model_dir: Path, trained: Trained,
             per_model: PerModel | None) -> Run:
     """One model's run directory through the one lifecycle: params, clean errors, per-layer
@@ -76,7 +110,8 @@ def _record(cfg_m: DictConfig, key: str, model_dir: Path, trained: Trained,
 
     def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
         checkpoint.save_params(run.path / PARAMS_FILE, params)
-        errors = clean_errors(model, params, load_splits(cfg_m.data, cfg_m.model.classes), cfg_m.data)
+        errors = clean_errors(model, params, load_splits(cfg_m.data, cfg_m.model.classes), cfg_m.data,
+                              cfg_m.cache_dir if cfg_m.train.cache else None)
         # Per-layer bounds and their product: cheap, and what reports compare across models.
         bounds = lipschitz.measure(model, params, None, None, key=jax.random.key(0), images=0,
                                    power_iters=1, methods=["product"])

@@ -14,7 +14,7 @@ import pytest
 import adv_jax
 from adv_jax import checkpoint
 from adv_jax.config import compose
-from adv_jax.data import load_splits
+from adv_jax.data import Dataset, load_splits
 from adv_jax.model_set import clean_errors
 from adv_jax.models import build_model
 from adv_jax.run_files import CONFIG_FILE, LOG_FILE, METRICS_FILE, METRICS_LOG_FILE, PARAMS_FILE
@@ -33,6 +33,28 @@ def test_full_and_train_errors_reuse_the_halves(mnist_dir, limit):
     assert errors["full"] == pytest.approx(direct["full"], abs=1e-6)
     assert errors["train"] == pytest.approx(direct["train"], abs=1e-6)
     assert (errors["train"] == errors["p2"]) == (limit is None)
+
+
+def test_clean_errors_are_remembered_for_the_same_params_and_images_only(mnist_dir, tmp_path, monkeypatch):
+    """Measured once per (params, evaluated images): the second call evaluates nothing; other
+    params, other images or an unreadable entry are measured again."""
+    import adv_jax.model_set as model_set
+
+    cfg = compose([f"data.mnist_dir={mnist_dir}", "data.train_limit=500", "model=fc10"])
+    splits, model = load_splits(cfg.data), build_model(cfg.model)
+    params = model.init(jax.random.key(0))
+    calls = []
+    monkeypatch.setattr(model_set, "evaluate", lambda *a: calls.append(1) or evaluate(*a))
+    first = clean_errors(model, params, splits, cfg.data, str(tmp_path))
+    measured = len(calls)
+    assert clean_errors(model, params, splits, cfg.data, str(tmp_path)) == first and len(calls) == measured
+    other = model.init(jax.random.key(1))
+    assert clean_errors(model, other, splits, cfg.data, str(tmp_path)) != first and len(calls) == 2 * measured
+    flipped = {**splits, "test": Dataset(splits["test"].x, (splits["test"].y + 1) % 10)}
+    assert clean_errors(model, params, flipped, cfg.data, str(tmp_path))["test"] != first["test"]
+    for entry in (tmp_path / "errors").iterdir():
+        entry.write_text("{")
+    assert clean_errors(model, params, splits, cfg.data, str(tmp_path)) == first and len(calls) == 4 * measured
 
 
 def test_run_writes_a_self_describing_directory_and_loads_back(tmp_path, private_overrides):

@@ -114,7 +114,7 @@ def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
     splits = load_splits(cfg.data, cfg.model.classes)
     model, params, train_metrics = train_or_load(cfg, splits, logger,
                                                  save_to=run.path / checkpoint.PARAMS_FILE)
-    errors = clean_errors(model, params, splits, cfg.data)
+    errors = clean_errors(model, params, splits, cfg.data, cfg.cache_dir if cfg.train.cache else None)
     metrics = {**{f"error/{name}": value for name, value in errors.items()}, **train_metrics,
                "model/num_params": num_params(params), "data/train_size": len(splits["train"])}
     adv = None
