@@ -88,9 +88,10 @@ def test_non_overlapping_max_pool_is_reduce_windows_values_and_gradient(size, ke
 @pytest.mark.parametrize("size, kernel, stride, padding, channels", [
     (28, 5, 1, "SAME", 1), (14, 3, 2, "SAME", 3), (13, 3, 2, "VALID", 2), (9, 4, 3, "SAME", 2)])
 def test_patch_matmul_conv_is_lax_conv_values_and_gradients(size, kernel, stride, padding, channels):
-    """The conv layer (a matmul of patches, adv_jax.models.layers._conv) against
-    lax.conv_general_dilated: values, the input's and the kernel's gradients, odd and even pads."""
-    from adv_jax.models.layers import apply_layer
+    """The conv layer (adv_jax.models.layers._conv: XLA's value, derivatives through a matmul of
+    patches; all patches for one channel) and `_conv_patches` against lax.conv_general_dilated:
+    values, both gradients, forward mode with either argument still, a second derivative."""
+    from adv_jax.models.layers import _conv_patches, apply_layer
 
     layer = Layer("conv", features=5, kernel=kernel, stride=stride, padding=padding)
     x = jax.random.normal(jax.random.key(size), (3, size, size, channels))
@@ -106,3 +107,14 @@ def test_patch_matmul_conv_is_lax_conv_values_and_gradients(size, kernel, stride
     theirs = jax.grad(lambda p, x: (reference(p, x) ** 2).sum(), argnums=(0, 1))(params, x)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_conv_patches(x, params["w"], stride, padding) + params["b"], reference(params, x),
+                               rtol=1e-5, atol=1e-5)
+    dx, dw = jax.random.normal(jax.random.key(2), x.shape), jax.random.normal(jax.random.key(3), params["w"].shape)
+    for tangent in ({"w": dw, "b": params["b"]}, {"w": 0 * dw, "b": 0 * params["b"]}):
+        ours = jax.jvp(lambda p, x: apply_layer(layer, p, x), (params, x), (tangent, dx))[1]
+        np.testing.assert_allclose(ours, jax.jvp(reference, (params, x), (tangent, dx))[1], rtol=1e-4, atol=1e-4)
+    still_w = jax.jvp(lambda x: apply_layer(layer, params, x), (x,), (dx,))[1]
+    np.testing.assert_allclose(still_w, jax.jvp(lambda x: reference(params, x), (x,), (dx,))[1], rtol=1e-4, atol=1e-4)
+    hvp = jax.jvp(jax.grad(lambda x: (apply_layer(layer, params, x) ** 2).sum()), (x,), (dx,))[1]
+    reference_hvp = jax.jvp(jax.grad(lambda x: (reference(params, x) ** 2).sum()), (x,), (dx,))[1]
+    np.testing.assert_allclose(hvp, reference_hvp, rtol=1e-4, atol=1e-3)
