@@ -79,6 +79,7 @@ def pytest_configure(config):
 SLOW = (
     "tests/test_gpu_check.py::",
     "tests/test_search.py::test_the_search_minimizes_validation_error_and_resumes",
+    "tests/test_search.py::test_one_selection_covers_the_paper_recipe_search_too",
     "tests/test_experiment.py::test_multirun_aggregates_two_seeds_and_skips_finished_runs_when_restarted",
     "tests/test_experiment.py::test_experiment_runs_in_debug_size[cross_model]",
     "tests/test_experiment.py::test_experiment_runs_in_debug_size[adversarial_training]",

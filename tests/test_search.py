@@ -23,9 +23,13 @@ TINY = ["train.optimizer=adam", "train.adversarial.attack=fgsm", "data.train_lim
         "wandb.mode=disabled", f"cache_dir={SHARED_CACHE}"]
 
 
-def _search(sweep: Path, trials: int) -> None:
-    command = [sys.executable, str(REPO / "scripts" / "sweep.py"), "-m", "search=adversarial_training",
-               *TINY, f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={sweep}"]
+# The paper's recipe (conf/search/adversarial_training_paper.yaml) at the same tiny size.
+TINY_PAPER = [o for o in TINY if o.split("=")[0] not in ("train.optimizer", "train.adversarial.attack")]
+
+
+def _search(sweep: Path, trials: int, name: str = "adversarial_training", tiny: list[str] = TINY) -> None:
+    command = [sys.executable, str(REPO / "scripts" / "sweep.py"), "-m", f"search={name}",
+               *tiny, f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(command, cwd=sweep.parent, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -56,7 +60,8 @@ def _check_report(sweep: Path, tmp_path: Path) -> None:
               for p in sweep.glob("trial_*/metrics.json")}
     best = min(values, key=values.get)
     out, conf = tmp_path / "results" / "search.md", settings.load("adversarial_training_search")
-    text = search.write(sweep, sweep / f"trial_{best}", "python scripts/report_search.py ...", conf, out)
+    text = search.write({"adversarial_training": sweep}, sweep / f"trial_{best}", "python scripts/report_search.py ...",
+                        conf, out)
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["trials"] == 3 and result["best_trial"] == best
     assert result["validation_error"] == pytest.approx(100 * values[best])
@@ -65,11 +70,33 @@ def _check_report(sweep: Path, tmp_path: Path) -> None:
     assert out.with_name("search_slices.png").read_bytes()[:4] == b"\x89PNG"
     other = next(t for t in values if t != best)
     with pytest.raises(ValueError, match=f"not trial {best}'s recipe"):
-        search.write(sweep, sweep / f"trial_{other}", "...", conf, tmp_path / "other.md")
+        search.write({"adversarial_training": sweep}, sweep / f"trial_{other}", "...", conf, tmp_path / "other.md")
     # The chosen overrides rebuild the best trial's training config.
     again = compose(["search=adversarial_training", *TINY, *result["overrides"]]).train
     trained = OmegaConf.load(sweep / f"trial_{best}" / "config.yaml").train
     assert OmegaConf.to_container(again) == OmegaConf.to_container(trained)
+
+
+def test_one_selection_covers_the_paper_recipe_search_too(tmp_path):
+    """search=adversarial_training_paper (full-batch L-BFGS, pools of L-BFGS adversarials) trains,
+    and the report chooses the best trial of both searches, naming the search it came from."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    ours, theirs = tmp_path / "search", tmp_path / "paper"
+    _search(ours, 1)
+    _search(theirs, 1, "adversarial_training_paper", TINY_PAPER)
+    paper_config = OmegaConf.load(theirs / "trial_0" / "config.yaml")
+    assert paper_config.train.optimizer == "lbfgs" and paper_config.train.adversarial.attack == "lbfgs"
+    searches = {"adversarial_training": ours, "adversarial_training_paper": theirs}
+    values = {name: json.loads((path / "trial_0" / "metrics.json").read_text())["error/validation"]
+              for name, path in searches.items()}
+    winner = min(values, key=values.get)
+    conf = settings.load("adversarial_training_search")
+    command = search.next_command(searches, conf, [0], tmp_path / "chosen")
+    assert f"search={winner} " in command
+    text = search.write(searches, searches[winner] / "trial_0", "...", conf, tmp_path / "both.md")
+    result = json.loads((tmp_path / "both.json").read_text())
+    assert result["trials"] == 2 and result["best_search"] == winner
+    assert f"trial {winner}/0" in text and "Search `adversarial_training_paper`" in text
 
 
 @pytest.mark.parametrize("overrides, message", [

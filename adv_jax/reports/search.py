@@ -27,14 +27,30 @@ def search_space(name: str) -> dict[str, str]:
     return dict(OmegaConf.load(CONF_DIR / "search" / f"{name}.yaml").hydra.sweeper.params)
 
 
-def trials(search_dir: Path, space: dict[str, str], objective: str) -> list[dict[str, Any]]:
-    """Finished trials in trial order: number, the searched values, the objective, the run."""
+def trials(search_dir: Path, space: dict[str, str], objective: str, search: str = "") -> list[dict[str, Any]]:
+    """Finished trials in trial order: number, the values of the space's keys (None where a run's
+    config has no such key), the objective, the run and the `search` that made it."""
     out = []
     for run_dir in sorted(find_runs([search_dir]), key=lambda p: int(p.name.split("_")[-1])):
         run = read_run(run_dir)
-        out.append({"trial": int(run_dir.name.split("_")[-1]), "run": run,
-                    "params": {k: run["config"][k] for k in space}, "value": run["metrics"][objective]})
+        out.append({"trial": int(run_dir.name.split("_")[-1]), "run": run, "search": search,
+                    "params": {k: run["config"].get(k) for k in space}, "value": run["metrics"][objective]})
     return out
+
+
+def all_trials(searches: dict[str, Path], objective: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """(the union of the searches' spaces, every finished trial of each search) for searches
+    {conf/search name: its sweep directory}: one selection over several searched spaces."""
+    space = {k: v for name in searches for k, v in search_space(name).items()}
+    rows = [r for name, path in searches.items() for r in trials(path, space, objective, name)]
+    if not rows:
+        raise FileNotFoundError(f"no finished trial under {', '.join(map(str, searches.values()))}")
+    return space, rows
+
+
+def trial_label(row: dict, searches: dict[str, Path]) -> str:
+    """The trial's number, prefixed by its search's name when there are several searches."""
+    return f"{row['search']}/{row['trial']}" if len(searches) > 1 else str(row["trial"])
 
 
 def best_trial(rows: list[dict]) -> dict:
@@ -62,7 +78,7 @@ def overrides(params: dict[str, Any]) -> list[str]:
     """Command-line overrides that set every searched value of `params` (lists without spaces,
     as Hydra reads them): with them, a run's config is the trial's, whatever did not apply."""
     return [f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, list) else v}"
-            for k, v in params.items()]
+            for k, v in params.items() if v is not None]
 
 
 def chosen_command(search: str, params: dict[str, Any], seeds: Sequence[int], sweep_dir: Path) -> str:
@@ -80,19 +96,17 @@ def search_command(search: str, search_dir: Path) -> str:
                                                    "wandb=disabled"], provenance.MNIST_ENV)
 
 
-def next_command(search_dir: Path, conf: dict, seeds: Sequence[int], chosen_dir: Path) -> str:
-    """chosen_command for the best finished trial under `search_dir`."""
-    rows = trials(search_dir, search_space(conf["search"]), conf["objective"])
-    if not rows:
-        raise FileNotFoundError(f"no finished trial under {search_dir}")
-    return chosen_command(conf["search"], best_trial(rows)["params"], seeds, chosen_dir)
+def next_command(searches: dict[str, Path], conf: dict, seeds: Sequence[int], chosen_dir: Path) -> str:
+    """chosen_command for the best finished trial of `searches` ({search name: sweep dir})."""
+    best = best_trial(all_trials(searches, conf["objective"])[1])
+    return chosen_command(best["search"], best["params"], seeds, chosen_dir)
 
 
-def trial_table(rows: list[dict], objective: str, top: int) -> str:
+def trial_table(rows: list[dict], objective: str, top: int, searches: dict[str, Path]) -> str:
     """The `top` trials by objective, with every searched value that applied to them."""
     keys = list(rows[0]["params"]) if rows else []
     best = sorted(rows, key=lambda r: r["value"])[:top]
-    cells = [[r["trial"], f"{100 * r['value']:.2f}", f"{100 * r['run']['metrics']['error/train']:.2f}",
+    cells = [[trial_label(r, searches), f"{100 * r['value']:.2f}", f"{100 * r['run']['metrics']['error/train']:.2f}",
               *[fmt(relevant(r["params"]).get(k)) for k in keys],
               f"{r['run']['metrics']['train/seconds']:.0f}"] for r in best]
     short = [k.removeprefix("train.").removeprefix("adversarial.") for k in keys]
@@ -160,37 +174,45 @@ def chosen_runs(chosen_dir: Path, best: dict) -> list[dict]:
 def summary(rows: list[dict], best: dict, chosen: list[dict], objective: str, target: float) -> dict[str, Any]:
     """results/<name>.json: the chosen (`best`) recipe, its validation error and per-seed test errors (%)."""
     test = [100 * r["metrics"]["error/test"] for r in chosen]
-    return {"trials": len(rows), "objective": objective, "best_trial": best["trial"],
+    return {"trials": len(rows), "objective": objective, "best_search": best["search"], "best_trial": best["trial"],
             "overrides": overrides(best["params"]), "validation_error": 100 * best["value"],
             "seeds": [r["config"]["seed"] for r in chosen], "test_error_per_seed": test,
             "test_error_mean": float(np.mean(test)) if test else None,
             "paper_target": target, "below_target": bool(test) and float(np.mean(test)) < target}
 
 
-def report(search_dir: Path, chosen_dir: Path, command: str, conf: dict, figure: Path) -> tuple[str, dict]:
-    """The markdown and the JSON summary; writes the slice figure to `figure`."""
-    space, objective = search_space(conf["search"]), conf["objective"]
-    rows = trials(search_dir, space, objective)
-    if not rows:
-        raise FileNotFoundError(f"no finished trial under {search_dir}")
+def searched(searches: dict[str, Path], rows: list[dict]) -> list[str]:
+    """Per search: the command that made its trials, their count and training time, its space."""
+    parts = []
+    for name, path in searches.items():
+        mine = [r for r in rows if r["search"] == name]
+        space = markdown(["key", "searched over"], [[f"`{k}`", f"`{v}`"] for k, v in search_space(name).items()])
+        parts += [f"Search `{name}`: `{search_command(name, path)}`: {len(mine)} finished trials, "
+                  f"{sum(r['run']['metrics']['train/seconds'] for r in mine) / 60:.0f} min of training in all. "
+                  "Searched:", "", space.strip(), ""]
+    return parts
+
+
+def report(searches: dict[str, Path], chosen_dir: Path, command: str, conf: dict, figure: Path) -> tuple[str, dict]:
+    """The markdown and the JSON summary of one selection over `searches` ({conf/search name:
+    sweep dir}); writes the slice figure to `figure`."""
+    objective = conf["objective"]
+    space, rows = all_trials(searches, objective)
     best = best_trial(rows)
     chosen, target = chosen_runs(chosen_dir, best), paper.ADVERSARIAL_TRAINING_TEST_ERROR[conf["paper"]]
     result = summary(rows, best, chosen, objective, target)
     slice_figure(rows, objective, figure)
-    space_table = markdown(["key", "searched over"], [[f"`{k}`", f"`{v}`"] for k, v in space.items()])
     seeds = markdown(["seed", "validation error %", "test error %", "train error %"],
                      [[r["config"]["seed"], f"{100 * r['metrics']['error/validation']:.2f}",
                        f"{100 * r['metrics']['error/test']:.2f}", f"{100 * r['metrics']['error/train']:.2f}"]
                       for r in chosen])
     verdict = ("below" if result["below_target"] else "not below")
     parts = [*provenance.header(conf["title"], command), *settings.paragraphs(conf.get("notes")),
-             f"Search: `{search_command(conf['search'], search_dir)}`: {len(rows)} finished trials, "
-             f"{sum(r['run']['metrics']['train/seconds'] for r in rows) / 60:.0f} min of training in all. "
-             "Searched:", "", space_table.strip(), "",
-             f"**Best by validation error**: trial {result['best_trial']}, {objective} "
+             *searched(searches, rows),
+             f"**Best by validation error**: trial {trial_label(best, searches)}, {objective} "
              f"{result['validation_error']:.2f}%; recipe: `{' '.join(result['overrides'])}`.", "",
              f"The {conf['top']} best trials (a value '-' did not apply to that trial):", "",
-             trial_table(rows, objective, conf["top"]).strip(), "",
+             trial_table(rows, objective, conf["top"], searches).strip(), "",
              f"Best and median {objective} of the trials by "
              + ", ".join(f"`{k}`" for k in conf["rules_out"]) + " (what the search rules out):", "",
              *[line for key in conf["rules_out"] for line in (best_by(rows, key).strip(), "")],
@@ -198,19 +220,20 @@ def report(search_dir: Path, chosen_dir: Path, command: str, conf: dict, figure:
              "first; the worst tenth of the trials lies above the panels):", "",
              f"![validation error against each searched value]({figure.name})", "",
              f"**The chosen recipe on the test set**, {len(chosen)} seeds: `"
-             + chosen_command(conf["search"], best["params"], result["seeds"], chosen_dir) + "`: "
+             + chosen_command(best["search"], best["params"], result["seeds"], chosen_dir) + "`: "
              f"test error {mean_std(result['test_error_per_seed'], digits=2)}%, {verdict} the paper's "
              f"{target:g}%.", "", seeds.strip()]
     return "\n".join(parts) + "\n", result
 
 
-def write(search_dir: Path, chosen_dir: Path, command: str, conf: dict, out: Path) -> str:
+def write(searches: dict[str, Path], chosen_dir: Path, command: str, conf: dict, out: Path) -> str:
     """Writes `out` (markdown), its .json and its _slices.png beside it; returns the markdown."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    text, result = report(search_dir, chosen_dir, command, conf, out.with_name(out.stem + "_slices.png"))
+    text, result = report(searches, chosen_dir, command, conf, out.with_name(out.stem + "_slices.png"))
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps({**result, "command": command}, indent=2) + "\n")
     return text
 
 
-__all__ = ["chosen_command", "next_command", "report", "search_command", "search_space", "summary", "trials", "write"]
+__all__ = ["all_trials", "chosen_command", "next_command", "report", "search_command", "search_space", "summary",
+           "trials", "write"]
