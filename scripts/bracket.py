@@ -10,7 +10,8 @@ attacked from above, on the minimum-norm benchmark's images.
 Reads the attacked and exact distances from scripts/bench_minnorm.py's .json (run it first, with
 the models of conf/report/bracket.yaml); loads each model from its run directory <runs>/<name>
 (made there if missing, as bench_minnorm does). Measured by adv_jax/bench/bracket.py; the markdown
-and figure: adv_jax/reports/bracket.py.
+and figure: adv_jax/reports/bracket.py. Its .json: {"command": the command that measured,
+"models": {model: its measurements}}, which --measured reports again under that command.
 """
 
 from __future__ import annotations
@@ -39,16 +40,17 @@ def main(argv: list[str] | None = None) -> None:
         conf["models"] = [m for m in conf["models"] if m in args.models.split(",")]
     command = provenance.command("scripts/bracket.py", sys.argv[1:] if argv is None else argv, provenance.MNIST_ENV)
     try:
-        measured = (json.loads(args.measured.read_text()) if args.measured is not None
-                    else measure.from_minnorm(conf, args.minnorm, args.runs))
+        if args.measured is not None:
+            measured, measured_by = bracket.saved(json.loads(args.measured.read_text()))
+        else:
+            measured, measured_by = measure.from_minnorm(conf, args.minnorm, args.runs), None
     except ValueError as e:
         parser.error(str(e))
     figure = args.out.parent / "figures" / "bracket.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     bracket.plot(measured, figure)
-    measured_by = provenance.command("scripts/bracket.py", [], provenance.MNIST_ENV) if args.measured else None
     text = bracket.report(conf, measured, command, figure.relative_to(args.out.parent).as_posix(), measured_by)
-    args.out.with_suffix(".json").write_text(json.dumps(measured))
+    args.out.with_suffix(".json").write_text(json.dumps(bracket.to_save(measured_by or command, measured)))
     args.out.write_text(text)
     print(text)
 

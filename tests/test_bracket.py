@@ -93,3 +93,14 @@ def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, mon
     measured["models"]["tiny FC10"]["params_sha256"] = "0" * 16
     with pytest.raises(ValueError, match="not the one the minimum-norm measurements"):
         measure.run(conf, minnorm_conf, measured, tmp_path / "runs")
+
+
+def test_a_saved_bracket_names_the_command_that_measured_it():
+    """The .json holds {"command", "models"}; a file of the first layout (models alone) reads as
+    measured by the plain command."""
+    models = {"tiny FC10": {"norm": "l2", "images": 4}}
+    assert bracket.saved(bracket.to_save("python scripts/bracket.py --models tiny", models)) == (
+        models, "python scripts/bracket.py --models tiny")
+    measured, command = bracket.saved(json.loads(json.dumps(models)))
+    assert measured == models and command.endswith("python scripts/bracket.py")
+

@@ -127,3 +127,16 @@ def report(conf: dict, measured: dict[str, dict], command: str, figure_link: str
                   markdown(["radius", "certified robust %", "exactly robust %", "not fooled %"],
                            curves(model, conf["radii"][model["norm"]])), ""]
     return "\n".join(lines)
+
+
+def to_save(command: str, measured: dict) -> dict:
+    """The bracket's .json: the command that measured and each model's measurements."""
+    return {"command": command, "models": measured}
+
+
+def saved(data: dict) -> tuple[dict, str]:
+    """(model -> measurements, the command that measured them) of a saved .json (`to_save`); a
+    file of the first layout (the models alone) was measured by the plain command."""
+    if set(data) == {"command", "models"}:
+        return data["models"], data["command"]
+    return data, provenance.command("scripts/bracket.py", [], provenance.MNIST_ENV)
