@@ -275,6 +275,15 @@ def model_identity(cfg: Any, data=None) -> dict:
     return identity
 
 
+def package_source_sha256(package: Any) -> str:
+    """sha256 of a package's own *.py files (names and bytes, in name order): what its code
+    computes, so a record made by other code is not served (a module edited since)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(package.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def module_source_sha256(target: str) -> str:
     """sha256 (16 hex digits) of the source file defining `model._target_`'s class."""
     source = inspect.getsourcefile(resolve_target(target))

@@ -28,6 +28,7 @@ from adv_jax import checkpoint, lipschitz
 from adv_jax.config import derive
 from adv_jax.data import Dataset, load_splits
 from adv_jax.logger import Logger
+import adv_jax.models as models_package
 from adv_jax.models import Model, Params
 from adv_jax.run_files import LIPSCHITZ_FILE, MODELS_DIR, PARAMS_FILE
 from adv_jax.rundir import Run, RunDirectory, load_run, write_file
@@ -56,13 +57,15 @@ def model_config(cfg: DictConfig, key: str) -> DictConfig:
 def clean_errors(model: Model, params: Params, splits: dict, data_cfg, cache_dir: str | None = None
                  ) -> dict[str, float]:
     """Error rate (fraction) on every CLEAN_SPLITS split, on "train" and on "validation" (when
-    data.validation holds images out). Given `cache_dir`, remembered there under the sha256 of the
-    params and of the evaluated images (`errors_entry`): a cached model's errors are measured
-    once, and never served for other params or data."""
-    entry = errors_entry(cache_dir, params, splits, data_cfg) if cache_dir else None
+    data.validation holds images out). Given `cache_dir` (`errors_cache`), remembered there
+    (`errors_entry`): a cached model's errors are measured once, and never served for another
+    model, other params, other images or other forward code."""
+    entry = errors_entry(cache_dir, model, params, splits, data_cfg) if cache_dir else None
     if entry is not None:
         try:
-            return {k: float(v) for k, v in json.loads(entry.read_text()).items()}
+            errors = {k: float(v) for k, v in json.loads(entry.read_text()).items()}
+            log.info("clean errors of the same model and images read back from %s", entry)
+            return errors
         except (OSError, ValueError, AttributeError):
             pass  # absent or unreadable: measured again and rewritten
     errors = _measured_errors(model, params, splits, data_cfg)
@@ -73,6 +76,11 @@ def clean_errors(model: Model, params: Params, splits: dict, data_cfg, cache_dir
         except OSError as e:
             log.warning("could not remember the clean errors in %s: %s; the run goes on", entry, e)
     return errors
+
+
+def errors_cache(cfg: DictConfig) -> str | None:
+    """Where a run's clean errors are remembered: its model cache, when train.cache is on."""
+    return cfg.cache_dir if cfg.train.cache else None
 
 
 def _measured_errors(model: Model, params: Params, splits: dict, data_cfg) -> dict[str, float]:
@@ -91,11 +99,15 @@ def _measured_errors(model: Model, params: Params, splits: dict, data_cfg) -> di
     return errors
 
 
-def errors_entry(cache_dir: str, params: Params, splits: dict, data_cfg) -> Path:
-    """<cache_dir>/errors/<key>.json, the key a sha256 of the params, of every split clean_errors
-    reads (images and labels) and of the training split's name."""
+def errors_entry(cache_dir: str, model: Model, params: Params, splits: dict, data_cfg) -> Path:
+    """<cache_dir>/errors/<key>.json, the key a sha256 of everything the errors depend on: the
+    model (its layers, a user module's source), the forward code (adv_jax/models/), the params,
+    every split clean_errors reads (images and labels) and the training split's name."""
     names = sorted(s for s in ("p1", "p2", "test", "validation", "train") if s in splits)
-    identity = [checkpoint.params_fingerprint(params), data_cfg.split,
+    sources = sorted(checkpoint.module_source_sha256(layer.module.target) for layer in model.layers
+                     if layer.module is not None)
+    identity = [checkpoint.CACHE_VERSION, checkpoint.package_source_sha256(models_package), repr(model), sources,
+                checkpoint.params_fingerprint(params), data_cfg.split,
                 {s: checkpoint.data_fingerprint(splits[s]) for s in names}]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return Path(os.path.expanduser(cache_dir)) / "errors" / f"{key}.json"
@@ -111,7 +123,7 @@ def _record(cfg_m: DictConfig, key: str, model_dir: Path, trained: Trained,
     def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
         checkpoint.save_params(run.path / PARAMS_FILE, params)
         errors = clean_errors(model, params, load_splits(cfg_m.data, cfg_m.model.classes), cfg_m.data,
-                              cfg_m.cache_dir if cfg_m.train.cache else None)
+                              errors_cache(cfg_m))
         # Per-layer bounds and their product: cheap, and what reports compare across models.
         bounds = lipschitz.measure(model, params, None, None, key=jax.random.key(0), images=0,
                                    power_iters=1, methods=["product"])

@@ -35,26 +35,37 @@ def test_full_and_train_errors_reuse_the_halves(mnist_dir, limit):
     assert (errors["train"] == errors["p2"]) == (limit is None)
 
 
-def test_clean_errors_are_remembered_for_the_same_params_and_images_only(mnist_dir, tmp_path, monkeypatch):
-    """Measured once per (params, evaluated images): the second call evaluates nothing; other
-    params, other images or an unreadable entry are measured again."""
+def test_clean_errors_are_remembered_for_the_same_model_params_and_images_only(mnist_dir, tmp_path, monkeypatch):
+    """Measured once per (model, params, evaluated images): the second call evaluates nothing;
+    another model with the same params, other params, other images or an unreadable entry are
+    measured again; without a cache directory nothing is written."""
+    import dataclasses
+
     import adv_jax.model_set as model_set
 
     cfg = compose([f"data.mnist_dir={mnist_dir}", "data.train_limit=500", "model=fc10"])
-    splits, model = load_splits(cfg.data), build_model(cfg.model)
+    splits = {name: Dataset(d.x[:1000], d.y[:1000]) for name, d in load_splits(cfg.data).items()}
+    model = build_model(cfg.model)
     params = model.init(jax.random.key(0))
     calls = []
     monkeypatch.setattr(model_set, "evaluate", lambda *a: calls.append(1) or evaluate(*a))
     first = clean_errors(model, params, splits, cfg.data, str(tmp_path))
-    measured = len(calls)
-    assert clean_errors(model, params, splits, cfg.data, str(tmp_path)) == first and len(calls) == measured
+    per_measure = len(calls)
+    assert clean_errors(model, params, splits, cfg.data, str(tmp_path)) == first and len(calls) == per_measure
+    relu = dataclasses.replace(model, layers=tuple(dataclasses.replace(layer, activation="relu") for layer in model.layers))
+    clean_errors(relu, params, splits, cfg.data, str(tmp_path))
+    assert len(calls) == 2 * per_measure
     other = model.init(jax.random.key(1))
-    assert clean_errors(model, other, splits, cfg.data, str(tmp_path)) != first and len(calls) == 2 * measured
+    assert clean_errors(model, other, splits, cfg.data, str(tmp_path)) != first and len(calls) == 3 * per_measure
     flipped = {**splits, "test": Dataset(splits["test"].x, (splits["test"].y + 1) % 10)}
     assert clean_errors(model, params, flipped, cfg.data, str(tmp_path))["test"] != first["test"]
+    assert len(calls) == 4 * per_measure
     for entry in (tmp_path / "errors").iterdir():
         entry.write_text("{")
-    assert clean_errors(model, params, splits, cfg.data, str(tmp_path)) == first and len(calls) == 4 * measured
+    assert clean_errors(model, params, splits, cfg.data, str(tmp_path)) == first and len(calls) == 5 * per_measure
+    cache_off = cfg.copy()
+    cache_off.train.cache = False
+    assert model_set.errors_cache(cache_off) is None and model_set.errors_cache(cfg) == cfg.cache_dir
 
 
 def test_run_writes_a_self_describing_directory_and_loads_back(tmp_path, private_overrides):

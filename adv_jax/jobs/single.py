@@ -26,7 +26,7 @@ from adv_jax.attacks.input_copies import class_pool
 from adv_jax.data import load_splits
 from adv_jax.figures import adversarial_grid
 from adv_jax.logger import Logger
-from adv_jax.model_set import CLEAN_SPLITS, clean_errors
+from adv_jax.model_set import CLEAN_SPLITS, clean_errors, errors_cache
 from adv_jax.models import Model, Params, build_model, num_params, predict
 from adv_jax.run_files import ADVERSARIALS_FIGURE, ADVERSARIALS_FILE, LIPSCHITZ_FILE
 from adv_jax.rundir import RunDirectory
@@ -114,7 +114,7 @@ def work(run: RunDirectory, logger: Logger) -> dict[str, Any]:
     splits = load_splits(cfg.data, cfg.model.classes)
     model, params, train_metrics = train_or_load(cfg, splits, logger,
                                                  save_to=run.path / checkpoint.PARAMS_FILE)
-    errors = clean_errors(model, params, splits, cfg.data, cfg.cache_dir if cfg.train.cache else None)
+    errors = clean_errors(model, params, splits, cfg.data, errors_cache(cfg))
     metrics = {**{f"error/{name}": value for name, value in errors.items()}, **train_metrics,
                "model/num_params": num_params(params), "data/train_size": len(splits["train"])}
     adv = None

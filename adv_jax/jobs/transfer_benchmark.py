@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from adv_jax import checkpoint
 from adv_jax.attacks import (ATTACKS, attack_batch, choose_targets, compile_attack_batch,
                              inapplicable, layered, make_attack, predicted_labels)
 import adv_jax.attacks as attacks_package
@@ -284,10 +285,7 @@ def set_path(where: dict) -> Path:
 def attack_code_digest() -> str:
     """sha256 of adv_jax/attacks/*.py as installed: an attack's code changed since a set was made
     (a transform added, a bug fixed) makes it stale, as an edited hyperparameter does."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(attacks_package.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
+    return checkpoint.package_source_sha256(attacks_package)
 
 
 def family_stamp(config_stamp: str, rows: list[Row]) -> str:
