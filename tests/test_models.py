@@ -115,6 +115,10 @@ def test_patch_matmul_conv_is_lax_conv_values_and_gradients(size, kernel, stride
         np.testing.assert_allclose(ours, jax.jvp(reference, (params, x), (tangent, dx))[1], rtol=1e-4, atol=1e-4)
     still_w = jax.jvp(lambda x: apply_layer(layer, params, x), (x,), (dx,))[1]
     np.testing.assert_allclose(still_w, jax.jvp(lambda x: reference(params, x), (x,), (dx,))[1], rtol=1e-4, atol=1e-4)
+    assert apply_layer(layer, params, x.astype(jnp.bfloat16)).dtype == jnp.float32  # promoted, as a matmul does
+    tangent = {"w": dw, "b": params["b"]}
+    still_x = jax.jvp(lambda p: apply_layer(layer, p, x), (params,), (tangent,))[1]
+    np.testing.assert_allclose(still_x, jax.jvp(lambda p: reference(p, x), (params,), (tangent,))[1], rtol=1e-4, atol=1e-4)
     hvp = jax.jvp(jax.grad(lambda x: (apply_layer(layer, params, x) ** 2).sum()), (x,), (dx,))[1]
     reference_hvp = jax.jvp(jax.grad(lambda x: (reference(params, x) ** 2).sum()), (x,), (dx,))[1]
     np.testing.assert_allclose(hvp, reference_hvp, rtol=1e-4, atol=1e-3)

@@ -180,11 +180,14 @@ def example_keys(key: jax.Array, n: int) -> jax.Array:
 
 
 def balanced_chunk(n: int, chunk_size: int) -> int:
-    """Rows per chunk when n rows run in the fewest chunks of at most chunk_size, all of one size
-    (rounded for the devices): 300 rows at 250 run as 2 x 150, where 250 + 50 padded to 250 would
-    compute 500."""
-    chunks = -(-n // max(1, chunk_size))
-    return devices.round_up(-(-n // max(1, chunks)))
+    """Rows per chunk when n rows run in the fewest chunks of at most chunk_size, all of one size:
+    300 rows at 250 run as 2 x 152, where 250 + 50 padded to 250 would compute 500. The size is
+    rounded up to a multiple of 8 (nearby n share one compiled program) and of the device count
+    (which may take it past chunk_size)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: a chunk holds at least one example")
+    even = -(-n // -(-n // chunk_size))
+    return devices.round_up(min(chunk_size, -(-even // 8) * 8))
 
 
 def _batch_inputs(logits_fn: LogitsFn, x, y, target, key: jax.Array, chunk_size: int, keys=None):
@@ -211,8 +214,8 @@ def attack_batch(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array
     and the attack's diagnostics {name: (N,)} (empty if it reports none).
 
     Vmapped and jitted in the fewest chunks of at most `chunk_size`, all of one size
-    (`balanced_chunk`: a multiple of the device count, the last one padded), so the loop compiles
-    once per attack, input shape and logits_fn structure (`split_arrays`). Each chunk is split
+    (`balanced_chunk`, the last one padded), so the loop compiles once per attack, input shape,
+    chunk size and logits_fn structure (`split_arrays`). Each chunk is split
     across all local devices (`adv_jax.devices`) with logits_fn's arrays replicated. Each example's key is folded in from its index (or given,
     example_keys (N,)), so results do not depend on chunking. `progress` shows a progress bar in
     examples. An attack with its own `attack_batch` (AutoAttack: stage by stage) runs that.

@@ -223,11 +223,13 @@ def _conv(x: Array, w: Array, stride: int, padding: str) -> Array:
     at batch 1024, except for a one-channel input, whose XLA convolution slows attack steps."""
     if w.shape[2] == 1:
         return _conv_patches(x, w, stride, padding)
-    return _conv_xla(x, w, stride, padding)
+    dtype = jnp.result_type(x, w)  # XLA's convolution takes one dtype; the matmul would promote
+    return _conv_xla(x.astype(dtype), w.astype(dtype), stride, padding)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv_xla(x: Array, w: Array, stride: int, padding: str) -> Array:
+    """XLA's convolution of x (B, H, W, C) with w (k, k, C, O), differentiated by `_conv_xla_jvp`."""
     return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -235,13 +237,15 @@ def _conv_xla(x: Array, w: Array, stride: int, padding: str) -> Array:
 @functools.partial(_conv_xla.defjvp, symbolic_zeros=True)
 def _conv_xla_jvp(stride: int, padding: str, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
     """The convolution is bilinear: its tangent is conv(dx, w) + conv(x, dw), each through the
-    patches, skipping an argument that is not differentiated (attacks: w, training: x)."""
+    patches, skipping an argument that is not differentiated (attacks: w, training: x). JAX
+    calls this rule only when at least one of them is."""
     (x, w), (dx, dw) = primals, tangents
     out = _conv_xla(x, w, stride, padding)
-    terms = [_conv_patches(dx, w, stride, padding)] if type(dx) is not SymbolicZero else []
-    if type(dw) is not SymbolicZero:
-        terms.append(_conv_patches(x, dw, stride, padding))
-    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+    if type(dw) is SymbolicZero:
+        return out, _conv_patches(dx, w, stride, padding)
+    if type(dx) is SymbolicZero:
+        return out, _conv_patches(x, dw, stride, padding)
+    return out, _conv_patches(dx, w, stride, padding) + _conv_patches(x, dw, stride, padding)
 
 
 def _conv_patches(x: Array, w: Array, stride: int, padding: str) -> Array:
