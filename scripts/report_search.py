@@ -41,13 +41,18 @@ def main(argv: list[str] | None = None) -> None:
         name, _, path = pair.partition("=")
         if not path or not (search.CONF_DIR / "search" / f"{name}.yaml").exists():
             parser.error(f"--also {pair!r}: expected SEARCH=DIR with conf/search/SEARCH.yaml")
+        if name in searches:
+            parser.error(f"--also {pair!r}: search {name} is already in the selection (at {searches[name]})")
         searches[name] = Path(path)
     if args.chosen_dir is None or args.out is None:
         chosen = args.chosen_dir or args.search_dir.with_name(args.search_dir.name.replace("_search", "") + "_chosen")
         print(search.next_command(searches, conf, [int(s) for s in args.seeds.split(",")], chosen))
         return
     command = provenance.command("scripts/report_search.py", sys.argv[1:] if argv is None else argv)
-    print(search.write(searches, args.chosen_dir, command, conf, args.out))
+    try:
+        print(search.write(searches, args.chosen_dir, command, conf, args.out))
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
 
 
 if __name__ == "__main__":

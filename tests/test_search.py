@@ -69,7 +69,7 @@ def _check_report(sweep: Path, tmp_path: Path) -> None:
     assert result["test_error_per_seed"] == [pytest.approx(100 * test)] and "| trial |" in text
     assert out.with_name("search_slices.png").read_bytes()[:4] == b"\x89PNG"
     other = next(t for t in values if t != best)
-    with pytest.raises(ValueError, match=f"not trial {best}'s recipe"):
+    with pytest.raises(ValueError, match=f"not trial adversarial_training/{best}'s recipe"):
         search.write({"adversarial_training": sweep}, sweep / f"trial_{other}", "...", conf, tmp_path / "other.md")
     # The chosen overrides rebuild the best trial's training config.
     again = compose(["search=adversarial_training", *TINY, *result["overrides"]]).train
@@ -97,6 +97,10 @@ def test_one_selection_covers_the_paper_recipe_search_too(tmp_path):
     result = json.loads((tmp_path / "both.json").read_text())
     assert result["trials"] == 2 and result["best_search"] == winner
     assert f"trial {winner}/0" in text and "Search `adversarial_training_paper`" in text
+    paper_row = next(line for line in text.splitlines() if line.startswith("| adversarial_training_paper/0 |"))
+    assert "| lbfgs |" not in paper_row  # optimizer and attack: the other search's keys, so "-" here
+    with pytest.raises(ValueError, match="made by search=adversarial_training_paper"):
+        search.all_trials({"adversarial_training": theirs}, conf["objective"])
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -27,24 +27,40 @@ def search_space(name: str) -> dict[str, str]:
     return dict(OmegaConf.load(CONF_DIR / "search" / f"{name}.yaml").hydra.sweeper.params)
 
 
-def trials(search_dir: Path, space: dict[str, str], objective: str, search: str = "") -> list[dict[str, Any]]:
-    """Finished trials in trial order: number, the values of the space's keys (None where a run's
-    config has no such key), the objective, the run and the `search` that made it."""
-    out = []
+def trials(search_dir: Path, space: dict[str, str], objective: str, search: str) -> list[dict[str, Any]]:
+    """Finished trials of conf/search/<search>.yaml in trial order: number, the values of the
+    space's keys (None where a run's config has none), `shown` (those that applied to the trial
+    and are in its own search's space: `relevant`), the objective and the run. A trial that Hydra
+    recorded as another search's is refused."""
+    own, out = search_space(search), []
     for run_dir in sorted(find_runs([search_dir]), key=lambda p: int(p.name.split("_")[-1])):
+        if (made_by := recorded_search(run_dir)) not in (None, search):
+            raise ValueError(f"{run_dir} was made by search={made_by}, not search={search}")
         run = read_run(run_dir)
-        out.append({"trial": int(run_dir.name.split("_")[-1]), "run": run, "search": search,
-                    "params": {k: run["config"].get(k) for k in space}, "value": run["metrics"][objective]})
+        params = {k: run["config"].get(k) for k in space}
+        out.append({"trial": int(run_dir.name.split("_")[-1]), "run": run, "search": search, "params": params,
+                    "shown": {k: v for k, v in relevant(params).items() if k in own},
+                    "value": run["metrics"][objective]})
     return out
+
+
+def recorded_search(run_dir: Path) -> str | None:
+    """The search config Hydra composed the run with (.hydra/hydra.yaml), None where unrecorded."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    return OmegaConf.load(path).hydra.runtime.choices.get("search") if path.exists() else None
 
 
 def all_trials(searches: dict[str, Path], objective: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """(the union of the searches' spaces, every finished trial of each search) for searches
-    {conf/search name: its sweep directory}: one selection over several searched spaces."""
+    {conf/search name: its sweep directory}: one selection over several searched spaces. Every
+    search must have a finished trial."""
     space = {k: v for name in searches for k, v in search_space(name).items()}
-    rows = [r for name, path in searches.items() for r in trials(path, space, objective, name)]
-    if not rows:
-        raise FileNotFoundError(f"no finished trial under {', '.join(map(str, searches.values()))}")
+    rows = []
+    for name, path in searches.items():
+        mine = trials(path, space, objective, name)
+        if not mine:
+            raise FileNotFoundError(f"no finished trial of search={name} under {path}")
+        rows += mine
     return space, rows
 
 
@@ -107,7 +123,7 @@ def trial_table(rows: list[dict], objective: str, top: int, searches: dict[str, 
     keys = list(rows[0]["params"]) if rows else []
     best = sorted(rows, key=lambda r: r["value"])[:top]
     cells = [[trial_label(r, searches), f"{100 * r['value']:.2f}", f"{100 * r['run']['metrics']['error/train']:.2f}",
-              *[fmt(relevant(r["params"]).get(k)) for k in keys],
+              *[fmt(r["shown"].get(k)) for k in keys],
               f"{r['run']['metrics']['train/seconds']:.0f}"] for r in best]
     short = [k.removeprefix("train.").removeprefix("adversarial.") for k in keys]
     return markdown(["trial", f"{objective} %", "train error %", *short, "train s"], cells)
@@ -118,14 +134,15 @@ def best_by(rows: list[dict], key: str) -> str:
     '-' gathers the trials the key did not apply to."""
     groups: dict[str, list[float]] = {}
     for r in rows:
-        groups.setdefault(fmt(relevant(r["params"]).get(key)), []).append(r["value"])
+        groups.setdefault(fmt(r["shown"].get(key)), []).append(r["value"])
     return markdown([key, "trials", "best %", "median %"],
                     [[v, len(g), f"{100 * min(g):.2f}", f"{100 * float(np.median(g)):.2f}"]
                      for v, g in sorted(groups.items(), key=lambda kv: min(kv[1]))])
 
 
 def slice_figure(rows: list[dict], objective: str, path: Path) -> None:
-    """One panel per searched key: each trial's objective against that key's value."""
+    """One panel per searched key: each trial's objective against that key's value, where it
+    applied to the trial (`shown`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,10 +152,15 @@ def slice_figure(rows: list[dict], objective: str, path: Path) -> None:
     cols = 4
     fig, axes = plt.subplots(-(-len(keys) // cols), cols, figsize=(3.2 * cols, 2.6 * -(-len(keys) // cols)),
                              squeeze=False)
-    values = np.array([100 * r["value"] for r in rows])
-    order = np.array([r["trial"] for r in rows])
+    all_values = np.array([100 * r["value"] for r in rows])
     for ax, key in zip(axes.flat, keys):
-        raw = [r["params"][key] for r in rows]
+        applied = [r for r in rows if r["shown"].get(key) is not None]
+        raw = [r["shown"][key] for r in applied]
+        values, order = np.array([100 * r["value"] for r in applied]), np.array([r["trial"] for r in applied])
+        ax.set_title(key.removeprefix("train."), fontsize=8)
+        if not applied:
+            ax.axis("off")
+            continue
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
             x = np.array(raw, float)
             ax.set_xscale("log" if x.min() > 0 and x.max() / x.min() > 20 else "linear")
@@ -147,8 +169,7 @@ def slice_figure(rows: list[dict], objective: str, path: Path) -> None:
             x = np.array([labels.index(fmt(v)) for v in raw], float)
             ax.set_xticks(range(len(labels)), labels, fontsize=7)
         ax.scatter(x, values, c=order, cmap="viridis", s=12)
-        ax.set_title(key.removeprefix("train."), fontsize=8)
-        ax.set_ylim(values.min() - 0.1, min(values.max(), np.percentile(values, 90)) + 0.2)
+        ax.set_ylim(all_values.min() - 0.1, min(all_values.max(), np.percentile(all_values, 90)) + 0.2)
     for ax in axes.flat[len(keys):]:
         ax.axis("off")
     axes[0][0].set_ylabel(f"{objective} (%)")
@@ -165,7 +186,7 @@ def chosen_runs(chosen_dir: Path, best: dict) -> list[dict]:
     for run in runs:
         differ = [k for k, v in expected.items() if run["config"].get(k) != v]
         if differ:
-            raise ValueError(f"{run['path']} is not trial {best['trial']}'s recipe (differs in "
+            raise ValueError(f"{run['path']} is not trial {best['search']}/{best['trial']}'s recipe (differs in "
                              f"{', '.join(differ)}); train it with `scripts/report_search.py "
                              "SEARCH_DIR`'s command")
     return runs
