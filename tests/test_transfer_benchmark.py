@@ -17,6 +17,7 @@ from adv_jax.config import as_config, compose
 from adv_jax.jobs import check, job_name
 from adv_jax.jobs import transfer_benchmark
 from adv_jax.jobs.transfer_benchmark import is_robust, recompute_cells, scenario
+from adv_jax.model_set import model_config
 from adv_jax.models import build_model
 
 FAMILIES = {"baselines": ["pgd", "mi_fgsm"], "model related": ["sgm", "ghost"],
@@ -54,6 +55,38 @@ def test_scenarios_name_white_box_cross_training_set_cross_architecture_and_robu
     assert scenario(cfg, ("conv_p1",), "vit_p2", robust) == "cross-architecture"
     assert scenario(cfg, ("conv_p1",), "robust_conv_p1", robust) == "robust victim"
     assert scenario(cfg, ("relu_p1", "vit_p1"), "vit_p2", robust) == "cross-training-set"
+
+
+def test_the_debug_run_keeps_every_model_family_and_scenario_and_only_narrows_the_models():
+    full = compose(["experiment=transfer_benchmark"])
+    debug = compose(["experiment=transfer_benchmark_debug", "debug=tiny"])
+    assert list(debug.experiment.models) == list(full.experiment.models)
+    for key in full.experiment.models:
+        small, large = model_config(debug, key), model_config(full, key)
+        assert (small.model.name, small.model.arch, small.data.split) == (large.model.name, large.model.arch,
+                                                                         large.data.split), key
+        sizes = [sum(a.size for a in jax.tree_util.tree_leaves(jax.eval_shape(build_model(c.model).init,
+                                                                             jax.random.key(0))))
+                 for c in (small, large)]
+        assert sizes[0] < sizes[1] or small.model.name == "fc100", (key, sizes)  # the paper's FC100 stays
+    spec = debug.experiment.benchmark
+    assert transfer_benchmark.families(spec) == transfer_benchmark.families(full.experiment.benchmark)
+    assert spec.ensembles == full.experiment.benchmark.ensembles
+    assert transfer_benchmark.surrogate_keys(debug) == ["resnet_p1"]
+    robust = {k for k in debug.experiment.models if is_robust(debug, k)}
+    assert {scenario(debug, ("resnet_p1",), v, robust) for v in debug.experiment.models} == {
+        "white-box", "cross-training-set", "cross-architecture", "robust victim"}
+
+
+def test_attack_params_are_conf_attack_s_each_call_its_own_copy():
+    spec = compose(["experiment=transfer_benchmark"]).experiment.benchmark
+    first = transfer_benchmark.attack_params(spec, "admix", "linf", 10, 0.1)
+    assert {k: first[k] for k in ("scales", "norm", "steps", "epsilon")} == {
+        "scales": compose(["attack=admix"]).attack.params.scales, "norm": "linf", "steps": 10, "epsilon": 0.1}
+    first["admix_pool"] = "changed"
+    first["scales"] = -1
+    again = transfer_benchmark.attack_params(spec, "admix", "l2", 5, 1.0)
+    assert "admix_pool" not in again and again["scales"] == compose(["attack=admix"]).attack.params.scales
 
 
 def test_start_up_refuses_an_unknown_surrogate_and_an_unknown_attack(tiny_overrides):

@@ -25,6 +25,7 @@ Two tables (a cell's `table`):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -67,6 +68,13 @@ TABLES = ("fixed", "matched")
 CHUNK = 250  # images per compiled chunk: a family's rows x budgets of them stay in memory
 
 
+@functools.cache
+def attack_defaults(name: str) -> dict:
+    """conf/attack/<name>.yaml's params, composed once per process: a job asks for each attack
+    once per surrogate, norm and table, and Hydra's compose is slow beside the rest."""
+    return OmegaConf.to_container(compose([f"attack={name}"]).attack.params)
+
+
 def attack_params(spec: DictConfig, name: str, norm: str, steps: int, epsilon: float) -> dict:
     """conf/attack/<name>.yaml's params with the benchmark's changes and the protocol's norm,
     steps, alpha = epsilon / steps and epsilon."""
@@ -74,7 +82,7 @@ def attack_params(spec: DictConfig, name: str, norm: str, steps: int, epsilon: f
         close = difflib.get_close_matches(name, ATTACKS, n=1)
         raise ValueError(f"unknown attack {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                          + " (conf/attack/)")
-    base = OmegaConf.to_container(compose([f"attack={name}"]).attack.params)
+    base = copy.deepcopy(attack_defaults(name))
     changes = OmegaConf.to_container(spec.params[name]) if name in spec.params else {}
     return {**base, **changes, "norm": norm, "steps": steps, "relative_step_size": 1.0 / steps,
             "epsilon": epsilon}
