@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -239,11 +240,23 @@ def _changes(values: dict, defaults: dict) -> dict:
     return out
 
 
+_FROZEN_FINGERPRINTS: dict[tuple[int, int], tuple[weakref.ref, weakref.ref, str]] = {}
+
+
 def data_fingerprint(data) -> str:
-    """sha256 (16 hex digits) of a training set's bytes: images and labels as trained on."""
-    digest = hashlib.sha256(np.ascontiguousarray(data.x).tobytes())
-    digest.update(np.ascontiguousarray(data.y).tobytes())
-    return digest.hexdigest()[:16]
+    """sha256 (16 hex digits) of a data set's bytes: images and labels as trained on. Read-only
+    numpy arrays (`data.load_splits`' splits, shared within the process) are hashed once per
+    process: every model record fingerprints the same splits, hundreds of MB each time."""
+    x, y = data.x, data.y
+    frozen = all(isinstance(a, np.ndarray) and not a.flags.writeable for a in (x, y))
+    if frozen and (known := _FROZEN_FINGERPRINTS.get((id(x), id(y)))) and known[0]() is x and known[1]() is y:
+        return known[2]
+    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes())
+    digest.update(np.ascontiguousarray(y).tobytes())
+    fingerprint = digest.hexdigest()[:16]
+    if frozen:
+        _FROZEN_FINGERPRINTS[(id(x), id(y))] = (weakref.ref(x), weakref.ref(y), fingerprint)
+    return fingerprint
 
 
 def params_fingerprint(params: Params) -> str:

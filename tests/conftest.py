@@ -127,6 +127,29 @@ SLOW = (
     "tests/test_runner.py::test_second_run_hits_the_cache_with_identical_params",
     "tests/test_reliability.py::test_a_corrupt_entry_is_named_set_aside_and_retrained[truncate]",
     "tests/test_attacks_families.py::test_sia_and_bsr_step_along_the_gradient_averaged_over_their_copies[bsr]",
+    # whole runs (a study, a run directory, the demos) and the slowest cases of their files, so
+    # that the default tier keeps its 5 minutes; CI runs them in the slow tier
+    "tests/test_experiment.py::test_experiment_runs_in_debug_size[my_study]",
+    "tests/test_runner.py::test_run_writes_a_self_describing_directory_and_loads_back",
+    "tests/test_runner.py::test_wandb_offline_run_closes_even_when_the_job_fails",
+    "tests/test_attacks_autoattack.py::test_autoattack_is_at_least_as_strong_as_each_stage_and_staged_equals_one_by_one",
+    "tests/test_attacks_families.py::test_a_run_with_admix_mixes_in_its_own_training_images",
+    "tests/test_attacks_families.py::test_sia_resize_and_dct_blocks_are_the_authors_transforms_of_each_block[resize]",
+    "tests/test_demos.py::test_bottleneck_inversions_are_classified_as_chosen",
+    "tests/test_demos.py::test_activity_average_correlates_more_than_effective_weights",
+    "tests/test_crown.py::test_bounds_contain_every_sampled_point[relu-linf-0.02]",
+    "tests/test_reliability.py::test_unwritable_cache_warns_naming_the_path_and_the_run_completes",
+    "tests/test_transfer.py::test_matrix_of_tiny_models_on_real_mnist",
+    "tests/test_transfer_benchmark.py::test_the_debug_run_keeps_every_model_family_and_scenario_and_only_narrows_the_models",
+    "tests/test_wandb.py::test_a_finished_run_logs_its_files_as_one_artifact",
+    "tests/test_model_zoo.py::test_zoo_model_shapes_train_step_and_attack[conv]",
+    "tests/test_attacks_square.py::test_the_key_fixes_the_output_and_each_example_gets_what_it_gets_alone[l2]",
+    "tests/test_crown.py::test_bounds_contain_every_sampled_point[tanh-l2-0.3]",
+    "tests/test_certified.py::test_certified_bounds_sit_between_gradient_ascent_and_the_product[sizes2-relu-2]",
+    "tests/test_attack_lbfgs.py::test_attack_all_targets_keeps_the_closest_success",
+    "tests/test_reliability.py::test_an_unreadable_metrics_file_is_named",
+    "tests/test_transfer_protocol.py::test_a_battery_row_is_its_attack_run_alone_at_that_budget",
+    "tests/test_experiment.py::test_experiment_composes_and_its_models_are_plain_run_cache_entries[transfer_benchmark]",
 )
 # Per-attack sweeps over both norms: the L-inf case stays in the default tier, the L2 one is slow.
 SLOW_L2 = (

@@ -193,3 +193,19 @@ def test_params_sidecar_names_a_truncated_or_corrupt_file(tmp_path):
     with pytest.raises(checkpoint.ParamsError, match=f"{path}: has no checksum"):
         checkpoint.load_params(path, model, require_checksum=True)
     assert checkpoint.write_checksum(path) == sidecar and checkpoint.read_verified(path) == raw[: len(raw) // 2]
+
+
+def test_a_read_only_data_set_is_fingerprinted_once_and_a_writeable_one_every_time():
+    x = np.random.default_rng(0).random((50, 28, 28, 1), np.float32)
+    y = np.arange(50) % 10
+    writeable = Dataset(x.copy(), y.copy())
+    frozen = Dataset(x.copy(), y.copy())
+    frozen.x.flags.writeable = frozen.y.flags.writeable = False
+    first = checkpoint.data_fingerprint(frozen)
+    assert checkpoint.data_fingerprint(frozen) == first == checkpoint.data_fingerprint(writeable)
+    writeable.x[0, 0, 0, 0] += 1.0  # a writeable array can change: hashed again
+    assert checkpoint.data_fingerprint(writeable) != first
+    other = Dataset(frozen.x.copy(), frozen.y.copy())  # other arrays, the same bytes
+    other.y[0] = (other.y[0] + 1) % 10
+    other.x.flags.writeable = other.y.flags.writeable = False
+    assert checkpoint.data_fingerprint(other) != first
