@@ -15,6 +15,7 @@ EXTRAS = {
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "sweeps", "the SLURM launcher (hydra/launcher=slurm)"),
     "ray": ("hydra_plugins.hydra_ray_launcher", "sweeps", "the Ray launcher (hydra/launcher=ray)"),
     "lipsdp": ("cvxpy", "lipschitz", "LipSDP (lipschitz.methods=[..., lipsdp])"),
+    "highs": ("highspy", "lipschitz", "the exact minima of ReLU networks (HiGHS's mixed-integer programs)"),
     "tfds": ("tensorflow_datasets", "tfds", "MNIST through tensorflow-datasets (data.source=tfds)"),
     "foolbox": ("foolbox", "bench", "the foolbox comparisons of the attack benchmarks"),
     "sklearn": ("sklearn", "demos", "the Iris demonstration (demo=iris)"),

@@ -3,11 +3,16 @@ pool-trained and PGD-trained models at L-inf and L2 budgets, over seeds -> resul
 
     ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bench_robustness.py
         [--runs runs/robustness] [--config FILE] [--examples N] [--seeds 0,1,2] [--models NAME,...]
-        [--out FILE]
+        [--out FILE] [--keep results/robustness.json] [--stop-after MINUTES]
 
 Models, budgets and settings: conf/report/robustness.yaml (run directories <runs>/<name>_seed<S>;
 a run not finished there is trained first, or loaded from the model cache; each model's
-measurements are saved there as they finish, so a stopped run resumes). Measured by
+measurements are saved there as they finish, so a stopped run resumes). --keep takes each
+model and seed an earlier run's .json measured on the same model (its cache key: config and
+training images) with the same settings and attack code from there, and measures the rest (the
+report names which command measured which). --stop-after starts no new model and seed past
+that many minutes: the report gives what is measured and lists the rest, for a later run with
+--keep. Measured by
 adv_jax/bench/robustness.py (its numbers kept in --out's .json); the markdown:
 adv_jax/reports/robustness.py.
 """
@@ -15,9 +20,12 @@ adv_jax/reports/robustness.py.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
+from adv_jax import devices
 from adv_jax.bench import robustness
 from adv_jax.reports import provenance, settings
 from adv_jax.reports import robustness as report
@@ -31,7 +39,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's)")
     parser.add_argument("--models", default=None, help="comma-separated names of the config's models to run")
     parser.add_argument("--out", type=Path, default=Path("results/robustness.md"))
+    parser.add_argument("--keep", type=Path, default=None, metavar="JSON",
+                        help="an earlier run's .json: its measurements of the same models are not made again")
+    parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                        help="start no new model and seed after this many minutes (the rest: a later run with --keep)")
     args = parser.parse_args(argv)
+    # before JAX's first operation, as adv_jax.run does: else the speed depended on whether this
+    # process trained a model first (measured: 121 ex/s on one CPU device, 235 on two)
+    devices.use_cpu_devices("auto")
     conf = settings.load("robustness", args.config)
     if args.examples is not None:
         conf["examples"] = args.examples
@@ -42,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     robustness.check(conf)
     command = provenance.command("scripts/bench_robustness.py", sys.argv[1:] if argv is None else argv,
                                  provenance.MNIST_ENV)
-    measured = robustness.run(conf, args.runs)
+    kept = json.loads(args.keep.read_text()) if args.keep is not None else None
+    deadline = time.monotonic() + 60 * args.stop_after if args.stop_after is not None else float("inf")
+    measured = robustness.run(conf, args.runs, command, kept, deadline)
     text = report.report(conf, measured, command)
     settings.write_report(args.out, text, measured)
 

@@ -6,12 +6,14 @@ attacked from above, on the minimum-norm benchmark's images.
         [--minnorm results/bench_minnorm.json] [--runs runs/models] [--config FILE] [--models NAME,...]
         [--out FILE]
     python scripts/bracket.py --measured results/bracket.json [--out FILE]   (report only)
+    ... scripts/bracket.py --models NAME,... --keep results/bracket.json   (measure those, keep the rest)
 
 Reads the attacked and exact distances from scripts/bench_minnorm.py's .json (run it first, with
 the models of conf/report/bracket.yaml); loads each model from its run directory <runs>/<name>
 (made there if missing, as bench_minnorm does). Measured by adv_jax/bench/bracket.py; the markdown
 and figure: adv_jax/reports/bracket.py. Its .json: {"command": the command that measured,
-"models": {model: its measurements}}, which --measured reports again under that command.
+"models": {model: its measurements}, "measured_by": {model: the command that measured it}}, which
+--measured reports again and --keep reuses for the models a call does not measure.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=None, help="comma-separated names of the config's models to run")
     parser.add_argument("--measured", type=Path, default=None, metavar="JSON",
                         help="measure nothing: report the measurements an earlier run saved (its --out .json)")
+    parser.add_argument("--keep", type=Path, default=None, metavar="JSON",
+                        help="measure the models asked for; take the others from an earlier run's .json")
     args = parser.parse_args(argv)
     conf = settings.load("bracket", args.config)
     if args.models is not None:
@@ -43,14 +47,15 @@ def main(argv: list[str] | None = None) -> None:
         if args.measured is not None:
             measured, measured_by = bracket.saved(json.loads(args.measured.read_text()))
         else:
-            measured, measured_by = measure.from_minnorm(conf, args.minnorm, args.runs), None
+            kept = bracket.saved(json.loads(args.keep.read_text())) if args.keep is not None else ({}, {})
+            measured, measured_by = bracket.kept_with(*kept, measure.from_minnorm(conf, args.minnorm, args.runs), command)
     except ValueError as e:
         parser.error(str(e))
     figure = args.out.parent / "figures" / "bracket.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     bracket.plot(measured, figure)
     text = bracket.report(conf, measured, command, figure.relative_to(args.out.parent).as_posix(), measured_by)
-    args.out.with_suffix(".json").write_text(json.dumps(bracket.to_save(measured_by or command, measured)))
+    args.out.with_suffix(".json").write_text(json.dumps(bracket.to_save(command, measured, measured_by)))
     args.out.write_text(text)
     print(text)
 

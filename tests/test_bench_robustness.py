@@ -38,7 +38,8 @@ def test_bad_settings_fail_before_any_work():
 
 def test_a_tiny_model_is_measured_and_reported(tmp_path, tiny_overrides):
     conf = tiny_conf(tiny_overrides)
-    measured = json.loads(json.dumps(robustness.run(conf, tmp_path / "runs")))  # as the script stores it
+    command = "python scripts/bench_robustness.py"
+    measured = json.loads(json.dumps(robustness.run(conf, tmp_path / "runs", command)))  # as the script stores it
     seed = measured["models"]["tiny"]["seeds"]["0"]
     assert 0.0 <= seed["clean_error"] <= 100.0 and len(seed["budgets"]) == 2
     for b in seed["budgets"]:
@@ -48,15 +49,40 @@ def test_a_tiny_model_is_measured_and_reported(tmp_path, tiny_overrides):
         assert b["autoattack"] == pytest.approx(stages[-1]) and b["autoattack"] == np.mean(b["robust"])
         assert len(b["robust"]) == len(b["pgd_robust"]) == 6 and 0.0 <= b["pgd"] <= 1.0
     assert measured["speed"]["tiny"]["ex_per_s"] > 0
-    text = report.report(conf, measured, "python scripts/bench_robustness.py")
-    assert "| tiny FC10 | plain |" in text and "| L-inf 0.05 | L2 3 |" in text
+    text = report.report(conf, measured, command)
+    assert "| tiny FC10 | plain |" in text and "Measured in parts" not in text and "| L-inf 0.05 | L2 3 |" in text
     assert "### L2 3" in text and "after APGD-CE" in text and "## Speed" in text
     weaker, cells, _ = report.weaker_cells(measured)
     assert cells == 2 and f"**{weaker} of 2**" in text
     # Saved in the run directory: a second run reads it back; other settings measure again.
-    assert json.loads(json.dumps(robustness.run(conf, tmp_path / "runs")))["models"] == measured["models"]
+    assert json.loads(json.dumps(robustness.run(conf, tmp_path / "runs", command)))["models"] == measured["models"]
     saved = tmp_path / "runs" / "tiny_seed0" / robustness.SAVED
     assert json.loads(saved.read_text())["stamp"] == robustness.settings_stamp(conf)
     assert robustness.settings_stamp({**conf, "examples": 5}) != robustness.settings_stamp(conf)
     with pytest.raises(ValueError, match="not in the config"):
         robustness.only_models(conf, ["nonesuch"])
+
+
+def test_keep_reuses_only_measurements_of_the_same_model_settings_and_attack_code(tmp_path, tiny_overrides, capsys):
+    """--keep: an earlier .json's measurement is taken where the model's cache key, the settings
+    and the attacks' code match (no run directory needed), and measured again where any differs;
+    the report names the command that measured what it kept."""
+    conf = tiny_conf(tiny_overrides)
+    first = json.loads(json.dumps(robustness.run(conf, tmp_path / "a", "first")))
+    seed = first["models"]["tiny"]["seeds"]["0"]
+    assert seed["model_key"] == robustness.model_key(conf, conf["models"][0], 0) and seed["measured_by"] == "first"
+    again = json.loads(json.dumps(robustness.run(conf, tmp_path / "b", "second", kept=first)))
+    assert again == first and not (tmp_path / "b").exists() and "kept (measured by `first`)" in capsys.readouterr().out
+    assert report.measured_by_lines(again, "second") == ["Measured in parts: `first` (tiny FC10 seed 0).", ""]
+    for other in ({**first, "stamp": {**first["stamp"], "attacks": "0" * 16}},  # other attack code
+                  json.loads(json.dumps(first).replace(seed["model_key"], "0" * 16))):  # another model
+        remeasured = robustness.run(conf, tmp_path / "c", "third", kept=other)["models"]["tiny"]["seeds"]["0"]
+        assert remeasured["measured_by"] == "third"
+    other_seed = {**conf["models"][0], "overrides": [*conf["models"][0]["overrides"], "train.lbfgs_steps=21"]}
+    assert robustness.model_key(conf, other_seed, 0) != seed["model_key"] != robustness.model_key(conf, conf["models"][0], 1)
+    # Past its deadline a run starts nothing new: seed 1 is left pending, the report says so.
+    two = {**conf, "seeds": [0, 1]}
+    part = json.loads(json.dumps(robustness.run(two, tmp_path / "d", "fourth", kept=first, deadline=0.0)))
+    assert list(part["models"]["tiny"]["seeds"]) == ["0"] and part["pending"] == {"tiny FC10": [1]}
+    text = report.report(two, part, "fourth")
+    assert "| tiny FC10 (1 of 2 seeds) | plain |" in text and "**Not measured yet**" in text and "tiny FC10 seeds 1" in text

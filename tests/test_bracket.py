@@ -86,7 +86,7 @@ def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, mon
     text = bracket.report(conf, {"tiny FC10": out}, "python scripts/bracket.py", None)
     assert "| tiny FC10 | per-pixel RMS | 4 | crown |" in text and "Measured by" not in text
     again = bracket.report(conf, json.loads(json.dumps({"tiny FC10": out})), "python scripts/bracket.py --measured m.json",
-                           None, measured_by="python scripts/bracket.py")
+                           None, measured_by={"tiny FC10": "python scripts/bracket.py"})
     assert "Measured by `python scripts/bracket.py`" in again and "| tiny FC10 | per-pixel RMS | 4 | crown |" in again
     # The images are the ones measured (by index); another model's measurements fail before work.
     assert measured["models"]["tiny FC10"]["indices"] == sorted(measured["models"]["tiny FC10"]["indices"])
@@ -95,12 +95,24 @@ def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, mon
         measure.run(conf, minnorm_conf, measured, tmp_path / "runs")
 
 
-def test_a_saved_bracket_names_the_command_that_measured_it():
-    """The .json holds {"command", "models"}; a file of the first layout (models alone) reads as
-    measured by the plain command."""
+def test_a_saved_bracket_names_the_command_that_measured_each_model():
+    """The .json holds {"command", "models", "measured_by"}; a file without measured_by reads as
+    measured by its command, one of the first layout (models alone) by the plain command."""
     models = {"tiny FC10": {"norm": "l2", "images": 4}}
-    assert bracket.saved(bracket.to_save("python scripts/bracket.py --models tiny", models)) == (
-        models, "python scripts/bracket.py --models tiny")
-    measured, command = bracket.saved(json.loads(json.dumps(models)))
-    assert measured == models and command.endswith("python scripts/bracket.py")
+    by = {"tiny FC10": "python scripts/bracket.py --models tiny"}
+    assert bracket.saved(bracket.to_save("python scripts/bracket.py --models tiny", models)) == (models, by)
+    assert bracket.saved({"command": by["tiny FC10"], "models": models}) == (models, by)
+    measured, measured_by = bracket.saved(json.loads(json.dumps(models)))
+    assert measured == models and measured_by["tiny FC10"].endswith("python scripts/bracket.py")
 
+
+def test_keep_replaces_only_the_models_measured_again_and_names_who_measured_what():
+    """--keep: an earlier run's models, the re-measured one in its place with the new command; the
+    report names each command with its models; reporting the saved merge again keeps them."""
+    kept = {"A": {"images": 1}, "B": {"images": 2}, "C": {"images": 3}}
+    measured, by = bracket.kept_with(kept, dict.fromkeys(kept, "old"), {"B": {"images": 20}}, "new")
+    assert list(measured) == ["A", "B", "C"] and measured["B"] == {"images": 20}
+    assert by == {"A": "old", "B": "new", "C": "old"}
+    assert bracket._measured_by_lines(by, "new") == ["Measured in parts: `old` (A, C); `new` (B).", ""]
+    assert bracket._measured_by_lines(dict.fromkeys(kept, "new"), "new") == []
+    assert bracket.saved(json.loads(json.dumps(bracket.to_save("report", measured, by)))) == (measured, by)

@@ -20,11 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import adv_jax
+import adv_jax.attacks
+from adv_jax import checkpoint
 from adv_jax.attacks import make_attack
 from adv_jax.attacks.common import attack_batch, batched_logits, is_adversarial
 from adv_jax.bench.foolbox_compare import split_images
 from adv_jax.bench.minnorm import model_run
 from adv_jax.bench.timing import median_seconds
+from adv_jax.data import load_splits
 
 NORMS = ("linf", "l2")
 
@@ -123,34 +126,88 @@ def settings_stamp(conf: dict) -> dict:
     return {k: conf[k] for k in ("examples", "seed", "budgets", "autoattack", "pgd")}
 
 
-def measured_or_saved(conf: dict, entry: dict, seed: int, run_dir: Path) -> dict:
-    """`measure_model` of the entry's model at this seed, read back from its run directory where
-    an earlier run (stopped later) saved it with the same `settings_stamp`."""
+def saved_measurement(conf: dict, run_dir: Path) -> dict | None:
+    """The measurement an earlier run (stopped later) saved in run_dir with the same
+    `settings_stamp`, else None."""
     saved = run_dir / SAVED
     if saved.exists() and (old := json.loads(saved.read_text())).get("stamp") == settings_stamp(conf):
-        print(f"{entry['label']}, seed {seed}: read back from {saved}", flush=True)
         return old["measured"]
+    return None
+
+
+def measured_or_saved(conf: dict, entry: dict, seed: int, run_dir: Path) -> dict:
+    """`measure_model` of the entry's model at this seed, or `saved_measurement` where there is one."""
+    if (old := saved_measurement(conf, run_dir)) is not None:
+        print(f"{entry['label']}, seed {seed}: read back from {run_dir / SAVED}", flush=True)
+        return old
     print(f"{entry['label']}, seed {seed}:", flush=True)
     measured = measure_model(conf, model_run(entry, [*conf["common"], f"seed={seed}"], run_dir), entry["label"])
-    saved.write_text(json.dumps({"stamp": settings_stamp(conf), "measured": measured}))
+    (run_dir / SAVED).write_text(json.dumps({"stamp": settings_stamp(conf), "measured": measured}))
     return measured
 
 
-def run(conf: dict, runs: Path) -> dict:
+def model_key(conf: dict, entry: dict, seed: int) -> str:
+    """The model cache's key of the entry's model at `seed` (its config and training images): the
+    model a measurement was made on, known without training it."""
+    cfg = adv_jax.compose([*entry["overrides"], *conf["common"], f"seed={seed}"])
+    return checkpoint.cache_key(cfg, load_splits(cfg.data, cfg.model.classes)["train"])
+
+
+def keep_stamp(conf: dict) -> dict:
+    """What a kept measurement (--keep) must share besides its model: the settings and the
+    attacks' code (adv_jax/attacks/*.py)."""
+    return {**settings_stamp(conf), "attacks": checkpoint.package_source_sha256(adv_jax.attacks)[:16]}
+
+
+def kept_measurement(kept: dict | None, conf: dict, entry: dict, seed: int, key: str) -> dict | None:
+    """The entry's measurement at `seed` from an earlier run's .json, where it was made with the
+    same `keep_stamp` on the model of this `model_key`, else None."""
+    if not kept or kept.get("stamp") != keep_stamp(conf):
+        return None
+    old = kept["models"].get(entry["name"], {}).get("seeds", {}).get(str(seed))
+    return old if old is not None and old.get("model_key") == key else None
+
+
+def run(conf: dict, runs: Path, command: str, kept: dict | None = None, deadline: float = float("inf")) -> dict:
     """Every model of conf at every seed (each saved in its run directory <runs>/<name>_seed<S> as
-    it finishes: a stopped run resumes): {"models": {name: {"label", "kind", "seeds": {seed:
-    `measure_model`}}}, "speed": {name: `speed`} for conf["speed"]["models"] at the first seed}."""
+    it finishes: a stopped run resumes), or kept from an earlier run's .json `kept` where it
+    measured the same model with the same settings and attack code. No new measurement starts
+    after `deadline` (time.monotonic()); those left are listed under "pending", to be made by a
+    later run that keeps this one's .json. -> {"stamp": `keep_stamp`, "models": {name: {"label",
+    "kind", "seeds": {seed: `measure_model` + "model_key" and "measured_by" (the command)}}} (models
+    with at least one seed), "pending": {label: [seeds]}, "speed": {name: `speed`} for
+    conf["speed"]["models"] at the first seed}."""
     check(conf)
-    out = {"models": {}, "speed": {}}
+    out = {"stamp": keep_stamp(conf), "models": {}, "pending": {}, "speed": {}}
     for entry in conf["models"]:
         seeds = {}
         for seed in conf["seeds"]:
-            run_dir = runs / f"{entry['name']}_seed{seed}"
-            seeds[str(seed)] = measured_or_saved(conf, entry, seed, run_dir)
+            measured, kept_here = seed_measurement(conf, entry, seed, runs, command, kept, deadline)
+            if measured is None:
+                out["pending"].setdefault(entry["label"], []).append(seed)
+                continue
+            seeds[str(seed)] = measured
             if seed == conf["seeds"][0] and entry["name"] in conf["speed"]["models"]:
-                out["speed"][entry["name"]] = speed(conf, adv_jax.load_run(run_dir))
-        out["models"][entry["name"]] = {"label": entry["label"], "kind": entry["kind"], "seeds": seeds}
+                known = (kept or {}).get("speed", {}).get(entry["name"]) if kept_here else None
+                run_dir = runs / f"{entry['name']}_seed{seed}"
+                out["speed"][entry["name"]] = known or speed(conf, model_run(entry, [*conf["common"], f"seed={seed}"], run_dir))
+        if seeds:
+            out["models"][entry["name"]] = {"label": entry["label"], "kind": entry["kind"], "seeds": seeds}
     return out
+
+
+def seed_measurement(conf: dict, entry: dict, seed: int, runs: Path, command: str, kept: dict | None,
+                     deadline: float) -> tuple[dict | None, bool]:
+    """(the entry's measurement at `seed`: kept from `kept`, read back from its run directory, or
+    made now, with its "model_key" and "measured_by"; None where it would start past `deadline`,
+    whether it was kept)."""
+    key, run_dir = model_key(conf, entry, seed), runs / f"{entry['name']}_seed{seed}"
+    if (old := kept_measurement(kept, conf, entry, seed, key)) is not None:
+        print(f"{entry['label']}, seed {seed}: kept (measured by `{old['measured_by']}`)", flush=True)
+        return old, True
+    if saved_measurement(conf, run_dir) is None and time.monotonic() > deadline:
+        return None, False
+    return {**measured_or_saved(conf, entry, seed, run_dir), "model_key": key, "measured_by": command}, False
 
 
 def only_models(conf: dict, names: list[str]) -> dict:

@@ -110,12 +110,12 @@ def plot(measured: dict[str, dict], path: Path) -> None:
 
 
 def report(conf: dict, measured: dict[str, dict], command: str, figure_link: str | None,
-           measured_by: str | None = None) -> str:
-    """The markdown; figure_link: the figure's path relative to the results file; measured_by: the
-    command that measured what `command` only reported (scripts/bracket.py --measured)."""
+           measured_by: dict[str, str] | None = None) -> str:
+    """The markdown; figure_link: the figure's path relative to the results file; measured_by:
+    model -> the command that measured it, where `command` only reported or kept it (--measured,
+    --keep)."""
     lines = provenance.header(conf["title"], command)
-    if measured_by is not None:
-        lines += [f"Measured by `{measured_by}`, which saved the .json this file is reported from.", ""]
+    lines += _measured_by_lines(measured_by or {}, command)
     lines += settings.paragraphs(conf.get("notes"))
     lines += ["## Summary", "", markdown(SUMMARY, [row for label, m in measured.items() for row in summary_rows(label, m)]), ""]
     if figure_link is not None:
@@ -129,14 +129,36 @@ def report(conf: dict, measured: dict[str, dict], command: str, figure_link: str
     return "\n".join(lines)
 
 
-def to_save(command: str, measured: dict) -> dict:
-    """The bracket's .json: the command that measured and each model's measurements."""
-    return {"command": command, "models": measured}
+def _measured_by_lines(measured_by: dict[str, str], command: str) -> list[str]:
+    """The line naming the commands that measured what this file reports, where not `command`."""
+    commands = list(dict.fromkeys(measured_by.values()))
+    if not commands or commands == [command]:
+        return []
+    if len(commands) == 1:
+        return [f"Measured by `{commands[0]}`, which saved the .json this file is reported from.", ""]
+    parts = [f"`{c}` ({', '.join(label for label, by in measured_by.items() if by == c)})" for c in commands]
+    return ["Measured in parts: " + "; ".join(parts) + ".", ""]
 
 
-def saved(data: dict) -> tuple[dict, str]:
-    """(model -> measurements, the command that measured them) of a saved .json (`to_save`); a
-    file of the first layout (the models alone) was measured by the plain command."""
-    if set(data) == {"command", "models"}:
-        return data["models"], data["command"]
-    return data, provenance.command("scripts/bracket.py", [], provenance.MNIST_ENV)
+def to_save(command: str, measured: dict, measured_by: dict[str, str] | None = None) -> dict:
+    """The bracket's .json: the command that wrote it, each model's measurements and the command
+    that measured each (`command` but for models kept from an earlier run's .json)."""
+    by = {label: (measured_by or {}).get(label, command) for label in measured}
+    return {"command": command, "models": measured, "measured_by": by}
+
+
+def saved(data: dict) -> tuple[dict, dict[str, str]]:
+    """(model -> measurements, model -> the command that measured it) of a saved .json
+    (`to_save`); a file without per-model commands was measured by its "command", one of the
+    first layout (the models alone) by the plain command."""
+    if "models" in data:
+        return data["models"], data.get("measured_by") or {label: data["command"] for label in data["models"]}
+    plain = provenance.command("scripts/bracket.py", [], provenance.MNIST_ENV)
+    return data, {label: plain for label in data}
+
+
+def kept_with(kept: dict, kept_by: dict[str, str], fresh: dict, command: str) -> tuple[dict, dict[str, str]]:
+    """An earlier run's models (`saved`) with `fresh` measurements by `command` in place of the
+    ones they re-measure (new ones last) -> (measured, measured_by)."""
+    measured = {**kept, **fresh}
+    return measured, {label: command if label in fresh else kept_by[label] for label in measured}

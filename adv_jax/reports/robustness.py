@@ -30,7 +30,9 @@ def accuracy_table(conf: dict, measured: dict, key: str) -> str:
     for model in measured["models"].values():
         cells = [mean_std(per_seed(model, lambda m, i=i: 100 * m["budgets"][i][key]))
                  for i in range(len(conf["budgets"]))]
-        rows.append([model["label"], model["kind"], mean_std(per_seed(model, lambda m: m["clean_error"]), digits=2),
+        label = model["label"] if len(model["seeds"]) == len(conf["seeds"]) else \
+            f"{model['label']} ({len(model['seeds'])} of {len(conf['seeds'])} seeds)"
+        rows.append([label, model["kind"], mean_std(per_seed(model, lambda m: m["clean_error"]), digits=2),
                      *cells])
     return markdown(["model", "training", "clean error %", *map(budget_name, conf["budgets"])], rows)
 
@@ -72,12 +74,35 @@ def speed_lines(measured: dict) -> list[str]:
             markdown(["model", "budget", "images", "seconds", "ex/s"], rows).rstrip(), ""]
 
 
+def measured_by_lines(measured: dict, command: str) -> list[str]:
+    """The line naming the earlier commands whose measurements were kept (--keep), with what each
+    measured: none where every measurement is this command's."""
+    by: dict[str, list[str]] = {}
+    for model in measured["models"].values():
+        for seed, m in model["seeds"].items():
+            by.setdefault(m.get("measured_by", command), []).append(f"{model['label']} seed {seed}")
+    if list(by) in ([], [command]):
+        return []
+    return ["Measured in parts: " + "; ".join(f"`{c}` ({', '.join(what)})" for c, what in by.items()) + ".", ""]
+
+
+def pending_lines(measured: dict) -> list[str]:
+    """The models and seeds a run stopped before (--stop-after): a later run with --keep adds them."""
+    pending = measured.get("pending") or {}
+    if not pending:
+        return []
+    what = "; ".join(f"{label} seeds {', '.join(map(str, seeds))}" for label, seeds in pending.items())
+    return [f"**Not measured yet** (the run stopped at its time limit; a run with `--keep` this file's "
+            f".json measures only these): {what}. Tables give the seeds measured.", ""]
+
+
 def report(conf: dict, measured: dict, command: str) -> str:
     """The markdown of results/robustness.md."""
     weaker, cells, images = weaker_cells(measured)
     sanity = (f"AutoAttack left more images robust than PGD in **{weaker} of {cells}** cells (model, seed, "
               f"budget); {images} images over all cells were fooled by PGD but not by AutoAttack.")
-    lines = [*provenance.header(conf["title"], command),
+    lines = [*provenance.header(conf["title"], command), *measured_by_lines(measured, command),
+             *pending_lines(measured),
              f"{conf['examples']} test images per model and seed; seeds {conf['seeds']}.", "",
              *settings.paragraphs(conf.get("notes")),
              "## AutoAttack: robust accuracy (%)", "", accuracy_table(conf, measured, "autoattack").rstrip(), "",
