@@ -18,10 +18,10 @@ example and target. cvxpy and a solver come with the `lipschitz` extra (pip inst
 
 ReLU networks (a certify.DenseChain of ReLU hidden layers): the L-inf or L1 minimum toward each
 target is a mixed-integer linear program (Tjeng et al. 2019) solved by HiGHS (highspy, which
-cvxpy brings) on one thread, with its primal heuristics off. The search is cut to the ball of radius `upper` (an attack's distortion: the
-minimum lies inside it); there CROWN bounds every pre-activation to [l, u]. A unit with u <= 0 is
-off, one with l >= 0 passes z through, and each unit in between gets one binary a and the exact
-big-M hull h >= 0, h >= z, h <= u a, h <= z - l (1 - a). L2 would be a mixed-integer QP, which no
+cvxpy brings) with its primal heuristics off. The search is cut to the ball of radius `upper` (an
+attack's distortion: the minimum lies inside it); there CROWN bounds every pre-activation to
+[l, u]. A unit with u <= 0 is off, one with l >= 0 passes z through, and each unit in between gets
+one binary a and the exact big-M hull h >= 0, h >= z, h <= u a, h <= z - l (1 - a). L2 would be a mixed-integer QP, which no
 solver in scipy or HiGHS handles; it is left out.
 """
 

@@ -5,16 +5,10 @@ pool-trained and PGD-trained models at L-inf and L2 budgets, over seeds -> resul
         [--runs runs/robustness] [--config FILE] [--examples N] [--seeds 0,1,2] [--models NAME,...]
         [--out FILE] [--keep results/robustness.json] [--stop-after MINUTES]
 
-Models, budgets and settings: conf/report/robustness.yaml (run directories <runs>/<name>_seed<S>;
-a run not finished there is trained first, or loaded from the model cache; each model's
-measurements are saved there as they finish, so a stopped run resumes). --keep takes each
-model and seed an earlier run's .json measured on the same model (its cache key: config and
-training images) with the same settings and attack code from there, and measures the rest (the
-report names which command measured which). --stop-after starts no new model and seed past
-that many minutes: the report gives what is measured and lists the rest, for a later run with
---keep. Measured by
-adv_jax/bench/robustness.py (its numbers kept in --out's .json); the markdown:
-adv_jax/reports/robustness.py.
+Models, budgets and settings: conf/report/robustness.yaml; run directories <runs>/<name>_seed<S>
+(trained there, or loaded from the model cache; each model's measurements saved as they finish:
+a stopped run resumes). --stop-after and --keep run it in parts (docs/attacks.md). Measured by
+adv_jax/bench/robustness.py; the markdown: adv_jax/reports/robustness.py.
 """
 
 from __future__ import annotations
@@ -44,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                         help="start no new model and seed after this many minutes (the rest: a later run with --keep)")
     args = parser.parse_args(argv)
-    # before JAX's first operation, as adv_jax.run does: else the speed depended on whether this
-    # process trained a model first (measured: 121 ex/s on one CPU device, 235 on two)
-    devices.use_cpu_devices("auto")
+    devices.use_cpu_devices("auto")  # before JAX's first operation, as adv_jax.run does (the speed)
     conf = settings.load("robustness", args.config)
     if args.examples is not None:
         conf["examples"] = args.examples

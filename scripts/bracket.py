@@ -2,18 +2,14 @@
 certified from below (CROWN; for L2 also the Lipschitz bracket), exact where computable and
 attacked from above, on the minimum-norm benchmark's images.
 
-    ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bracket.py
-        [--minnorm results/bench_minnorm.json] [--runs runs/models] [--config FILE] [--models NAME,...]
-        [--out FILE]
+    ADV_JAX_MNIST_DIR=../shared/data/mnist python scripts/bracket.py [--minnorm results/bench_minnorm.json]
+        [--runs runs/models] [--config FILE] [--models NAME,...] [--out FILE] [--keep results/bracket.json]
     python scripts/bracket.py --measured results/bracket.json [--out FILE]   (report only)
-    ... scripts/bracket.py --models NAME,... --keep results/bracket.json   (measure those, keep the rest)
 
-Reads the attacked and exact distances from scripts/bench_minnorm.py's .json (run it first, with
-the models of conf/report/bracket.yaml); loads each model from its run directory <runs>/<name>
-(made there if missing, as bench_minnorm does). Measured by adv_jax/bench/bracket.py; the markdown
-and figure: adv_jax/reports/bracket.py. Its .json: {"command": the command that measured,
-"models": {model: its measurements}, "measured_by": {model: the command that measured it}}, which
---measured reports again and --keep reuses for the models a call does not measure.
+Reads the attacked and exact distances from scripts/bench_minnorm.py's .json (run it first);
+loads each model from <runs>/<name> (made there if missing). Measured by adv_jax/bench/bracket.py;
+the markdown and figure: adv_jax/reports/bracket.py. Its .json records which command measured
+each model: --measured reports it again, --keep reuses it for the models a call does not measure.
 """
 
 from __future__ import annotations
