@@ -150,6 +150,18 @@ SLOW = (
     "tests/test_reliability.py::test_an_unreadable_metrics_file_is_named",
     "tests/test_transfer_protocol.py::test_a_battery_row_is_its_attack_run_alone_at_that_budget",
     "tests/test_experiment.py::test_experiment_composes_and_its_models_are_plain_run_cache_entries[transfer_benchmark]",
+    # the robustness benchmark in parts (it trains its tiny model like the case above), and the
+    # slowest remaining cases (7-14 s each): the default tier took 355 s from a fresh clone
+    "tests/test_bench_robustness.py::test_keep_reuses_only_measurements_of_the_same_model_settings_and_attack_code",
+    "tests/test_runner.py::test_attack_run_writes_adversarials_and_bounds",
+    "tests/test_reliability.py::test_the_cache_keys_on_the_training_data_itself",
+    "tests/test_crown.py::test_bounds_contain_every_sampled_point[sigmoid-linf-0.05]",
+    "tests/test_config.py::test_config_tests_ignore_the_callers_environment",
+    "tests/test_data.py::test_idx_round_trip",
+    "tests/test_reliability.py::test_a_finished_run_is_never_overwritten_by_another_config",
+    "tests/test_attacks_families.py::test_sia_resize_and_dct_blocks_are_the_authors_transforms_of_each_block[dct]",
+    "tests/test_train.py::test_autoencoder_layer_is_pretrained_then_frozen[pretraining0]",
+    "tests/test_attacks_families.py::test_sia_copies_are_linear_in_x_with_their_transpose_as_gradient",
 )
 # Per-attack sweeps over both norms: the L-inf case stays in the default tier, the L2 one is slow.
 SLOW_L2 = (
