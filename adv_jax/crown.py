@@ -23,9 +23,11 @@ layer's [l, u] come from the same backward pass to the input (full CROWN, O(dept
 
 alpha-CROWN (Xu et al. 2021) as an option (`slope_steps`): each unit has a family of valid lines
 (relu: any lower slope in [0, 1] where l < 0 < u; sigmoid, tanh: tangents at any point of the
-range where a tangent stays a bound), indexed by t in [0, 1]; each margin's bound raises its own
-t's by signed gradient steps from CROWN's, keeping the best iterate (every iterate is a bound).
-The hidden layers' intervals stay CROWN's.
+range where a tangent stays a bound), indexed by t in [0, 1]. Every bound has its own t's: each
+end of each hidden unit's interval after the first layer (recomputed from the earlier layers'
+lines at its t's, cut by CROWN's interval) and each margin. All are raised together by signed
+gradient steps on the sum of the margins' bounds, from CROWN's; each margin keeps its best
+iterate (every iterate is a bound, whatever its t's).
 
 Works on a certify.DenseChain (weights (out, in)), one example at a time (vmap for batches),
 in the chain's dtype. Distances: L2 of the whole perturbation or L-inf per pixel, pixels in [0, 1].
@@ -48,7 +50,7 @@ _TINY = 1e-12
 SLACK = 1e-6  # added to a mixed-sign tangent's intercept
 DUAL_STEPS = 12  # bisection steps for the L2 ball-and-box bound's multiplier (log(lam) to 10 / 4096)
 DUAL_RANGE = (-9.0, 1.0)  # log(lam / lam_ball): the box lowers the best lam, never by more than e^9
-SLOPE_STEP = 0.1  # alpha-CROWN: each step moves a free slope parameter t in [0, 1] by this much
+SLOPE_STEP = 0.2  # alpha-CROWN: each step moves a free slope parameter t in [0, 1] by this much
 
 
 def _derivative(activation: str, z: Array) -> Array:
@@ -206,45 +208,95 @@ def _margin_spec(label: Array, k: int, dtype) -> Array:
     return jax.nn.one_hot(label, k, dtype=dtype)[None, :] - jnp.eye(k, dtype=dtype)
 
 
+def _row_lower(chain: DenseChain, bounds: list, slopes: list, row: Array, layer: int, x: Array, eps: Array,
+               norm: str) -> Array:
+    """The lower bound (scalar) of row . z_layer with the lines of the layers before it drawn from
+    their intervals `bounds` at the free slopes `slopes` ([(t_lo, t_up)] per layer, (n_k,) each)."""
+    lines = [relaxation(a, lo, hi, *t) for a, (lo, hi), t in zip(chain.activations, bounds, slopes)]
+    return _backward_lower(chain, lines, row[None], layer, x, eps, norm)[0]
+
+
+def _rows_lower(chain, bounds, slopes, spec, layer, x, eps, norm) -> Array:
+    """`_row_lower` for every row of spec (m, n_layer), each with its own slopes ((m, n_k) each)."""
+    return jax.vmap(lambda row, own: _row_lower(chain, bounds, own, row, layer, x, eps, norm))(spec, slopes)
+
+
+def _start_slopes(chain: DenseChain, bounds: list, spec: Array) -> dict:
+    """CROWN's slopes (`default_slopes` on CROWN's intervals), one copy per bound that alpha-CROWN
+    optimizes: "hidden"[k-1] for hidden layer k's 2 n_k interval ends (k >= 1), "margins" for
+    spec's rows; each a list over the layers before it of (t_lo, t_up), (rows, n_j) each."""
+    crown = [default_slopes(a, lo, hi) for a, (lo, hi) in zip(chain.activations, bounds)]
+
+    def copies(rows: int, layers: int) -> list:
+        return [tuple(jnp.broadcast_to(t, (rows,) + t.shape) for t in pair) for pair in crown[:layers]]
+
+    hidden = [copies(2 * len(bounds[k][0]), k) for k in range(1, len(bounds))]
+    return {"hidden": hidden, "margins": copies(len(spec), len(bounds))}
+
+
+def _optimized_margins(chain: DenseChain, crown_bounds: list, slopes: dict, spec: Array, x: Array, eps: Array,
+                       norm: str) -> Array:
+    """Lower bounds (m,) of spec . logits with every hidden layer's interval after the first
+    recomputed at its own slopes (cut by CROWN's: both are bounds), then the margins at theirs."""
+    bounds = list(crown_bounds[:1])
+    for k, own in enumerate(slopes["hidden"], start=1):
+        n = len(crown_bounds[k][0])
+        eye = jnp.eye(n, dtype=x.dtype)
+        ends = _rows_lower(chain, bounds, own, jnp.concatenate([eye, -eye]), k, x, eps, norm)
+        bounds.append((jnp.maximum(ends[:n], crown_bounds[k][0]), jnp.minimum(-ends[n:], crown_bounds[k][1])))
+    return _rows_lower(chain, bounds, slopes["margins"], spec, len(chain.weights) - 1, x, eps, norm)
+
+
 def margin_lower_bounds(chain: DenseChain, x: Array, label: Array, eps: Array, norm: str = "linf",
-                        slope_steps: int = 0, step_size: float = SLOPE_STEP) -> Array:
+                        slope_steps: int = 0, step_size: float = SLOPE_STEP, target: Array = -1) -> Array:
     """Certified lower bounds (K,) of z_label - z_j over ball(x, eps) cut by the box (+inf at
-    j = label); all > 0: no point of the set is misclassified. x (n,) flattened, pixels in [0, 1].
-    slope_steps > 0: alpha-CROWN, each bound's free slopes (`relaxation`'s t) raised by that many
-    signed-gradient steps of `step_size` from CROWN's, the best iterate kept (each is a bound)."""
+    j = label): all > 0, no point of the set is misclassified. target >= 0: of z_j - z_target
+    instead (-inf at j = target): any > 0, no point of the set is classified as the target. x (n,)
+    flattened, pixels in [0, 1]. slope_steps > 0: alpha-CROWN, the free slopes (`relaxation`'s t)
+    of every bound, the hidden layers' intervals and the margins, raised together by that many
+    signed-gradient steps of `step_size` from CROWN's on the sum of the margins' bounds; each
+    margin keeps its best iterate (every iterate is a bound)."""
     check_norm(norm)
     bounds = layer_bounds(chain, x, eps, norm)
-    spec = _margin_spec(label, chain.weights[-1].shape[0], x.dtype)
-    last = len(chain.weights) - 1
+    targeted = target >= 0
+    reference = jnp.where(targeted, target, label)
+    spec = jnp.where(targeted, -1.0, 1.0) * _margin_spec(reference, chain.weights[-1].shape[0], x.dtype)
+    # the reference's own row is 0 (and the L2 bound's |coef| has no gradient there): left out
+    others = (reference + 1 + jnp.arange(len(spec) - 1)) % len(spec)
+    unused = jnp.full(len(spec), jnp.where(targeted, -jnp.inf, jnp.inf), x.dtype)
+    if slope_steps == 0:
+        lines = [relaxation(a, lo, hi) for a, (lo, hi) in zip(chain.activations, bounds)]
+        values = _backward_lower(chain, lines, spec[others], len(chain.weights) - 1, x, eps, norm)
+        return unused.at[others].set(values)
+    start = _start_slopes(chain, bounds, spec[others])
 
-    def bound(slopes, row):
-        lines = [relaxation(a, lo, hi, *t) for a, (lo, hi), t in zip(chain.activations, bounds, slopes)]
-        return _backward_lower(chain, lines, row[None], last, x, eps, norm)[0]
+    def margins(slopes):
+        return _optimized_margins(chain, bounds, slopes, spec[others], x, eps, norm)
 
-    start = [default_slopes(a, lo, hi) for a, (lo, hi) in zip(chain.activations, bounds)]
+    def step(slopes, _):
+        grad = jax.grad(lambda s: jnp.sum(margins(s)))(slopes)
+        slopes = jax.tree_util.tree_map(lambda t, g: jnp.clip(t + step_size * jnp.sign(g), 0.0, 1.0), slopes, grad)
+        return slopes, margins(slopes)
 
-    def optimized(row):
-        def step(slopes, _):
-            grad = jax.grad(bound)(slopes, row)
-            slopes = jax.tree_util.tree_map(lambda t, g: jnp.clip(t + step_size * jnp.sign(g), 0.0, 1.0), slopes, grad)
-            return slopes, bound(slopes, row)
-        _, history = jax.lax.scan(step, start, None, length=slope_steps)
-        return jnp.maximum(bound(start, row), jnp.max(history, initial=-jnp.inf))
-
-    values = jax.vmap(optimized)(spec)
-    return jnp.where(jnp.arange(len(spec)) == label, jnp.inf, values)
+    _, history = jax.lax.scan(step, start, None, length=slope_steps)
+    return unused.at[others].set(jnp.maximum(margins(start), jnp.max(history, axis=0)))
 
 
 def certified_radius(chain: DenseChain, x: Array, label: Array, upper: Array, norm: str = "linf",
-                     steps: int = RADIUS_STEPS, slope_steps: int = 0) -> Array:
+                     steps: int = RADIUS_STEPS, slope_steps: int = 0, lower: Array | None = None,
+                     target: Array = -1) -> Array:
     """The largest radius found (by bisection on [0, upper]) at which CROWN certifies every point
-    of ball(x, r) cut by the box as class `label`: a lower bound on x's minimum distortion in
-    `norm`, at most `upper` (pass the attack's distortion: the true minimum lies below it). 0 when x
-    itself is misclassified. x (n,) flattened. slope_steps > 0: alpha-CROWN's optimized slopes
-    (`margin_lower_bounds`), about that many times the cost. Compute in float64 (a float64 chain
-    under jax.enable_x64) where the margins are small: the backward pass adds no rounding margin."""
+    of ball(x, r) cut by the box as class `label` (target >= 0: as not `target`, whose logit stays
+    below some other class's): a lower bound on x's minimum distortion in `norm` (to reach `target`), at
+    most `upper` (pass the attack's distortion: the true minimum lies below it). 0 when x itself is
+    misclassified. x (n,) flattened. slope_steps > 0: alpha-CROWN's optimized slopes
+    (`margin_lower_bounds`), about 3 slope_steps times the cost. lower: a radius already certified
+    (CROWN's, for alpha-CROWN): the bisection runs on [lower, upper] and returns at least lower.
+    Compute in float64 (a float64 chain under jax.enable_x64) where the margins are small: the
+    backward pass adds no rounding margin."""
     def certified(r):
-        return jnp.all(margin_lower_bounds(chain, x, label, r, norm, slope_steps) > 0)
+        margins = margin_lower_bounds(chain, x, label, r, norm, slope_steps, target=target)
+        return jnp.where(target >= 0, jnp.any(margins > 0), jnp.all(margins > 0))
 
     def halve(_, bounds):
         lo, hi = bounds
@@ -253,5 +305,6 @@ def certified_radius(chain: DenseChain, x: Array, label: Array, upper: Array, no
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
     zero = jnp.zeros((), x.dtype)
-    lo, _ = jax.lax.fori_loop(0, steps, halve, (zero, jnp.asarray(upper, x.dtype)))
-    return jnp.where(certified(zero), lo, zero)
+    start = zero if lower is None else jnp.asarray(lower, x.dtype)
+    lo, _ = jax.lax.fori_loop(0, steps, halve, (start, jnp.asarray(upper, x.dtype)))
+    return lo if lower is not None else jnp.where(certified(zero), lo, zero)

@@ -1,4 +1,4 @@
-"""The minimum-distortion bracket per example -> results/bracket.md (+ .json, figures/bracket.png):
+"""The minimum-distortion bracket per example -> results/bracket.md (+ .json, figures/<its name>.png):
 certified from below (CROWN; for L2 also the Lipschitz bracket), exact where computable and
 attacked from above, on the minimum-norm benchmark's images.
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             measured, measured_by = bracket.kept_with(*kept, measure.from_minnorm(conf, args.minnorm, args.runs), command)
     except ValueError as e:
         parser.error(str(e))
-    figure = args.out.parent / "figures" / "bracket.png"
+    figure = args.out.parent / "figures" / f"{args.out.stem}.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     bracket.plot(measured, figure)
     text = bracket.report(conf, measured, command, figure.relative_to(args.out.parent).as_posix(), measured_by)

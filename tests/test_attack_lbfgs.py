@@ -115,8 +115,10 @@ def test_two_classes_box_active_matches_kkt_solution():
 def test_ten_classes_margin_loss_matches_qp():
     model, params, w, b, x, label = linear_model(10, seed=2)
     target = ((label + 1 + np.arange(N)) % 10).astype(np.int32)
-    # More solves and evaluations than the defaults: this checks the solver, on a kinked loss.
-    attack = LBFGSAttack(loss="margin", confidence=0.01, c_steps=14, max_evals=50)
+    # More solves and evaluations than the defaults: this checks the solver, on a kinked loss. A
+    # small confidence keeps the kink near the boundary: at 0.01 and 50 evaluations one example
+    # ended 6% above it or 0.5%, depending on how XLA compiled the loop (its CPU and flags).
+    attack = LBFGSAttack(loss="margin", confidence=0.001, c_steps=14, max_evals=100)
     x_adv = run_linear(attack, model, params, x, label, target)
     boundary = np.array([qp_distance(w, b, x[i], target[i]) for i in range(N)])
     got = l2_distances(x_adv, x)

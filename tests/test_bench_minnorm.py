@@ -241,7 +241,14 @@ def test_parts_measured_apart_merge_in_the_configs_order():
              {"foolbox": True, "commands": ["a"], "models": {first: {"x": 1}}}]
     merged = minnorm.merge(conf, parts)
     assert list(merged["models"]) == [first, second] and merged["foolbox"] and merged["commands"] == ["b", "a"]
-    assert merged["foolbox_missing"]
-    merged["models"] = {first: {"images": 2, "split": "test", "norm": "l2", "modes": {}}}
+    assert merged["foolbox_missing"] and [m["measured_by"] for m in merged["models"].values()] == ["a", "b"]
+    old, new = {"cpu": "X", "cores": 2, "python": "3.11"}, {"cpu": "Y", "cores": 2, "python": "3.11"}
+    empty = {"images": 2, "split": "test", "norm": "l2", "modes": {}}
+    merged["models"] = {first: {**empty, "measured_by": "a", "machine": old},
+                        second: {**empty, "measured_by": "b", "machine": new}}
+    text = bench_minnorm.report(conf, merged, "cmd")
+    assert f"Machines: X, 2 cores; Python 3.11 ({first}); Y, 2 cores; Python 3.11 ({second})." in text
+    assert f"Measured in parts: `a` ({first}); `b` ({second})." in text
+    del merged["models"][second]
     text = bench_minnorm.report(conf, {**merged, "commands": ["a", "b"]}, "cmd")
     assert "Not in this file (in the config, not measured by the runs above): " + second in text

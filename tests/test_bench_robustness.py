@@ -73,7 +73,8 @@ def test_keep_reuses_only_measurements_of_the_same_model_settings_and_attack_cod
     assert seed["model_key"] == robustness.model_key(conf, conf["models"][0], 0) and seed["measured_by"] == "first"
     again = json.loads(json.dumps(robustness.run(conf, tmp_path / "b", "second", kept=first)))
     assert again == first and not (tmp_path / "b").exists() and "kept (measured by `first`)" in capsys.readouterr().out
-    assert report.measured_by_lines(again, "second") == ["Measured in parts: `first` (tiny FC10 seed 0).", ""]
+    assert report.measured_by_lines(again, "second") == [
+        "Measured by `first`, which saved the .json this file is reported from.", ""]
     for other in ({**first, "stamp": {**first["stamp"], "attacks": "0" * 16}},  # other attack code
                   json.loads(json.dumps(first).replace(seed["model_key"], "0" * 16))):  # another model
         remeasured = robustness.run(conf, tmp_path / "c", "third", kept=other)["models"]["tiny"]["seeds"]["0"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from adv_jax.bench import bracket as measure
-from adv_jax.reports import bracket, settings
+from adv_jax.reports import bracket, provenance, settings
 
 INF = np.inf
 
@@ -73,7 +73,7 @@ def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, mon
 
     monkeypatch.setattr(minnorm, "foolbox_available", lambda: False)
     minnorm_conf = tiny_conf(tiny_overrides, ["deepfool", "fmn"])
-    minnorm_conf.update(target_modes=["untargeted"], examples=4)
+    minnorm_conf.update(target_modes=["untargeted", "random"], examples=4)
     minnorm_conf["models"][0].update(name="tiny", exact="linear")
     measured = json.loads(json.dumps(minnorm.run(minnorm_conf, tmp_path / "runs", {})))
     conf = {**settings.load("bracket"), "models": ["tiny"], "alpha_crown_steps": 2}
@@ -88,6 +88,12 @@ def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, mon
     again = bracket.report(conf, json.loads(json.dumps({"tiny FC10": out})), "python scripts/bracket.py --measured m.json",
                            None, measured_by={"tiny FC10": "python scripts/bracket.py"})
     assert "Measured by `python scripts/bracket.py`" in again and "| tiny FC10 | per-pixel RMS | 4 | crown |" in again
+    # To random targets (bench_minnorm's, drawn again from its seed): sound against the exact
+    # targeted minima, which lie above the untargeted ones.
+    targeted = measure.run({**conf, "mode": "random"}, minnorm_conf, measured, tmp_path / "runs")["tiny FC10"]
+    assert targeted["mode"] == "random" and min(targeted["targets"]) >= 0 and out["targets"] == [-1] * 4
+    assert all(bracket.violations(targeted, method) == 0 for method in targeted["certified"])
+    assert np.all(np.asarray(targeted["certified"]["crown"]) > 0) and np.all(np.asarray(targeted["exact"]) >= exact)
     # The images are the ones measured (by index); another model's measurements fail before work.
     assert measured["models"]["tiny FC10"]["indices"] == sorted(measured["models"]["tiny FC10"]["indices"])
     measured["models"]["tiny FC10"]["params_sha256"] = "0" * 16
@@ -113,6 +119,8 @@ def test_keep_replaces_only_the_models_measured_again_and_names_who_measured_wha
     measured, by = bracket.kept_with(kept, dict.fromkeys(kept, "old"), {"B": {"images": 20}}, "new")
     assert list(measured) == ["A", "B", "C"] and measured["B"] == {"images": 20}
     assert by == {"A": "old", "B": "new", "C": "old"}
-    assert bracket._measured_by_lines(by, "new") == ["Measured in parts: `old` (A, C); `new` (B).", ""]
-    assert bracket._measured_by_lines(dict.fromkeys(kept, "new"), "new") == []
+    assert provenance.measured_in_parts(by, "new") == ["Measured in parts: `old` (A, C); `new` (B).", ""]
+    assert provenance.measured_in_parts(dict.fromkeys(kept, "new"), "new") == []
+    assert provenance.measured_in_parts(dict.fromkeys(kept, "old"), "report") == [
+        "Measured by `old`, which saved the .json this file is reported from.", ""]
     assert bracket.saved(json.loads(json.dumps(bracket.to_save("report", measured, by)))) == (measured, by)

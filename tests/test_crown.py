@@ -144,3 +144,64 @@ def test_the_l2_bound_over_ball_and_box_is_sound_and_beats_the_ball_alone():
         inside = samples[np.linalg.norm(samples - x, axis=1) <= eps]
         assert np.all(np.asarray(coef) @ inside.T >= bound[:, None] - 1e-9)
         assert np.all(bound >= ball - 1e-9) and np.any(bound > ball + 0.1)
+
+
+@pytest.mark.parametrize("activation, norm, eps", [("sigmoid", "l2", 0.6), ("relu", "linf", 0.04)])
+def test_any_slopes_of_every_layer_bound_every_sampled_margin(activation, norm, eps):
+    """alpha-CROWN's whole family: with random free slopes for the hidden layers' intervals and
+    for the margins (three hidden layers, so intervals depend on earlier slopes), the margins'
+    bounds stay below every sampled point's; the start slopes give CROWN's bounds."""
+    with jax.enable_x64(True):
+        chain = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
+                                       chain_of(activation, seed=9, widths=(N_IN, 20, 16, 12, 10)))
+        x = np.random.default_rng(10).uniform(0, 1, N_IN)
+        label = int(jnp.argmax(forward(chain, x[None])[1][0]))
+        bounds = crown.layer_bounds(chain, jnp.asarray(x), eps, norm)
+        spec = crown._margin_spec(label, 10, jnp.float64)[np.arange(10) != label]
+        start = crown._start_slopes(chain, bounds, spec)
+        at_start = crown._optimized_margins(chain, bounds, start, spec, jnp.asarray(x), eps, norm)
+        plain = crown.margin_lower_bounds(chain, jnp.asarray(x), label, eps, norm)
+        np.testing.assert_allclose(at_start, np.asarray(plain)[np.arange(10) != label], rtol=1e-9, atol=1e-9)
+        leaves, tree = jax.tree_util.tree_flatten(start)
+        rng = np.random.default_rng(12)
+        margins = forward(chain, ball_samples(x, eps, norm, 4000).astype(np.float64))[1]
+        margins = np.asarray(margins[:, label:label + 1] - margins)[:, np.arange(10) != label]
+        for _ in range(3):
+            slopes = jax.tree_util.tree_unflatten(tree, [jnp.asarray(rng.uniform(0, 1, t.shape)) for t in leaves])
+            bound = crown._optimized_margins(chain, bounds, slopes, spec, jnp.asarray(x), eps, norm)
+            assert np.all(margins >= np.asarray(bound)[None] - 1e-9)
+
+
+def test_alpha_crown_radius_from_crowns_is_above_it_and_no_pgd_point_within_it_changes_the_class():
+    def logits_one(v):
+        return forward(chain, v[None])[1][0]
+
+    with jax.enable_x64(True):
+        chain = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), chain_of("sigmoid", seed=9))
+        x = jnp.asarray(np.random.default_rng(5).uniform(0, 1, N_IN))
+        y = jnp.argmax(forward(chain, x[None])[1][0]).astype(jnp.int32)
+        plain = crown.certified_radius(chain, x, y, 5.0, "l2")
+        alpha = crown.certified_radius(chain, x, y, 2 * plain, "l2", steps=10, slope_steps=10, lower=plain)
+        x_adv = PGD(float(alpha), "l2", steps=100, relative_step_size=0.05)(logits_one, x, y, jnp.int32(-1),
+                                                                           jax.random.key(0))
+        assert float(alpha) > 1.02 * float(plain)
+        assert not bool(is_adversarial(logits_one(x_adv), y, -1))
+
+
+def test_to_a_target_the_certified_radius_is_at_least_the_untargeted_one_and_pgd_does_not_reach_it():
+    """Certifying that a target is never the answer needs one class above it (the label or any
+    other), which all of the label's margins give: the radius can only be larger."""
+    chain = chain_of("sigmoid", seed=4)
+    xs = jnp.asarray(np.random.default_rng(5).uniform(0, 1, (4, N_IN)).astype(np.float32))
+    labels = jnp.argmax(forward(chain, xs)[1], 1).astype(jnp.int32)
+    targets = ((labels + 3) % 10).astype(jnp.int32)
+    radius = jax.vmap(lambda x, y, t: crown.certified_radius(chain, x, y, 5.0, "l2", target=t))
+    untargeted, targeted = radius(xs, labels, jnp.full(4, -1)), radius(xs, labels, targets)
+    assert jnp.all(targeted >= untargeted) and jnp.any(targeted > 1.05 * untargeted)
+
+    def logits_one(v):
+        return forward(chain, v[None])[1][0]
+
+    for x, y, t, r in zip(xs, labels, targets, targeted):
+        x_adv = PGD(float(r), "l2", steps=100, relative_step_size=0.05)(logits_one, x, y, t, jax.random.key(0))
+        assert int(jnp.argmax(logits_one(x_adv))) != int(t)

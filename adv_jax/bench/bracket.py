@@ -21,13 +21,16 @@ import numpy as np
 
 import adv_jax
 from adv_jax import certify, checkpoint, crown, exact
+from adv_jax.attacks.common import batched_logits
+from adv_jax.attacks.targets import choose_targets
 from adv_jax.bench.foolbox_compare import correctly_classified, split_images
 from adv_jax.bench.minnorm import model_run, unit_scale
 from adv_jax.lipschitz import pair_lipschitz
-from adv_jax.reports import settings
+from adv_jax.reports import provenance, settings
 from adv_jax.reports.bench_minnorm import EXACT
 
 CHUNK = 100  # examples per CROWN call (its backward passes hold (width, 784) per example)
+ALPHA_RADIUS_STEPS = 10  # alpha-CROWN's bisection from CROWN's radius: to 1/1024 of the gap to the attack's
 
 
 def sides(mode: dict) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
@@ -40,34 +43,41 @@ def sides(mode: dict) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | N
     return best, attacks, np.asarray(mode[EXACT]["d"], np.float64), np.asarray(mode[EXACT]["solved"], bool)
 
 
-def _crown_radii(chain, x, y, upper, norm: str, slope_steps: int = 0) -> np.ndarray:
-    """CROWN's certified radius (N,) per example, raw norm, by chunks of CHUNK (slope_steps > 0:
-    alpha-CROWN's)."""
-    radius = jax.jit(jax.vmap(lambda xi, yi, ui: crown.certified_radius(chain, xi, yi, ui, norm,
-                                                                         slope_steps=slope_steps)))
+def _crown_radii(chain, x, y, target, upper, norm: str, slope_steps: int = 0, lower=None) -> np.ndarray:
+    """CROWN's certified radius (N,) per example (target (N,), -1: untargeted), raw norm, by
+    chunks of CHUNK. slope_steps > 0: alpha-CROWN's, by ALPHA_RADIUS_STEPS of bisection between
+    `lower` (N,) (CROWN's radii: its bounds are at least CROWN's) and upper."""
     from tqdm.auto import tqdm
 
+    def one(xi, yi, ti, ui, li):
+        if slope_steps == 0:
+            return crown.certified_radius(chain, xi, yi, ui, norm, target=ti)
+        return crown.certified_radius(chain, xi, yi, ui, norm, ALPHA_RADIUS_STEPS, slope_steps, lower=li, target=ti)
+
+    radius = jax.jit(jax.vmap(one))
+    lower = jnp.zeros_like(upper) if lower is None else lower
     out = []
     for start in tqdm(range(0, len(x), CHUNK), desc="alpha-CROWN" if slope_steps else "CROWN", unit="chunk"):
         part = slice(start, start + CHUNK)
-        out.append(np.asarray(radius(x[part], y[part], upper[part])))
+        out.append(np.asarray(radius(x[part], y[part], target[part], upper[part], lower[part])))
     return np.concatenate(out)
 
 
-def lipschitz_radii(run, chain, x, y, upper) -> dict[str, np.ndarray]:
+def lipschitz_radii(run, chain, x, y, target, upper) -> dict[str, np.ndarray]:
     """{"lipschitz global", "lipschitz local"}: the certified L2 bracket (raw L2) with the global
     pair constants, and with constants certified on the ball of radius `upper` (capped there)."""
     logits = certify.chain_logits(chain, x)
-    untargeted = jnp.full(len(y), -1)
-    global_ = certify.certified_distortion(logits, y, untargeted, pair_lipschitz(run.model, run.params))
+    global_ = certify.certified_distortion(logits, y, target, pair_lipschitz(run.model, run.params))
     grams, _ = certify.local_output_gram(chain, x, upper, progress=True)
-    local = jnp.minimum(upper, certify.certified_distortion(logits, y, untargeted, certify.pair_constants(grams)))
+    local = jnp.minimum(upper, certify.certified_distortion(logits, y, target, certify.pair_constants(grams)))
     return {"lipschitz global": np.asarray(global_), "lipschitz local": np.asarray(jnp.maximum(global_, local))}
 
 
-def certified(run, x, y, best: np.ndarray, norm: str, slope_steps: int = 0) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def certified(run, x, y, target, best: np.ndarray, norm: str,
+              slope_steps: int = 0) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """({method: certified lower bound (N,) in the model's unit}, {method: seconds}) on images x
-    (N, ...) with labels y; best (N,): the attacked distance (the search's upper end), same unit.
+    (N, ...) with labels y and targets (N,) (-1: untargeted); best (N,): the attacked distance (the
+    search's upper end), same unit.
     Methods: crown, alpha-crown (slope_steps > 0), and for L2 the Lipschitz bracket."""
     scale = unit_scale(run, norm)
     reach = scale  # the box's farthest point (sqrt(n) in L2, 1 in L-inf): where no attack succeeded
@@ -77,15 +87,18 @@ def certified(run, x, y, best: np.ndarray, norm: str, slope_steps: int = 0) -> t
         upper = jnp.asarray(np.where(np.isfinite(best), best * scale, reach), jnp.float64)
         methods, seconds = {}, {}
         start = time.perf_counter()
-        methods["crown"] = _crown_radii(chain, flat, jnp.asarray(y), upper, norm) / scale
+        y, target = jnp.asarray(y), jnp.asarray(target)
+        crown_radii = _crown_radii(chain, flat, y, target, upper, norm)
+        methods["crown"] = crown_radii / scale
         seconds["crown"] = time.perf_counter() - start
         if slope_steps > 0:
             start = time.perf_counter()
-            methods["alpha-crown"] = _crown_radii(chain, flat, jnp.asarray(y), upper, norm, slope_steps) / scale
+            methods["alpha-crown"] = _crown_radii(chain, flat, y, target, upper, norm, slope_steps,
+                                                  jnp.asarray(crown_radii)) / scale
             seconds["alpha-crown"] = time.perf_counter() - start
         if norm == "l2":
             start = time.perf_counter()
-            methods.update({k: v / scale for k, v in lipschitz_radii(run, chain, flat, jnp.asarray(y), upper).items()})
+            methods.update({k: v / scale for k, v in lipschitz_radii(run, chain, flat, y, target, upper).items()})
             seconds["lipschitz"] = time.perf_counter() - start
     return methods, seconds
 
@@ -109,21 +122,25 @@ def same_model(label: str, run, measured: dict) -> None:
                          "were made on (params sha256 differs); rerun scripts/bench_minnorm.py on it")
 
 
-def measure_model(run, entry: dict, measured: dict, mode: str, slope_steps: int = 0) -> dict:
-    """One model: its bench_minnorm measurements (`measured`, for this model) and its certified
-    side -> {"norm", "images", "attacked" (N,), "attacks" {name: (N,)}, "exact", "solved",
-    "certified" {method: (N,)}, "seconds"}, as lists."""
+def measure_model(run, entry: dict, measured: dict, mode: str, slope_steps: int = 0, seed: int = 0) -> dict:
+    """One model: its bench_minnorm measurements (`measured`, for this model, in target `mode`,
+    whose targets its `seed` drew) and its certified side -> {"norm", "images", "attacked" (N,),
+    "attacks" {name: (N,)}, "exact", "solved", "certified" {method: (N,)}, "seconds", "machine"
+    (`provenance.machine`: the seconds are its)}, as lists."""
     best, attacks, minima, solved = sides(measured["modes"][mode])
     split = measured.get("split", "test")
     x, y = measured_images(run, measured, split)
+    target = choose_targets(mode, batched_logits(run.logits_fn, x), y, key=jax.random.key(seed))
     norm = measured["norm"]
-    methods, seconds = certified(run, x, y, best, norm, slope_steps)
+    methods, seconds = certified(run, x, y, target, best, norm, slope_steps)
     listed = lambda a: None if a is None else np.asarray(a).tolist()  # noqa: E731
-    return {"norm": norm, "images": len(y), "split": split, "attacked": best.tolist(),
+    return {"norm": norm, "images": len(y), "split": split, "mode": mode, "targets": np.asarray(target).tolist(),
+            "attacked": best.tolist(),
             "attacks": {k: v.tolist() for k, v in attacks.items()}, "exact": listed(minima),
             "solved": listed(solved), "exact_gap": exact.MIP_GAP if entry.get("exact") == "relu_milp" else 0.0,
             "exact_abs_gap": exact.MIP_ABS_GAP if entry.get("exact") == "relu_milp" else 0.0,
-            "certified": {k: v.tolist() for k, v in methods.items()}, "seconds": seconds}
+            "certified": {k: v.tolist() for k, v in methods.items()}, "seconds": seconds,
+            "machine": provenance.machine()}
 
 
 def check(conf: dict, minnorm_conf: dict, measured: dict) -> list[dict]:
@@ -151,7 +168,7 @@ def run(conf: dict, minnorm_conf: dict, measured: dict, runs: Path) -> dict[str,
     for entry, model in zip(entries, models):
         print(f"{entry['label']}: certifying", flush=True)
         out[entry["label"]] = measure_model(model, entry, measured["models"][entry["label"]], conf["mode"],
-                                            conf.get("alpha_crown_steps", 0))
+                                            conf.get("alpha_crown_steps", 0), minnorm_conf["seed"])
         print(f"  done in {sum(out[entry['label']]['seconds'].values()):.1f} s", flush=True)
     return out
 

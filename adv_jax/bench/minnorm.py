@@ -31,6 +31,7 @@ from adv_jax.attacks.common import batched_logits, is_adversarial, rms_distortio
 from adv_jax.attacks.targets import choose_targets
 from adv_jax.bench.foolbox_compare import correctly_classified
 from adv_jax.bench.timing import median_seconds
+from adv_jax.reports import provenance
 from adv_jax.reports.runs import is_finished
 
 NORMS = ("l2", "linf")  # a model entry's `norm`
@@ -183,7 +184,8 @@ def measure_mode(conf: dict, run: adv_jax.Run, x, y, target, with_foolbox: bool)
 def measure_model(run: adv_jax.Run, conf: dict, with_foolbox: bool, examples: int) -> dict:
     """One model (conf: `model_settings`) on its first `examples` correctly classified images of
     conf's `split` (default: the test set): {"images", "split", "indices" (in the split),
-    "params_sha256" (`checkpoint.params_fingerprint`), "norm", "modes": {target mode: `measure_mode`}}."""
+    "params_sha256" (`checkpoint.params_fingerprint`), "norm", "modes": {target mode: `measure_mode`},
+    "machine" (`provenance.machine`: its speeds are this machine's)}."""
     split = conf.get("split", "test")
     x, y, indices = correctly_classified(run, examples, split, with_indices=True)
     logits = batched_logits(run.logits_fn, x)
@@ -194,7 +196,7 @@ def measure_model(run: adv_jax.Run, conf: dict, with_foolbox: bool, examples: in
         by_mode[mode] = measure_mode(conf, run, x, y, target, with_foolbox)
     return {"images": len(y), "split": split, "indices": indices.tolist(),
             "params_sha256": checkpoint.params_fingerprint(run.params), "norm": conf.get("norm", "l2"),
-            "modes": by_mode}
+            "modes": by_mode, "machine": provenance.machine()}
 
 
 def run(conf: dict, runs: Path, run_dirs: dict[str, Path]) -> dict:
@@ -213,8 +215,10 @@ def run(conf: dict, runs: Path, run_dirs: dict[str, Path]) -> dict:
 
 def merge(conf: dict, parts: list[dict]) -> dict:
     """Measurements saved by separate runs (`run`'s dicts, e.g. --models on different machines) as
-    one, their models in conf's order; a model measured twice keeps the last part's."""
-    models = {label: m for part in parts for label, m in part["models"].items()}
+    one, their models in conf's order, each with the command that measured it ("measured_by"); a
+    model measured twice keeps the last part's."""
+    models = {label: {**m, "measured_by": m.get("measured_by") or " and ".join(part.get("commands", ["?"]))}
+              for part in parts for label, m in part["models"].items()}
     order = [e["label"] for e in conf["models"] if e["label"] in models]
     return {"foolbox": any(part["foolbox"] for part in parts),
             "foolbox_missing": any(part.get("foolbox_missing", False) for part in parts),

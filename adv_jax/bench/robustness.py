@@ -28,6 +28,7 @@ from adv_jax.bench.foolbox_compare import split_images
 from adv_jax.bench.minnorm import model_run
 from adv_jax.bench.timing import median_seconds
 from adv_jax.data import load_splits
+from adv_jax.reports import provenance
 
 NORMS = ("linf", "l2")
 
@@ -136,12 +137,14 @@ def saved_measurement(conf: dict, run_dir: Path) -> dict | None:
 
 
 def measured_or_saved(conf: dict, entry: dict, seed: int, run_dir: Path) -> dict:
-    """`measure_model` of the entry's model at this seed, or `saved_measurement` where there is one."""
+    """`measure_model` of the entry's model at this seed with the "machine" that measured it, or
+    `saved_measurement` where there is one."""
     if (old := saved_measurement(conf, run_dir)) is not None:
         print(f"{entry['label']}, seed {seed}: read back from {run_dir / SAVED}", flush=True)
         return old
     print(f"{entry['label']}, seed {seed}:", flush=True)
-    measured = measure_model(conf, model_run(entry, [*conf["common"], f"seed={seed}"], run_dir), entry["label"])
+    measured = {**measure_model(conf, model_run(entry, [*conf["common"], f"seed={seed}"], run_dir), entry["label"]),
+                "machine": provenance.machine()}
     (run_dir / SAVED).write_text(json.dumps({"stamp": settings_stamp(conf), "measured": measured}))
     return measured
 

@@ -184,10 +184,10 @@ def report(conf: dict, measured: dict, command: str) -> str:
     absent = [e["label"] for e in conf["models"] if e["label"] not in measured["models"]]
     not_measured = [f"Not in this file (in the config, not measured by the runs above): {', '.join(absent)}.",
                     ""] if absent and len(measured.get("commands", [])) > 1 else []
-    parts = measured.get("commands", [])
-    measured_by = ["Measured in parts, merged by the command above: "
-                   + "; ".join(f"`{c}`" for c in parts) + ".", ""] if len(parts) > 1 else []
-    head = [*provenance.header(conf["title"], command), *measured_by, *not_measured, *FORMULA, *missing,
+    measured_by = provenance.measured_in_parts(
+        {label: model.get("measured_by", command) for label, model in measured["models"].items()}, command)
+    machines = {label: model.get("machine") for label, model in measured["models"].items()}
+    head = [*provenance.header(conf["title"], command, parts=machines if any(machines.values()) else None), *measured_by, *not_measured, *FORMULA, *missing,
             *settings.paragraphs(conf.get("notes")), *chosen, "## Optimality", "", summary(scores).rstrip(), "",
             *exact_summary(models)]
     sections = [line for label, model in measured["models"].items() for line in model_lines(label, model)]

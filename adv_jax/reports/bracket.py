@@ -114,8 +114,9 @@ def report(conf: dict, measured: dict[str, dict], command: str, figure_link: str
     """The markdown; figure_link: the figure's path relative to the results file; measured_by:
     model -> the command that measured it, where `command` only reported or kept it (--measured,
     --keep)."""
-    lines = provenance.header(conf["title"], command)
-    lines += _measured_by_lines(measured_by or {}, command)
+    machines = {label: model.get("machine") for label, model in measured.items()}
+    lines = provenance.header(conf["title"], command, parts=machines if any(machines.values()) else None)
+    lines += provenance.measured_in_parts(measured_by or {}, command)
     lines += settings.paragraphs(conf.get("notes"))
     lines += ["## Summary", "", markdown(SUMMARY, [row for label, m in measured.items() for row in summary_rows(label, m)]), ""]
     if figure_link is not None:
@@ -127,17 +128,6 @@ def report(conf: dict, measured: dict[str, dict], command: str, figure_link: str
                   markdown(["radius", "certified robust %", "exactly robust %", "not fooled %"],
                            curves(model, conf["radii"][model["norm"]])), ""]
     return "\n".join(lines)
-
-
-def _measured_by_lines(measured_by: dict[str, str], command: str) -> list[str]:
-    """The line naming the commands that measured what this file reports, where not `command`."""
-    commands = list(dict.fromkeys(measured_by.values()))
-    if not commands or commands == [command]:
-        return []
-    if len(commands) == 1:
-        return [f"Measured by `{commands[0]}`, which saved the .json this file is reported from.", ""]
-    parts = [f"`{c}` ({', '.join(label for label, by in measured_by.items() if by == c)})" for c in commands]
-    return ["Measured in parts: " + "; ".join(parts) + ".", ""]
 
 
 def to_save(command: str, measured: dict, measured_by: dict[str, str] | None = None) -> dict:

@@ -77,13 +77,9 @@ def speed_lines(measured: dict) -> list[str]:
 def measured_by_lines(measured: dict, command: str) -> list[str]:
     """The line naming the earlier commands whose measurements were kept (--keep), with what each
     measured: none where every measurement is this command's."""
-    by: dict[str, list[str]] = {}
-    for model in measured["models"].values():
-        for seed, m in model["seeds"].items():
-            by.setdefault(m.get("measured_by", command), []).append(f"{model['label']} seed {seed}")
-    if list(by) in ([], [command]):
-        return []
-    return ["Measured in parts: " + "; ".join(f"`{c}` ({', '.join(what)})" for c, what in by.items()) + ".", ""]
+    by = {f"{model['label']} seed {seed}": m.get("measured_by", command)
+          for model in measured["models"].values() for seed, m in model["seeds"].items()}
+    return provenance.measured_in_parts(by, command)
 
 
 def pending_lines(measured: dict) -> list[str]:
@@ -101,7 +97,10 @@ def report(conf: dict, measured: dict, command: str) -> str:
     weaker, cells, images = weaker_cells(measured)
     sanity = (f"AutoAttack left more images robust than PGD in **{weaker} of {cells}** cells (model, seed, "
               f"budget); {images} images over all cells were fooled by PGD but not by AutoAttack.")
-    lines = [*provenance.header(conf["title"], command), *measured_by_lines(measured, command),
+    machines = {f"{model['label']} seed {seed}": m.get("machine")
+                for model in measured["models"].values() for seed, m in model["seeds"].items()}
+    lines = [*provenance.header(conf["title"], command, parts=machines if any(machines.values()) else None),
+             *measured_by_lines(measured, command),
              *pending_lines(measured),
              f"{conf['examples']} test images per model and seed; seeds {conf['seeds']}.", "",
              *settings.paragraphs(conf.get("notes")),
