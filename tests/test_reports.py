@@ -219,6 +219,7 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                                    "common", "models", "attacks", "select", "notes"},
                 "select_ae400": {"title", "evaluate_on", "common", "rows", "notes"},
                 "bracket": {"title", "minnorm_config", "mode", "alpha_crown_steps", "models", "radii", "notes"},
+                "bracket_random": {"title", "minnorm_config", "mode", "alpha_crown_steps", "models", "radii", "notes"},
                 "robustness": {"title", "examples", "seeds", "seed", "chunk_size", "budgets", "autoattack", "pgd",
                                "speed", "common", "models", "notes"}}[name]
     assert required <= conf.keys()
@@ -233,7 +234,7 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
     if name == "robustness":  # checked as the script checks it, every model with its label and kind
         robustness.check(conf)
         assert all({"name", "label", "kind", "overrides"} <= m.keys() for m in conf["models"])
-    if name == "bracket":  # its models are bench_minnorm's, in the mode bench_minnorm measures them
+    if name.startswith("bracket"):  # its models are bench_minnorm's, in the mode bench_minnorm measures them
         entries = {e["name"]: e for e in settings.load("bench_minnorm")["models"]}
         assert set(conf["models"]) <= entries.keys()
         assert all(conf["mode"] in entries[m].get("target_modes", settings.load("bench_minnorm")["target_modes"])
