@@ -59,11 +59,11 @@ def pgd(conf: dict, budget: dict):
 
 def robust(logits_fn, attack, x, y, key, chunk_size: int) -> tuple[np.ndarray, dict, float]:
     """(robust (N,) bool: still correctly classified after the attack, its diagnostics, seconds
-    of the batched call, compilation included)."""
+    of the batched call, compilation included); a progress bar per call (a CNN's budget takes
+    minutes)."""
     untargeted = jnp.full(len(y), -1, jnp.int32)
     start = time.perf_counter()
-    x_adv, diagnostics = attack_batch(attack, logits_fn, x, y, untargeted, key=key, chunk_size=chunk_size,
-                                      progress=False)
+    x_adv, diagnostics = attack_batch(attack, logits_fn, x, y, untargeted, key=key, chunk_size=chunk_size)
     fooled = np.asarray(is_adversarial(batched_logits(logits_fn, x_adv), y, untargeted))
     return ~fooled, diagnostics, time.perf_counter() - start
 
