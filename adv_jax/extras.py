@@ -22,7 +22,8 @@ EXTRAS = {
     "equinox": ("equinox", "equinox", "an equinox module as a model (model._target_=...)"),
 }
 # A command-line override -> what it needs
-_NEEDS = {"search": "optuna", "hydra/sweeper=optuna_tpe": "optuna", "hydra/launcher=joblib_local": "joblib",
+_NEEDS = {"search": "optuna", "hydra/sweeper=optuna_tpe": "optuna", "hydra/sweeper=optuna_tpe_20": "optuna",
+          "hydra/launcher=joblib_local": "joblib",
           "hydra/launcher=slurm": "slurm", "hydra/launcher=ray": "ray", "data.source=tfds": "tfds",
           "demo=iris": "sklearn"}
 

@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from adv_jax import devices
 from adv_jax.bench import minnorm
 from adv_jax.reports import bench_minnorm, provenance, settings
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                         help="measure nothing: report the measurements these runs' .json files saved")
     args = parser.parse_args(argv)
+    devices.use_cpu_devices("auto")  # before JAX's first operation, as adv_jax.run does (the speed)
     conf = settings.load("bench_minnorm", args.config)
     if args.examples is not None:
         conf["examples"] = args.examples

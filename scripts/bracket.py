@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from adv_jax import devices
 from adv_jax.bench import bracket as measure
 from adv_jax.reports import bracket, provenance, settings
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", type=Path, default=None, metavar="JSON",
                         help="measure the models asked for; take the others from an earlier run's .json")
     args = parser.parse_args(argv)
+    devices.use_cpu_devices("auto")  # before JAX's first operation, as adv_jax.run does (the speed)
     conf = settings.load("bracket", args.config)
     if args.models is not None:
         conf["models"] = [m for m in conf["models"] if m in args.models.split(",")]

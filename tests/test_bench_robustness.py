@@ -3,9 +3,11 @@ the structure it measures, AutoAttack's accuracy never above any of its stages',
 caught before any work, and the report's tables."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from adv_jax.bench import robustness
 from adv_jax.reports import robustness as report
@@ -87,3 +89,19 @@ def test_keep_reuses_only_measurements_of_the_same_model_settings_and_attack_cod
     assert list(part["models"]["tiny"]["seeds"]) == ["0"] and part["pending"] == {"tiny FC10": [1]}
     text = report.report(two, part, "fourth")
     assert "| tiny FC10 (1 of 2 seeds) | plain |" in text and "**Not measured yet**" in text and "tiny FC10 seeds 1" in text
+
+
+def test_the_pool_trained_model_is_the_chosen_recipe_of_adversarial_training_md():
+    """conf/report/robustness.yaml's pool-trained FC100 trains as results/adversarial_training.md's
+    chosen recipe does (scripts/report_search.py's command): same model, data and training."""
+    import adv_jax
+    from adv_jax.reports import search
+
+    chosen = json.loads((Path(__file__).resolve().parents[1] / "results" / "adversarial_training.json").read_text())
+    conf = settings.load("robustness")
+    entry = next(m for m in conf["models"] if m["name"] == "fc100_pool")
+    ours = adv_jax.compose([*entry["overrides"], *conf["common"], "seed=0"])
+    theirs = adv_jax.compose([f"search={chosen.get('best_search', 'adversarial_training')}", *chosen["overrides"],
+                              *search.ALL_TRAINING, "seed=0"])
+    for part in ("model", "data", "train"):
+        assert OmegaConf.to_container(ours[part]) == OmegaConf.to_container(theirs[part]), part

@@ -27,11 +27,23 @@ TINY = ["train.optimizer=adam", "train.adversarial.attack=fgsm", "data.train_lim
 TINY_PAPER = [o for o in TINY if o.split("=")[0] not in ("train.optimizer", "train.adversarial.attack")]
 
 
-def _search(sweep: Path, trials: int, name: str = "adversarial_training", tiny: list[str] = TINY) -> None:
-    command = [sys.executable, str(REPO / "scripts" / "sweep.py"), "-m", f"search={name}",
-               *tiny, f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={sweep}"]
+def _sweep(sweep: Path, name: str, overrides: list[str]) -> None:
+    command = [sys.executable, str(REPO / "scripts" / "sweep.py"), "-m", f"search={name}", *overrides,
+               f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(command, cwd=sweep.parent, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _search(sweep: Path, trials: int, name: str = "adversarial_training", tiny: list[str] = TINY) -> None:
+    _sweep(sweep, name, [*tiny, f"hydra.sweeper.n_trials={trials}"])
+
+
+def _train_chosen(chosen: Path, search_name: str, params: dict, tiny: list[str]) -> None:
+    """The chosen recipe, seed 0, as `search.chosen_command` trains it (every training image)."""
+    fixed = [o for o in tiny if not o.startswith("data.validation=")]
+    _sweep(chosen, search_name, ["hydra/sweeper=basic", "hydra.sweeper.params=null", *fixed,
+                                 *search.overrides(params), *search.ALL_TRAINING, "seed=0",
+                                 "hydra.sweep.subdir=seed${seed}"])
 
 
 def test_the_search_minimizes_validation_error_and_resumes(tmp_path):
@@ -54,23 +66,27 @@ def test_the_search_minimizes_validation_error_and_resumes(tmp_path):
 
 
 def _check_report(sweep: Path, tmp_path: Path) -> None:
-    """The results file of the search; the best trial's own run stands in for the chosen recipe's
-    seeds, and another trial's is refused."""
+    """The results file of the search, with the chosen recipe trained on every training image;
+    the trials themselves (images held out) and another trial's recipe are refused."""
     values = {int(p.parent.name.split("_")[1]): json.loads(p.read_text())["error/validation"]
               for p in sweep.glob("trial_*/metrics.json")}
     best = min(values, key=values.get)
     out, conf = tmp_path / "results" / "search.md", settings.load("adversarial_training_search")
-    text = search.write({"adversarial_training": sweep}, sweep / f"trial_{best}", "python scripts/report_search.py ...",
-                        conf, out)
+    rows = search.all_trials({"adversarial_training": sweep}, conf["objective"])[1]
+    chosen = tmp_path / "chosen"
+    _train_chosen(chosen, "adversarial_training", next(r for r in rows if r["trial"] == best)["params"], TINY)
+    chosen_config = OmegaConf.load(chosen / "seed0" / "config.yaml")
+    assert chosen_config.data.validation == 0 and chosen_config.objective is None
+    text = search.write({"adversarial_training": sweep}, chosen, "python scripts/report_search.py ...", conf, out)
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["trials"] == 3 and result["best_trial"] == best
     assert result["validation_error"] == pytest.approx(100 * values[best])
-    test = json.loads((sweep / f"trial_{best}" / "metrics.json").read_text())["error/test"]
+    test = json.loads((chosen / "seed0" / "metrics.json").read_text())["error/test"]
     assert result["test_error_per_seed"] == [pytest.approx(100 * test)] and "| trial |" in text
     assert out.with_name("search_slices.png").read_bytes()[:4] == b"\x89PNG"
-    other = next(t for t in values if t != best)
-    with pytest.raises(ValueError, match=f"not trial adversarial_training/{best}'s recipe"):
-        search.write({"adversarial_training": sweep}, sweep / f"trial_{other}", "...", conf, tmp_path / "other.md")
+    for refused in (sweep / f"trial_{best}", sweep / f"trial_{next(t for t in values if t != best)}"):
+        with pytest.raises(ValueError, match=f"not trial adversarial_training/{best}'s recipe"):
+            search.write({"adversarial_training": sweep}, refused, "...", conf, tmp_path / "other.md")
     # The chosen overrides rebuild the best trial's training config.
     again = compose(["search=adversarial_training", *TINY, *result["overrides"]]).train
     trained = OmegaConf.load(sweep / f"trial_{best}" / "config.yaml").train
@@ -93,10 +109,14 @@ def test_one_selection_covers_the_paper_recipe_search_too(tmp_path):
     conf = settings.load("adversarial_training_search")
     command = search.next_command(searches, conf, [0], tmp_path / "chosen")
     assert f"search={winner} " in command
-    text = search.write(searches, searches[winner] / "trial_0", "...", conf, tmp_path / "both.md")
+    rows = search.all_trials(searches, conf["objective"])[1]
+    _train_chosen(tmp_path / "chosen", winner, next(r for r in rows if r["search"] == winner)["params"],
+                  TINY if winner == "adversarial_training" else TINY_PAPER)
+    text = search.write(searches, tmp_path / "chosen", "...", conf, tmp_path / "both.md")
     result = json.loads((tmp_path / "both.json").read_text())
     assert result["trials"] == 2 and result["best_search"] == winner
     assert f"trial {winner}/0" in text and "Search `adversarial_training_paper`" in text
+    assert "| search | trials | best % | median % |" in text and "| adversarial_training_paper | 1 |" in text
     paper_row = next(line for line in text.splitlines() if line.startswith("| adversarial_training_paper/0 |"))
     assert "| lbfgs |" not in paper_row  # optimizer and attack: the other search's keys, so "-" here
     with pytest.raises(ValueError, match="made by search=adversarial_training_paper"):
