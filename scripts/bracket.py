@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     devices.use_cpu_devices("auto")  # before JAX's first operation, as adv_jax.run does (the speed)
     conf = settings.load("bracket", args.config)
-    if args.models is not None:
-        conf["models"] = [m for m in conf["models"] if m in args.models.split(",")]
+    conf["models"] = [m for m in conf["models"] if args.models is None or m in args.models.split(",")]
     command = provenance.command("scripts/bracket.py", sys.argv[1:] if argv is None else argv, provenance.MNIST_ENV)
     try:
         if args.measured is not None:
@@ -50,7 +49,6 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     figure = args.out.parent / "figures" / f"{args.out.stem}.png"
-    figure.parent.mkdir(parents=True, exist_ok=True)
     bracket.plot(measured, figure)
     text = bracket.report(conf, measured, command, figure.relative_to(args.out.parent).as_posix(), measured_by)
     args.out.with_suffix(".json").write_text(json.dumps(bracket.to_save(command, measured, measured_by)))

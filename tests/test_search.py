@@ -4,6 +4,7 @@ the smallest trial's, and an interrupted search resumes by reading its finished 
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,23 +28,22 @@ TINY = ["train.optimizer=adam", "train.adversarial.attack=fgsm", "data.train_lim
 TINY_PAPER = [o for o in TINY if o.split("=")[0] not in ("train.optimizer", "train.adversarial.attack")]
 
 
-def _sweep(sweep: Path, name: str, overrides: list[str]) -> None:
-    command = [sys.executable, str(REPO / "scripts" / "sweep.py"), "-m", f"search={name}", *overrides,
-               f"hydra.sweep.dir={sweep}"]
+def _multirun(sweep: Path, args: list[str]) -> None:
+    command = [sys.executable, str(REPO / "scripts" / "sweep.py"), "-m", *args]
     done = subprocess.run(command, cwd=sweep.parent, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _search(sweep: Path, trials: int, name: str = "adversarial_training", tiny: list[str] = TINY) -> None:
-    _sweep(sweep, name, [*tiny, f"hydra.sweeper.n_trials={trials}"])
+    _multirun(sweep, [f"search={name}", *tiny, f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={sweep}"])
 
 
 def _train_chosen(chosen: Path, search_name: str, params: dict, tiny: list[str]) -> None:
-    """The chosen recipe, seed 0, as `search.chosen_command` trains it (every training image)."""
+    """The chosen recipe, seed 0, by the command `search.chosen_command` prints (every training
+    image), at the tiny size."""
+    printed = shlex.split(search.chosen_command(search_name, params, [0], chosen))
     fixed = [o for o in tiny if not o.startswith("data.validation=")]
-    _sweep(chosen, search_name, ["hydra/sweeper=basic", "hydra.sweeper.params=null", *fixed,
-                                 *search.overrides(params), *search.ALL_TRAINING, "seed=0",
-                                 "hydra.sweep.subdir=seed${seed}"])
+    _multirun(chosen, [*printed[printed.index("-m") + 1:], *fixed])
 
 
 def test_the_search_minimizes_validation_error_and_resumes(tmp_path):

@@ -84,7 +84,7 @@ def curves(model: dict, radii: list[float]) -> list[list[str]]:
 
 
 def plot(measured: dict[str, dict], path: Path) -> None:
-    """One panel per model: the three robust fractions against the radius."""
+    """One panel per model: the three robust fractions against the radius -> path (its folder made)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,6 +105,7 @@ def plot(measured: dict[str, dict], path: Path) -> None:
         ax.set(title=label, xlabel=f"radius ({UNITS[model['norm']]})", ylabel="fraction robust", ylim=(0, 1.02))
         ax.legend(fontsize=7)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
