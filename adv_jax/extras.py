@@ -22,8 +22,7 @@ EXTRAS = {
     "equinox": ("equinox", "equinox", "an equinox module as a model (model._target_=...)"),
 }
 # A command-line override -> what it needs
-_NEEDS = {"search": "optuna", "hydra/sweeper=optuna_tpe": "optuna", "hydra/sweeper=optuna_tpe_20": "optuna",
-          "hydra/launcher=joblib_local": "joblib",
+_NEEDS = {"search": "optuna", "hydra/launcher=joblib_local": "joblib",
           "hydra/launcher=slurm": "slurm", "hydra/launcher=ray": "ray", "data.source=tfds": "tfds",
           "demo=iris": "sklearn"}
 
@@ -58,6 +57,8 @@ def needed_by(overrides: Sequence[str]) -> list[str]:
         need = _NEEDS.get(arg) or _NEEDS.get(key)
         if key == "lipschitz.methods" and "lipsdp" in arg:
             need = "lipsdp"
+        if key == "hydra/sweeper" and arg.split("=", 1)[-1].startswith("optuna"):  # every conf/hydra/sweeper/optuna*
+            need = "optuna"
         if need and need not in found:
             found.append(need)
     return found

@@ -66,7 +66,8 @@ def test_a_conv_model_with_adam_and_a_multirun_pass_preflight():
 
 
 @pytest.mark.parametrize("overrides, extra", [
-    (["-m", "search=adversarial_training"], "search"), (["-m", "hydra/launcher=joblib_local"], "sweeps"),
+    (["-m", "search=adversarial_training"], "search"), (["-m", "hydra/sweeper=optuna_tpe_20"], "search"),
+    (["-m", "hydra/launcher=joblib_local"], "sweeps"),
     (["-m", "hydra/launcher=slurm"], "sweeps"), (["-m", "hydra/launcher=ray"], "sweeps"),
     (["data.source=tfds"], "tfds"), (["lipschitz.methods=[product,lipsdp]"], "lipschitz"),
 ])
