@@ -39,14 +39,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="start no new model and seed after this many minutes (the rest: a later run with --keep)")
     args = parser.parse_args(argv)
     devices.use_cpu_devices("auto")  # before JAX's first operation, as adv_jax.run does (the speed)
-    conf = settings.load("robustness", args.config)
-    if args.examples is not None:
-        conf["examples"] = args.examples
-    if args.seeds is not None:
-        conf["seeds"] = [int(s) for s in args.seeds.split(",")]
-    if args.models is not None:
-        conf = robustness.only_models(conf, args.models.split(","))
-    robustness.check(conf)
+    try:
+        conf = robustness.configured(settings.load("robustness", args.config), args.examples, args.seeds, args.models)
+    except ValueError as e:
+        parser.error(str(e))
     command = provenance.command("scripts/bench_robustness.py", sys.argv[1:] if argv is None else argv,
                                  provenance.MNIST_ENV)
     kept = json.loads(args.keep.read_text()) if args.keep is not None else None

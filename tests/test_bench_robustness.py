@@ -36,6 +36,29 @@ def test_bad_settings_fail_before_any_work():
         robustness.check({**conf, "budgets": [{"norm": "l2", "epsilon": 0}]})
     with pytest.raises(ValueError, match="unique"):
         robustness.check({**conf, "models": conf["models"][:1] * 2})
+    assert robustness.configured(conf, 7, "1,2", "fc100")["seeds"] == [1, 2]
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        robustness.configured(conf, seeds="0,a")
+    with pytest.raises(ValueError, match="examples must be >= 1"):
+        robustness.configured(conf, examples=0)
+    with pytest.raises(ValueError, match="overrides or a recipe"):
+        robustness.check({**conf, "models": [{"name": "a", "label": "A", "kind": "plain"}]})
+
+
+def test_a_recipe_is_read_from_its_search_report_or_refused_before_any_work(tmp_path):
+    conf = settings.load("robustness")
+    chosen = {"best_search": "adversarial_training", "overrides": ["train.epochs=3", "train.decay_scale=2.0"]}
+    (tmp_path / "chosen.json").write_text(json.dumps(chosen))
+    entry = {"name": "pool", "label": "pool", "kind": "pool-trained", "recipe": str(tmp_path / "chosen.json"),
+             "overrides": ["seed=4"]}
+    (resolved,) = robustness.with_recipes({**conf, "models": [entry]})["models"]
+    assert resolved["overrides"][0] == "search=adversarial_training" and resolved["overrides"][-1] == "seed=4"
+    assert {"train.epochs=3", "train.decay_scale=2.0", "data.validation=0"} <= set(resolved["overrides"])
+    with pytest.raises(ValueError, match="does not exist"):
+        robustness.check({**conf, "models": [{**entry, "recipe": str(tmp_path / "none.json")}]})
+    (tmp_path / "other.json").write_text(json.dumps({"trials": 3}))
+    with pytest.raises(ValueError, match="no chosen recipe"):
+        robustness.check({**conf, "models": [{**entry, "recipe": str(tmp_path / "other.json")}]})
 
 
 def test_a_tiny_model_is_measured_and_reported(tmp_path, tiny_overrides):
@@ -56,8 +79,10 @@ def test_a_tiny_model_is_measured_and_reported(tmp_path, tiny_overrides):
     assert "### L2 3" in text and "after APGD-CE" in text and "## Speed" in text
     weaker, cells, _ = report.weaker_cells(measured)
     assert cells == 2 and f"**{weaker} of 2**" in text
-    # Saved in the run directory: a second run reads it back; other settings measure again.
-    assert json.loads(json.dumps(robustness.run(conf, tmp_path / "runs", command)))["models"] == measured["models"]
+    # Saved in the run directory: a second run reads it back, credited to the command that
+    # measured it; other settings measure again.
+    again = json.loads(json.dumps(robustness.run(conf, tmp_path / "runs", "a later command")))
+    assert again["models"] == measured["models"] and again["models"]["tiny"]["seeds"]["0"]["measured_by"] == command
     saved = tmp_path / "runs" / "tiny_seed0" / robustness.SAVED
     assert json.loads(saved.read_text())["stamp"] == robustness.settings_stamp(conf)
     assert robustness.settings_stamp({**conf, "examples": 5}) != robustness.settings_stamp(conf)
@@ -93,15 +118,16 @@ def test_keep_reuses_only_measurements_of_the_same_model_settings_and_attack_cod
 
 def test_the_pool_trained_model_is_the_chosen_recipe_of_adversarial_training_md():
     """conf/report/robustness.yaml's pool-trained FC100 trains as results/adversarial_training.md's
-    chosen recipe does (scripts/report_search.py's command): same model, data and training."""
+    chosen recipe does (`search.recipe_overrides`, as in the command scripts/report_search.py
+    prints): same model, data and training, with the benchmark's common overrides after it."""
     import adv_jax
     from adv_jax.reports import search
 
     chosen = json.loads((Path(__file__).resolve().parents[1] / "results" / "adversarial_training.json").read_text())
-    conf = settings.load("robustness")
+    conf = robustness.with_recipes(settings.load("robustness"))
     entry = next(m for m in conf["models"] if m["name"] == "fc100_pool")
     ours = adv_jax.compose([*entry["overrides"], *conf["common"], "seed=0"])
-    theirs = adv_jax.compose([f"search={chosen.get('best_search', 'adversarial_training')}", *chosen["overrides"],
-                              *search.ALL_TRAINING, "seed=0"])
+    theirs = adv_jax.compose([*search.recipe_overrides(chosen["best_search"], chosen["overrides"]), "seed=0"])
     for part in ("model", "data", "train"):
         assert OmegaConf.to_container(ours[part]) == OmegaConf.to_container(theirs[part]), part
+    assert ours.data.validation == 0 and ours.train.decay_scale == pytest.approx(0.5762027080158328)

@@ -233,7 +233,7 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
         assert set(conf["rules_out"]) <= search.search_space(conf["search"]).keys()
     if name == "robustness":  # checked as the script checks it, every model with its label and kind
         robustness.check(conf)
-        assert all({"name", "label", "kind", "overrides"} <= m.keys() for m in conf["models"])
+        assert all({"name", "label", "kind", "overrides"} <= m.keys() for m in robustness.with_recipes(conf)["models"])
     if name.startswith("bracket"):  # its models are bench_minnorm's, in the mode bench_minnorm measures them
         entries = {e["name"]: e for e in settings.load("bench_minnorm")["models"]}
         assert set(conf["models"]) <= entries.keys()

@@ -3,7 +3,8 @@ of L-inf and L2 budgets, with PGD (many steps, random restarts) on the same imag
 check (AutoAttack must be at least as strong), per model and seed.
 
 Each model entry of the config is trained (or loaded from the model cache) once per seed, by
-`minnorm.model_run` with its overrides and `seed=S`; its clean error is measured on the whole
+`minnorm.model_run` with its overrides (after a search's chosen `recipe`, `with_recipes`) and
+`seed=S`; its clean error is measured on the whole
 test set, and both attacks run on the first `examples` test images (all of them: an image the
 model gets wrong is not robust). Budgets: L-inf per pixel, L2 of the whole image (per-pixel RMS =
 L2 / 28), pixels in [0, 1].
@@ -28,9 +29,23 @@ from adv_jax.bench.foolbox_compare import split_images
 from adv_jax.bench.minnorm import model_run
 from adv_jax.bench.timing import median_seconds
 from adv_jax.data import load_splits
-from adv_jax.reports import provenance
+from adv_jax.config import CONF_DIR
+from adv_jax.reports import provenance, search
 
 NORMS = ("linf", "l2")
+
+
+def with_recipes(conf: dict) -> dict:
+    """conf with each model's `recipe` (a scripts/report_search.py .json, from the repository
+    root: the recipe chosen there, trained on every training image) turned into its overrides,
+    before the entry's own; ValueError naming the file where it holds none."""
+    def resolved(entry: dict) -> dict:
+        if "recipe" not in entry:
+            return entry
+        recipe = search.chosen_recipe(CONF_DIR.parent / entry["recipe"])
+        return {**entry, "overrides": [*recipe, *entry.get("overrides", [])]}
+
+    return {**conf, "models": [resolved(entry) for entry in conf["models"]]}
 
 
 def check(conf: dict) -> None:
@@ -38,11 +53,15 @@ def check(conf: dict) -> None:
     for budget in conf["budgets"]:
         if budget.get("norm") not in NORMS or not float(budget.get("epsilon", 0)) > 0:
             raise ValueError(f"robustness budgets: {budget} needs norm in {list(NORMS)} and epsilon > 0")
+    for entry in conf["models"]:
+        if not {"name", "label", "kind"} <= entry.keys() or not {"overrides", "recipe"} & entry.keys():
+            raise ValueError(f"robustness models: {entry} needs name, label, kind and overrides or a recipe")
     names = [m["name"] for m in conf["models"]]
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"robustness models: names must be unique and at least one, not {names}")
     if not conf["seeds"] or conf["examples"] < 1:
         raise ValueError("robustness: seeds must not be empty and examples must be >= 1")
+    with_recipes(conf)  # every recipe readable
 
 
 def autoattack(conf: dict, budget: dict):
@@ -128,25 +147,26 @@ def settings_stamp(conf: dict) -> dict:
 
 
 def saved_measurement(conf: dict, run_dir: Path) -> dict | None:
-    """The measurement an earlier run (stopped later) saved in run_dir with the same
-    `settings_stamp`, else None."""
+    """{"stamp", "measured", "measured_by"} that an earlier run (stopped later) saved in run_dir
+    with the same `settings_stamp`, else None."""
     saved = run_dir / SAVED
     if saved.exists() and (old := json.loads(saved.read_text())).get("stamp") == settings_stamp(conf):
-        return old["measured"]
+        return old
     return None
 
 
-def measured_or_saved(conf: dict, entry: dict, seed: int, run_dir: Path) -> dict:
-    """`measure_model` of the entry's model at this seed with the "machine" that measured it, or
-    `saved_measurement` where there is one."""
+def measured_or_saved(conf: dict, entry: dict, seed: int, run_dir: Path, command: str) -> tuple[dict, str]:
+    """(`measure_model` of the entry's model at this seed with the "machine" that measured it, the
+    command that measured it): made now by `command`, or the `saved_measurement` with its own."""
     if (old := saved_measurement(conf, run_dir)) is not None:
         print(f"{entry['label']}, seed {seed}: read back from {run_dir / SAVED}", flush=True)
-        return old
+        return old["measured"], old.get("measured_by", command)
     print(f"{entry['label']}, seed {seed}:", flush=True)
     measured = {**measure_model(conf, model_run(entry, [*conf["common"], f"seed={seed}"], run_dir), entry["label"]),
                 "machine": provenance.machine()}
-    (run_dir / SAVED).write_text(json.dumps({"stamp": settings_stamp(conf), "measured": measured}))
-    return measured
+    saved = {"stamp": settings_stamp(conf), "measured": measured, "measured_by": command}
+    (run_dir / SAVED).write_text(json.dumps(saved))
+    return measured, command
 
 
 def model_key(conf: dict, entry: dict, seed: int) -> str:
@@ -181,6 +201,7 @@ def run(conf: dict, runs: Path, command: str, kept: dict | None = None, deadline
     with at least one seed), "pending": {label: [seeds]}, "speed": {name: `speed`} for
     conf["speed"]["models"] at the first seed}."""
     check(conf)
+    conf = with_recipes(conf)
     out = {"stamp": keep_stamp(conf), "models": {}, "pending": {}, "speed": {}}
     for entry in conf["models"]:
         seeds = {}
@@ -210,7 +231,23 @@ def seed_measurement(conf: dict, entry: dict, seed: int, runs: Path, command: st
         return old, True
     if saved_measurement(conf, run_dir) is None and time.monotonic() > deadline:
         return None, False
-    return {**measured_or_saved(conf, entry, seed, run_dir), "model_key": key, "measured_by": command}, False
+    measured, measured_by = measured_or_saved(conf, entry, seed, run_dir, command)
+    return {**measured, "model_key": key, "measured_by": measured_by}, False
+
+
+def configured(conf: dict, examples: int | None = None, seeds: str | None = None, models: str | None = None) -> dict:
+    """conf with the command line's choices (None: the config's): `examples`, comma-separated
+    `seeds` and `models` (`only_models`), checked (`check`: ValueError naming the bad key)."""
+    if examples is not None:
+        conf = {**conf, "examples": examples}
+    if seeds is not None:
+        if not all(s.strip().lstrip("-").isdigit() for s in seeds.split(",")):
+            raise ValueError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2")
+        conf = {**conf, "seeds": [int(s) for s in seeds.split(",")]}
+    if models is not None:
+        conf = only_models(conf, models.split(","))
+    check(conf)
+    return conf
 
 
 def only_models(conf: dict, names: list[str]) -> dict:

@@ -101,13 +101,30 @@ def overrides(params: dict[str, Any]) -> list[str]:
             for k, v in params.items() if v is not None]
 
 
+def recipe_overrides(search: str, recipe: list[str]) -> list[str]:
+    """The overrides that train a recipe of `search` (its `overrides`) outside the search: the
+    basic sweeper (the search config's space switched off; no Optuna needed) on every training
+    image (`ALL_TRAINING`)."""
+    return [f"search={search}", "hydra/sweeper=basic", "hydra.sweeper.params=null", *recipe, *ALL_TRAINING]
+
+
+def chosen_recipe(path: Path) -> list[str]:
+    """`recipe_overrides` of the recipe chosen in a results file's .json (scripts/report_search.py's:
+    "best_search", "overrides"); ValueError naming the file where it has none."""
+    if not path.exists():
+        raise ValueError(f"recipe: {path} does not exist; make it with scripts/report_search.py")
+    chosen = json.loads(path.read_text())
+    if not {"best_search", "overrides"} <= chosen.keys():
+        raise ValueError(f"recipe: {path} has no chosen recipe (best_search, overrides); "
+                         "it is not a scripts/report_search.py .json")
+    return recipe_overrides(chosen["best_search"], chosen["overrides"])
+
+
 def chosen_command(search: str, params: dict[str, Any], seeds: Sequence[int], sweep_dir: Path) -> str:
-    """The multirun that trains the chosen recipe over `seeds` with the basic sweeper (the
-    search config's space switched off) on every training image (`ALL_TRAINING`): what
+    """The multirun that trains the chosen recipe over `seeds` (`recipe_overrides`): what
     `chosen_dir` must hold."""
-    args = ["-m", f"search={search}", "hydra/sweeper=basic", "hydra.sweeper.params=null",
-            *overrides(params), *ALL_TRAINING, f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={sweep_dir}",
-            "hydra.sweep.subdir=seed${seed}", "wandb=disabled"]
+    args = ["-m", *recipe_overrides(search, overrides(params)), f"seed={','.join(map(str, seeds))}",
+            f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=seed${seed}", "wandb=disabled"]
     return provenance.command("scripts/sweep.py", args, provenance.MNIST_ENV)
 
 
