@@ -22,7 +22,7 @@ EXTRAS = {
     "equinox": ("equinox", "equinox", "an equinox module as a model (model._target_=...)"),
 }
 # A command-line override -> what it needs
-_NEEDS = {"search": "optuna", "hydra/launcher=joblib_local": "joblib",
+_NEEDS = {"hydra/launcher=joblib_local": "joblib",
           "hydra/launcher=slurm": "slurm", "hydra/launcher=ray": "ray", "data.source=tfds": "tfds",
           "demo=iris": "sklearn"}
 
@@ -49,16 +49,24 @@ def require(what: str) -> None:
         raise MissingExtra(install_hint(what))
 
 
+def _key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def optuna_sweeper(overrides: Sequence[str]) -> bool:
+    """Whether the command sweeps with Optuna: the last `hydra/sweeper=` names an optuna* config
+    or, with none named, a search config (conf/search/*.yaml: each picks an optuna* sweeper) is set."""
+    named = [arg.split("=", 1)[-1] for arg in overrides if _key(arg) == "hydra/sweeper"]
+    return named[-1].startswith("optuna") if named else any(_key(arg) == "search" for arg in overrides)
+
+
 def needed_by(overrides: Sequence[str]) -> list[str]:
-    """What each override asks for (keys of EXTRAS), in order, once each."""
-    found = []
+    """What the overrides ask for (keys of EXTRAS), in order, once each."""
+    found = ["optuna"] if optuna_sweeper(overrides) else []
     for arg in overrides:
-        key = arg.split("=", 1)[0].lstrip("+~")
-        need = _NEEDS.get(arg) or _NEEDS.get(key)
-        if key == "lipschitz.methods" and "lipsdp" in arg:
+        need = _NEEDS.get(arg) or _NEEDS.get(_key(arg))
+        if _key(arg) == "lipschitz.methods" and "lipsdp" in arg:
             need = "lipsdp"
-        if key == "hydra/sweeper" and arg.split("=", 1)[-1].startswith("optuna"):  # every conf/hydra/sweeper/optuna*
-            need = "optuna"
         if need and need not in found:
             found.append(need)
     return found

@@ -77,6 +77,16 @@ def test_a_missing_extra_names_its_install_command(monkeypatch, overrides, extra
         jobs.preflight(overrides)
 
 
+@pytest.mark.parametrize("overrides, needs", [
+    (["-m", "search=adversarial_training"], ["optuna"]),
+    (["-m", "search=adversarial_training", "hydra/sweeper=basic", "hydra.sweeper.params=null"], []),
+    (["-m", "hydra/sweeper=basic", "hydra/sweeper=optuna_tpe_8"], ["optuna"]),
+    (["-m", "seed=0,1", "hydra/launcher=ray"], ["ray"]),
+])
+def test_optuna_is_needed_where_the_chosen_sweeper_is_optunas(overrides, needs):
+    assert extras.needed_by(overrides) == needs
+
+
 def test_every_extra_names_an_extra_of_pyproject():
     text = (REPO / "pyproject.toml").read_text()
     for module, extra, _ in extras.EXTRAS.values():

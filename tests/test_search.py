@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from adv_jax import validate
 from adv_jax.config import compose
-from adv_jax.reports import search, settings
+from adv_jax.reports import recipe_robustness, search, settings
+from adv_jax.reports.runs import read_run
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CACHE = Path(os.environ["ADV_JAX_TEST_SHARED"]) / "models"  # tests/conftest.py
@@ -87,10 +88,36 @@ def _check_report(sweep: Path, tmp_path: Path) -> None:
     for refused in (sweep / f"trial_{best}", sweep / f"trial_{next(t for t in values if t != best)}"):
         with pytest.raises(ValueError, match=f"not trial adversarial_training/{best}'s recipe"):
             search.write({"adversarial_training": sweep}, refused, "...", conf, tmp_path / "other.md")
+    assert "has no measurement of the chosen recipe's models" in text  # results/robustness.json: no tiny model
+    _check_robust_accuracy(chosen, conf, tmp_path)
     # The chosen overrides rebuild the best trial's training config.
     again = compose(["search=adversarial_training", *TINY, *result["overrides"]]).train
     trained = OmegaConf.load(sweep / f"trial_{best}" / "config.yaml").train
     assert OmegaConf.to_container(again) == OmegaConf.to_container(trained)
+
+
+def _check_robust_accuracy(chosen: Path, conf: dict, tmp_path: Path) -> None:
+    """The chosen recipe's robust accuracy is the robustness benchmark's measurement of its very
+    models (the same model cache key at every seed), never another model's."""
+    runs = [read_run(chosen / "seed0")]
+    key = recipe_robustness.model_keys(runs)["0"]
+    budgets = [{"norm": "linf", "epsilon": 0.1}, {"norm": "l2", "epsilon": 1.0}]
+
+    def model(label: str, model_key: str, accuracy: list[float]) -> dict:
+        seed = {"model_key": model_key, "clean_error": 2.0, "budgets": [{"autoattack": a} for a in accuracy]}
+        return {"label": label, "kind": "plain", "seeds": {"0": seed}}
+    measured = {"stamp": {"budgets": budgets, "examples": 50},
+                "models": {"other": model("Other", "0" * 16, [0.9, 0.8]), "ours": model("Ours", key, [0.25, 0.5]),
+                           "fc100": model("Plain", "1" * 16, [0.1, 0.2])}}
+    path = tmp_path / "robustness.json"
+    path.write_text(json.dumps(measured))
+    lines, fields = recipe_robustness.section({**conf, "robustness": {"file": str(path), "beside": ["fc100"]}}, runs)
+    assert fields == {"robustness_model": "ours", "robust_accuracy": {"L-inf 0.1": 25.0, "L2 1": 50.0}}
+    assert "| Ours |" in "\n".join(lines) and "| Plain |" in "\n".join(lines) and "Other" not in "\n".join(lines)
+    measured["models"]["ours"]["seeds"]["0"]["model_key"] = "2" * 16  # an older recipe's model
+    path.write_text(json.dumps(measured))
+    lines, fields = recipe_robustness.section({**conf, "robustness": {"file": str(path)}}, runs)
+    assert fields == {} and key in lines[0] and "bench_robustness.py" in lines[0]
 
 
 def test_one_selection_covers_the_paper_recipe_search_too(tmp_path):

@@ -18,12 +18,23 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from adv_jax.config import CONF_DIR
-from adv_jax.reports import paper, provenance, settings
+from adv_jax.reports import paper, provenance, recipe_robustness, settings
 from adv_jax.reports.runs import find_runs, read_run
 from adv_jax.reports.tables import fmt, markdown, mean_std
 
 # The chosen recipe trains on every training image: the held-out ones served the choice only.
 ALL_TRAINING = ["data.validation=0", "objective=null"]
+
+
+def all_training_values() -> dict[str, Any]:
+    """`ALL_TRAINING` as the dotted values a run's config holds (e.g. {"data.validation": 0})."""
+    parsed = OmegaConf.to_container(OmegaConf.from_dotlist(ALL_TRAINING))
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
+    return flat(parsed)
 
 
 def search_space(name: str) -> dict[str, str]:
@@ -33,8 +44,9 @@ def search_space(name: str) -> dict[str, str]:
 
 def trials(search_dir: Path, space: dict[str, str], objective: str, search: str) -> list[dict[str, Any]]:
     """Finished trials of conf/search/<search>.yaml in trial order: number, the values of the
-    space's keys (None where a run's config has none), `shown` (those that applied to the trial
-    and are in its own search's space: `relevant`), the objective and the run. A trial that Hydra
+    space's keys (None where a run's config has none), `shown` (its search's name, and the values
+    that applied to the trial and are in its own search's space: `relevant`), the objective and
+    the run. A trial that Hydra
     recorded as another search's is refused."""
     own, out = search_space(search), []
     for run_dir in sorted(find_runs([search_dir]), key=lambda p: int(p.name.split("_")[-1])):
@@ -43,7 +55,7 @@ def trials(search_dir: Path, space: dict[str, str], objective: str, search: str)
         run = read_run(run_dir)
         params = {k: run["config"].get(k) for k in space}
         out.append({"trial": int(run_dir.name.split("_")[-1]), "run": run, "search": search, "params": params,
-                    "shown": {k: v for k, v in relevant(params).items() if k in own},
+                    "shown": {"search": search, **{k: v for k, v in relevant(params).items() if k in own}},
                     "value": run["metrics"][objective]})
     return out
 
@@ -156,7 +168,7 @@ def best_by(rows: list[dict], key: str) -> str:
     "search": the search each trial belongs to); '-' gathers the trials the key did not apply to."""
     groups: dict[str, list[float]] = {}
     for r in rows:
-        groups.setdefault(r["search"] if key == "search" else fmt(r["shown"].get(key)), []).append(r["value"])
+        groups.setdefault(fmt(r["shown"].get(key)), []).append(r["value"])
     return markdown([key, "trials", "best %", "median %"],
                     [[v, len(g), f"{100 * min(g):.2f}", f"{100 * float(np.median(g)):.2f}"]
                      for v, g in sorted(groups.items(), key=lambda kv: min(kv[1]))])
@@ -204,7 +216,7 @@ def chosen_runs(chosen_dir: Path, best: dict) -> list[dict]:
     """The finished runs under `chosen_dir`, by seed; each must have the best trial's searched
     values and train on every training image, else the test errors would belong to another recipe."""
     runs = sorted((read_run(p) for p in find_runs([chosen_dir])), key=lambda r: r["config"]["seed"])
-    expected = {**best["params"], "data.validation": 0}
+    expected = {**best["params"], **all_training_values()}
     for run in runs:
         differ = [k for k, v in expected.items() if run["config"].get(k) != v]
         if differ:
@@ -248,6 +260,8 @@ def report(searches: dict[str, Path], chosen_dir: Path, command: str, conf: dict
     seeds = markdown(["seed", "test error %", "train error %"],
                      [[r["config"]["seed"], f"{100 * r['metrics']['error/test']:.2f}",
                        f"{100 * r['metrics']['error/train']:.2f}"] for r in chosen])
+    robust_lines, robust_fields = recipe_robustness.section(conf, chosen)
+    result.update(robust_fields)
     verdict = ("below" if result["below_target"] else "not below")
     rules_out = (["search"] if len(searches) > 1 else []) + list(conf["rules_out"])
     parts = [*provenance.header(conf["title"], command), *settings.paragraphs(conf.get("notes")),
@@ -266,8 +280,8 @@ def report(searches: dict[str, Path], chosen_dir: Path, command: str, conf: dict
              f"included), {len(chosen)} seeds: `"
              + chosen_command(best["search"], best["params"], result["seeds"], chosen_dir) + "`: "
              f"test error {mean_std(result['test_error_per_seed'], digits=2)}%, {verdict} the paper's "
-             f"{target:g}%.", "", seeds.strip()]
-    return "\n".join(parts) + "\n", result
+             f"{target:g}%.", "", seeds.strip(), "", *robust_lines]
+    return "\n".join(parts).rstrip() + "\n", result
 
 
 def write(searches: dict[str, Path], chosen_dir: Path, command: str, conf: dict, out: Path) -> str:
