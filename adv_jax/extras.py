@@ -53,16 +53,31 @@ def _key(arg: str) -> str:
     return arg.split("=", 1)[0].lstrip("+~")
 
 
-def optuna_sweeper(overrides: Sequence[str]) -> bool:
-    """Whether the command sweeps with Optuna: the last `hydra/sweeper=` names an optuna* config
-    or, with none named, a search config (conf/search/*.yaml: each picks an optuna* sweeper) is set."""
-    named = [arg.split("=", 1)[-1] for arg in overrides if _key(arg) == "hydra/sweeper"]
-    return named[-1].startswith("optuna") if named else any(_key(arg) == "search" for arg in overrides)
+def search_sweeper(name: str) -> str | None:
+    """The sweeper conf/search/<name>.yaml picks in its defaults (None: none, or no such search)."""
+    from omegaconf import OmegaConf
+
+    from adv_jax.config import CONF_DIR
+
+    path = CONF_DIR / "search" / f"{name}.yaml"
+    defaults = OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []) if path.exists() else []
+    return next((d["override /hydra/sweeper"] for d in defaults
+                 if isinstance(d, dict) and "override /hydra/sweeper" in d), None)
+
+
+def sweeper(overrides: Sequence[str]) -> str | None:
+    """The sweeper the command runs: the last `hydra/sweeper=` it names, else the one its search
+    config (`search=`) picks; None for Hydra's default."""
+    named = [arg.split("=", 1)[-1] for arg in overrides if _key(arg) == "hydra/sweeper" and "=" in arg]
+    searches = [arg.split("=", 1)[-1] for arg in overrides
+                if _key(arg) == "search" and "=" in arg and not arg.startswith("~")]
+    return named[-1] if named else search_sweeper(searches[-1]) if searches else None
 
 
 def needed_by(overrides: Sequence[str]) -> list[str]:
-    """What the overrides ask for (keys of EXTRAS), in order, once each."""
-    found = ["optuna"] if optuna_sweeper(overrides) else []
+    """What the overrides ask for (keys of EXTRAS), once each: Optuna first where the sweeper is
+    one of conf/hydra/sweeper/optuna*, then each override's need in order."""
+    found = ["optuna"] if (sweeper(overrides) or "").startswith("optuna") else []
     for arg in overrides:
         need = _NEEDS.get(arg) or _NEEDS.get(_key(arg))
         if _key(arg) == "lipschitz.methods" and "lipsdp" in arg:

@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         chosen = args.chosen_dir or args.search_dir.with_name(args.search_dir.name.replace("_search", "") + "_chosen")
         print(search.next_command(searches, conf, [int(s) for s in args.seeds.split(",")], chosen))
         return
-    command = provenance.command("scripts/report_search.py", sys.argv[1:] if argv is None else argv,
-                                 provenance.MNIST_ENV if conf.get("robustness") else "")  # keys need the images
+    command = provenance.command("scripts/report_search.py", sys.argv[1:] if argv is None else argv)
     try:
         print(search.write(searches, args.chosen_dir, command, conf, args.out))
     except (FileNotFoundError, ValueError) as e:

@@ -82,6 +82,7 @@ def test_a_missing_extra_names_its_install_command(monkeypatch, overrides, extra
     (["-m", "search=adversarial_training", "hydra/sweeper=basic", "hydra.sweeper.params=null"], []),
     (["-m", "hydra/sweeper=basic", "hydra/sweeper=optuna_tpe_8"], ["optuna"]),
     (["-m", "seed=0,1", "hydra/launcher=ray"], ["ray"]),
+    (["-m", "search=null", "seed=0,1"], []), (["-m", "search=no_such_search"], []),  # Hydra names the latter
 ])
 def test_optuna_is_needed_where_the_chosen_sweeper_is_optunas(overrides, needs):
     assert extras.needed_by(overrides) == needs

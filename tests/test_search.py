@@ -72,7 +72,8 @@ def _check_report(sweep: Path, tmp_path: Path) -> None:
     values = {int(p.parent.name.split("_")[1]): json.loads(p.read_text())["error/validation"]
               for p in sweep.glob("trial_*/metrics.json")}
     best = min(values, key=values.get)
-    out, conf = tmp_path / "results" / "search.md", settings.load("adversarial_training_search")
+    out = tmp_path / "results" / "search.md"
+    conf = {**settings.load("adversarial_training_search"), "robustness": {"file": str(tmp_path / "absent.json")}}
     rows = search.all_trials({"adversarial_training": sweep}, conf["objective"])[1]
     chosen = tmp_path / "chosen"
     _train_chosen(chosen, "adversarial_training", next(r for r in rows if r["trial"] == best)["params"], TINY)
@@ -88,7 +89,7 @@ def _check_report(sweep: Path, tmp_path: Path) -> None:
     for refused in (sweep / f"trial_{best}", sweep / f"trial_{next(t for t in values if t != best)}"):
         with pytest.raises(ValueError, match=f"not trial adversarial_training/{best}'s recipe"):
             search.write({"adversarial_training": sweep}, refused, "...", conf, tmp_path / "other.md")
-    assert "has no measurement of the chosen recipe's models" in text  # results/robustness.json: no tiny model
+    assert "absent.json does not exist" in text
     _check_robust_accuracy(chosen, conf, tmp_path)
     # The chosen overrides rebuild the best trial's training config.
     again = compose(["search=adversarial_training", *TINY, *result["overrides"]]).train
@@ -98,26 +99,32 @@ def _check_report(sweep: Path, tmp_path: Path) -> None:
 
 def _check_robust_accuracy(chosen: Path, conf: dict, tmp_path: Path) -> None:
     """The chosen recipe's robust accuracy is the robustness benchmark's measurement of its very
-    models (the same model cache key at every seed), never another model's."""
+    models (the same model cache key at every chosen seed, and those seeds only), never another
+    model's; a file that is not the benchmark's is named."""
     runs = [read_run(chosen / "seed0")]
     key = recipe_robustness.model_keys(runs)["0"]
     budgets = [{"norm": "linf", "epsilon": 0.1}, {"norm": "l2", "epsilon": 1.0}]
 
     def model(label: str, model_key: str, accuracy: list[float]) -> dict:
         seed = {"model_key": model_key, "clean_error": 2.0, "budgets": [{"autoattack": a} for a in accuracy]}
-        return {"label": label, "kind": "plain", "seeds": {"0": seed}}
-    measured = {"stamp": {"budgets": budgets, "examples": 50},
+        return {"label": label, "kind": "plain", "seeds": {"0": seed, "1": {**seed, "model_key": "3" * 16}}}
+    measured = {"stamp": {"budgets": budgets, "examples": 50, "autoattack": {"apgd_steps": 10}},
                 "models": {"other": model("Other", "0" * 16, [0.9, 0.8]), "ours": model("Ours", key, [0.25, 0.5]),
                            "fc100": model("Plain", "1" * 16, [0.1, 0.2])}}
+    measured["models"]["ours"]["seeds"]["1"]["budgets"] = [{"autoattack": 1.0}, {"autoattack": 1.0}]  # not chosen
     path = tmp_path / "robustness.json"
     path.write_text(json.dumps(measured))
     lines, fields = recipe_robustness.section({**conf, "robustness": {"file": str(path), "beside": ["fc100"]}}, runs)
     assert fields == {"robustness_model": "ours", "robust_accuracy": {"L-inf 0.1": 25.0, "L2 1": 50.0}}
-    assert "| Ours |" in "\n".join(lines) and "| Plain |" in "\n".join(lines) and "Other" not in "\n".join(lines)
+    text = "\n".join(lines)
+    assert "| Ours |" in text and "| Plain |" in text and "Other" not in text and "apgd_steps 10" in text
     measured["models"]["ours"]["seeds"]["0"]["model_key"] = "2" * 16  # an older recipe's model
     path.write_text(json.dumps(measured))
     lines, fields = recipe_robustness.section({**conf, "robustness": {"file": str(path)}}, runs)
     assert fields == {} and key in lines[0] and "bench_robustness.py" in lines[0]
+    path.write_text(json.dumps({"models": {}}))
+    with pytest.raises(ValueError, match="robustness.json: not a scripts/bench_robustness.py .json"):
+        recipe_robustness.section({**conf, "robustness": {"file": str(path)}}, runs)
 
 
 def test_one_selection_covers_the_paper_recipe_search_too(tmp_path):
@@ -133,7 +140,7 @@ def test_one_selection_covers_the_paper_recipe_search_too(tmp_path):
     values = {name: json.loads((path / "trial_0" / "metrics.json").read_text())["error/validation"]
               for name, path in searches.items()}
     winner = min(values, key=values.get)
-    conf = settings.load("adversarial_training_search")
+    conf = {**settings.load("adversarial_training_search"), "robustness": None}  # hermetic: no results file
     command = search.next_command(searches, conf, [0], tmp_path / "chosen")
     assert f"search={winner} " in command
     rows = search.all_trials(searches, conf["objective"])[1]

@@ -15,6 +15,7 @@ from typing import Any
 from adv_jax.config import CONF_DIR
 from adv_jax.reports import provenance
 from adv_jax.reports.robustness import accuracy_table, budget_name, per_seed
+from adv_jax.reports.runs import read_json
 
 BENCH_COMMAND = provenance.command("scripts/bench_robustness.py", ["--keep", "results/robustness.json"],
                                    provenance.MNIST_ENV)
@@ -22,16 +23,29 @@ BENCH_COMMAND = provenance.command("scripts/bench_robustness.py", ["--keep", "re
 
 def model_keys(chosen: list[dict]) -> dict[str, str]:
     """{seed: the model cache key of that chosen run's model (its config and its training images,
-    which the MNIST directory must hold)}."""
+    read from the data.mnist_dir its config records)}; ValueError where the images are missing."""
     from adv_jax import checkpoint  # jax: only where a key is computed, so reports load without it
-    from adv_jax.data import load_splits
+    from adv_jax.data import DataError, load_splits
     from adv_jax.rundir import read_config
 
     keys = {}
     for run in chosen:
         cfg = read_config(Path(run["path"]) / "config.yaml")
-        keys[str(cfg.seed)] = checkpoint.cache_key(cfg, load_splits(cfg.data, cfg.model.classes)["train"])
+        try:
+            keys[str(cfg.seed)] = checkpoint.cache_key(cfg, load_splits(cfg.data, cfg.model.classes)["train"])
+        except DataError as e:
+            raise ValueError(f"{run['path']}: its training images, for its model cache key: {e}") from None
     return keys
+
+
+def measurements(path: Path) -> dict | None:
+    """scripts/bench_robustness.py's .json at `path` (None where it does not exist); ValueError
+    naming the file where it is not one."""
+    measured = read_json(path)
+    if measured is not None and not ({"stamp", "models"} <= measured.keys()
+                                     and {"budgets", "examples", "autoattack"} <= measured["stamp"].keys()):
+        raise ValueError(f"{path}: not a scripts/bench_robustness.py .json (needs stamp and models)")
+    return measured
 
 
 def matching_model(measured: dict, keys: dict[str, str]) -> str | None:
@@ -41,6 +55,11 @@ def matching_model(measured: dict, keys: dict[str, str]) -> str | None:
         if keys and all(model["seeds"].get(seed, {}).get("model_key") == key for seed, key in keys.items()):
             return name
     return None
+
+
+def at_seeds(model: dict, seeds: list[str]) -> dict:
+    """The model's measurements at `seeds` only (those it has)."""
+    return {**model, "seeds": {s: model["seeds"][s] for s in seeds if s in model["seeds"]}}
 
 
 def robust_accuracy(model: dict, budgets: list[dict]) -> dict[str, float]:
@@ -54,26 +73,26 @@ def section(conf: dict, chosen: list[dict]) -> tuple[list[str], dict[str, Any]]:
     `robustness` settings; none where conf has none."""
     if not conf.get("robustness") or not chosen:
         return [], {}
-    path, keys = Path(conf["robustness"]["file"]), model_keys(chosen)
-    measured = json.loads((CONF_DIR.parent / path).read_text()) if (CONF_DIR.parent / path).exists() else None
-    name = matching_model(measured, keys) if measured else None
-    if name is None:
+    path = Path(conf["robustness"]["file"])
+    if (measured := measurements(CONF_DIR.parent / path)) is None:
+        return [f"**Robust accuracy**: {path} does not exist; `{BENCH_COMMAND}` makes it.", ""], {}
+    keys = model_keys(chosen)
+    if (name := matching_model(measured, keys)) is None:
         return [f"**Robust accuracy**: {path} has no measurement of the chosen recipe's models (model cache "
                 f"keys {', '.join(keys.values())}); `{BENCH_COMMAND}` makes it (conf/report/robustness.yaml "
-                "trains the recipe of this file's .json), then run this report again.", ""], {}
-    budgets, model = measured["stamp"]["budgets"], measured["models"][name]
-    shown = {k: measured["models"][k] for k in [name, *conf["robustness"].get("beside", [])]
+                "names the recipe file each model trains), then run this report again.", ""], {}
+    stamp, seeds = measured["stamp"], list(keys)
+    shown = {k: at_seeds(measured["models"][k], seeds) for k in [name, *conf["robustness"].get("beside", [])]
              if k in measured["models"]}
-    table = accuracy_table({"budgets": budgets, "seeds": list(keys)}, {"models": shown}, "autoattack")
-    lines = [f"**The chosen recipe's robust accuracy**: AutoAttack's (the standard version, untargeted) on "
-             f"the first {measured['stamp']['examples']} test images, % of them classified correctly and "
-             f"not fooled, mean +- std over the seeds, from {path} (results/robustness.md). Its model "
-             f"\"{model['label']}\" is this recipe's: the same model cache key at every seed "
-             f"({', '.join(keys.values())})."
-             + (f" Beside it, from the same file: {', '.join(m['label'] for m in list(shown.values())[1:])}."
-                if len(shown) > 1 else ""), "",
-             table.strip(), ""]
-    return lines, {"robustness_model": name, "robust_accuracy": robust_accuracy(model, budgets)}
+    table = accuracy_table({"budgets": stamp["budgets"], "seeds": seeds}, {"models": shown}, "autoattack")
+    attack = ", ".join(f"{k} {v}" for k, v in stamp["autoattack"].items())
+    others = [m["label"] for m in list(shown.values())[1:]]
+    lines = [f"**The chosen recipe's robust accuracy**: AutoAttack's ({attack}) on the first {stamp['examples']} "
+             "test images: % of them classified correctly and not fooled, mean +- std over the seeds, from "
+             f"{path} (results/robustness.md). Its model \"{shown[name]['label']}\" is this recipe's: the same "
+             f"model cache key at every seed ({', '.join(keys.values())})."
+             + (f" Beside it, from the same file: {', '.join(others)}." if others else ""), "", table.strip(), ""]
+    return lines, {"robustness_model": name, "robust_accuracy": robust_accuracy(shown[name], stamp["budgets"])}
 
 
-__all__ = ["matching_model", "model_keys", "robust_accuracy", "section"]
+__all__ = ["at_seeds", "matching_model", "measurements", "model_keys", "robust_accuracy", "section"]

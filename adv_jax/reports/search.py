@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from adv_jax.config import CONF_DIR
 from adv_jax.reports import paper, provenance, recipe_robustness, settings
-from adv_jax.reports.runs import find_runs, read_run
+from adv_jax.reports.runs import find_runs, flatten, read_run
 from adv_jax.reports.tables import fmt, markdown, mean_std
 
 # The chosen recipe trains on every training image: the held-out ones served the choice only.
@@ -28,13 +28,7 @@ ALL_TRAINING = ["data.validation=0", "objective=null"]
 
 def all_training_values() -> dict[str, Any]:
     """`ALL_TRAINING` as the dotted values a run's config holds (e.g. {"data.validation": 0})."""
-    parsed = OmegaConf.to_container(OmegaConf.from_dotlist(ALL_TRAINING))
-
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(node, dict):
-            return {prefix[:-1]: node}
-        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
-    return flat(parsed)
+    return flatten(OmegaConf.to_container(OmegaConf.from_dotlist(ALL_TRAINING)))
 
 
 def search_space(name: str) -> dict[str, str]:
@@ -44,9 +38,8 @@ def search_space(name: str) -> dict[str, str]:
 
 def trials(search_dir: Path, space: dict[str, str], objective: str, search: str) -> list[dict[str, Any]]:
     """Finished trials of conf/search/<search>.yaml in trial order: number, the values of the
-    space's keys (None where a run's config has none), `shown` (its search's name, and the values
-    that applied to the trial and are in its own search's space: `relevant`), the objective and
-    the run. A trial that Hydra
+    space's keys (None where a run's config has none), `shown` (the search's name, and the values
+    in its own space that applied to the trial: `relevant`), the objective and the run. A trial that Hydra
     recorded as another search's is refused."""
     own, out = search_space(search), []
     for run_dir in sorted(find_runs([search_dir]), key=lambda p: int(p.name.split("_")[-1])):
@@ -268,7 +261,8 @@ def report(searches: dict[str, Path], chosen_dir: Path, command: str, conf: dict
              *searched(searches, rows),
              f"**Best by validation error**: trial {trial_label(best, searches)}, {objective} "
              f"{result['validation_error']:.2f}%; recipe: `{' '.join(result['overrides'])}`.", "",
-             f"The {conf['top']} best trials (a value '-' did not apply to that trial):", "",
+             f"The {conf['top']} best trials (a value '-': not searched by that trial's search, or not "
+             "applying to it):", "",
              trial_table(rows, objective, conf["top"], searches).strip(), "",
              f"Best and median {objective} of the trials by "
              + ", ".join(f"`{k}`" for k in rules_out) + " (what the search rules out):", "",
