@@ -151,9 +151,9 @@ def trial_table(rows: list[dict], objective: str, top: int, searches: dict[str, 
     best = sorted(rows, key=lambda r: r["value"])[:top]
     cells = [[trial_label(r, searches), f"{100 * r['value']:.2f}", f"{100 * r['run']['metrics']['error/train']:.2f}",
               *[fmt(r["shown"].get(k)) for k in keys],
-              f"{r['run']['metrics']['train/seconds']:.0f}"] for r in best]
+              f"{r['run']['metrics']['train/seconds']:.0f}", r["run"]["metrics"]["train/steps"]] for r in best]
     short = [k.removeprefix("train.").removeprefix("adversarial.") for k in keys]
-    return markdown(["trial", f"{objective} %", "train error %", *short, "train s"], cells)
+    return markdown(["trial", f"{objective} %", "train error %", *short, "train s", "train steps"], cells)
 
 
 def best_by(rows: list[dict], key: str) -> str:
@@ -262,7 +262,7 @@ def report(searches: dict[str, Path], chosen_dir: Path, command: str, conf: dict
              f"**Best by validation error**: trial {trial_label(best, searches)}, {objective} "
              f"{result['validation_error']:.2f}%; recipe: `{' '.join(result['overrides'])}`.", "",
              f"The {conf['top']} best trials (a value '-': not searched by that trial's search, or not "
-             "applying to it):", "",
+             "applying to it; train steps: L-BFGS iterations, or Adam's minibatch steps):", "",
              trial_table(rows, objective, conf["top"], searches).strip(), "",
              f"Best and median {objective} of the trials by "
              + ", ".join(f"`{k}`" for k in rules_out) + " (what the search rules out):", "",
