@@ -8,7 +8,6 @@ recipe, or of another seed's model, never stands in for it).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 

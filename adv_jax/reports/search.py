@@ -39,8 +39,8 @@ def search_space(name: str) -> dict[str, str]:
 def trials(search_dir: Path, space: dict[str, str], objective: str, search: str) -> list[dict[str, Any]]:
     """Finished trials of conf/search/<search>.yaml in trial order: number, the values of the
     space's keys (None where a run's config has none), `shown` (the search's name, and the values
-    in its own space that applied to the trial: `relevant`), the objective and the run. A trial that Hydra
-    recorded as another search's is refused."""
+    in its own space that applied to the trial: `relevant`), the objective and the run. A trial
+    that Hydra recorded as another search's is refused."""
     own, out = search_space(search), []
     for run_dir in sorted(find_runs([search_dir]), key=lambda p: int(p.name.split("_")[-1])):
         if (made_by := recorded_search(run_dir)) not in (None, search):
