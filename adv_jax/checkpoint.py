@@ -315,6 +315,14 @@ def cache_key(cfg: Any, data=None) -> str:
     return _key(model_identity(cfg, data))
 
 
+def config_key(cfg: Any) -> str:
+    """cache_key of the model run config `cfg` trains, on the training images its data config
+    names (read, or served from the process's copy): known without training it."""
+    from adv_jax.data import load_splits
+
+    return cache_key(cfg, load_splits(cfg.data, cfg.model.classes)["train"])
+
+
 def _entry_path(cfg: Any, key: str) -> Path:
     return Path(os.path.expanduser(cfg.cache_dir)) / "models" / f"{cfg.model.name}-{key}"
 

@@ -28,7 +28,6 @@ from adv_jax.attacks.common import attack_batch, batched_logits, is_adversarial
 from adv_jax.bench.foolbox_compare import split_images
 from adv_jax.bench.minnorm import model_run
 from adv_jax.bench.timing import median_seconds
-from adv_jax.data import load_splits
 from adv_jax.config import CONF_DIR
 from adv_jax.reports import provenance, search
 
@@ -172,8 +171,7 @@ def measured_or_saved(conf: dict, entry: dict, seed: int, run_dir: Path, command
 def model_key(conf: dict, entry: dict, seed: int) -> str:
     """The model cache's key of the entry's model at `seed` (its config and training images): the
     model a measurement was made on, known without training it."""
-    cfg = adv_jax.compose([*entry["overrides"], *conf["common"], f"seed={seed}"])
-    return checkpoint.cache_key(cfg, load_splits(cfg.data, cfg.model.classes)["train"])
+    return checkpoint.config_key(adv_jax.compose([*entry["overrides"], *conf["common"], f"seed={seed}"]))
 
 
 def keep_stamp(conf: dict) -> dict:

@@ -24,14 +24,14 @@ def model_keys(chosen: list[dict]) -> dict[str, str]:
     """{seed: the model cache key of that chosen run's model (its config and its training images,
     read from the data.mnist_dir its config records)}; ValueError where the images are missing."""
     from adv_jax import checkpoint  # jax: only where a key is computed, so reports load without it
-    from adv_jax.data import DataError, load_splits
+    from adv_jax.data import DataError
     from adv_jax.rundir import read_config
 
     keys = {}
     for run in chosen:
         cfg = read_config(Path(run["path"]) / "config.yaml")
         try:
-            keys[str(cfg.seed)] = checkpoint.cache_key(cfg, load_splits(cfg.data, cfg.model.classes)["train"])
+            keys[str(cfg.seed)] = checkpoint.config_key(cfg)
         except DataError as e:
             raise ValueError(f"{run['path']}: its training images, for its model cache key: {e}") from None
     return keys
