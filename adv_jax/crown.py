@@ -42,7 +42,10 @@ from adv_jax.attacks.gradient import check_norm
 from adv_jax.certify import DenseChain
 from adv_jax.models.layers import ACTIVATIONS
 
-__all__ = ["certified_radius", "default_slopes", "layer_bounds", "margin_lower_bounds", "relaxation"]
+__all__ = [
+    "backward_linear", "certified_radius", "certifies", "default_slopes", "input_minimum", "largest_radius", "layer_bounds", "margin_lower_bounds",
+    "margin_rows", "relaxation",
+]
 
 Array = jax.Array
 RADIUS_STEPS = 14  # bisection steps: the radius to within upper / 2^14
@@ -136,7 +139,7 @@ def relaxation(activation: str, lo: Array, hi: Array, t_lo: Array | None = None,
     return _s_shaped(activation, lo, hi, t_lo, t_up)
 
 
-def _input_minimum(coef: Array, x: Array, eps: Array, norm: str) -> Array:
+def input_minimum(coef: Array, x: Array, eps: Array, norm: str) -> Array:
     """min over x' in ball(x, eps) cut by [0, 1]^n of coef . x' (coef (m, n)) -> (m,): exact for
     L-inf; for L2 a lower bound, the best Lagrangian dual bound found (`_box_dual`)."""
     if norm == "linf":
@@ -177,10 +180,10 @@ def _box_dual(coef: Array, x: Array, eps: Array) -> Array:
     return jnp.maximum(value(lam_ball * jnp.exp(0.5 * (a + b))), value(lam_ball))
 
 
-def _backward_lower(chain: DenseChain, lines: list, spec: Array, layer: int, x: Array, eps: Array,
-                    norm: str) -> Array:
-    """Lower bounds (m,) of spec (m, n_layer) . z_layer over the set, z_layer layer `layer`'s
-    pre-activation, through the relaxations `lines` of the layers before it."""
+def backward_linear(chain: DenseChain, lines: list, spec: Array, layer: int) -> tuple[Array, Array]:
+    """(coef (m, n), const (m,)): coef . x' + const <= spec (m, n_layer) . z_layer at every input x'
+    whose earlier layers' pre-activations lie where the relaxations `lines` hold (z_layer layer
+    `layer`'s pre-activation)."""
     coef, const = spec @ chain.weights[layer], spec @ chain.biases[layer]
     for k in range(layer - 1, -1, -1):
         a_lo, c_lo, a_up, c_up = lines[k]
@@ -188,7 +191,15 @@ def _backward_lower(chain: DenseChain, lines: list, spec: Array, layer: int, x: 
         const = const + positive @ c_lo + negative @ c_up
         coef = positive * a_lo + negative * a_up
         const, coef = const + coef @ chain.biases[k], coef @ chain.weights[k]
-    return const + _input_minimum(coef, x, eps, norm)
+    return coef, const
+
+
+def _backward_lower(chain: DenseChain, lines: list, spec: Array, layer: int, x: Array, eps: Array,
+                    norm: str) -> Array:
+    """Lower bounds (m,) of spec (m, n_layer) . z_layer over the set, through the relaxations
+    `lines` of the layers before it."""
+    coef, const = backward_linear(chain, lines, spec, layer)
+    return const + input_minimum(coef, x, eps, norm)
 
 
 def layer_bounds(chain: DenseChain, x: Array, eps: Array, norm: str = "linf") -> list[tuple[Array, Array]]:
@@ -206,6 +217,41 @@ def layer_bounds(chain: DenseChain, x: Array, eps: Array, norm: str = "linf") ->
 def _margin_spec(label: Array, k: int, dtype) -> Array:
     """(K, K) rows e_label - e_j: z_label - z_j for every j."""
     return jax.nn.one_hot(label, k, dtype=dtype)[None, :] - jnp.eye(k, dtype=dtype)
+
+
+def margin_rows(label: Array, target: Array, k: int, dtype) -> tuple[Array, Array, Array]:
+    """(rows (K-1, K), others (K-1,), unused (K,)): the margins a certificate bounds from below,
+    rows . z for z the logits. Untargeted (target < 0): z_label - z_j, all > 0 certifies the label.
+    target >= 0: z_j - z_target, any > 0 certifies that the target never wins. others: the classes
+    j of the rows (the reference's own row, 0, left out); unused: the value to report for the
+    reference (+inf untargeted, -inf targeted), so that all / any over K still decides."""
+    targeted = target >= 0
+    reference = jnp.where(targeted, target, label)
+    spec = jnp.where(targeted, -1.0, 1.0) * _margin_spec(reference, k, dtype)
+    others = (reference + 1 + jnp.arange(k - 1)) % k
+    return spec[others], others, jnp.full(k, jnp.where(targeted, -jnp.inf, jnp.inf), dtype)
+
+
+def certifies(margins: Array, target: Array) -> Array:
+    """Whether lower bounds (K,) of `margin_rows`' margins (with `unused` at the reference) certify
+    the set: untargeted, all > 0; targeted, any > 0."""
+    return jnp.where(target >= 0, jnp.any(margins > 0), jnp.all(margins > 0))
+
+
+def largest_radius(certified, upper: Array, steps: int = RADIUS_STEPS, lower: Array | None = None) -> Array:
+    """The largest radius found by `steps` of bisection on [lower, upper] (lower None: 0) at which
+    certified(r) (a scalar bool) holds: at least lower; None: 0 where not even r = 0 is certified
+    (the example itself is misclassified)."""
+    def halve(_, ends):
+        lo, hi = ends
+        mid = 0.5 * (lo + hi)
+        ok = certified(mid)
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    zero = jnp.zeros((), upper.dtype)
+    start = zero if lower is None else jnp.asarray(lower, upper.dtype)
+    lo, _ = jax.lax.fori_loop(0, steps, halve, (start, upper))
+    return lo if lower is not None else jnp.where(certified(zero), lo, zero)
 
 
 def _row_lower(chain: DenseChain, bounds: list, slopes: list, row: Array, layer: int, x: Array, eps: Array,
@@ -258,20 +304,16 @@ def margin_lower_bounds(chain: DenseChain, x: Array, label: Array, eps: Array, n
     margin keeps its best iterate (every iterate is a bound)."""
     check_norm(norm)
     bounds = layer_bounds(chain, x, eps, norm)
-    targeted = target >= 0
-    reference = jnp.where(targeted, target, label)
-    spec = jnp.where(targeted, -1.0, 1.0) * _margin_spec(reference, chain.weights[-1].shape[0], x.dtype)
     # the reference's own row is 0 (and the L2 bound's |coef| has no gradient there): left out
-    others = (reference + 1 + jnp.arange(len(spec) - 1)) % len(spec)
-    unused = jnp.full(len(spec), jnp.where(targeted, -jnp.inf, jnp.inf), x.dtype)
+    rows, others, unused = margin_rows(label, target, chain.weights[-1].shape[0], x.dtype)
     if slope_steps == 0:
         lines = [relaxation(a, lo, hi) for a, (lo, hi) in zip(chain.activations, bounds)]
-        values = _backward_lower(chain, lines, spec[others], len(chain.weights) - 1, x, eps, norm)
+        values = _backward_lower(chain, lines, rows, len(chain.weights) - 1, x, eps, norm)
         return unused.at[others].set(values)
-    start = _start_slopes(chain, bounds, spec[others])
+    start = _start_slopes(chain, bounds, rows)
 
     def margins(slopes):
-        return _optimized_margins(chain, bounds, slopes, spec[others], x, eps, norm)
+        return _optimized_margins(chain, bounds, slopes, rows, x, eps, norm)
 
     def step(slopes, _):  # the margins at these slopes, then one step up their sum
         values, pullback = jax.vjp(margins, slopes)
@@ -296,16 +338,6 @@ def certified_radius(chain: DenseChain, x: Array, label: Array, upper: Array, no
     Compute in float64 (a float64 chain under jax.enable_x64) where the margins are small: the
     backward pass adds no rounding margin."""
     def certified(r):
-        margins = margin_lower_bounds(chain, x, label, r, norm, slope_steps, target=target)
-        return jnp.where(target >= 0, jnp.any(margins > 0), jnp.all(margins > 0))
+        return certifies(margin_lower_bounds(chain, x, label, r, norm, slope_steps, target=target), target)
 
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        ok = certified(mid)
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-    zero = jnp.zeros((), x.dtype)
-    start = zero if lower is None else jnp.asarray(lower, x.dtype)
-    lo, _ = jax.lax.fori_loop(0, steps, halve, (start, jnp.asarray(upper, x.dtype)))
-    return lo if lower is not None else jnp.where(certified(zero), lo, zero)
+    return largest_radius(certified, jnp.asarray(upper, x.dtype), steps, lower)

@@ -18,19 +18,31 @@ def hand_made(certified, exact, solved, attacked, norm="linf") -> dict:
             "exact": exact, "solved": solved, "certified": {"crown": certified}, "seconds": {"crown": 0.1}}
 
 
+def crown_violations(model: dict) -> int:
+    return bracket.violations(model, model["certified"]["crown"])
+
+
 def test_violations_count_every_crossing():
     ordered = hand_made([0.1, 0.2, 0.0], [0.2, 0.3, 0.5], [True, True, False], [0.25, 0.3, 0.1])
-    assert bracket.violations(ordered, "crown") == 0  # the unsolved third example's exact is not compared
+    assert crown_violations(ordered) == 0  # the unsolved third example's exact is not compared
     crossing = hand_made([0.3, 0.2, 0.0], [0.2, 0.3, 0.5], [True, True, True], [0.25, 0.29, 0.6])
     # certified 0.3 > exact 0.2 and > attacked 0.25; attacked 0.29 < exact 0.3
-    assert bracket.violations(crossing, "crown") == 3
+    assert crown_violations(crossing) == 3
     within_gap = {**hand_made([0.1], [0.3], [True], [0.3 * (1 - 0.5e-4)]), "exact_gap": 1e-4}
-    assert bracket.violations(within_gap, "crown") == 0  # the exact minimum is solved to a 1e-4 gap
-    assert bracket.violations({**within_gap, "exact_gap": 0.0}, "crown") == 1
+    assert crown_violations(within_gap) == 0  # the exact minimum is solved to a 1e-4 gap
+    assert crown_violations({**within_gap, "exact_gap": 0.0}) == 1
     # A float32 attack 1.7e-8 below a minimum of 2.4e-5 (FC10's closest image): rounding, not a crossing
-    near_zero = hand_made([0.0], [2.44e-5], [True], [2.44e-5 - 1.7e-8])
-    assert bracket.violations(near_zero, "crown") == 0
-    assert bracket.violations(hand_made([0.0], [2.44e-5], [True], [2.44e-5 - 1e-7]), "crown") == 1
+    assert crown_violations(hand_made([0.0], [2.44e-5], [True], [2.44e-5 - 1.7e-8])) == 0
+    assert crown_violations(hand_made([0.0], [2.44e-5], [True], [2.44e-5 - 1e-7])) == 1
+
+
+def test_the_summary_adds_each_examples_best_bound_where_there_are_several_methods():
+    model = hand_made([0.01, 0.03], [0.04, 0.04], [True, True], [0.05, 0.05])
+    model["certified"]["curvature"] = [0.02, 0.01]
+    rows = bracket.summary_rows("tiny", model)
+    assert [row[3] for row in rows] == ["crown", "curvature", bracket.BEST]
+    assert rows[-1][4] == "0.025" and rows[-1][-1] == "0"  # mean of max(0.01, 0.02) and max(0.03, 0.01)
+    assert len(bracket.summary_rows("tiny", hand_made([0.01], [0.02], [True], [0.03]))) == 1
 
 
 def test_gap_curves_nest_and_count_fractions():
@@ -62,11 +74,17 @@ def test_models_missing_from_the_measurements_fail_before_any_work():
         measure.check(conf, minnorm_conf, {"models": {}})
     with pytest.raises(ValueError, match="not bench_minnorm models"):
         measure.check({**conf, "models": ["nonesuch"]}, minnorm_conf, {"models": {}})
+    with pytest.raises(ValueError, match="alpha_crown_models.*nonesuch"):
+        measure.check({**conf, "models": [], "alpha_crown_models": ["nonesuch"]}, minnorm_conf, {"models": {}})
+    assert measure.alpha_crown_steps({**conf, "alpha_crown_models": None}, "fc200_full") == conf["alpha_crown_steps"]
+    chosen = {**conf, "alpha_crown_models": ["fc100_p1"]}
+    assert measure.alpha_crown_steps(chosen, "fc200_full") == 0 < measure.alpha_crown_steps(chosen, "fc100_p1")
 
 
 def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, monkeypatch):
-    """A tiny FC10 through bench_minnorm (two attacks, the exact QP) and then the bracket: CROWN
-    and the Lipschitz bracket stay below the exact minima, which stay below the attacks."""
+    """A tiny FC10 through bench_minnorm (two attacks, the exact QP) and then the bracket: CROWN,
+    the curvature certificate and the Lipschitz bracket stay below the exact minima, which stay
+    below the attacks."""
     pytest.importorskip("cvxpy")
     from test_bench_minnorm import tiny_conf
     from adv_jax.bench import minnorm
@@ -76,10 +94,10 @@ def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, mon
     minnorm_conf.update(target_modes=["untargeted", "random"], examples=4)
     minnorm_conf["models"][0].update(name="tiny", exact="linear")
     measured = json.loads(json.dumps(minnorm.run(minnorm_conf, tmp_path / "runs", {})))
-    conf = {**settings.load("bracket"), "models": ["tiny"], "alpha_crown_steps": 2}
+    conf = {**settings.load("bracket"), "models": ["tiny"], "alpha_crown_steps": 2, "alpha_crown_models": None}
     out = measure.run(conf, minnorm_conf, measured, tmp_path / "runs")["tiny FC10"]
-    assert set(out["certified"]) == {"crown", "alpha-crown", "lipschitz global", "lipschitz local"}
-    assert all(bracket.violations(out, method) == 0 for method in out["certified"])
+    assert set(out["certified"]) == {"crown", "alpha-crown", "curvature", "lipschitz global", "lipschitz local"}
+    assert all(bracket.violations(out, bound) == 0 for bound in out["certified"].values())
     exact = np.asarray(out["exact"])
     assert np.all(np.asarray(out["certified"]["alpha-crown"]) >= np.asarray(out["certified"]["crown"]) - 1e-12)
     assert np.all(np.asarray(out["certified"]["crown"]) > 0) and np.all(np.isfinite(exact))
@@ -92,7 +110,7 @@ def test_bracket_of_a_tiny_linear_model_is_ordered(tmp_path, tiny_overrides, mon
     # targeted minima, which lie above the untargeted ones.
     targeted = measure.run({**conf, "mode": "random"}, minnorm_conf, measured, tmp_path / "runs")["tiny FC10"]
     assert targeted["mode"] == "random" and min(targeted["targets"]) >= 0 and out["targets"] == [-1] * 4
-    assert all(bracket.violations(targeted, method) == 0 for method in targeted["certified"])
+    assert all(bracket.violations(targeted, bound) == 0 for bound in targeted["certified"].values())
     assert np.all(np.asarray(targeted["certified"]["crown"]) > 0) and np.all(np.asarray(targeted["exact"]) >= exact)
     # The images are the ones measured (by index); another model's measurements fail before work.
     assert measured["models"]["tiny FC10"]["indices"] == sorted(measured["models"]["tiny FC10"]["indices"])

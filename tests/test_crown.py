@@ -138,7 +138,7 @@ def test_the_l2_bound_over_ball_and_box_is_sound_and_beats_the_ball_alone():
         x = np.clip(rng.uniform(-0.5, 1.5, N_IN), 0, 1)
         coef = jnp.asarray(rng.normal(size=(30, N_IN)))
         eps = 0.8
-        bound = np.asarray(crown._input_minimum(coef, jnp.asarray(x), eps, "l2"))
+        bound = np.asarray(crown.input_minimum(coef, jnp.asarray(x), eps, "l2"))
         ball = np.asarray(coef @ x - eps * jnp.linalg.norm(coef, axis=1))
         samples = ball_samples(x, eps, "l2", 20000).astype(np.float64)
         inside = samples[np.linalg.norm(samples - x, axis=1) <= eps]

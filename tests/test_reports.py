@@ -218,8 +218,10 @@ def test_every_report_config_loads_and_names_what_its_builder_reads(name):
                 "select_refined": {"title", "split", "examples", "seed", "repeats", "target_modes",
                                    "common", "models", "attacks", "select", "notes"},
                 "select_ae400": {"title", "evaluate_on", "common", "rows", "notes"},
-                "bracket": {"title", "minnorm_config", "mode", "alpha_crown_steps", "models", "radii", "notes"},
-                "bracket_random": {"title", "minnorm_config", "mode", "alpha_crown_steps", "models", "radii", "notes"},
+                "bracket": {"title", "minnorm_config", "mode", "alpha_crown_steps", "alpha_crown_models", "models", "radii",
+                            "notes"},
+                "bracket_random": {"title", "minnorm_config", "mode", "alpha_crown_steps", "alpha_crown_models", "models",
+                                   "radii", "notes"},
                 "robustness": {"title", "examples", "seeds", "seed", "chunk_size", "budgets", "autoattack", "pgd",
                                "speed", "common", "models", "notes"}}[name]
     assert required <= conf.keys()

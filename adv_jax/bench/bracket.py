@@ -1,5 +1,6 @@
 """The minimum-distortion bracket per example: certified from below (CROWN and alpha-CROWN,
-`crown.certified_radius`; for L2 also the Lipschitz bracket, `certify.certified_distortion` with global and local pair
+`crown.certified_radius`; for L2 also the curvature certificate, `curvature.certified_radius`, on
+smooth networks, and the Lipschitz bracket, `certify.certified_distortion` with global and local pair
 constants), known exactly where it can be (adv_jax/exact.py) and attacked from above, on the same
 images. The attacked and exact sides are read from the minimum-norm benchmark's measurements
 (results/bench_minnorm.json: the best of its attacks per example, its exact column); this module
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import adv_jax
-from adv_jax import certify, checkpoint, crown, exact
+from adv_jax import certify, checkpoint, crown, curvature, exact
 from adv_jax.attacks.common import batched_logits
 from adv_jax.attacks.targets import choose_targets
 from adv_jax.bench.foolbox_compare import correctly_classified, split_images
@@ -43,24 +44,40 @@ def sides(mode: dict) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | N
     return best, attacks, np.asarray(mode[EXACT]["d"], np.float64), np.asarray(mode[EXACT]["solved"], bool)
 
 
-def _crown_radii(chain, x, y, target, upper, norm: str, slope_steps: int = 0, lower=None) -> np.ndarray:
-    """CROWN's certified radius (N,) per example (target (N,), -1: untargeted), raw norm, by
-    chunks of CHUNK. slope_steps > 0: alpha-CROWN's, by ALPHA_RADIUS_STEPS of bisection between
-    `lower` (N,) (CROWN's radii: its bounds are at least CROWN's) and upper."""
+def _radii(one, desc: str, x, y, target, upper, lower=None) -> np.ndarray:
+    """one(x, y, target, upper, lower) -> a certified radius, jitted and vmapped over the examples
+    (N,) by chunks of CHUNK, with a progress bar; lower (N,) defaults to 0."""
     from tqdm.auto import tqdm
 
+    radius = jax.jit(jax.vmap(one))
+    lower = jnp.zeros_like(upper) if lower is None else lower
+    out = []
+    for start in tqdm(range(0, len(x), CHUNK), desc=desc, unit="chunk"):
+        part = slice(start, start + CHUNK)
+        out.append(np.asarray(radius(x[part], y[part], target[part], upper[part], lower[part])))
+    return np.concatenate(out)
+
+
+def _crown_radii(chain, x, y, target, upper, norm: str, slope_steps: int = 0, lower=None) -> np.ndarray:
+    """CROWN's certified radius (N,) per example (target (N,), -1: untargeted), raw norm.
+    slope_steps > 0: alpha-CROWN's, by ALPHA_RADIUS_STEPS of bisection between `lower` (N,)
+    (CROWN's radii: its bounds are at least CROWN's) and upper."""
     def one(xi, yi, ti, ui, li):
         if slope_steps == 0:
             return crown.certified_radius(chain, xi, yi, ui, norm, target=ti)
         return crown.certified_radius(chain, xi, yi, ui, norm, ALPHA_RADIUS_STEPS, slope_steps, lower=li, target=ti)
 
-    radius = jax.jit(jax.vmap(one))
-    lower = jnp.zeros_like(upper) if lower is None else lower
-    out = []
-    for start in tqdm(range(0, len(x), CHUNK), desc="alpha-CROWN" if slope_steps else "CROWN", unit="chunk"):
-        part = slice(start, start + CHUNK)
-        out.append(np.asarray(radius(x[part], y[part], target[part], upper[part], lower[part])))
-    return np.concatenate(out)
+    return _radii(one, "alpha-CROWN" if slope_steps else "CROWN", x, y, target, upper, lower)
+
+
+def _curvature_radii(chain, x, y, target, upper) -> np.ndarray:
+    """The curvature certificate's L2 radius (N,) per example (adv_jax/curvature.py), raw L2."""
+    untargeted = bool(np.all(np.asarray(target) < 0))  # then -1 as a constant: no mixtures of margins
+
+    def one(xi, yi, ti, ui, _):
+        return curvature.certified_radius(chain, xi, yi, ui, -1 if untargeted else ti)
+
+    return _radii(one, "curvature", x, y, target, upper)
 
 
 def lipschitz_radii(run, chain, x, y, target, upper) -> dict[str, np.ndarray]:
@@ -78,7 +95,8 @@ def certified(run, x, y, target, best: np.ndarray, norm: str,
     """({method: certified lower bound (N,) in the model's unit}, {method: seconds}) on images x
     (N, ...) with labels y and targets (N,) (-1: untargeted); best (N,): the attacked distance (the
     search's upper end), same unit.
-    Methods: crown, alpha-crown (slope_steps > 0), and for L2 the Lipschitz bracket."""
+    Methods: crown, alpha-crown (slope_steps > 0), and for L2 the curvature certificate (smooth
+    activations only) and the Lipschitz bracket."""
     scale = unit_scale(run, norm)
     reach = scale  # the box's farthest point (sqrt(n) in L2, 1 in L-inf): where no attack succeeded
     with jax.enable_x64(True):
@@ -96,6 +114,10 @@ def certified(run, x, y, target, best: np.ndarray, norm: str,
             methods["alpha-crown"] = _crown_radii(chain, flat, y, target, upper, norm, slope_steps,
                                                   jnp.asarray(crown_radii)) / scale
             seconds["alpha-crown"] = time.perf_counter() - start
+        if norm == "l2" and all(a in curvature.SMOOTH for a in chain.activations):
+            start = time.perf_counter()
+            methods["curvature"] = _curvature_radii(chain, flat, y, target, upper) / scale
+            seconds["curvature"] = time.perf_counter() - start
         if norm == "l2":
             start = time.perf_counter()
             methods.update({k: v / scale for k, v in lipschitz_radii(run, chain, flat, y, target, upper).items()})
@@ -150,12 +172,21 @@ def check(conf: dict, minnorm_conf: dict, measured: dict) -> list[dict]:
     unknown = [name for name in conf["models"] if name not in entries]
     if unknown:
         raise ValueError(f"bracket models {unknown} are not bench_minnorm models; choose from {sorted(entries)}")
+    alpha_unknown = [name for name in conf.get("alpha_crown_models") or [] if name not in entries]
+    if alpha_unknown:
+        raise ValueError(f"alpha_crown_models {alpha_unknown} are not bench_minnorm models; choose from {sorted(entries)}")
     chosen = [entries[name] for name in conf["models"]]
     missing = [e["label"] for e in chosen if conf["mode"] not in measured["models"].get(e["label"], {}).get("modes", {})]
     if missing:
         raise ValueError(f"the minimum-norm measurements lack {missing} in mode {conf['mode']!r}; "
                          "run scripts/bench_minnorm.py with them first")
     return chosen
+
+
+def alpha_crown_steps(conf: dict, name: str) -> int:
+    """conf's alpha-CROWN steps for the model `name`: 0 where alpha_crown_models (null: all) leaves it out."""
+    chosen = conf.get("alpha_crown_models")
+    return conf.get("alpha_crown_steps", 0) if chosen is None or name in chosen else 0
 
 
 def run(conf: dict, minnorm_conf: dict, measured: dict, runs: Path) -> dict[str, dict]:
@@ -168,7 +199,7 @@ def run(conf: dict, minnorm_conf: dict, measured: dict, runs: Path) -> dict[str,
     for entry, model in zip(entries, models):
         print(f"{entry['label']}: certifying", flush=True)
         out[entry["label"]] = measure_model(model, entry, measured["models"][entry["label"]], conf["mode"],
-                                            conf.get("alpha_crown_steps", 0), minnorm_conf["seed"])
+                                            alpha_crown_steps(conf, entry["name"]), minnorm_conf["seed"])
         print(f"  done in {sum(out[entry['label']]['seconds'].values()):.1f} s", flush=True)
     return out
 

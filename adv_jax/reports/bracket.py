@@ -34,11 +34,11 @@ def _ratio(top: np.ndarray, bottom: np.ndarray, keep: np.ndarray) -> float | Non
     return float((top[keep] / bottom[keep]).mean()) if keep.any() else None
 
 
-def violations(model: dict, method: str) -> int:
-    """Crossings of one certified method's side: examples where its bound is above the exact
-    minimum or the attacked distance, or where an attack is below the exact minimum."""
+def violations(model: dict, bound) -> int:
+    """Crossings of one certified side (bound (N,)): examples where it is above the exact minimum
+    or the attacked distance, or where an attack is below the exact minimum."""
     attacked, exact = np.asarray(model["attacked"], np.float64), _exact(model)
-    bound = np.asarray(model["certified"][method], np.float64)
+    bound = np.asarray(bound, np.float64)
     count = int(np.sum(bound > attacked * (1 + TOLERANCE)))
     if exact is not None:
         count += int(np.sum(bound > exact * (1 + TOLERANCE)))  # NaN (unsolved) compares False
@@ -54,26 +54,38 @@ def _exact(model: dict) -> np.ndarray | None:
     return np.where(np.asarray(model["solved"], bool), np.asarray(model["exact"], np.float64), np.nan)
 
 
+BEST = "best of these"  # the summary's last row where a model has several methods
+
+
+def best_bound(model: dict) -> np.ndarray:
+    """(N,) each example's largest certified bound over the methods (every one is a bound)."""
+    return np.max(np.stack([np.asarray(b, np.float64) for b in model["certified"].values()]), axis=0)
+
+
 def summary_rows(label: str, model: dict) -> list[list[str]]:
-    """One row per certified method: means over the examples some attack fooled."""
+    """One row per certified method, and one for each example's best of them where there are
+    several: means over the examples some attack fooled."""
     attacked, exact = np.asarray(model["attacked"], np.float64), _exact(model)
     fooled = np.isfinite(attacked)
     solved = "-" if exact is None else f"{fmt(_mean(exact, fooled & np.isfinite(exact)), 4)} ({int(np.isfinite(exact).sum())}/{len(attacked)})"
+    methods = dict(model["certified"])
+    if len(methods) > 1:
+        methods[BEST] = best_bound(model)
     rows = []
-    for method, bound in model["certified"].items():
+    for method, bound in methods.items():
         bound = np.asarray(bound, np.float64)
         rows.append([label, UNITS[model["norm"]], str(len(attacked)), method, fmt(_mean(bound, fooled), 4), solved,
                      fmt(_mean(attacked, fooled), 4),
                      "-" if exact is None else fmt(_ratio(attacked, exact, fooled), 4),
                      "-" if exact is None else fmt(_ratio(exact, bound, fooled), 3),
-                     fmt(_ratio(attacked, bound, fooled), 3), str(violations(model, method))])
+                     fmt(_ratio(attacked, bound, fooled), 3), str(violations(model, bound))])
     return rows
 
 
 def curves(model: dict, radii: list[float]) -> list[list[str]]:
     """Rows per radius r: % of examples certified robust at r (every method's best bound > r),
     % of the solved examples whose exact minimum is > r, % no attack fooled within r."""
-    best = np.max(np.stack([np.asarray(b, np.float64) for b in model["certified"].values()]), axis=0)
+    best = best_bound(model)
     attacked, exact = np.asarray(model["attacked"], np.float64), _exact(model)
     rows = []
     for r in radii:
@@ -95,7 +107,7 @@ def plot(measured: dict[str, dict], path: Path) -> None:
         attacked = np.asarray(model["attacked"], np.float64)
         top = np.nanmax(attacked[np.isfinite(attacked)]) if np.isfinite(attacked).any() else 1.0
         r = np.linspace(0, top, 200)
-        best = np.max(np.stack([np.asarray(b, np.float64) for b in model["certified"].values()]), axis=0)
+        best = best_bound(model)
         ax.plot(r, [np.mean(best > v) for v in r], label="certified (best bound)")
         exact = _exact(model)
         if exact is not None:
