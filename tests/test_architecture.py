@@ -16,7 +16,7 @@ PACKAGE = REPO / "adv_jax"
 LAYERS = [
     {"devices", "config", "extras", "logger", "figures", "figures_transfer", "download", "data",
      "transfer", "transfer_rows", "transfer_protocol", "markdown", "run_files"},
-    {"models", "attacks", "lipschitz", "certify", "lipsdp", "crown", "exact", "validate"},
+    {"models", "attacks", "lipschitz", "certify", "lipsdp", "crown", "curvature", "exact", "validate"},
     {"checkpoint", "train"},
     {"adversarial_training"},  # a regime on train.fit: the core never imports it
     {"ensemble", "trained"},

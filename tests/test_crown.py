@@ -16,11 +16,11 @@ from adv_jax.models.layers import ACTIVATIONS
 N_IN = 64  # an 8x8 image
 
 
-def chain_of(activation: str, seed: int = 0, widths=(N_IN, 24, 16, 10)) -> DenseChain:
+def chain_of(activation: str, seed: int = 0, widths=(N_IN, 24, 16, 10), dtype=jnp.float32) -> DenseChain:
     rng = np.random.default_rng(seed)
-    weights = tuple(jnp.asarray(rng.normal(size=(o, i)) * 2.0 / np.sqrt(i), jnp.float32)
+    weights = tuple(jnp.asarray(rng.normal(size=(o, i)) * 2.0 / np.sqrt(i), dtype)
                     for i, o in zip(widths[:-1], widths[1:]))
-    biases = tuple(jnp.asarray(rng.normal(size=o) * 0.1, jnp.float32) for o in widths[1:])
+    biases = tuple(jnp.asarray(rng.normal(size=o) * 0.1, dtype) for o in widths[1:])
     return DenseChain(weights, biases, (activation,) * (len(widths) - 2) + ("identity",))
 
 

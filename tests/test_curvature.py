@@ -14,16 +14,12 @@ from adv_jax.attacks.common import is_adversarial
 from adv_jax.attacks.gradient import PGD
 from adv_jax.certify import DenseChain, chain_logits
 from adv_jax.models.layers import ACTIVATIONS
-
-N_IN = 64  # an 8x8 image
+from test_crown import N_IN
+from test_crown import chain_of as crown_chain_of
 
 
 def chain_of(activation: str, seed: int = 0, widths=(N_IN, 24, 16, 10)) -> DenseChain:
-    rng = np.random.default_rng(seed)
-    weights = tuple(jnp.asarray(rng.normal(size=(o, i)) * 2.0 / np.sqrt(i), jnp.float64)
-                    for i, o in zip(widths[:-1], widths[1:]))
-    biases = tuple(jnp.asarray(rng.normal(size=o) * 0.1, jnp.float64) for o in widths[1:])
-    return DenseChain(weights, biases, (activation,) * (len(widths) - 2) + ("identity",))
+    return crown_chain_of(activation, seed, widths, jnp.float64)
 
 
 def ball_samples(x, eps, count, seed=1):
