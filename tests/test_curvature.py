@@ -65,6 +65,39 @@ def test_the_hessian_bound_lies_above_the_margins_curvature_at_every_sampled_poi
     assert float(bound) < 50 * -float(lowest.min())  # not vacuous
 
 
+def negative_part_at(chain, x, row):
+    """lambda_max of sum_k J_k^T diag(n_k) J_k at x, n_k the negative part of v_k phi_k''(a_k):
+    what the Hessian bound tends to as the ball shrinks to x."""
+    activations, pre = chain.activations[:-1], []
+    h = x
+    for w, b, a in zip(chain.weights, chain.biases, activations):
+        pre.append(w @ h + b)
+        h = ACTIVATIONS[a](pre[-1])
+    d1 = [jax.vmap(jax.grad(ACTIVATIONS[a]))(z) for a, z in zip(activations, pre)]
+    d2 = [jax.vmap(jax.grad(jax.grad(ACTIVATIONS[a])))(z) for a, z in zip(activations, pre)]
+    v, total = row @ chain.weights[-1], 0.0
+    jacobians = [chain.weights[0]]
+    for k in range(1, len(pre)):
+        jacobians.append(chain.weights[k] @ (d1[k - 1][:, None] * jacobians[-1]))
+    for k in range(len(pre) - 1, -1, -1):
+        total = total + jacobians[k].T @ (jnp.maximum(-v * d2[k], 0.0)[:, None] * jacobians[k])
+        v = chain.weights[k].T @ (d1[k] * v)
+    return float(jnp.linalg.eigvalsh(total)[-1])
+
+
+@pytest.mark.parametrize("activation, widths", [("sigmoid", (N_IN, 24, 16, 10)), ("tanh", (N_IN, 16, 12, 12, 10))])
+def test_on_a_vanishing_ball_the_hessian_bound_tends_to_one_norm_of_the_layers_curvature_together(activation, widths):
+    """The layers' curvatures share one bound (not a sum of norms): on a tiny ball it is within
+    the centered bound's weight (1 + 1/8 per layer below the top) and the norm bound's slack of
+    its value at x."""
+    chain = chain_of(activation, seed=3, widths=widths)
+    x = jnp.asarray(np.random.default_rng(4).uniform(0, 1, N_IN))
+    row = jnp.zeros(10).at[2].set(1.0).at[7].set(-1.0)
+    bound = float(curvature.negative_curvature(chain, crown.layer_bounds(chain, x, 1e-7, "l2"), row[None])[0])
+    at_x = negative_part_at(chain, x, row)
+    assert at_x * (1 - 1e-6) <= bound <= (1 + min(curvature.TAUS)) ** (len(widths) - 3) * 1.05 * at_x
+
+
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
 @pytest.mark.parametrize("target", [-1, 4])
 def test_margin_bounds_lie_below_every_sampled_margin(activation, target):

@@ -72,10 +72,10 @@ def _crown_radii(chain, x, y, target, upper, norm: str, slope_steps: int = 0, lo
 
 def _curvature_radii(chain, x, y, target, upper) -> np.ndarray:
     """The curvature certificate's L2 radius (N,) per example (adv_jax/curvature.py), raw L2."""
-    untargeted = bool(np.all(np.asarray(target) < 0))  # then -1 as a constant: no mixtures of margins
+    mixtures = bool(np.any(np.asarray(target) >= 0))  # only targeted certificates use them
 
     def one(xi, yi, ti, ui, _):
-        return curvature.certified_radius(chain, xi, yi, ui, -1 if untargeted else ti)
+        return curvature.certified_radius(chain, xi, yi, ui, ti, mixtures=mixtures)
 
     return _radii(one, "curvature", x, y, target, upper)
 
