@@ -103,7 +103,7 @@ def _largest_eigenvalues(sym: Array) -> Array:
     matrix products only."""
     trace = lambda g: jnp.trace(g, axis1=1, axis2=2)  # noqa: E731
     g = (sym + jnp.swapaxes(sym, 1, 2)) / 2
-    scale = jnp.maximum(trace(g), _TINY)
+    scale = jnp.maximum(jnp.sqrt(jnp.sum(g * g, axis=(1, 2))), _TINY)  # not the trace: rounding can make it <= 0
     g, log_bound = g / scale[:, None, None], jnp.zeros_like(scale)
     for i in range(1, SQUARINGS + 1):  # lambda(g)^(2^i) = prod of the traces divided out, times lambda(g_i) <= 1
         g = g @ g
@@ -114,7 +114,7 @@ def _largest_eigenvalues(sym: Array) -> Array:
 
 def _estimated_eigenvalues(root: Array, sym: Array) -> Array:
     """Estimates (c, m) (power iteration: not bounds) of lambda_max(root sym root^T) for sym
-    (c, m, n, n) PSD: they only choose which bound to carry, so need not hold."""
+    (c, m, n, n) PSD and root (p, n): they only choose which bound to carry, so need not hold."""
     def image(v):  # root sym root^T v, as matrix-vector products
         return jnp.einsum("cmjk,cmk->cmj", sym, v @ root) @ root.T
 
@@ -133,7 +133,7 @@ def _scaled(d: Array, a: Array) -> Array:
 
 def _slope_bounds(curv: Array, lo: Array, hi: Array) -> Array:
     """Matrices (c, m, n, n), each above D curv D (Loewner order) for every diagonal D with entries
-    in [lo, hi] (n,): curv (m, n, n) PSD. Evenly, |curv^1/2 D u|^2 <= c_S u.S u with S = diag(hi),
+    in [lo, hi] (n,), 0 <= lo (slopes phi' >= 0): curv (m, n, n) PSD. Evenly, |curv^1/2 D u|^2 <= c_S u.S u with S = diag(hi),
     c_S = lambda_max(S^1/2 curv S^1/2); centered, D = C + Delta with |Delta| <= R (center and
     spread), |curv^1/2 D u|^2 <= (1 + tau) u.C curv C u + (1 + 1/tau) c_R u.R u for each tau > 0."""
     center, spread = (lo + hi) / 2, jnp.maximum(hi - lo, 0.0) / 2
@@ -162,7 +162,8 @@ def negative_curvature(chain: DenseChain, bounds: list, rows: Array) -> Array:
         own = jax.vmap(jnp.diag)(jnp.maximum(-_times(v_lo, v_hi, d2_lo, d2_hi)[0], 0.0))[None]
         candidates = own if carried is None else own + _slope_bounds(carried, d1_lo, d1_hi)
         root = jnp.linalg.qr(chain.weights[k].T, mode="r")  # root^T root = W_k W_k^T
-        best = candidates[jnp.argmin(_estimated_eigenvalues(root, candidates), axis=0), jnp.arange(len(rows))]
+        choice = 0 if carried is None else jnp.argmin(_estimated_eigenvalues(root, candidates), axis=0)
+        best = candidates[choice, jnp.arange(len(rows))]
         if k == 0:
             return _largest_eigenvalues(root @ best @ root.T)
         carried = chain.weights[k].T @ best @ chain.weights[k]  # on h_k, the output of hidden layer k - 1
