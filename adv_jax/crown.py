@@ -43,8 +43,8 @@ from adv_jax.certify import DenseChain
 from adv_jax.models.layers import ACTIVATIONS
 
 __all__ = [
-    "backward_linear", "certified_radius", "certifies", "default_slopes", "input_minimum", "largest_radius", "layer_bounds", "margin_lower_bounds",
-    "margin_rows", "relaxation",
+    "backward_linear", "certified_radius", "certifies", "default_slopes", "input_minimum", "largest_radius",
+    "layer_bounds", "margin_lower_bounds", "margin_rows", "relaxation",
 ]
 
 Array = jax.Array

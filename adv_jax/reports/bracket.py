@@ -20,6 +20,7 @@ TOLERANCE = 1e-6
 # (per-pixel RMS or L-inf) is only known to that much, absolutely; it matters only for minima near 0.
 FLOAT32_PIXEL = 2.0**-24
 UNITS = {"l2": "per-pixel RMS", "linf": "L-inf"}
+BEST = "best of these"  # the summary's last row where a model has several methods
 SUMMARY = ["model", "distance", "N", "certified: method", "certified mean", "exact mean (solved)",
            "attacked mean", "attacked / exact", "exact / certified", "attacked / certified", "violations"]
 
@@ -52,9 +53,6 @@ def _exact(model: dict) -> np.ndarray | None:
     if model["exact"] is None:
         return None
     return np.where(np.asarray(model["solved"], bool), np.asarray(model["exact"], np.float64), np.nan)
-
-
-BEST = "best of these"  # the summary's last row where a model has several methods
 
 
 def best_bound(model: dict) -> np.ndarray:
